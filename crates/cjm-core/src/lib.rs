@@ -1,0 +1,39 @@
+//! # cjm-core
+//!
+//! The types both sides of cjm share: plugin metadata and execution modes, the [`Plugin`]
+//! trait (implemented by plugin authors and by the host's proxy alike), the lifecycle and cloud
+//! capability traits, manifests and their validation, protocol v1 wire messages and the error
+//! taxonomy. No async runtime and no network I/O live here.
+//!
+//! See `ARCHITECTURE.md` for where this crate sits and `PROTOCOL.md` for the wire contract
+//! that [`wire`] encodes.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod execution_mode;
+pub mod manifest;
+pub mod metadata;
+pub mod plugin;
+pub mod protocols;
+pub mod schema;
+pub mod unique_id;
+pub mod wire;
+
+pub use error::{ErrorCategory, ErrorDetails, FieldError, PluginError, ResourceShortfall};
+pub use execution_mode::{CloudProviderType, PluginExecutionMode, UnknownVariant};
+pub use manifest::{
+    is_valid_plugin_name, Manifest, ManifestError, ManifestProblem, Resources, RestartPolicy,
+    WorkerSpec,
+};
+pub use metadata::{PluginMetadata, RemoteResourceInfo};
+pub use plugin::{
+    Call, CallContext, CancelOutcome, CancellationToken, ChunkStream, Output, Plugin, Progress,
+    ProgressCell,
+};
+pub use protocols::{
+    all_managed_pids, has_active_cloud_resources, total_estimated_cost, CloudAware,
+    LifecycleAware,
+};
+pub use unique_id::{parse_unique_id, unique_id};

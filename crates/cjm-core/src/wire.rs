@@ -1,0 +1,606 @@
+//! Protocol v1 on the wire: paths, headers, environment variables, messages, NDJSON stream
+//! lines, error bodies and the binary frame for large payloads. PROTOCOL.md is the prose
+//! version of this module; the two change together.
+
+use bytes::{Buf, Bytes};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{ErrorCategory, PluginError};
+
+/// The protocol version cjm workers speak.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Endpoint paths (the original's ten).
+pub mod paths {
+    /// `GET`: liveness and identity.
+    pub const HEALTH: &str = "/health";
+    /// `GET`: process figures.
+    pub const STATS: &str = "/stats";
+    /// `POST`: apply a configuration.
+    pub const INITIALIZE: &str = "/initialize";
+    /// `GET`: the configuration's JSON Schema.
+    pub const CONFIG_SCHEMA: &str = "/config_schema";
+    /// `GET`: the configuration in force.
+    pub const CONFIG: &str = "/config";
+    /// `POST`: one call.
+    pub const EXECUTE: &str = "/execute";
+    /// `POST`: one call, streamed as NDJSON.
+    pub const EXECUTE_STREAM: &str = "/execute_stream";
+    /// `POST`: cancel running calls.
+    pub const CANCEL: &str = "/cancel";
+    /// `GET`: progress of the latest call.
+    pub const PROGRESS: &str = "/progress";
+    /// `POST`: release resources.
+    pub const CLEANUP: &str = "/cleanup";
+}
+
+/// Request and response headers of the cjm extensions.
+pub mod headers {
+    /// `Authorization: Bearer <token>` on every request when the host handed out a token.
+    pub const AUTHORIZATION: &str = "authorization";
+    /// The call's deadline, in milliseconds from when the worker receives the request.
+    pub const TIMEOUT_MS: &str = "x-cjm-timeout-ms";
+    /// Sent by cjm workers on every response: the protocol version.
+    pub const PROTOCOL: &str = "x-cjm-protocol";
+}
+
+/// Content types.
+pub mod content_types {
+    /// JSON bodies.
+    pub const JSON: &str = "application/json";
+    /// Streams: one JSON document and `\n` per line.
+    pub const NDJSON: &str = "application/x-ndjson";
+    /// Large binary payloads: see [`encode_frame`](super::encode_frame).
+    pub const FRAME: &str = "application/vnd.cjm.frame";
+}
+
+/// Environment variables the host sets for a worker.
+pub mod env {
+    /// The inherited listening socket's file descriptor (cjm workers).
+    pub const LISTEN_FD: &str = "CJM_LISTEN_FD";
+    /// The socket's kind: `unix` or `tcp`.
+    pub const LISTEN_KIND: &str = "CJM_LISTEN_KIND";
+    /// The per-spawn bearer token.
+    pub const AUTH_TOKEN: &str = "CJM_AUTH_TOKEN";
+    /// The plugin's name.
+    pub const PLUGIN_NAME: &str = "CJM_PLUGIN_NAME";
+    /// The host's pid (the worker exits when it is gone).
+    pub const HOST_PID: &str = "CJM_HOST_PID";
+    /// The plugin data directory (the original's meaning of this name on the worker side).
+    pub const DATA_DIR: &str = "CJM_DATA_DIR";
+    /// The plugin data directory, unambiguous name.
+    pub const PLUGIN_DATA_DIR: &str = "CJM_PLUGIN_DATA_DIR";
+    /// Where models live, when configured.
+    pub const MODELS_DIR: &str = "CJM_MODELS_DIR";
+    /// The most calls the host sends at once.
+    pub const MAX_CONCURRENCY: &str = "CJM_MAX_CONCURRENCY";
+    /// `tracing` filter for the worker's logs (e.g. `info`, `debug`).
+    pub const LOG: &str = "CJM_LOG";
+}
+
+/// Feature names a cjm worker lists in `/health`.
+pub mod features {
+    /// Requests must carry the bearer token.
+    pub const AUTH: &str = "auth";
+    /// Error bodies carry `cjm_error`.
+    pub const TYPED_ERRORS: &str = "typed_errors";
+    /// Streams end with a control line.
+    pub const STREAM_END: &str = "stream_end";
+    /// `application/vnd.cjm.frame` bodies are accepted and may be returned.
+    pub const BLOB_FRAME: &str = "blob_frame";
+    /// A dropped connection cancels its call.
+    pub const CANCEL_ON_DISCONNECT: &str = "cancel_on_disconnect";
+    /// `x-cjm-timeout-ms` is honoured.
+    pub const DEADLINE: &str = "deadline";
+    /// Every feature of protocol v1.
+    pub const ALL: [&str; 6] = [
+        AUTH,
+        TYPED_ERRORS,
+        STREAM_END,
+        BLOB_FRAME,
+        CANCEL_ON_DISCONNECT,
+        DEADLINE,
+    ];
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthResponse {
+    /// Always `"running"`.
+    pub status: String,
+    /// The worker's pid.
+    pub pid: u32,
+    /// Plugin name (`"unknown"` when the plugin has none).
+    pub name: String,
+    /// Plugin version (`"unknown"` when the plugin has none).
+    pub version: String,
+    /// cjm workers: the protocol version. Absent for original workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u32>,
+    /// cjm workers: supported features.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+    /// cjm workers: the most calls served at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+}
+
+impl HealthResponse {
+    /// Which kind of worker answered.
+    pub fn flavor(&self) -> WorkerFlavor {
+        if self.protocol.is_some() {
+            WorkerFlavor::Cjm
+        } else {
+            WorkerFlavor::Original
+        }
+    }
+
+    /// True when the worker lists `feature`.
+    pub fn has_feature(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
+    }
+}
+
+/// Which implementation of the protocol a worker is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerFlavor {
+    /// A cjm worker (protocol v1 with extensions).
+    Cjm,
+    /// The original's Python worker (cjm-plugin-system 0.0.28).
+    Original,
+}
+
+/// `GET /stats`. The first three fields are the original's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsResponse {
+    /// The worker's pid.
+    pub pid: u32,
+    /// CPU use of the worker and its descendants since the previous sample, in percent of one
+    /// core (the original always reported 0).
+    pub cpu_percent: f64,
+    /// Resident memory of the worker and all its descendants, in MB.
+    pub memory_rss_mb: f64,
+    /// Threads of the worker process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
+    /// Seconds since the worker started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_s: Option<f64>,
+    /// Calls served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<u64>,
+    /// Calls that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<u64>,
+    /// Calls running now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<u64>,
+    /// The worker's descendants' pids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub descendants: Option<Vec<u32>>,
+}
+
+/// `POST /execute` and `POST /execute_stream` JSON body. Both fields are optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecuteRequest {
+    /// Positional arguments.
+    #[serde(default)]
+    pub args: Vec<Value>,
+    /// Keyword arguments.
+    #[serde(default)]
+    pub kwargs: Map<String, Value>,
+}
+
+/// `{"status": "..."}` answers (`ok` for `/initialize`, `cleaned` for `/cleanup`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    /// The status word.
+    pub status: String,
+}
+
+impl StatusResponse {
+    /// `{"status": status}`.
+    pub fn new(status: &str) -> Self {
+        Self {
+            status: status.to_owned(),
+        }
+    }
+}
+
+/// The body of every non-2xx answer from a cjm worker. `detail` keeps the original's shape;
+/// `cjm_error` carries the typed error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The message, as the original's `{"detail": ...}`.
+    pub detail: String,
+    /// The typed error (cjm workers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cjm_error: Option<PluginError>,
+}
+
+impl From<&PluginError> for ErrorBody {
+    fn from(e: &PluginError) -> Self {
+        Self {
+            detail: e.message.clone(),
+            cjm_error: Some(e.clone()),
+        }
+    }
+}
+
+/// The category an untyped error answer maps to, by HTTP status (for original workers).
+fn category_for_status(status: u16) -> ErrorCategory {
+    match status {
+        400 | 405 | 413 | 415 | 422 => ErrorCategory::UserInput,
+        401 | 403 => ErrorCategory::Fatal,
+        404 => ErrorCategory::Fatal,
+        408 | 504 => ErrorCategory::Timeout,
+        409 => ErrorCategory::Cancelled,
+        429 | 502 | 503 => ErrorCategory::Transient,
+        507 => ErrorCategory::Resource,
+        _ => ErrorCategory::Fatal,
+    }
+}
+
+/// Turns a non-2xx answer into a [`PluginError`]: the typed `cjm_error` when present, else the
+/// original's `{"detail": ...}`, else the body as text.
+pub fn error_from_response(status: u16, body: &[u8]) -> PluginError {
+    if let Ok(b) = serde_json::from_slice::<ErrorBody>(body) {
+        if let Some(e) = b.cjm_error {
+            return e;
+        }
+        return PluginError::new(category_for_status(status), b.detail);
+    }
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        if let Some(d) = v.get("detail") {
+            let msg = d.as_str().map_or_else(|| d.to_string(), str::to_owned);
+            return PluginError::new(category_for_status(status), msg);
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    let msg = if text.is_empty() {
+        format!("HTTP status {status}")
+    } else {
+        format!("HTTP status {status}: {text}")
+    };
+    PluginError::new(category_for_status(status), msg)
+}
+
+/// The key that marks a control line in a cjm stream; plugin chunks must not use it at the top
+/// level of an object.
+pub const STREAM_CONTROL_KEY: &str = "$cjm";
+
+/// One line of an NDJSON stream, interpreted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamLine {
+    /// A data chunk.
+    Chunk(Value),
+    /// The worker's orderly end of the stream, with the number of chunks it sent.
+    End {
+        /// Chunks sent before this line.
+        chunks: u64,
+    },
+    /// A terminal error.
+    Error(PluginError),
+}
+
+impl StreamLine {
+    /// Interprets a parsed line. For cjm workers a control line is an object with the
+    /// [`STREAM_CONTROL_KEY`]; for original workers an object whose only key is `"error"` (a
+    /// string) is the terminal error line.
+    pub fn interpret(value: Value, flavor: WorkerFlavor) -> Self {
+        match flavor {
+            WorkerFlavor::Cjm => {
+                let Some(ctl) = value.get(STREAM_CONTROL_KEY) else {
+                    return Self::Chunk(value);
+                };
+                if let Some(e) = ctl.get("error") {
+                    return match serde_json::from_value::<PluginError>(e.clone()) {
+                        Ok(e) => Self::Error(e),
+                        Err(_) => Self::Error(PluginError::fatal(format!(
+                            "malformed stream error line: {value}"
+                        ))),
+                    };
+                }
+                if let Some(end) = ctl.get("end") {
+                    let chunks = end.get("chunks").and_then(Value::as_u64).unwrap_or(0);
+                    return Self::End { chunks };
+                }
+                Self::Error(PluginError::fatal(format!(
+                    "unknown stream control line: {value}"
+                )))
+            }
+            WorkerFlavor::Original => match &value {
+                Value::Object(o) if o.len() == 1 => match o.get("error") {
+                    Some(Value::String(msg)) => Self::Error(PluginError::fatal(msg.clone())),
+                    _ => Self::Chunk(value),
+                },
+                _ => Self::Chunk(value),
+            },
+        }
+    }
+
+    /// The line as written by a cjm worker, without the trailing newline.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Self::Chunk(v) => v.clone(),
+            Self::End { chunks } => {
+                serde_json::json!({ STREAM_CONTROL_KEY: {"end": {"chunks": chunks}} })
+            }
+            Self::Error(e) => {
+                serde_json::json!({"error": e.message, STREAM_CONTROL_KEY: {"error": e}})
+            }
+        }
+    }
+}
+
+/// True when `chunk` would be read as a control line; such chunks are refused by the SDK.
+pub fn is_reserved_chunk(chunk: &Value) -> bool {
+    chunk.get(STREAM_CONTROL_KEY).is_some()
+}
+
+/// The key of a blob reference: `{"$cjm_blob": index}` stands for the index-th payload.
+pub const BLOB_REF_KEY: &str = "$cjm_blob";
+
+/// A reference to the `index`-th binary payload, for use inside args, kwargs or results.
+pub fn blob_ref(index: usize) -> Value {
+    serde_json::json!({ BLOB_REF_KEY: index })
+}
+
+/// The index if `value` is a blob reference.
+pub fn as_blob_ref(value: &Value) -> Option<usize> {
+    match value {
+        Value::Object(o) if o.len() == 1 => o.get(BLOB_REF_KEY)?.as_u64().map(|i| i as usize),
+        _ => None,
+    }
+}
+
+/// The first four bytes of a frame.
+pub const FRAME_MAGIC: &[u8; 4] = b"CJMF";
+
+/// Largest frame header accepted (the JSON part), 64 MiB.
+pub const MAX_FRAME_HEADER: usize = 64 << 20;
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The body does not start with [`FRAME_MAGIC`].
+    #[error("not a cjm frame: the body does not start with \"CJMF\"")]
+    BadMagic,
+    /// The body ends early.
+    #[error("truncated frame: {0}")]
+    Truncated(&'static str),
+    /// The header is not the expected JSON.
+    #[error("invalid frame header: {0}")]
+    BadHeader(String),
+    /// Blob lengths do not add up to the rest of the body.
+    #[error("frame blob lengths add up to {declared} bytes but {actual} follow the header")]
+    LengthMismatch {
+        /// Sum of declared lengths.
+        declared: u64,
+        /// Bytes present.
+        actual: u64,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct FrameHeader {
+    json: Value,
+    blobs: Vec<u64>,
+}
+
+/// Encodes `json` and `blobs` as a frame:
+/// `"CJMF"`, a little-endian `u32` header length, the header JSON
+/// `{"json": <value>, "blobs": [len, ...]}`, then the blobs back to back.
+///
+/// Returns the pieces to send in order; the blobs are not copied.
+pub fn encode_frame(json: &Value, blobs: &[Bytes]) -> Vec<Bytes> {
+    let header = FrameHeader {
+        json: json.clone(),
+        blobs: blobs.iter().map(|b| b.len() as u64).collect(),
+    };
+    // Serializing a `Value` cannot fail.
+    let header = serde_json::to_vec(&header).unwrap_or_default();
+    let mut head = Vec::with_capacity(8 + header.len());
+    head.extend_from_slice(FRAME_MAGIC);
+    head.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    head.extend_from_slice(&header);
+    let mut parts = Vec::with_capacity(1 + blobs.len());
+    parts.push(Bytes::from(head));
+    parts.extend(blobs.iter().cloned());
+    parts
+}
+
+/// Decodes a frame made by [`encode_frame`]. The blobs share `body`'s memory (no copy).
+pub fn decode_frame(mut body: Bytes) -> Result<(Value, Vec<Bytes>), FrameError> {
+    if body.len() < 8 {
+        return Err(FrameError::Truncated("shorter than the 8-byte preamble"));
+    }
+    if &body[..4] != FRAME_MAGIC {
+        return Err(FrameError::BadMagic);
+    }
+    body.advance(4);
+    let header_len = body.get_u32_le() as usize;
+    if header_len > MAX_FRAME_HEADER {
+        return Err(FrameError::BadHeader(format!(
+            "header of {header_len} bytes exceeds {MAX_FRAME_HEADER}"
+        )));
+    }
+    if body.len() < header_len {
+        return Err(FrameError::Truncated("the header is cut short"));
+    }
+    let header: FrameHeader = serde_json::from_slice(&body[..header_len])
+        .map_err(|e| FrameError::BadHeader(e.to_string()))?;
+    body.advance(header_len);
+    let declared = header
+        .blobs
+        .iter()
+        .try_fold(0u64, |a, &b| a.checked_add(b))
+        .unwrap_or(u64::MAX);
+    if declared != body.len() as u64 {
+        return Err(FrameError::LengthMismatch {
+            declared,
+            actual: body.len() as u64,
+        });
+    }
+    let mut blobs = Vec::with_capacity(header.blobs.len());
+    for len in header.blobs {
+        blobs.push(body.split_to(len as usize));
+    }
+    Ok((header.json, blobs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn health_of_both_flavors() {
+        let original: HealthResponse = serde_json::from_value(
+            json!({"status":"running","pid":12,"name":"unknown","version":"unknown"}),
+        )
+        .unwrap();
+        assert_eq!(original.flavor(), WorkerFlavor::Original);
+        assert!(!original.has_feature(features::AUTH));
+        let cjm = HealthResponse {
+            status: "running".into(),
+            pid: 1,
+            name: "echo".into(),
+            version: "0.1.0".into(),
+            protocol: Some(PROTOCOL_VERSION),
+            features: features::ALL.map(str::to_owned).to_vec(),
+            max_concurrency: Some(4),
+        };
+        let v = serde_json::to_value(&cjm).unwrap();
+        assert_eq!(v["protocol"], 1);
+        let back: HealthResponse = serde_json::from_value(v).unwrap();
+        assert_eq!(back.flavor(), WorkerFlavor::Cjm);
+        assert!(back.has_feature(features::BLOB_FRAME));
+    }
+
+    #[test]
+    fn stats_accepts_the_originals_three_fields() {
+        let s: StatsResponse =
+            serde_json::from_value(json!({"pid": 5, "cpu_percent": 0.0, "memory_rss_mb": 70.5}))
+                .unwrap();
+        assert_eq!(s.memory_rss_mb, 70.5);
+        assert_eq!(s.calls, None);
+        assert_eq!(
+            serde_json::to_value(&s).unwrap(),
+            json!({"pid": 5, "cpu_percent": 0.0, "memory_rss_mb": 70.5})
+        );
+    }
+
+    #[test]
+    fn execute_request_fields_are_optional() {
+        let r: ExecuteRequest = serde_json::from_str("{}").unwrap();
+        assert_eq!(r, ExecuteRequest::default());
+        let r: ExecuteRequest = serde_json::from_str(r#"{"args":[1],"kwargs":{"a":2}}"#).unwrap();
+        assert_eq!(r.args, vec![json!(1)]);
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"args":[1],"kwargs":{"a":2}}"#
+        );
+    }
+
+    #[test]
+    fn error_bodies_typed_and_untyped() {
+        let e = PluginError::user_input("bad text").with_plugin("echo");
+        let body = serde_json::to_vec(&ErrorBody::from(&e)).unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["detail"], "bad text", "the original's shape is kept");
+        assert_eq!(error_from_response(400, &body), e);
+
+        let original = error_from_response(500, br#"{"detail":"division by zero"}"#);
+        assert_eq!(original.category, ErrorCategory::Fatal);
+        assert_eq!(original.message, "division by zero");
+        let init = error_from_response(400, br#"{"detail":"bad config"}"#);
+        assert_eq!(init.category, ErrorCategory::UserInput);
+        let plain = error_from_response(500, b"Internal Server Error");
+        assert_eq!(plain.message, "HTTP status 500: Internal Server Error");
+        let empty = error_from_response(503, b"");
+        assert_eq!(empty.category, ErrorCategory::Transient);
+        assert!(empty.retriable);
+        let structured = error_from_response(422, br#"{"detail":[{"loc":["body"]}]}"#);
+        assert_eq!(structured.message, r#"[{"loc":["body"]}]"#);
+    }
+
+    #[test]
+    fn stream_lines() {
+        let chunk = json!({"text": "hi"});
+        assert_eq!(
+            StreamLine::interpret(chunk.clone(), WorkerFlavor::Cjm),
+            StreamLine::Chunk(chunk.clone())
+        );
+        let end = StreamLine::End { chunks: 3 };
+        assert_eq!(StreamLine::interpret(end.to_json(), WorkerFlavor::Cjm), end);
+        let err = StreamLine::Error(PluginError::resource("CUDA out of memory", vec![]));
+        let line = err.to_json();
+        assert_eq!(line["error"], "CUDA out of memory", "original readers see the error too");
+        assert_eq!(StreamLine::interpret(line, WorkerFlavor::Cjm), err);
+        // A cjm chunk that merely has an `error` key is data.
+        let data = json!({"error": "field in data"});
+        assert_eq!(
+            StreamLine::interpret(data.clone(), WorkerFlavor::Cjm),
+            StreamLine::Chunk(data.clone())
+        );
+        // The original's in-band error line is terminal.
+        match StreamLine::interpret(data, WorkerFlavor::Original) {
+            StreamLine::Error(e) => assert_eq!(e.message, "field in data"),
+            other => panic!("{other:?}"),
+        }
+        // ... but only when it is the sole key.
+        let two = json!({"error": "x", "text": "y"});
+        assert_eq!(
+            StreamLine::interpret(two.clone(), WorkerFlavor::Original),
+            StreamLine::Chunk(two)
+        );
+        assert!(is_reserved_chunk(&json!({"$cjm": 1})));
+        assert!(matches!(
+            StreamLine::interpret(json!({"$cjm": {"what": 1}}), WorkerFlavor::Cjm),
+            StreamLine::Error(_)
+        ));
+    }
+
+    #[test]
+    fn frames_round_trip_without_copying() {
+        let big = Bytes::from(vec![7u8; 1 << 20]);
+        let small = Bytes::from_static(b"abc");
+        let json = json!({"args": [blob_ref(0)], "kwargs": {"b": blob_ref(1)}});
+        let parts = encode_frame(&json, &[big.clone(), small.clone(), Bytes::new()]);
+        assert_eq!(parts.len(), 4);
+        let body: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+        let (j, blobs) = decode_frame(Bytes::from(body)).unwrap();
+        assert_eq!(j, json);
+        assert_eq!(blobs, vec![big, small, Bytes::new()]);
+        assert_eq!(as_blob_ref(&j["args"][0]), Some(0));
+        assert_eq!(as_blob_ref(&j["kwargs"]["b"]), Some(1));
+        assert_eq!(as_blob_ref(&json!({"$cjm_blob": 1, "x": 2})), None);
+    }
+
+    #[test]
+    fn bad_frames_are_errors() {
+        assert_eq!(decode_frame(Bytes::from_static(b"CJM")), Err(FrameError::Truncated("shorter than the 8-byte preamble")));
+        assert_eq!(decode_frame(Bytes::from_static(b"XXXX\0\0\0\0")), Err(FrameError::BadMagic));
+        let mut b = b"CJMF".to_vec();
+        b.extend_from_slice(&100u32.to_le_bytes());
+        b.extend_from_slice(b"{}");
+        assert_eq!(decode_frame(Bytes::from(b)), Err(FrameError::Truncated("the header is cut short")));
+        let mut parts: Vec<u8> = encode_frame(&json!(1), &[Bytes::from_static(b"abcd")])
+            .iter()
+            .flat_map(|p| p.to_vec())
+            .collect();
+        parts.pop();
+        assert_eq!(
+            decode_frame(Bytes::from(parts)),
+            Err(FrameError::LengthMismatch { declared: 4, actual: 3 })
+        );
+        let mut bad = b"CJMF".to_vec();
+        bad.extend_from_slice(&2u32.to_le_bytes());
+        bad.extend_from_slice(b"[]");
+        assert!(matches!(decode_frame(Bytes::from(bad)), Err(FrameError::BadHeader(_))));
+    }
+}
