@@ -1,0 +1,1 @@
+//! Shared helpers for cjm's cross-crate integration tests.
