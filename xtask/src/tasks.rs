@@ -1,0 +1,42 @@
+//! The tasks themselves.
+
+use std::process::Command;
+
+use crate::{cargo, run};
+
+/// `cargo xtask test`.
+pub fn test(args: &[String]) -> Result<(), String> {
+    if let Some(a) = args.first() {
+        return Err(format!("`test` takes no arguments, got `{a}`"));
+    }
+    cargo(&["fmt", "--all", "--", "--check"])
+        .map_err(|e| format!("{e}\nhint: run `cargo fmt --all`"))?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    // Build everything first, so the integration tests find every worker binary.
+    cargo(&["build", "--workspace", "--all-targets"])?;
+    cargo(&["test", "--workspace", "--all-targets"])?;
+    cargo(&["test", "--workspace", "--doc"])?;
+    eprintln!("\nxtask test: all suites passed");
+    Ok(())
+}
+
+/// `cargo xtask demo`.
+pub fn demo(args: &[String]) -> Result<(), String> {
+    let mut a = vec!["run", "--release", "-p", "cjm-demo", "--"];
+    a.extend(args.iter().map(String::as_str));
+    cargo(&a)
+}
+
+/// `cargo xtask bench`.
+pub fn bench(args: &[String]) -> Result<(), String> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["run", "--release", "-p", "cjm-bench", "--"]).args(args);
+    run(&mut cmd)
+}
