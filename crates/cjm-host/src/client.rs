@@ -1,0 +1,292 @@
+//! The typed protocol-v1 client of one worker: one method per endpoint, errors decoded into
+//! [`PluginError`], both worker flavors (cjm and original) handled.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cjm_core::wire::{
+    self, content_types, error_from_response, headers, paths, ExecuteRequest, HealthResponse,
+    StatsResponse, WorkerFlavor,
+};
+use cjm_core::{Call, CancelOutcome, ChunkStream, Output, PluginError, Progress};
+use http::{Method, Request};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::stream::NdjsonStream;
+use crate::transport::{FullResponse, ReqBody, Transport};
+
+/// Timeout of control requests (`/health`, `/stats`, `/progress`, `/cancel`, `/config`).
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connected, identified worker.
+#[derive(Debug)]
+pub struct WorkerClient {
+    transport: Transport,
+    health: HealthResponse,
+}
+
+#[derive(Serialize)]
+struct ExecuteBody<'a> {
+    args: &'a [Value],
+    kwargs: &'a Map<String, Value>,
+}
+
+impl WorkerClient {
+    /// Asks `/health` until `deadline`; the answer identifies the worker. With a cjm worker's
+    /// inherited socket the request simply waits in the backlog until the worker serves it.
+    pub async fn handshake(transport: Transport, deadline: Option<Instant>) -> Result<Self, PluginError> {
+        let req = transport
+            .request(Method::GET, paths::HEALTH)
+            .body(ReqBody::Empty)
+            .map_err(internal)?;
+        let resp = transport.call(req, deadline).await?;
+        let health: HealthResponse = decode(&resp, paths::HEALTH)?;
+        if let Some(v) = health.protocol {
+            if v != wire::PROTOCOL_VERSION {
+                return Err(PluginError::fatal(format!(
+                    "the worker speaks protocol {v}; this host speaks {}",
+                    wire::PROTOCOL_VERSION
+                )));
+            }
+        }
+        Ok(Self { transport, health })
+    }
+
+    /// The `/health` answer of the handshake.
+    pub fn health(&self) -> &HealthResponse {
+        &self.health
+    }
+
+    /// Which kind of worker this is.
+    pub fn flavor(&self) -> WorkerFlavor {
+        self.health.flavor()
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    fn get(&self, path: &str) -> Result<Request<ReqBody>, PluginError> {
+        self.transport
+            .request(Method::GET, path)
+            .body(ReqBody::Empty)
+            .map_err(internal)
+    }
+
+    fn post_json(&self, path: &str, body: Bytes, deadline: Option<Instant>) -> Result<Request<ReqBody>, PluginError> {
+        let mut b = self
+            .transport
+            .request(Method::POST, path)
+            .header(http::header::CONTENT_TYPE, content_types::JSON);
+        if let (Some(d), WorkerFlavor::Cjm) = (deadline, self.flavor()) {
+            let ms = d.saturating_duration_since(Instant::now()).as_millis().max(1);
+            b = b.header(headers::TIMEOUT_MS, ms as u64);
+        }
+        b.body(ReqBody::full(body)).map_err(internal)
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, PluginError> {
+        let resp = self
+            .transport
+            .call(self.get(path)?, Some(Instant::now() + CONTROL_TIMEOUT))
+            .await?;
+        decode(&resp, path)
+    }
+
+    /// `GET /stats`.
+    pub async fn stats(&self) -> Result<StatsResponse, PluginError> {
+        self.get_json(paths::STATS).await
+    }
+
+    /// `GET /config_schema`.
+    pub async fn config_schema(&self) -> Result<Value, PluginError> {
+        self.get_json(paths::CONFIG_SCHEMA).await
+    }
+
+    /// `GET /progress`.
+    pub async fn progress(&self) -> Result<Progress, PluginError> {
+        self.get_json(paths::PROGRESS).await
+    }
+
+    /// `POST /cancel`.
+    pub async fn cancel(&self) -> Result<CancelOutcome, PluginError> {
+        let req = self.post_json(paths::CANCEL, Bytes::new(), None)?;
+        let resp = self.transport.call(req, Some(Instant::now() + CONTROL_TIMEOUT)).await?;
+        decode(&resp, paths::CANCEL)
+    }
+
+    /// `POST /initialize` with `config`, waiting as long as it takes (models load for minutes)
+    /// unless `deadline` is given.
+    pub async fn initialize(&self, config: &Value, deadline: Option<Instant>) -> Result<(), PluginError> {
+        let body = serde_json::to_vec(config).map_err(internal)?;
+        let req = self.post_json(paths::INITIALIZE, body.into(), None)?;
+        let resp = self.transport.call(req, deadline).await?;
+        check(&resp).map(drop)
+    }
+
+    /// `POST /cleanup`, bounded by `deadline`.
+    pub async fn cleanup(&self, deadline: Instant) -> Result<(), PluginError> {
+        let req = self.post_json(paths::CLEANUP, Bytes::new(), None)?;
+        let resp = self.transport.call(req, Some(deadline)).await?;
+        check(&resp).map(drop)
+    }
+
+    fn execute_request(&self, path: &str, call: &Call) -> Result<Request<ReqBody>, PluginError> {
+        if call.blobs.is_empty() {
+            let body = serde_json::to_vec(&ExecuteBody {
+                args: &call.args,
+                kwargs: &call.kwargs,
+            })
+            .map_err(internal)?;
+            return self.post_json(path, body.into(), call.ctx.deadline());
+        }
+        if !self.health.has_feature(wire::features::BLOB_FRAME) {
+            return Err(PluginError::user_input(
+                "this worker cannot take binary payloads (it does not support frames); pass the \
+                 data as JSON or a file path",
+            ));
+        }
+        let head = serde_json::to_value(ExecuteRequest {
+            args: call.args.clone(),
+            kwargs: call.kwargs.clone(),
+        })
+        .map_err(internal)?;
+        let parts = wire::encode_frame(&head, &call.blobs);
+        let mut b = self
+            .transport
+            .request(Method::POST, path)
+            .header(http::header::CONTENT_TYPE, content_types::FRAME);
+        if let Some(d) = call.ctx.deadline() {
+            let ms = d.saturating_duration_since(Instant::now()).as_millis().max(1);
+            b = b.header(headers::TIMEOUT_MS, ms as u64);
+        }
+        b.body(ReqBody::Parts(parts.into())).map_err(internal)
+    }
+
+    /// `POST /execute`. Cancelling the call's token or passing its deadline abandons the
+    /// request, which closes the connection (a cjm worker then cancels the call); an original
+    /// worker is also sent `POST /cancel`.
+    pub async fn execute(self: &Arc<Self>, call: Call) -> Result<Output, PluginError> {
+        let req = self.execute_request(paths::EXECUTE, &call)?;
+        let ctx = call.ctx.clone();
+        let work = self.transport.call(req, ctx.deadline());
+        let resp = tokio::select! {
+            r = work => r,
+            _ = ctx.cancellation().cancelled() => {
+                self.cancel_original();
+                return Err(PluginError::cancelled("the call was cancelled"));
+            }
+        };
+        let resp = match resp {
+            Err(e) if e.category == cjm_core::ErrorCategory::Timeout => {
+                self.cancel_original();
+                return Err(e);
+            }
+            r => r?,
+        };
+        check(&resp)?;
+        if resp
+            .content_type
+            .as_ref()
+            .is_some_and(|c| c.as_bytes().starts_with(content_types::FRAME.as_bytes()))
+        {
+            let (value, blobs) = wire::decode_frame(resp.body)
+                .map_err(|e| PluginError::fatal(format!("the worker sent a bad frame: {e}")))?;
+            return Ok(Output::with_blobs(value, blobs));
+        }
+        let value: Value = serde_json::from_slice(&resp.body).map_err(|e| {
+            PluginError::fatal(format!("the worker's /execute answer is not JSON: {e}"))
+        })?;
+        Ok(value.into())
+    }
+
+    /// `POST /execute_stream`. The returned stream keeps `guard` alive until it ends or is
+    /// dropped; dropping it early closes the connection (and cancels an original worker's call).
+    pub async fn execute_stream(
+        self: &Arc<Self>,
+        call: Call,
+        guard: Box<dyn Send + Sync>,
+    ) -> Result<ChunkStream, PluginError> {
+        let req = self.execute_request(paths::EXECUTE_STREAM, &call)?;
+        let ctx = call.ctx.clone();
+        let start = async {
+            let (resp, conn) = self.transport.send(req).await?;
+            if !resp.status().is_success() {
+                let status = resp.status();
+                let body = http_body_util::BodyExt::collect(resp.into_body())
+                    .await
+                    .map_err(crate::transport::lost)?
+                    .to_bytes();
+                return Err(error_from_response(status.as_u16(), &body));
+            }
+            Ok((resp, conn))
+        };
+        let started = tokio::select! {
+            r = async {
+                match ctx.deadline() {
+                    Some(d) => tokio::time::timeout_at(d.into(), start).await.unwrap_or_else(|_| {
+                        Err(PluginError::timeout("the call's deadline passed"))
+                    }),
+                    None => start.await,
+                }
+            } => r,
+            _ = ctx.cancellation().cancelled() => Err(PluginError::cancelled("the call was cancelled")),
+        };
+        let (resp, conn) = match started {
+            Ok(x) => x,
+            Err(e) => {
+                if matches!(e.category, cjm_core::ErrorCategory::Cancelled | cjm_core::ErrorCategory::Timeout) {
+                    self.cancel_original();
+                }
+                return Err(e);
+            }
+        };
+        Ok(Box::pin(NdjsonStream::new(
+            Arc::clone(self),
+            resp.into_body(),
+            conn,
+            ctx,
+            guard,
+        )))
+    }
+
+    /// For original workers, which do not notice a dropped connection: `POST /cancel` in the
+    /// background.
+    pub fn cancel_original(self: &Arc<Self>) {
+        if self.flavor() == WorkerFlavor::Original && tokio::runtime::Handle::try_current().is_ok() {
+            let me = Arc::clone(self);
+            tokio::spawn(async move {
+                if let Err(e) = me.cancel().await {
+                    tracing::debug!(error = %e, "cancel request to the original worker failed");
+                }
+            });
+        }
+    }
+}
+
+/// `Ok(body)` for a 2xx answer, else the decoded error.
+pub fn check(resp: &FullResponse) -> Result<&Bytes, PluginError> {
+    if resp.status.is_success() {
+        Ok(&resp.body)
+    } else {
+        Err(error_from_response(resp.status.as_u16(), &resp.body))
+    }
+}
+
+fn decode<T: DeserializeOwned>(resp: &FullResponse, path: &str) -> Result<T, PluginError> {
+    let body = check(resp)?;
+    serde_json::from_slice(body).map_err(|e| {
+        PluginError::fatal(format!(
+            "the worker's {path} answer does not follow the protocol: {e}"
+        ))
+    })
+}
+
+fn internal(e: impl std::fmt::Display) -> PluginError {
+    PluginError::fatal(format!("internal error building a request: {e}"))
+}
+

@@ -1,0 +1,171 @@
+//! Finding manifests: `*.json` in each search path (non-recursive, sorted by file name), the
+//! first of a name wins (local shadows global), invalid manifests are reported and skipped.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cjm_core::{ConfigValidator, Manifest, ManifestError, ManifestProblem};
+
+/// The default data directory: `$CJM_DATA_DIR`, else `~/.cjm`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CJM_DATA_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(".cjm")
+}
+
+/// The default search paths: `./.cjm/manifests` (local, from the current directory), then
+/// `<data_dir>/manifests` (global).
+pub fn default_search_paths(data_dir: &Path) -> Vec<PathBuf> {
+    let local = std::env::current_dir()
+        .unwrap_or_else(|_| PathBuf::from("."))
+        .join(".cjm")
+        .join("manifests");
+    vec![local, data_dir.join("manifests")]
+}
+
+/// A plugin found by discovery.
+#[derive(Debug, Clone)]
+pub struct DiscoveredPlugin {
+    /// The winning manifest.
+    pub manifest: Arc<Manifest>,
+    /// Files with the same name that it shadows, in search order.
+    pub shadowed: Vec<PathBuf>,
+}
+
+/// The result of a scan.
+#[derive(Debug, Clone, Default)]
+pub struct Discovery {
+    /// Valid plugins, in search order.
+    pub plugins: Vec<DiscoveredPlugin>,
+    /// Manifests that were refused, each with its file and every problem.
+    pub invalid: Vec<ManifestError>,
+}
+
+impl Discovery {
+    /// The plugin called `name`.
+    pub fn get(&self, name: &str) -> Option<&DiscoveredPlugin> {
+        self.plugins.iter().find(|p| p.manifest.name == name)
+    }
+}
+
+/// Scans `search_paths`. A manager for one `interface` refuses manifests that declare another.
+pub fn discover(search_paths: &[PathBuf], interface: Option<&str>) -> Discovery {
+    let mut out = Discovery::default();
+    for dir in search_paths {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                out.invalid.push(problem(dir, "", format!("cannot read the directory: {e}")));
+                continue;
+            }
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json") && p.is_file())
+            .collect();
+        files.sort();
+        for file in files {
+            let manifest = match Manifest::load(&file) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("invalid manifest: {e}");
+                    out.invalid.push(e);
+                    continue;
+                }
+            };
+            if let (Some(want), Some(got)) = (interface, manifest.interface.as_deref()) {
+                if want != got {
+                    out.invalid.push(problem(
+                        &file,
+                        "interface",
+                        format!("declares interface {got:?}, but this manager is for {want:?}"),
+                    ));
+                    continue;
+                }
+            }
+            if let Some(schema) = &manifest.config_schema {
+                if let Err(e) = ConfigValidator::new(schema) {
+                    out.invalid.push(problem(&file, "config_schema", e.message));
+                    continue;
+                }
+            }
+            match out.plugins.iter_mut().find(|p| p.manifest.name == manifest.name) {
+                Some(winner) => winner.shadowed.push(file),
+                None => out.plugins.push(DiscoveredPlugin {
+                    manifest: Arc::new(manifest),
+                    shadowed: Vec::new(),
+                }),
+            }
+        }
+    }
+    out
+}
+
+fn problem(file: &Path, field: &str, reason: String) -> ManifestError {
+    ManifestError {
+        file: Some(file.to_path_buf()),
+        problems: vec![ManifestProblem {
+            field: field.to_owned(),
+            reason,
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, file: &str, text: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+
+    #[test]
+    fn local_shadows_global_and_bad_manifests_do_not_stop_discovery() {
+        let tmp = tempfile::tempdir().unwrap();
+        let local = tmp.path().join("local");
+        let global = tmp.path().join("global");
+        write(&local, "echo.json", r#"{"name":"echo","command":"/bin/local","category":"demo"}"#);
+        write(&local, "broken.json", "{not json");
+        write(&local, "notes.txt", "ignored");
+        write(&global, "echo.json", r#"{"name":"echo","command":"/bin/global"}"#);
+        write(&global, "other.json", r#"{"name":"other","command":"/bin/o","category":"tools"}"#);
+        write(&global, "nameless.json", r#"{"command":"/bin/x"}"#);
+        let d = discover(&[local.clone(), global.clone(), tmp.path().join("missing")], None);
+        let names: Vec<_> = d.plugins.iter().map(|p| p.manifest.name.as_str()).collect();
+        assert_eq!(names, ["echo", "other"]);
+        let echo = d.get("echo").unwrap();
+        assert_eq!(echo.manifest.command.as_deref(), Some("/bin/local"));
+        assert_eq!(echo.manifest.path.as_deref(), Some(local.join("echo.json").as_path()));
+        assert_eq!(echo.shadowed, vec![global.join("echo.json")]);
+        assert_eq!(d.invalid.len(), 2);
+        assert_eq!(d.invalid[0].file.as_deref(), Some(local.join("broken.json").as_path()));
+        assert!(d.invalid[0].to_string().contains("not valid JSON"));
+        assert_eq!(d.invalid[1].problems[0].field, "name");
+    }
+
+    #[test]
+    fn interface_and_schema_are_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), "a.json", r#"{"name":"a","command":"x","interface":"llm"}"#);
+        write(tmp.path(), "b.json", r#"{"name":"b","command":"x","interface":"transcription"}"#);
+        write(tmp.path(), "c.json", r#"{"name":"c","command":"x"}"#);
+        write(
+            tmp.path(),
+            "d.json",
+            r#"{"name":"d","command":"x","config_schema":{"type":"object","properties":{"n":{"type":"integer","minimum":"zero"}}}}"#,
+        );
+        let d = discover(&[tmp.path().to_path_buf()], Some("transcription"));
+        let names: Vec<_> = d.plugins.iter().map(|p| p.manifest.name.as_str()).collect();
+        assert_eq!(names, ["b", "c"], "no interface declared is accepted");
+        assert_eq!(d.invalid.len(), 2);
+        assert_eq!(d.invalid[0].problems[0].field, "interface");
+        assert!(d.invalid[0].problems[0].reason.contains("\"llm\""));
+        assert_eq!(d.invalid[1].problems[0].field, "config_schema");
+    }
+}

@@ -1,0 +1,743 @@
+//! [`PluginManager`]: discovery, loading, calls, configuration, supervision and teardown of
+//! every plugin of one host.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use cjm_core::{
+    Call, ChunkStream, ConfigValidator, Manifest, ManifestError, Output, Plugin, PluginError,
+    PluginExecutionMode, WorkerSpec,
+};
+use serde_json::{json, Value};
+
+use crate::discovery::{self, DiscoveredPlugin, Discovery};
+use crate::logs::{self, PluginLog};
+use crate::proxy::{Backend, PluginProxy};
+use crate::scheduler::{Admission, PermissiveScheduler, Scheduler};
+use crate::spawn::LaunchSpec;
+use crate::state::PluginState;
+use crate::stats::PluginStats;
+use crate::supervisor::{SupervisorOptions, WorkerSlot};
+
+/// Calls in flight at once for a native worker whose manifest sets no limit.
+pub const DEFAULT_NATIVE_CONCURRENCY: u32 = 64;
+
+/// Builds a [`PluginManager`].
+#[derive(Debug, Clone)]
+pub struct ManagerBuilder {
+    search_paths: Option<Vec<PathBuf>>,
+    data_dir: Option<PathBuf>,
+    models_dir: Option<PathBuf>,
+    interface: Option<String>,
+    scheduler: Arc<dyn Scheduler>,
+    supervisor: SupervisorOptions,
+    log_cap: u64,
+}
+
+impl Default for ManagerBuilder {
+    fn default() -> Self {
+        Self {
+            search_paths: None,
+            data_dir: None,
+            models_dir: None,
+            interface: None,
+            scheduler: Arc::new(PermissiveScheduler),
+            supervisor: SupervisorOptions::default(),
+            log_cap: logs::DEFAULT_LOG_CAP,
+        }
+    }
+}
+
+impl ManagerBuilder {
+    /// Searches these directories instead of `./.cjm/manifests` and `<data_dir>/manifests`.
+    pub fn search_paths(mut self, paths: impl IntoIterator<Item = impl Into<PathBuf>>) -> Self {
+        self.search_paths = Some(paths.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The data directory (default `$CJM_DATA_DIR`, else `~/.cjm`): manifests, `logs/`,
+    /// `data/`.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// The models directory handed to workers as `CJM_MODELS_DIR`.
+    pub fn models_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.models_dir = Some(dir.into());
+        self
+    }
+
+    /// Accepts only manifests that declare this interface (or none).
+    pub fn interface(mut self, interface: impl Into<String>) -> Self {
+        self.interface = Some(interface.into());
+        self
+    }
+
+    /// The resource scheduler (default: permissive).
+    pub fn scheduler(mut self, scheduler: Arc<dyn Scheduler>) -> Self {
+        self.scheduler = scheduler;
+        self
+    }
+
+    /// Restart and teardown settings.
+    pub fn supervisor(mut self, options: SupervisorOptions) -> Self {
+        self.supervisor = options;
+        self
+    }
+
+    /// Size at which a plugin's log file is rotated.
+    pub fn log_cap(mut self, bytes: u64) -> Self {
+        self.log_cap = bytes;
+        self
+    }
+
+    /// Creates the manager and its private runtime directory (mode 0700). Discovery runs at
+    /// once.
+    pub fn build(self) -> Result<PluginManager, PluginError> {
+        let data_dir = self.data_dir.unwrap_or_else(discovery::default_data_dir);
+        let search_paths = self
+            .search_paths
+            .unwrap_or_else(|| discovery::default_search_paths(&data_dir));
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let runtime_dir = tempfile::Builder::new()
+            .prefix(&format!("cjm-{}-", crate::platform::uid()))
+            .tempdir_in(&base)
+            .map_err(|e| {
+                PluginError::fatal(format!(
+                    "cannot create the runtime directory in {}: {e}",
+                    base.display()
+                ))
+            })?;
+        let m = PluginManager {
+            inner: Arc::new(Inner {
+                search_paths,
+                logs_dir: data_dir.join("logs"),
+                data_dir,
+                models_dir: self.models_dir,
+                interface: self.interface,
+                scheduler: self.scheduler,
+                supervisor: self.supervisor,
+                log_cap: self.log_cap,
+                runtime_dir,
+                discovery: RwLock::new(Discovery::default()),
+                loaded: RwLock::new(BTreeMap::new()),
+                pending: std::sync::Mutex::new(BTreeSet::new()),
+                seq: Arc::new(AtomicU64::new(0)),
+            }),
+        };
+        m.discover();
+        Ok(m)
+    }
+}
+
+/// The host's plugin manager. Cheap to clone (all clones share one set of plugins).
+///
+/// Every method is async; [`crate::BlockingPluginManager`] offers the same API for plain
+/// synchronous code. Dropping the last clone kills every worker's process group at once; call
+/// [`unload_all`](Self::unload_all) first for an orderly shutdown with cleanup.
+#[derive(Clone)]
+pub struct PluginManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    search_paths: Vec<PathBuf>,
+    data_dir: PathBuf,
+    logs_dir: PathBuf,
+    models_dir: Option<PathBuf>,
+    interface: Option<String>,
+    scheduler: Arc<dyn Scheduler>,
+    supervisor: SupervisorOptions,
+    log_cap: u64,
+    runtime_dir: tempfile::TempDir,
+    discovery: RwLock<Discovery>,
+    loaded: RwLock<BTreeMap<String, Arc<PluginProxy>>>,
+    /// Plugins being loaded right now, so two concurrent loads of one name cannot both spawn.
+    pending: std::sync::Mutex<BTreeSet<String>>,
+    seq: Arc<AtomicU64>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(loaded) = self.loaded.read() {
+            for p in loaded.values() {
+                if let Backend::Worker(slot) = p.backend() {
+                    slot.kill_now();
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for PluginManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginManager")
+            .field("search_paths", &self.inner.search_paths)
+            .field("loaded", &self.loaded())
+            .finish()
+    }
+}
+
+impl PluginManager {
+    /// A builder with the defaults.
+    pub fn builder() -> ManagerBuilder {
+        ManagerBuilder::default()
+    }
+
+    /// A manager with the default search paths and scheduler.
+    pub fn new() -> Result<Self, PluginError> {
+        Self::builder().build()
+    }
+
+    /// The directories searched for manifests, in order.
+    pub fn search_paths(&self) -> &[PathBuf] {
+        &self.inner.search_paths
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    /// The private runtime directory holding worker sockets.
+    pub fn runtime_dir(&self) -> &Path {
+        self.inner.runtime_dir.path()
+    }
+
+    /// The scheduler.
+    pub fn scheduler(&self) -> &Arc<dyn Scheduler> {
+        &self.inner.scheduler
+    }
+
+    // ---- discovery -------------------------------------------------------------------------
+
+    /// Rescans the search paths. Returns the number of valid plugins found; invalid manifests
+    /// are in [`invalid_manifests`](Self::invalid_manifests).
+    pub fn discover(&self) -> usize {
+        let d = discovery::discover(&self.inner.search_paths, self.inner.interface.as_deref());
+        let n = d.plugins.len();
+        if let Ok(mut g) = self.inner.discovery.write() {
+            *g = d;
+        }
+        n
+    }
+
+    fn with_discovery<T>(&self, f: impl FnOnce(&Discovery) -> T) -> T {
+        match self.inner.discovery.read() {
+            Ok(g) => f(&g),
+            Err(p) => f(&p.into_inner()),
+        }
+    }
+
+    /// Every discovered plugin (the winning manifests), in search order.
+    pub fn discovered(&self) -> Vec<Arc<Manifest>> {
+        self.with_discovery(|d| d.plugins.iter().map(|p| Arc::clone(&p.manifest)).collect())
+    }
+
+    /// The discovered plugin `name`, with the files it shadows.
+    pub fn discovered_plugin(&self, name: &str) -> Option<DiscoveredPlugin> {
+        self.with_discovery(|d| d.get(name).cloned())
+    }
+
+    /// The discovered manifest of `name`.
+    pub fn discovered_manifest(&self, name: &str) -> Option<Arc<Manifest>> {
+        self.discovered_plugin(name).map(|p| p.manifest)
+    }
+
+    /// Discovered plugins of one category.
+    pub fn discovered_by_category(&self, category: &str) -> Vec<Arc<Manifest>> {
+        self.discovered()
+            .into_iter()
+            .filter(|m| m.category == category)
+            .collect()
+    }
+
+    /// The categories of discovered plugins, sorted.
+    pub fn discovered_categories(&self) -> Vec<String> {
+        let set: BTreeSet<String> = self.discovered().iter().map(|m| m.category.clone()).collect();
+        set.into_iter().collect()
+    }
+
+    /// Manifests refused at the last discovery, each with its file and reasons.
+    pub fn invalid_manifests(&self) -> Vec<ManifestError> {
+        self.with_discovery(|d| d.invalid.clone())
+    }
+
+    // ---- loading ---------------------------------------------------------------------------
+
+    /// Loads the discovered plugin `name` with `config` (completed with the schema's defaults
+    /// and validated), waiting until its worker answers and has applied the configuration.
+    pub async fn load(&self, name: &str, config: Option<Value>) -> Result<(), PluginError> {
+        let manifest = self.discovered_manifest(name).ok_or_else(|| {
+            PluginError::not_loaded(name).retriable(false).with_plugin(name)
+        }).map_err(|mut e| {
+            e.message = format!(
+                "no plugin `{name}` was discovered (search paths: {})",
+                self.inner
+                    .search_paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            e
+        })?;
+        self.load_manifest(manifest, config).await
+    }
+
+    /// Loads a plugin from a manifest that did not come from discovery.
+    pub async fn load_manifest(&self, manifest: Arc<Manifest>, config: Option<Value>) -> Result<(), PluginError> {
+        let name = manifest.name.clone();
+        self.reserve(&name)?;
+        let result = self.spawn_proxy(Arc::clone(&manifest), config).await;
+        match result {
+            Ok(proxy) => {
+                self.insert(&name, Arc::new(proxy));
+                Ok(())
+            }
+            Err(e) => {
+                self.release(&name);
+                Err(e)
+            }
+        }
+    }
+
+    async fn spawn_proxy(&self, manifest: Arc<Manifest>, config: Option<Value>) -> Result<PluginProxy, PluginError> {
+        let name = manifest.name.clone();
+        if matches!(manifest.worker(), WorkerSpec::InProcess) {
+            return Err(PluginError::user_input(format!(
+                "plugin `{name}` runs in-process: register it with register_in_process"
+            ))
+            .with_plugin(&name));
+        }
+        let schema = manifest.config_schema.clone().unwrap_or_else(|| json!({}));
+        let validator = match &manifest.config_schema {
+            Some(s) => Some(ConfigValidator::new(s).map_err(|e| e.with_plugin(&name))?),
+            None => None,
+        };
+        let full = PluginProxy::prepare_config(&schema, validator.as_ref(), config)
+            .map_err(|e| e.with_plugin(&name))?;
+        let python = matches!(manifest.worker(), WorkerSpec::Python { .. });
+        let limit = manifest
+            .max_concurrency
+            .unwrap_or(if python { 1 } else { DEFAULT_NATIVE_CONCURRENCY });
+        let spec = LaunchSpec {
+            manifest: Arc::clone(&manifest),
+            data_dir: self.inner.data_dir.clone(),
+            models_dir: self.inner.models_dir.clone(),
+            runtime_dir: self.inner.runtime_dir.path().to_path_buf(),
+            log: PluginLog::open(&self.inner.logs_dir, &name, self.inner.log_cap),
+            max_concurrency: limit,
+        };
+        let config = Arc::new(RwLock::new(full));
+        let slot = WorkerSlot::start(
+            spec,
+            self.inner.supervisor.clone(),
+            Arc::clone(&config),
+            Arc::clone(&self.inner.seq),
+        )
+        .await?;
+        let client = slot.client();
+        let limit = client
+            .as_ref()
+            .and_then(|c| c.health().max_concurrency)
+            .map_or(limit, |w| w.min(limit).max(1));
+        // Without a schema in the manifest, the worker's own schema governs later updates.
+        let schema = match (&manifest.config_schema, &client) {
+            (None, Some(c)) => c.config_schema().await.unwrap_or(schema),
+            _ => schema,
+        };
+        let proxy = PluginProxy::new(manifest, Backend::Worker(Arc::clone(&slot)), schema, config, limit);
+        if proxy.is_err() {
+            slot.stop().await;
+        }
+        proxy
+    }
+
+    /// Registers an in-process plugin under `category`; it is called through the same API as
+    /// worker plugins. Its schema comes from [`Plugin::config_schema`].
+    pub async fn register_in_process(
+        &self,
+        plugin: Arc<dyn Plugin>,
+        category: &str,
+        config: Option<Value>,
+    ) -> Result<(), PluginError> {
+        let name = plugin.name().to_owned();
+        let schema = plugin.config_schema().await?;
+        let manifest = Manifest::from_value(
+            json!({
+                "name": name, "version": plugin.version(), "category": category,
+                "execution_mode": PluginExecutionMode::InProcess.as_str(),
+                "config_schema": schema,
+            }),
+            None,
+        )
+        .map_err(|e| PluginError::user_input(e.to_string()).with_plugin(&name))?;
+        self.reserve(&name)?;
+        let result = async {
+            let validator = if schema.as_object().is_some_and(|o| !o.is_empty()) {
+                Some(ConfigValidator::new(&schema)?)
+            } else {
+                None
+            };
+            let full = PluginProxy::prepare_config(&schema, validator.as_ref(), config)?;
+            plugin.initialize(full.clone()).await?;
+            PluginProxy::new(
+                Arc::new(manifest),
+                Backend::InProcess(plugin),
+                schema.clone(),
+                Arc::new(RwLock::new(full)),
+                DEFAULT_NATIVE_CONCURRENCY,
+            )
+        }
+        .await;
+        match result {
+            Ok(p) => {
+                self.insert(&name, Arc::new(p));
+                Ok(())
+            }
+            Err(e) => {
+                self.release(&name);
+                Err(e.with_plugin(&name))
+            }
+        }
+    }
+
+    /// Loads every discovered plugin at once (start-up costs the slowest spawn, not the sum),
+    /// each with its entry of `configs` if any. Returns each plugin's outcome, in discovery
+    /// order; plugins already loaded are skipped.
+    pub async fn load_all(&self, configs: HashMap<String, Value>) -> Vec<(String, Result<(), PluginError>)> {
+        let mut configs = configs;
+        let loaded = self.loaded();
+        let jobs: Vec<_> = self
+            .discovered()
+            .into_iter()
+            .filter(|m| !loaded.contains(&m.name) && !matches!(m.worker(), WorkerSpec::InProcess))
+            .map(|m| {
+                let cfg = configs.remove(&m.name);
+                let me = self.clone();
+                async move {
+                    let name = m.name.clone();
+                    (name, me.load_manifest(m, cfg).await)
+                }
+            })
+            .collect();
+        futures::future::join_all(jobs).await
+    }
+
+    /// Marks `name` as being loaded; fails if it is loaded already.
+    fn reserve(&self, name: &str) -> Result<(), PluginError> {
+        let loaded = self.inner.loaded.read().map_err(|_| poisoned())?;
+        if loaded.contains_key(name) {
+            return Err(PluginError::user_input(format!(
+                "plugin `{name}` is already loaded; unload or reload it first"
+            ))
+            .with_plugin(name));
+        }
+        drop(loaded);
+        let mut pending = self.inner.pending.lock().map_err(|_| poisoned())?;
+        if !pending.insert(name.to_owned()) {
+            return Err(PluginError::user_input(format!("plugin `{name}` is already being loaded"))
+                .with_plugin(name));
+        }
+        Ok(())
+    }
+
+    fn release(&self, name: &str) {
+        if let Ok(mut pending) = self.inner.pending.lock() {
+            pending.remove(name);
+        }
+    }
+
+    fn insert(&self, name: &str, proxy: Arc<PluginProxy>) {
+        if let Ok(mut g) = self.inner.loaded.write() {
+            g.insert(name.to_owned(), proxy);
+        }
+        self.release(name);
+        tracing::info!(plugin = name, "loaded");
+    }
+
+    /// Unloads `name`: `/cleanup` (bounded), `SIGTERM` to its process group, a grace period,
+    /// `SIGKILL`, then a sweep of descendants that escaped the group.
+    pub async fn unload(&self, name: &str) -> Result<(), PluginError> {
+        let proxy = self
+            .inner
+            .loaded
+            .write()
+            .map_err(|_| poisoned())?
+            .remove(name)
+            .ok_or_else(|| PluginError::not_loaded(name))?;
+        stop(&proxy).await;
+        tracing::info!(plugin = name, "unloaded");
+        Ok(())
+    }
+
+    /// Unloads every plugin in parallel. Idempotent.
+    pub async fn unload_all(&self) {
+        let all: Vec<Arc<PluginProxy>> = match self.inner.loaded.write() {
+            Ok(mut g) => std::mem::take(&mut *g).into_values().collect(),
+            Err(_) => return,
+        };
+        futures::future::join_all(all.iter().map(|p| stop(p))).await;
+    }
+
+    /// Unloads and loads `name` again (a new process), with its current configuration unless
+    /// `config` is given. The enabled flag and last-executed time survive.
+    pub async fn reload(&self, name: &str, config: Option<Value>) -> Result<(), PluginError> {
+        let old = self.proxy(name)?;
+        let config = config.or_else(|| Some(old.config()));
+        let enabled = old.is_enabled();
+        let last = old.call_stats().last_executed_ms();
+        let manifest = Arc::clone(old.manifest());
+        if let Backend::InProcess(_) = old.backend() {
+            return Err(PluginError::user_input(format!(
+                "plugin `{name}` runs in-process and cannot be respawned"
+            )));
+        }
+        self.unload(name).await?;
+        self.load_manifest(manifest, config).await?;
+        let new = self.proxy(name)?;
+        new.set_enabled(enabled);
+        new.call_stats().set_last_executed_ms(last);
+        Ok(())
+    }
+
+    // ---- lookups ---------------------------------------------------------------------------
+
+    /// The loaded plugin `name`, as its proxy.
+    pub fn proxy(&self, name: &str) -> Result<Arc<PluginProxy>, PluginError> {
+        self.inner
+            .loaded
+            .read()
+            .map_err(|_| poisoned())?
+            .get(name)
+            .cloned()
+            .ok_or_else(|| PluginError::not_loaded(name))
+    }
+
+    /// The loaded plugin `name` as a [`Plugin`]: callers cannot tell a worker from an
+    /// in-process plugin.
+    pub fn plugin(&self, name: &str) -> Option<Arc<dyn Plugin>> {
+        self.proxy(name).ok().map(|p| p as Arc<dyn Plugin>)
+    }
+
+    /// Names of the loaded plugins, sorted.
+    pub fn loaded(&self) -> Vec<String> {
+        self.inner
+            .loaded
+            .read()
+            .map(|g| g.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Loaded plugins of one category.
+    pub fn loaded_by_category(&self, category: &str) -> Vec<String> {
+        self.inner
+            .loaded
+            .read()
+            .map(|g| {
+                g.values()
+                    .filter(|p| p.manifest().category == category)
+                    .map(|p| p.manifest().name.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Categories of loaded plugins, sorted.
+    pub fn loaded_categories(&self) -> Vec<String> {
+        let set: BTreeSet<String> = self
+            .inner
+            .loaded
+            .read()
+            .map(|g| g.values().map(|p| p.manifest().category.clone()).collect())
+            .unwrap_or_default();
+        set.into_iter().collect()
+    }
+
+    /// The state of `name` (`None` when not loaded).
+    pub fn state(&self, name: &str) -> Option<PluginState> {
+        self.proxy(name).ok().map(|p| p.state())
+    }
+
+    /// Waits until the state of `name` satisfies `pred`, or `timeout` passes. Returns the
+    /// state reached.
+    pub async fn wait_for_state(
+        &self,
+        name: &str,
+        timeout: Duration,
+        pred: impl Fn(PluginState) -> bool,
+    ) -> Result<PluginState, PluginError> {
+        let proxy = self.proxy(name)?;
+        let Some(mut rx) = proxy.watch_state() else {
+            return Ok(proxy.state());
+        };
+        let wait = async {
+            loop {
+                let s = *rx.borrow_and_update();
+                if pred(s) {
+                    return Ok(s);
+                }
+                if rx.changed().await.is_err() {
+                    return Ok(*rx.borrow());
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or_else(|_| Err(PluginError::timeout(format!(
+                "plugin `{name}` stayed {} for {timeout:?}",
+                proxy.state()
+            ))))
+    }
+
+    // ---- calls -----------------------------------------------------------------------------
+
+    async fn admit(&self, proxy: &PluginProxy) -> Result<(), PluginError> {
+        self.inner
+            .scheduler
+            .admit(Admission {
+                plugin: &proxy.manifest().name,
+                resources: &proxy.manifest().resources,
+            })
+            .await
+    }
+
+    /// Runs one call.
+    pub async fn execute(&self, name: &str, call: Call) -> Result<Output, PluginError> {
+        let proxy = self.proxy(name)?;
+        if !proxy.is_enabled() {
+            return Err(PluginError::disabled(name));
+        }
+        self.admit(&proxy).await?;
+        let sched = &self.inner.scheduler;
+        sched.on_start(name);
+        let r = proxy.execute(call).await;
+        sched.on_finish(name);
+        r
+    }
+
+    /// Runs one call as a stream. The stream's failure is an `Err` item, never a data chunk.
+    /// Dropping the stream cancels the call on the worker.
+    pub async fn execute_stream(&self, name: &str, call: Call) -> Result<ChunkStream, PluginError> {
+        let proxy = self.proxy(name)?;
+        if !proxy.is_enabled() {
+            return Err(PluginError::disabled(name));
+        }
+        self.admit(&proxy).await?;
+        let sched = Arc::clone(&self.inner.scheduler);
+        sched.on_start(name);
+        let stream = proxy.execute_stream(call).await;
+        match stream {
+            Ok(s) => {
+                let done = FinishOnDrop {
+                    sched,
+                    name: name.to_owned(),
+                };
+                Ok(Box::pin(futures::StreamExt::map(s, move |item| {
+                    let _keep = &done;
+                    item
+                })))
+            }
+            Err(e) => {
+                sched.on_finish(name);
+                Err(e)
+            }
+        }
+    }
+
+    // ---- configuration -----------------------------------------------------------------------
+
+    /// The configuration in force for `name`.
+    pub fn config(&self, name: &str) -> Result<Value, PluginError> {
+        Ok(self.proxy(name)?.config())
+    }
+
+    /// The configuration schema of `name` (loaded or only discovered).
+    pub fn config_schema(&self, name: &str) -> Result<Value, PluginError> {
+        if let Ok(p) = self.proxy(name) {
+            return Ok(p.schema().clone());
+        }
+        self.discovered_manifest(name)
+            .map(|m| m.config_schema.clone().unwrap_or_else(|| json!({})))
+            .ok_or_else(|| PluginError::not_loaded(name))
+    }
+
+    /// Every loaded plugin's configuration.
+    pub fn all_configs(&self) -> BTreeMap<String, Value> {
+        self.inner
+            .loaded
+            .read()
+            .map(|g| g.iter().map(|(k, p)| (k.clone(), p.config())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Validates and applies `config` to the running plugin (`/initialize`). If the plugin
+    /// rejects it, the previous configuration stays in force. The new configuration is also
+    /// what a restart re-applies.
+    pub async fn update_config(&self, name: &str, config: Value) -> Result<(), PluginError> {
+        self.proxy(name)?.initialize(config).await
+    }
+
+    /// Accepts calls for `name` again.
+    pub fn enable(&self, name: &str) -> Result<(), PluginError> {
+        self.proxy(name)?.set_enabled(true);
+        Ok(())
+    }
+
+    /// Refuses calls for `name` (they fail with a `disabled` error); the worker keeps running.
+    pub fn disable(&self, name: &str) -> Result<(), PluginError> {
+        self.proxy(name)?.set_enabled(false);
+        Ok(())
+    }
+
+    // ---- observation -------------------------------------------------------------------------
+
+    /// Statistics of `name`: host-side figures and the worker's `/stats`.
+    pub async fn stats(&self, name: &str) -> Result<PluginStats, PluginError> {
+        Ok(self.proxy(name)?.stats().await)
+    }
+
+    /// The last `lines` lines of the log of `name` (loaded or not).
+    pub fn logs(&self, name: &str, lines: usize) -> Result<Vec<String>, PluginError> {
+        if !cjm_core::is_valid_plugin_name(name) {
+            return Err(PluginError::user_input(format!("{name:?} is not a plugin name")));
+        }
+        logs::tail_file(&self.inner.logs_dir.join(format!("{name}.log")), lines).map_err(|e| {
+            PluginError::fatal(format!("cannot read the log of `{name}`: {e}"))
+        })
+    }
+}
+
+async fn stop(proxy: &PluginProxy) {
+    match proxy.backend() {
+        Backend::Worker(slot) => slot.stop().await,
+        Backend::InProcess(p) => {
+            if let Err(e) = p.cleanup().await {
+                tracing::warn!(plugin = %proxy.manifest().name, error = %e, "cleanup failed");
+            }
+        }
+    }
+}
+
+struct FinishOnDrop {
+    sched: Arc<dyn Scheduler>,
+    name: String,
+}
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.sched.on_finish(&self.name);
+    }
+}
+
+fn poisoned() -> PluginError {
+    PluginError::fatal("internal state is poisoned by an earlier panic")
+}

@@ -1,0 +1,352 @@
+//! One task per worker that owns its process: it notices an exit the moment it happens,
+//! restarts by policy with exponential backoff and a crash-loop cap, re-applies the
+//! configuration, and performs the teardown.
+
+use std::collections::VecDeque;
+use std::io;
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use cjm_core::{PluginError, RestartPolicy};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::client::WorkerClient;
+use crate::platform;
+use crate::spawn::{self, LaunchSpec, Started};
+use crate::state::PluginState;
+
+/// Teardown and restart settings.
+#[derive(Debug, Clone)]
+pub struct SupervisorOptions {
+    /// Bound on `POST /cleanup` at unload.
+    pub cleanup_timeout: Duration,
+    /// Time between `SIGTERM` and `SIGKILL`.
+    pub grace: Duration,
+    /// Crashes within [`crash_window`](Self::crash_window) that make the plugin `failed`.
+    pub max_crashes: usize,
+    /// The crash-loop window.
+    pub crash_window: Duration,
+    /// First restart delay; doubles per consecutive crash.
+    pub backoff_base: Duration,
+    /// Longest restart delay.
+    pub backoff_max: Duration,
+}
+
+impl Default for SupervisorOptions {
+    fn default() -> Self {
+        Self {
+            cleanup_timeout: Duration::from_secs(2),
+            grace: Duration::from_secs(2),
+            max_crashes: 5,
+            crash_window: Duration::from_secs(180),
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The shared view of one worker: the current client, pid, state and restart count.
+#[derive(Debug)]
+pub struct WorkerSlot {
+    spec: LaunchSpec,
+    opts: SupervisorOptions,
+    current: RwLock<Option<Arc<WorkerClient>>>,
+    pid: AtomicU32,
+    state: watch::Sender<PluginState>,
+    restarts: AtomicU32,
+    config: Arc<RwLock<Value>>,
+    last_exit: Mutex<Option<String>>,
+    started_at: Mutex<Instant>,
+    stop_tx: mpsc::Sender<oneshot::Sender<()>>,
+    seq: Arc<AtomicU64>,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl WorkerSlot {
+    /// Starts the worker, applies `config` and launches its supervisor task.
+    pub async fn start(
+        spec: LaunchSpec,
+        opts: SupervisorOptions,
+        config: Arc<RwLock<Value>>,
+        seq: Arc<AtomicU64>,
+    ) -> Result<Arc<Self>, PluginError> {
+        let started = start_and_configure(&spec, &opts, &config, &seq).await?;
+        let (stop_tx, stop_rx) = mpsc::channel(1);
+        let (state, _) = watch::channel(PluginState::Ready);
+        let slot = Arc::new(Self {
+            spec,
+            opts,
+            current: RwLock::new(Some(Arc::clone(&started.client))),
+            pid: AtomicU32::new(started.pid),
+            state,
+            restarts: AtomicU32::new(0),
+            config,
+            last_exit: Mutex::new(None),
+            started_at: Mutex::new(Instant::now()),
+            stop_tx,
+            seq,
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        });
+        tokio::spawn(Arc::clone(&slot).supervise(started, stop_rx));
+        Ok(slot)
+    }
+
+    /// The current worker client, if the worker is up.
+    pub fn client(&self) -> Option<Arc<WorkerClient>> {
+        self.current.read().ok().and_then(|g| g.clone())
+    }
+
+    /// The worker's pid (the last one, if it is down).
+    pub fn pid(&self) -> u32 {
+        self.pid.load(Ordering::Relaxed)
+    }
+
+    /// The state.
+    pub fn state(&self) -> PluginState {
+        *self.state.borrow()
+    }
+
+    /// A receiver of state changes (to wait for `ready` after a crash, say).
+    pub fn watch_state(&self) -> watch::Receiver<PluginState> {
+        self.state.subscribe()
+    }
+
+    /// How many times the worker has been restarted.
+    pub fn restarts(&self) -> u32 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// How the last worker process ended, if one did.
+    pub fn last_exit(&self) -> Option<String> {
+        self.last_exit.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Seconds since the current worker started.
+    pub fn uptime(&self) -> Duration {
+        self.started_at
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
+
+    /// The launch spec.
+    pub fn spec(&self) -> &LaunchSpec {
+        &self.spec
+    }
+
+    /// Stops the worker (cleanup, `SIGTERM`, grace, `SIGKILL`, sweep) and waits until it is
+    /// gone. Idempotent.
+    pub async fn stop(&self) {
+        let (done_tx, done_rx) = oneshot::channel();
+        if self.stop_tx.send(done_tx).await.is_ok() {
+            let _ = done_rx.await;
+        }
+    }
+
+    /// Kills the worker's process group at once, without waiting (for `Drop`).
+    pub fn kill_now(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if self.state().is_serving() || self.state() == PluginState::Starting {
+            platform::kill_group(self.pid(), platform::SIGKILL);
+        }
+    }
+
+    fn set_state(&self, s: PluginState) {
+        self.state.send_replace(s);
+    }
+
+    async fn supervise(self: Arc<Self>, mut started: Started, mut stop_rx: mpsc::Receiver<oneshot::Sender<()>>) {
+        let name = self.spec.manifest.name.clone();
+        let mut crashes: VecDeque<Instant> = VecDeque::new();
+        let mut consecutive: u32 = 0;
+        loop {
+            // Running: wait for the worker to exit or for a stop request.
+            let status = tokio::select! {
+                status = &mut started.exit => status,
+                done = stop_rx.recv() => {
+                    self.teardown(&started.client, started.pid, &mut started.exit).await;
+                    self.finish(PluginState::Stopped);
+                    if let Some(done) = done { let _ = done.send(()); }
+                    return;
+                }
+            };
+            if let Ok(mut g) = self.current.write() {
+                *g = None;
+            }
+            let (described, clean) = describe(&status);
+            tracing::warn!(plugin = %name, pid = started.pid, "worker {described}");
+            if let Ok(mut g) = self.last_exit.lock() {
+                *g = Some(described.clone());
+            }
+            sweep(started.pid, &[]);
+            if self.stopping.load(Ordering::SeqCst) {
+                self.finish(PluginState::Stopped);
+                return self.idle_until_stopped(stop_rx).await;
+            }
+            let restart = match self.spec.manifest.restart {
+                RestartPolicy::Never => false,
+                RestartPolicy::OnFailure => !clean,
+                RestartPolicy::Always => true,
+            };
+            if !restart {
+                self.finish(PluginState::Crashed);
+                return self.idle_until_stopped(stop_rx).await;
+            }
+            // Crash-loop cap.
+            let now = Instant::now();
+            crashes.push_back(now);
+            while crashes.front().is_some_and(|t| now.duration_since(*t) > self.opts.crash_window) {
+                crashes.pop_front();
+            }
+            if crashes.len() >= self.opts.max_crashes {
+                tracing::error!(plugin = %name, crashes = crashes.len(), "crash loop: giving up");
+                self.finish(PluginState::Failed);
+                return self.idle_until_stopped(stop_rx).await;
+            }
+            if self.uptime() > Duration::from_secs(60) {
+                consecutive = 0;
+            }
+            // Restart with backoff, retrying failed starts; a stop request ends it.
+            loop {
+                self.set_state(PluginState::Restarting);
+                consecutive += 1;
+                let delay = self
+                    .opts
+                    .backoff_base
+                    .saturating_mul(1 << (consecutive - 1).min(16))
+                    .min(self.opts.backoff_max);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    done = stop_rx.recv() => {
+                        self.finish(PluginState::Stopped);
+                        if let Some(done) = done { let _ = done.send(()); }
+                        return;
+                    }
+                }
+                let attempt = start_and_configure(&self.spec, &self.opts, &self.config, &self.seq);
+                let result = tokio::select! {
+                    r = attempt => r,
+                    done = stop_rx.recv() => {
+                        self.finish(PluginState::Stopped);
+                        if let Some(done) = done { let _ = done.send(()); }
+                        return;
+                    }
+                };
+                match result {
+                    Ok(s) => {
+                        started = s;
+                        self.pid.store(started.pid, Ordering::Relaxed);
+                        if let Ok(mut g) = self.current.write() {
+                            *g = Some(Arc::clone(&started.client));
+                        }
+                        if let Ok(mut t) = self.started_at.lock() {
+                            *t = Instant::now();
+                        }
+                        self.restarts.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(plugin = %name, pid = started.pid, "worker restarted");
+                        self.set_state(PluginState::Ready);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(plugin = %name, error = %e, "restart failed");
+                        crashes.push_back(Instant::now());
+                        if crashes.len() >= self.opts.max_crashes {
+                            self.finish(PluginState::Failed);
+                            return self.idle_until_stopped(stop_rx).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(&self, state: PluginState) {
+        if let Ok(mut g) = self.current.write() {
+            *g = None;
+        }
+        self.set_state(state);
+    }
+
+    async fn idle_until_stopped(&self, mut stop_rx: mpsc::Receiver<oneshot::Sender<()>>) {
+        if let Some(done) = stop_rx.recv().await {
+            if self.state() != PluginState::Failed {
+                self.set_state(PluginState::Stopped);
+            }
+            let _ = done.send(());
+        }
+    }
+
+    async fn teardown(
+        &self,
+        client: &Arc<WorkerClient>,
+        pid: u32,
+        exit: &mut oneshot::Receiver<io::Result<ExitStatus>>,
+    ) {
+        if let Err(e) = client.cleanup(Instant::now() + self.opts.cleanup_timeout).await {
+            tracing::debug!(plugin = %self.spec.manifest.name, error = %e, "cleanup before shutdown failed");
+        }
+        let snapshot = platform::subtree(pid);
+        platform::kill_group(pid, platform::SIGTERM);
+        if tokio::time::timeout(self.opts.grace, &mut *exit).await.is_err() {
+            platform::kill_group(pid, platform::SIGKILL);
+            let _ = exit.await;
+        }
+        sweep(pid, &snapshot);
+        client.transport().clear();
+    }
+}
+
+/// Kills what is left of a worker's subtree: the processes seen before, and any still in its
+/// session or process group.
+fn sweep(pid: u32, snapshot: &[u32]) {
+    platform::kill_group(pid, platform::SIGKILL);
+    for p in snapshot.iter().copied().chain(platform::subtree(pid)) {
+        if platform::is_alive(p) {
+            platform::kill(p, platform::SIGKILL);
+        }
+    }
+}
+
+fn describe(status: &Result<io::Result<ExitStatus>, oneshot::error::RecvError>) -> (String, bool) {
+    match status {
+        Ok(Ok(s)) => (platform::describe_exit(s), s.success()),
+        Ok(Err(e)) => (format!("could not be waited for: {e}"), false),
+        Err(_) => ("ended (its watcher is gone)".to_owned(), false),
+    }
+}
+
+/// Starts a worker and applies the configuration; a rejected configuration stops it again.
+async fn start_and_configure(
+    spec: &LaunchSpec,
+    opts: &SupervisorOptions,
+    config: &RwLock<Value>,
+    seq: &AtomicU64,
+) -> Result<Started, PluginError> {
+    let mut started = spawn::start(spec, seq.fetch_add(1, Ordering::Relaxed)).await?;
+    let cfg = config.read().map(|g| g.clone()).unwrap_or(Value::Null);
+    let init = started.client.initialize(&cfg, None);
+    let result = tokio::select! {
+        r = init => r,
+        status = &mut started.exit => {
+            let (described, _) = describe(&status);
+            let mut e = PluginError::fatal(format!("the worker {described} while applying its configuration"));
+            e.details.exit_status = Some(described);
+            e.details.last_log_lines = spec.log.recent(10);
+            return Err(e.with_plugin(&spec.manifest.name));
+        }
+    };
+    if let Err(e) = result {
+        let pid = started.pid;
+        platform::kill_group(pid, platform::SIGTERM);
+        if tokio::time::timeout(opts.grace, &mut started.exit).await.is_err() {
+            platform::kill_group(pid, platform::SIGKILL);
+            let _ = started.exit.await;
+        }
+        sweep(pid, &[]);
+        return Err(e.with_plugin(&spec.manifest.name));
+    }
+    Ok(started)
+}

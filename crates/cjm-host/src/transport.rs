@@ -1,0 +1,256 @@
+//! The HTTP/1.1 client to one worker: a small pool of keep-alive connections over the worker's
+//! Unix socket (or loopback TCP), bearer auth, per-request deadlines.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use cjm_core::wire::headers;
+use cjm_core::PluginError;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
+
+/// Where a worker listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A Unix socket path.
+    Unix(PathBuf),
+    /// A TCP address (loopback).
+    Tcp(SocketAddr),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+            Self::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+/// A request body: nothing, one buffer, or several buffers sent back to back without copying.
+#[derive(Debug)]
+pub enum ReqBody {
+    /// No body.
+    Empty,
+    /// One buffer.
+    Full(Option<Bytes>),
+    /// Several buffers (a frame's header and blobs).
+    Parts(VecDeque<Bytes>),
+}
+
+impl ReqBody {
+    /// A body of one buffer.
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        Self::Full(Some(b.into()))
+    }
+}
+
+impl http_body::Body for ReqBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let next = match self.get_mut() {
+            Self::Empty => None,
+            Self::Full(b) => b.take(),
+            Self::Parts(q) => q.pop_front(),
+        };
+        Poll::Ready(next.map(|b| Ok(Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Empty => true,
+            Self::Full(b) => b.is_none(),
+            Self::Parts(q) => q.is_empty(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let n = match self {
+            Self::Empty => 0,
+            Self::Full(b) => b.as_ref().map_or(0, |b| b.len() as u64),
+            Self::Parts(q) => q.iter().map(|b| b.len() as u64).sum(),
+        };
+        SizeHint::with_exact(n)
+    }
+}
+
+/// A connection checked out of the pool; give it back with [`Transport::give_back`] once its
+/// response has been read to the end, or drop it to close the connection.
+pub type Conn = SendRequest<ReqBody>;
+
+/// Keep at most this many idle connections per worker.
+const MAX_IDLE: usize = 64;
+
+/// The client of one worker.
+#[derive(Debug)]
+pub struct Transport {
+    endpoint: Endpoint,
+    auth: Option<HeaderValue>,
+    idle: Mutex<Vec<Conn>>,
+}
+
+/// A whole response.
+#[derive(Debug)]
+pub struct FullResponse {
+    /// Status code.
+    pub status: StatusCode,
+    /// The `content-type` header, if any.
+    pub content_type: Option<HeaderValue>,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Transport {
+    /// A client of the worker at `endpoint`, sending `token` as a bearer token when given.
+    pub fn new(endpoint: Endpoint, token: Option<&str>) -> Self {
+        let auth = token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok());
+        Self {
+            endpoint,
+            auth,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Where the worker listens.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// A request to `path` with the auth header set.
+    pub fn request(&self, method: Method, path: &str) -> http::request::Builder {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, "worker");
+        if let Some(a) = &self.auth {
+            b = b.header(headers::AUTHORIZATION, a.clone());
+        }
+        b
+    }
+
+    async fn connect(&self) -> io::Result<Conn> {
+        match &self.endpoint {
+            Endpoint::Unix(p) => handshake(UnixStream::connect(p).await?).await,
+            Endpoint::Tcp(a) => {
+                let s = TcpStream::connect(a).await?;
+                s.set_nodelay(true)?;
+                handshake(s).await
+            }
+        }
+    }
+
+    /// A ready connection: an idle one from the pool, or a new one.
+    pub async fn checkout(&self) -> Result<Conn, PluginError> {
+        loop {
+            let pooled = self.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
+            match pooled {
+                Some(mut c) => {
+                    if c.ready().await.is_ok() {
+                        return Ok(c);
+                    }
+                }
+                None => {
+                    return self.connect().await.map_err(|e| {
+                        PluginError::transient(format!(
+                            "cannot connect to the worker at {}: {e}",
+                            self.endpoint
+                        ))
+                    })
+                }
+            }
+        }
+    }
+
+    /// Returns a connection whose last response was read to the end.
+    pub fn give_back(&self, c: Conn) {
+        if c.is_closed() {
+            return;
+        }
+        if let Ok(mut v) = self.idle.lock() {
+            if v.len() < MAX_IDLE {
+                v.push(c);
+            }
+        }
+    }
+
+    /// Sends `req` on a pooled connection and returns the response head with the connection,
+    /// which the caller gives back after reading the body.
+    pub async fn send(&self, req: Request<ReqBody>) -> Result<(Response<Incoming>, Conn), PluginError> {
+        let mut conn = self.checkout().await?;
+        let resp = conn.send_request(req).await.map_err(lost)?;
+        Ok((resp, conn))
+    }
+
+    /// Sends `req` and reads the whole response, before `deadline` if one is given.
+    pub async fn call(
+        &self,
+        req: Request<ReqBody>,
+        deadline: Option<Instant>,
+    ) -> Result<FullResponse, PluginError> {
+        let work = async {
+            let (resp, conn) = self.send(req).await?;
+            let status = resp.status();
+            let content_type = resp.headers().get(http::header::CONTENT_TYPE).cloned();
+            let body = resp.into_body().collect().await.map_err(lost)?.to_bytes();
+            self.give_back(conn);
+            Ok(FullResponse {
+                status,
+                content_type,
+                body,
+            })
+        };
+        match deadline {
+            None => work.await,
+            Some(d) => tokio::time::timeout_at(d.into(), work)
+                .await
+                .unwrap_or_else(|_| Err(PluginError::timeout("the call's deadline passed"))),
+        }
+    }
+
+    /// Drops every idle connection (after a worker restart, say).
+    pub fn clear(&self) {
+        if let Ok(mut v) = self.idle.lock() {
+            v.clear();
+        }
+    }
+}
+
+/// A transport failure after the connection was made: the worker went away mid-call.
+pub fn lost(e: hyper::Error) -> PluginError {
+    PluginError::transient(format!("the connection to the worker was lost: {e}"))
+}
+
+async fn handshake<I>(io: I) -> io::Result<Conn>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(io::Error::other)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::trace!(error = %e, "worker connection ended");
+        }
+    });
+    Ok(sender)
+}
