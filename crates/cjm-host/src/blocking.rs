@@ -82,12 +82,20 @@ impl BlockingPluginManager {
     }
 
     /// See [`PluginManager::load_all`].
-    pub fn load_all(&self, configs: HashMap<String, Value>) -> Result<Vec<(String, Result<(), PluginError>)>, PluginError> {
+    pub fn load_all(
+        &self,
+        configs: HashMap<String, Value>,
+    ) -> Result<Vec<(String, Result<(), PluginError>)>, PluginError> {
         self.run(async { Ok(self.manager.load_all(configs).await) })
     }
 
     /// See [`PluginManager::register_in_process`].
-    pub fn register_in_process(&self, plugin: Arc<dyn Plugin>, category: &str, config: Option<Value>) -> Result<(), PluginError> {
+    pub fn register_in_process(
+        &self,
+        plugin: Arc<dyn Plugin>,
+        category: &str,
+        config: Option<Value>,
+    ) -> Result<(), PluginError> {
         self.run(self.manager.register_in_process(plugin, category, config))
     }
 
@@ -122,7 +130,10 @@ impl BlockingPluginManager {
     ) -> Result<impl Iterator<Item = Result<Value, PluginError>> + '_, PluginError> {
         let mut stream = self.run(self.manager.execute_stream(name, call))?;
         Ok(std::iter::from_fn(move || {
-            outside_runtime().err().map(Err).or_else(|| self.rt.block_on(stream.next()))
+            outside_runtime()
+                .err()
+                .map(Err)
+                .or_else(|| self.rt.block_on(stream.next()))
         }))
     }
 

@@ -37,7 +37,10 @@ struct ExecuteBody<'a> {
 impl WorkerClient {
     /// Asks `/health` until `deadline`; the answer identifies the worker. With a cjm worker's
     /// inherited socket the request simply waits in the backlog until the worker serves it.
-    pub async fn handshake(transport: Transport, deadline: Option<Instant>) -> Result<Self, PluginError> {
+    pub async fn handshake(
+        transport: Transport,
+        deadline: Option<Instant>,
+    ) -> Result<Self, PluginError> {
         let req = transport
             .request(Method::GET, paths::HEALTH)
             .body(ReqBody::Empty)
@@ -77,13 +80,21 @@ impl WorkerClient {
             .map_err(internal)
     }
 
-    fn post_json(&self, path: &str, body: Bytes, deadline: Option<Instant>) -> Result<Request<ReqBody>, PluginError> {
+    fn post_json(
+        &self,
+        path: &str,
+        body: Bytes,
+        deadline: Option<Instant>,
+    ) -> Result<Request<ReqBody>, PluginError> {
         let mut b = self
             .transport
             .request(Method::POST, path)
             .header(http::header::CONTENT_TYPE, content_types::JSON);
         if let (Some(d), WorkerFlavor::Cjm) = (deadline, self.flavor()) {
-            let ms = d.saturating_duration_since(Instant::now()).as_millis().max(1);
+            let ms = d
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .max(1);
             b = b.header(headers::TIMEOUT_MS, ms as u64);
         }
         b.body(ReqBody::full(body)).map_err(internal)
@@ -115,13 +126,20 @@ impl WorkerClient {
     /// `POST /cancel`.
     pub async fn cancel(&self) -> Result<CancelOutcome, PluginError> {
         let req = self.post_json(paths::CANCEL, Bytes::new(), None)?;
-        let resp = self.transport.call(req, Some(Instant::now() + CONTROL_TIMEOUT)).await?;
+        let resp = self
+            .transport
+            .call(req, Some(Instant::now() + CONTROL_TIMEOUT))
+            .await?;
         decode(&resp, paths::CANCEL)
     }
 
     /// `POST /initialize` with `config`, waiting as long as it takes (models load for minutes)
     /// unless `deadline` is given.
-    pub async fn initialize(&self, config: &Value, deadline: Option<Instant>) -> Result<(), PluginError> {
+    pub async fn initialize(
+        &self,
+        config: &Value,
+        deadline: Option<Instant>,
+    ) -> Result<(), PluginError> {
         let body = serde_json::to_vec(config).map_err(internal)?;
         let req = self.post_json(paths::INITIALIZE, body.into(), None)?;
         let resp = self.transport.call(req, deadline).await?;
@@ -161,7 +179,10 @@ impl WorkerClient {
             .request(Method::POST, path)
             .header(http::header::CONTENT_TYPE, content_types::FRAME);
         if let Some(d) = call.ctx.deadline() {
-            let ms = d.saturating_duration_since(Instant::now()).as_millis().max(1);
+            let ms = d
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .max(1);
             b = b.header(headers::TIMEOUT_MS, ms as u64);
         }
         b.body(ReqBody::Parts(parts.into())).map_err(internal)
@@ -239,7 +260,10 @@ impl WorkerClient {
         let (resp, conn) = match started {
             Ok(x) => x,
             Err(e) => {
-                if matches!(e.category, cjm_core::ErrorCategory::Cancelled | cjm_core::ErrorCategory::Timeout) {
+                if matches!(
+                    e.category,
+                    cjm_core::ErrorCategory::Cancelled | cjm_core::ErrorCategory::Timeout
+                ) {
                     self.cancel_original();
                 }
                 return Err(e);
@@ -257,7 +281,8 @@ impl WorkerClient {
     /// For original workers, which do not notice a dropped connection: `POST /cancel` in the
     /// background.
     pub fn cancel_original(self: &Arc<Self>) {
-        if self.flavor() == WorkerFlavor::Original && tokio::runtime::Handle::try_current().is_ok() {
+        if self.flavor() == WorkerFlavor::Original && tokio::runtime::Handle::try_current().is_ok()
+        {
             let me = Arc::clone(self);
             tokio::spawn(async move {
                 if let Err(e) = me.cancel().await {
@@ -289,4 +314,3 @@ fn decode<T: DeserializeOwned>(resp: &FullResponse, path: &str) -> Result<T, Plu
 fn internal(e: impl std::fmt::Display) -> PluginError {
     PluginError::fatal(format!("internal error building a request: {e}"))
 }
-

@@ -60,7 +60,8 @@ pub fn discover(search_paths: &[PathBuf], interface: Option<&str>) -> Discovery 
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
-                out.invalid.push(problem(dir, "", format!("cannot read the directory: {e}")));
+                out.invalid
+                    .push(problem(dir, "", format!("cannot read the directory: {e}")));
                 continue;
             }
         };
@@ -94,7 +95,11 @@ pub fn discover(search_paths: &[PathBuf], interface: Option<&str>) -> Discovery 
                     continue;
                 }
             }
-            match out.plugins.iter_mut().find(|p| p.manifest.name == manifest.name) {
+            match out
+                .plugins
+                .iter_mut()
+                .find(|p| p.manifest.name == manifest.name)
+            {
                 Some(winner) => winner.shadowed.push(file),
                 None => out.plugins.push(DiscoveredPlugin {
                     manifest: Arc::new(manifest),
@@ -130,21 +135,42 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let local = tmp.path().join("local");
         let global = tmp.path().join("global");
-        write(&local, "echo.json", r#"{"name":"echo","command":"/bin/local","category":"demo"}"#);
+        write(
+            &local,
+            "echo.json",
+            r#"{"name":"echo","command":"/bin/local","category":"demo"}"#,
+        );
         write(&local, "broken.json", "{not json");
         write(&local, "notes.txt", "ignored");
-        write(&global, "echo.json", r#"{"name":"echo","command":"/bin/global"}"#);
-        write(&global, "other.json", r#"{"name":"other","command":"/bin/o","category":"tools"}"#);
+        write(
+            &global,
+            "echo.json",
+            r#"{"name":"echo","command":"/bin/global"}"#,
+        );
+        write(
+            &global,
+            "other.json",
+            r#"{"name":"other","command":"/bin/o","category":"tools"}"#,
+        );
         write(&global, "nameless.json", r#"{"command":"/bin/x"}"#);
-        let d = discover(&[local.clone(), global.clone(), tmp.path().join("missing")], None);
+        let d = discover(
+            &[local.clone(), global.clone(), tmp.path().join("missing")],
+            None,
+        );
         let names: Vec<_> = d.plugins.iter().map(|p| p.manifest.name.as_str()).collect();
         assert_eq!(names, ["echo", "other"]);
         let echo = d.get("echo").unwrap();
         assert_eq!(echo.manifest.command.as_deref(), Some("/bin/local"));
-        assert_eq!(echo.manifest.path.as_deref(), Some(local.join("echo.json").as_path()));
+        assert_eq!(
+            echo.manifest.path.as_deref(),
+            Some(local.join("echo.json").as_path())
+        );
         assert_eq!(echo.shadowed, vec![global.join("echo.json")]);
         assert_eq!(d.invalid.len(), 2);
-        assert_eq!(d.invalid[0].file.as_deref(), Some(local.join("broken.json").as_path()));
+        assert_eq!(
+            d.invalid[0].file.as_deref(),
+            Some(local.join("broken.json").as_path())
+        );
         assert!(d.invalid[0].to_string().contains("not valid JSON"));
         assert_eq!(d.invalid[1].problems[0].field, "name");
     }
@@ -152,8 +178,16 @@ mod tests {
     #[test]
     fn interface_and_schema_are_checked() {
         let tmp = tempfile::tempdir().unwrap();
-        write(tmp.path(), "a.json", r#"{"name":"a","command":"x","interface":"llm"}"#);
-        write(tmp.path(), "b.json", r#"{"name":"b","command":"x","interface":"transcription"}"#);
+        write(
+            tmp.path(),
+            "a.json",
+            r#"{"name":"a","command":"x","interface":"llm"}"#,
+        );
+        write(
+            tmp.path(),
+            "b.json",
+            r#"{"name":"b","command":"x","interface":"transcription"}"#,
+        );
         write(tmp.path(), "c.json", r#"{"name":"c","command":"x"}"#);
         write(
             tmp.path(),

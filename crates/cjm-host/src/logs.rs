@@ -89,7 +89,11 @@ impl PluginLog {
         g.file = None;
         let old = self.path.with_extension("log.1");
         let _ = std::fs::rename(&self.path, &old);
-        match OpenOptions::new().create(true).append(true).open(&self.path) {
+        match OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+        {
             Ok(f) => {
                 g.file = Some(f);
                 g.written = 0;
@@ -106,7 +110,11 @@ impl PluginLog {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        g.recent.iter().skip(g.recent.len().saturating_sub(n)).cloned().collect()
+        g.recent
+            .iter()
+            .skip(g.recent.len().saturating_sub(n))
+            .cloned()
+            .collect()
     }
 
     /// Reads `stream` line by line until it closes, logging each line.
@@ -168,6 +176,8 @@ mod tests {
         let size = std::fs::metadata(dir.path().join("p.log")).unwrap().len();
         assert!(size <= 64, "{size}");
         assert_eq!(log.recent(2), ["line 18", "line 19"]);
-        assert!(tail_file(&dir.path().join("none.log"), 5).unwrap().is_empty());
+        assert!(tail_file(&dir.path().join("none.log"), 5)
+            .unwrap()
+            .is_empty());
     }
 }

@@ -261,7 +261,11 @@ impl PluginManager {
 
     /// The categories of discovered plugins, sorted.
     pub fn discovered_categories(&self) -> Vec<String> {
-        let set: BTreeSet<String> = self.discovered().iter().map(|m| m.category.clone()).collect();
+        let set: BTreeSet<String> = self
+            .discovered()
+            .iter()
+            .map(|m| m.category.clone())
+            .collect();
         set.into_iter().collect()
     }
 
@@ -275,25 +279,34 @@ impl PluginManager {
     /// Loads the discovered plugin `name` with `config` (completed with the schema's defaults
     /// and validated), waiting until its worker answers and has applied the configuration.
     pub async fn load(&self, name: &str, config: Option<Value>) -> Result<(), PluginError> {
-        let manifest = self.discovered_manifest(name).ok_or_else(|| {
-            PluginError::not_loaded(name).retriable(false).with_plugin(name)
-        }).map_err(|mut e| {
-            e.message = format!(
-                "no plugin `{name}` was discovered (search paths: {})",
-                self.inner
-                    .search_paths
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            e
-        })?;
+        let manifest = self
+            .discovered_manifest(name)
+            .ok_or_else(|| {
+                PluginError::not_loaded(name)
+                    .retriable(false)
+                    .with_plugin(name)
+            })
+            .map_err(|mut e| {
+                e.message = format!(
+                    "no plugin `{name}` was discovered (search paths: {})",
+                    self.inner
+                        .search_paths
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                e
+            })?;
         self.load_manifest(manifest, config).await
     }
 
     /// Loads a plugin from a manifest that did not come from discovery.
-    pub async fn load_manifest(&self, manifest: Arc<Manifest>, config: Option<Value>) -> Result<(), PluginError> {
+    pub async fn load_manifest(
+        &self,
+        manifest: Arc<Manifest>,
+        config: Option<Value>,
+    ) -> Result<(), PluginError> {
         let name = manifest.name.clone();
         self.reserve(&name)?;
         let result = self.spawn_proxy(Arc::clone(&manifest), config).await;
@@ -309,7 +322,11 @@ impl PluginManager {
         }
     }
 
-    async fn spawn_proxy(&self, manifest: Arc<Manifest>, config: Option<Value>) -> Result<PluginProxy, PluginError> {
+    async fn spawn_proxy(
+        &self,
+        manifest: Arc<Manifest>,
+        config: Option<Value>,
+    ) -> Result<PluginProxy, PluginError> {
         let name = manifest.name.clone();
         if matches!(manifest.worker(), WorkerSpec::InProcess) {
             return Err(PluginError::user_input(format!(
@@ -325,9 +342,11 @@ impl PluginManager {
         let full = PluginProxy::prepare_config(&schema, validator.as_ref(), config)
             .map_err(|e| e.with_plugin(&name))?;
         let python = matches!(manifest.worker(), WorkerSpec::Python { .. });
-        let limit = manifest
-            .max_concurrency
-            .unwrap_or(if python { 1 } else { DEFAULT_NATIVE_CONCURRENCY });
+        let limit = manifest.max_concurrency.unwrap_or(if python {
+            1
+        } else {
+            DEFAULT_NATIVE_CONCURRENCY
+        });
         let spec = LaunchSpec {
             manifest: Arc::clone(&manifest),
             data_dir: self.inner.data_dir.clone(),
@@ -351,10 +370,29 @@ impl PluginManager {
             .map_or(limit, |w| w.min(limit).max(1));
         // Without a schema in the manifest, the worker's own schema governs later updates.
         let schema = match (&manifest.config_schema, &client) {
-            (None, Some(c)) => c.config_schema().await.unwrap_or(schema),
+            (None, Some(c)) => match c.config_schema().await {
+                Ok(worker_schema) => {
+                    // Record the configuration as the worker applied it: with its defaults.
+                    if let Ok(mut g) = config.write() {
+                        if let Ok(full) =
+                            crate::proxy::with_defaults(&worker_schema, Some(g.clone()))
+                        {
+                            *g = full;
+                        }
+                    }
+                    worker_schema
+                }
+                Err(_) => schema,
+            },
             _ => schema,
         };
-        let proxy = PluginProxy::new(manifest, Backend::Worker(Arc::clone(&slot)), schema, config, limit);
+        let proxy = PluginProxy::new(
+            manifest,
+            Backend::Worker(Arc::clone(&slot)),
+            schema,
+            config,
+            limit,
+        );
         if proxy.is_err() {
             slot.stop().await;
         }
@@ -413,7 +451,10 @@ impl PluginManager {
     /// Loads every discovered plugin at once (start-up costs the slowest spawn, not the sum),
     /// each with its entry of `configs` if any. Returns each plugin's outcome, in discovery
     /// order; plugins already loaded are skipped.
-    pub async fn load_all(&self, configs: HashMap<String, Value>) -> Vec<(String, Result<(), PluginError>)> {
+    pub async fn load_all(
+        &self,
+        configs: HashMap<String, Value>,
+    ) -> Vec<(String, Result<(), PluginError>)> {
         let mut configs = configs;
         let loaded = self.loaded();
         let jobs: Vec<_> = self
@@ -444,8 +485,10 @@ impl PluginManager {
         drop(loaded);
         let mut pending = self.inner.pending.lock().map_err(|_| poisoned())?;
         if !pending.insert(name.to_owned()) {
-            return Err(PluginError::user_input(format!("plugin `{name}` is already being loaded"))
-                .with_plugin(name));
+            return Err(PluginError::user_input(format!(
+                "plugin `{name}` is already being loaded"
+            ))
+            .with_plugin(name));
         }
         Ok(())
     }
@@ -592,10 +635,12 @@ impl PluginManager {
         };
         tokio::time::timeout(timeout, wait)
             .await
-            .unwrap_or_else(|_| Err(PluginError::timeout(format!(
-                "plugin `{name}` stayed {} for {timeout:?}",
-                proxy.state()
-            ))))
+            .unwrap_or_else(|_| {
+                Err(PluginError::timeout(format!(
+                    "plugin `{name}` stayed {} for {timeout:?}",
+                    proxy.state()
+                )))
+            })
     }
 
     // ---- calls -----------------------------------------------------------------------------
@@ -708,11 +753,12 @@ impl PluginManager {
     /// The last `lines` lines of the log of `name` (loaded or not).
     pub fn logs(&self, name: &str, lines: usize) -> Result<Vec<String>, PluginError> {
         if !cjm_core::is_valid_plugin_name(name) {
-            return Err(PluginError::user_input(format!("{name:?} is not a plugin name")));
+            return Err(PluginError::user_input(format!(
+                "{name:?} is not a plugin name"
+            )));
         }
-        logs::tail_file(&self.inner.logs_dir.join(format!("{name}.log")), lines).map_err(|e| {
-            PluginError::fatal(format!("cannot read the log of `{name}`: {e}"))
-        })
+        logs::tail_file(&self.inner.logs_dir.join(format!("{name}.log")), lines)
+            .map_err(|e| PluginError::fatal(format!("cannot read the log of `{name}`: {e}")))
     }
 }
 

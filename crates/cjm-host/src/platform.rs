@@ -36,7 +36,14 @@ pub fn spawn(mut cmd: Command, inherit_fd: Option<RawFd>) -> io::Result<Spawned>
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) < 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) < 0
+            {
                 return Err(io::Error::last_os_error());
             }
             // The host may have died between fork and prctl: then nobody will signal us.
@@ -52,7 +59,8 @@ pub fn spawn(mut cmd: Command, inherit_fd: Option<RawFd>) -> io::Result<Spawned>
             Ok(())
         });
     }
-    let (pid_tx, pid_rx) = std::sync::mpsc::channel::<io::Result<(u32, Option<ChildStdout>, Option<ChildStderr>)>>();
+    let (pid_tx, pid_rx) =
+        std::sync::mpsc::channel::<io::Result<(u32, Option<ChildStdout>, Option<ChildStderr>)>>();
     let (exit_tx, exit_rx) = oneshot::channel();
     std::thread::Builder::new()
         .name("cjm-child".into())
@@ -209,7 +217,10 @@ pub fn usage(pids: &[u32]) -> (f64, u64) {
     pids.iter()
         .filter_map(|&p| proc_stat(p))
         .fold((0.0, 0), |(rss, cpu), s| {
-            (rss + s.rss_pages as f64 * page / 1_048_576.0, cpu + s.cpu_ticks)
+            (
+                rss + s.rss_pages as f64 * page / 1_048_576.0,
+                cpu + s.cpu_ticks,
+            )
         })
 }
 
@@ -239,4 +250,3 @@ pub fn uid() -> u32 {
     // SAFETY: getuid has no preconditions and cannot fail.
     unsafe { libc::getuid() }
 }
-

@@ -59,7 +59,9 @@ pub(crate) fn with_defaults(schema: &Value, config: Option<Value>) -> Result<Val
     let defaults = cjm_core::schema_defaults(schema);
     match config {
         None | Some(Value::Null) => Ok(Value::Object(defaults)),
-        Some(Value::Object(given)) => Ok(Value::Object(cjm_core::schema::with_defaults(&defaults, given))),
+        Some(Value::Object(given)) => Ok(Value::Object(cjm_core::schema::with_defaults(
+            &defaults, given,
+        ))),
         Some(other) => Err(PluginError::config(
             format!("a configuration must be a JSON object, not {other}"),
             vec![],
@@ -96,7 +98,11 @@ impl PluginProxy {
     }
 
     /// Checks `config` (completed with defaults) against the schema.
-    pub(crate) fn prepare_config(schema: &Value, validator: Option<&ConfigValidator>, config: Option<Value>) -> Result<Value, PluginError> {
+    pub(crate) fn prepare_config(
+        schema: &Value,
+        validator: Option<&ConfigValidator>,
+        config: Option<Value>,
+    ) -> Result<Value, PluginError> {
         let full = with_defaults(schema, config)?;
         if let Some(v) = validator {
             v.validate(&full)?;
@@ -190,7 +196,9 @@ impl PluginProxy {
 
     fn down_error(&self, slot: &WorkerSlot) -> PluginError {
         let name = &self.manifest.name;
-        let exit = slot.last_exit().unwrap_or_else(|| "is not running".to_owned());
+        let exit = slot
+            .last_exit()
+            .unwrap_or_else(|| "is not running".to_owned());
         let mut e = match slot.state() {
             PluginState::Restarting | PluginState::Starting => {
                 PluginError::transient(format!("the worker {exit} and is restarting"))
@@ -250,7 +258,13 @@ impl PluginProxy {
                 if let Some(w) = w.as_mut() {
                     self.fill_in(slot.pid(), w);
                 }
-                (Some(slot.pid()), slot.restarts(), slot.last_exit(), slot.uptime(), w)
+                (
+                    Some(slot.pid()),
+                    slot.restarts(),
+                    slot.last_exit(),
+                    slot.uptime(),
+                    w,
+                )
             }
             Backend::InProcess(_) => (None, 0, None, Duration::ZERO, None),
         };
@@ -438,9 +452,15 @@ impl LifecycleAware for PluginProxy {
         let mut m = Map::new();
         if let Backend::Worker(slot) = &self.backend {
             if let Some(c) = slot.client() {
-                m.insert("endpoint".into(), Value::String(c.transport().endpoint().to_string()));
+                m.insert(
+                    "endpoint".into(),
+                    Value::String(c.transport().endpoint().to_string()),
+                );
             }
-            m.insert("log_file".into(), Value::String(slot.spec().log.path().display().to_string()));
+            m.insert(
+                "log_file".into(),
+                Value::String(slot.spec().log.path().display().to_string()),
+            );
         }
         m
     }
@@ -476,6 +496,7 @@ impl StreamTracker {
 
 impl Drop for StreamTracker {
     fn drop(&mut self) {
-        self.stats.end(self.started, self.ok.load(Ordering::Relaxed));
+        self.stats
+            .end(self.started, self.ok.load(Ordering::Relaxed));
     }
 }

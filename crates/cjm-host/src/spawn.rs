@@ -121,15 +121,19 @@ fn base_command(spec: &LaunchSpec, program: &Path) -> Command {
 }
 
 /// Spawns `cmd` and starts capturing its output.
-fn launch(spec: &LaunchSpec, cmd: Command, fd: Option<i32>, what: &str) -> Result<(platform::Spawned, Vec<JoinHandle<()>>), PluginError> {
+fn launch(
+    spec: &LaunchSpec,
+    cmd: Command,
+    fd: Option<i32>,
+    what: &str,
+) -> Result<(platform::Spawned, Vec<JoinHandle<()>>), PluginError> {
     spec.log.line(&format!(
         "--- Starting {} at {} ---",
         spec.manifest.name,
         humantime_now()
     ));
     let mut spawned = platform::spawn(cmd, fd).map_err(|e| {
-        PluginError::fatal(format!("cannot start the worker `{what}`: {e}"))
-            .retriable(false)
+        PluginError::fatal(format!("cannot start the worker `{what}`: {e}")).retriable(false)
     })?;
     let mut pumps = Vec::new();
     if let Some(out) = spawned.stdout.take() {
@@ -145,12 +149,20 @@ fn launch(spec: &LaunchSpec, cmd: Command, fd: Option<i32>, what: &str) -> Resul
     Ok((spawned, pumps))
 }
 
-async fn start_native(spec: &LaunchSpec, seq: u64, command: &str, args: &[String]) -> Result<Started, PluginError> {
+async fn start_native(
+    spec: &LaunchSpec,
+    seq: u64,
+    command: &str,
+    args: &[String],
+) -> Result<Started, PluginError> {
     let m = &spec.manifest;
     let path = spec.runtime_dir.join(format!("w{seq}.sock"));
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(|e| {
-        PluginError::fatal(format!("cannot create the worker socket {}: {e}", path.display()))
+        PluginError::fatal(format!(
+            "cannot create the worker socket {}: {e}",
+            path.display()
+        ))
     })?;
     let token = new_token()?;
     let program = resolve_program(m, command);
@@ -160,32 +172,60 @@ async fn start_native(spec: &LaunchSpec, seq: u64, command: &str, args: &[String
         .env(env::LISTEN_KIND, "unix")
         .env(env::AUTH_TOKEN, &token)
         .env(env::MAX_CONCURRENCY, spec.max_concurrency.to_string());
-    let (spawned, pumps) = launch(spec, cmd, Some(listener.as_raw_fd()), &program.display().to_string())?;
+    let (spawned, pumps) = launch(
+        spec,
+        cmd,
+        Some(listener.as_raw_fd()),
+        &program.display().to_string(),
+    )?;
     // The worker has its own copy; closing ours makes connects fail fast once it is gone.
     drop(listener);
     let transport = Transport::new(Endpoint::Unix(path), Some(&token));
-    ready(spec, spawned, pumps, transport).await.map_err(|e| match e {
-        StartError::Failed(e) => e,
-        StartError::PortTaken => PluginError::fatal("another process answered on the worker's socket"),
-    })
+    ready(spec, spawned, pumps, transport)
+        .await
+        .map_err(|e| match e {
+            StartError::Failed(e) => e,
+            StartError::PortTaken => {
+                PluginError::fatal("another process answered on the worker's socket")
+            }
+        })
 }
 
-async fn start_python(spec: &LaunchSpec, python: &str, module: &str, class: &str) -> Result<Started, StartError> {
+async fn start_python(
+    spec: &LaunchSpec,
+    python: &str,
+    module: &str,
+    class: &str,
+) -> Result<Started, StartError> {
     let port = {
         let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| {
-            StartError::Failed(PluginError::transient(format!("cannot find a free port: {e}")))
+            StartError::Failed(PluginError::transient(format!(
+                "cannot find a free port: {e}"
+            )))
         })?;
-        l.local_addr().map_err(|e| StartError::Failed(PluginError::transient(e.to_string())))?.port()
+        l.local_addr()
+            .map_err(|e| StartError::Failed(PluginError::transient(e.to_string())))?
+            .port()
     };
     let mut cmd = base_command(spec, Path::new(python));
-    cmd.args(["-m", "cjm_plugin_system.core.worker", "--module", module, "--class", class])
-        .arg("--port")
-        .arg(port.to_string())
-        .arg("--ppid")
-        .arg(std::process::id().to_string())
-        .env("PYTHONUNBUFFERED", "1");
+    cmd.args([
+        "-m",
+        "cjm_plugin_system.core.worker",
+        "--module",
+        module,
+        "--class",
+        class,
+    ])
+    .arg("--port")
+    .arg(port.to_string())
+    .arg("--ppid")
+    .arg(std::process::id().to_string())
+    .env("PYTHONUNBUFFERED", "1");
     let (spawned, pumps) = launch(spec, cmd, None, python).map_err(StartError::Failed)?;
-    let transport = Transport::new(Endpoint::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port))), None);
+    let transport = Transport::new(
+        Endpoint::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+        None,
+    );
     ready(spec, spawned, pumps, transport).await
 }
 
@@ -231,18 +271,7 @@ async fn ready(
         },
         status = &mut spawned.exit => {
             finish_pumps(pumps).await;
-            let status = match status {
-                Ok(Ok(s)) => platform::describe_exit(&s),
-                _ => "ended".to_owned(),
-            };
-            let lines = spec.log.recent(10);
-            if lines.iter().any(|l| l.contains("Address already in use") || l.contains("Errno 98")) {
-                return Err(StartError::PortTaken);
-            }
-            let mut e = PluginError::fatal(format!("the worker {status} during start-up"));
-            e.details.exit_status = Some(status);
-            e.details.last_log_lines = lines;
-            return Err(StartError::Failed(e));
+            return Err(exit_error(spec, status));
         }
     };
     match outcome {
@@ -261,6 +290,13 @@ async fn ready(
             })
         }
         Err(mut e) => {
+            // A worker that dies closes its socket: the handshake may fail first. Prefer the
+            // exit status when the process is ending anyway.
+            let exited = tokio::time::timeout(Duration::from_millis(500), &mut spawned.exit).await;
+            if let Ok(status) = exited {
+                finish_pumps(pumps).await;
+                return Err(exit_error(spec, status));
+            }
             platform::kill_group(pid, platform::SIGKILL);
             let _ = spawned.exit.await;
             finish_pumps(pumps).await;
@@ -270,10 +306,33 @@ async fn ready(
     }
 }
 
+/// The error for a worker that exited during start-up, with its status and last lines.
+fn exit_error(
+    spec: &LaunchSpec,
+    status: Result<io::Result<ExitStatus>, oneshot::error::RecvError>,
+) -> StartError {
+    let status = match status {
+        Ok(Ok(s)) => platform::describe_exit(&s),
+        _ => "ended".to_owned(),
+    };
+    let lines = spec.log.recent(10);
+    if lines
+        .iter()
+        .any(|l| l.contains("Address already in use") || l.contains("Errno 98"))
+    {
+        return StartError::PortTaken;
+    }
+    let mut e = PluginError::fatal(format!("the worker {status} during start-up"));
+    e.details.exit_status = Some(status);
+    e.details.last_log_lines = lines;
+    StartError::Failed(e)
+}
+
 /// Lets the output readers drain what the worker wrote before it exited (bounded: a
 /// grandchild may keep the pipe open).
 async fn finish_pumps(pumps: Vec<JoinHandle<()>>) {
-    let _ = tokio::time::timeout(Duration::from_millis(500), futures::future::join_all(pumps)).await;
+    let _ =
+        tokio::time::timeout(Duration::from_millis(500), futures::future::join_all(pumps)).await;
 }
 
 /// A fresh 256-bit token, hex.

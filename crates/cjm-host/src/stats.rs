@@ -136,9 +136,7 @@ impl CallStats {
             .map(|r| r.micros.clone())
             .unwrap_or_default();
         v.sort_unstable();
-        let pct = |p: f64| {
-            (!v.is_empty()).then(|| v[((v.len() - 1) as f64 * p).round() as usize])
-        };
+        let pct = |p: f64| (!v.is_empty()).then(|| v[((v.len() - 1) as f64 * p).round() as usize]);
         (
             self.calls.load(Ordering::Relaxed),
             self.errors.load(Ordering::Relaxed),

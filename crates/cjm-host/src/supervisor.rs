@@ -158,7 +158,11 @@ impl WorkerSlot {
         self.state.send_replace(s);
     }
 
-    async fn supervise(self: Arc<Self>, mut started: Started, mut stop_rx: mpsc::Receiver<oneshot::Sender<()>>) {
+    async fn supervise(
+        self: Arc<Self>,
+        mut started: Started,
+        mut stop_rx: mpsc::Receiver<oneshot::Sender<()>>,
+    ) {
         let name = self.spec.manifest.name.clone();
         let mut crashes: VecDeque<Instant> = VecDeque::new();
         let mut consecutive: u32 = 0;
@@ -198,7 +202,10 @@ impl WorkerSlot {
             // Crash-loop cap.
             let now = Instant::now();
             crashes.push_back(now);
-            while crashes.front().is_some_and(|t| now.duration_since(*t) > self.opts.crash_window) {
+            while crashes
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > self.opts.crash_window)
+            {
                 crashes.pop_front();
             }
             if crashes.len() >= self.opts.max_crashes {
@@ -285,12 +292,18 @@ impl WorkerSlot {
         pid: u32,
         exit: &mut oneshot::Receiver<io::Result<ExitStatus>>,
     ) {
-        if let Err(e) = client.cleanup(Instant::now() + self.opts.cleanup_timeout).await {
+        if let Err(e) = client
+            .cleanup(Instant::now() + self.opts.cleanup_timeout)
+            .await
+        {
             tracing::debug!(plugin = %self.spec.manifest.name, error = %e, "cleanup before shutdown failed");
         }
         let snapshot = platform::subtree(pid);
         platform::kill_group(pid, platform::SIGTERM);
-        if tokio::time::timeout(self.opts.grace, &mut *exit).await.is_err() {
+        if tokio::time::timeout(self.opts.grace, &mut *exit)
+            .await
+            .is_err()
+        {
             platform::kill_group(pid, platform::SIGKILL);
             let _ = exit.await;
         }
@@ -341,7 +354,10 @@ async fn start_and_configure(
     if let Err(e) = result {
         let pid = started.pid;
         platform::kill_group(pid, platform::SIGTERM);
-        if tokio::time::timeout(opts.grace, &mut started.exit).await.is_err() {
+        if tokio::time::timeout(opts.grace, &mut started.exit)
+            .await
+            .is_err()
+        {
             platform::kill_group(pid, platform::SIGKILL);
             let _ = started.exit.await;
         }

@@ -194,7 +194,10 @@ impl Transport {
 
     /// Sends `req` on a pooled connection and returns the response head with the connection,
     /// which the caller gives back after reading the body.
-    pub async fn send(&self, req: Request<ReqBody>) -> Result<(Response<Incoming>, Conn), PluginError> {
+    pub async fn send(
+        &self,
+        req: Request<ReqBody>,
+    ) -> Result<(Response<Incoming>, Conn), PluginError> {
         let mut conn = self.checkout().await?;
         let resp = conn.send_request(req).await.map_err(lost)?;
         Ok((resp, conn))

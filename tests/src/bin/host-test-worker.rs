@@ -1,0 +1,154 @@
+//! A worker for the host's integration tests. The first positional argument picks the
+//! operation; see `execute`.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cjm_worker_sdk::{async_trait, chunks, Call, CallContext, PluginError, WithBlobs, Worker};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// Test configuration.
+#[derive(Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    /// Prefix of `greet`.
+    #[schemars(length(min = 1, max = 20))]
+    greeting: String,
+    /// A bounded number.
+    #[schemars(range(min = 1, max = 10))]
+    level: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            greeting: "hello".into(),
+            level: 1,
+        }
+    }
+}
+
+#[derive(Default)]
+struct TestWorker(Mutex<Option<Config>>);
+
+fn kw(call: &Call, key: &str) -> Value {
+    call.kwargs.get(key).cloned().unwrap_or(Value::Null)
+}
+
+#[async_trait]
+impl Worker for TestWorker {
+    type Config = Config;
+    type Input = Call;
+    type Output = WithBlobs<Value>;
+    const MAX_CONCURRENCY: u32 = 16;
+
+    async fn initialize(&self, config: Config) -> Result<(), PluginError> {
+        // Tests make every later start fail by creating this file.
+        if let Ok(p) = std::env::var("CJM_TEST_FAIL_FILE") {
+            if std::path::Path::new(&p).exists() {
+                std::process::exit(1);
+            }
+        }
+        if config.greeting == "reject" {
+            return Err(PluginError::config(
+                "the plugin refuses this greeting",
+                vec![],
+            ));
+        }
+        if let Ok(mut g) = self.0.lock() {
+            *g = Some(config);
+        }
+        Ok(())
+    }
+
+    async fn execute(&self, call: Call, ctx: CallContext) -> Result<WithBlobs<Value>, PluginError> {
+        let op = call
+            .args
+            .first()
+            .and_then(Value::as_str)
+            .unwrap_or("echo")
+            .to_owned();
+        let plain = |v: Value| WithBlobs {
+            value: v,
+            blobs: vec![],
+        };
+        match op.as_str() {
+            "echo" => Ok(plain(
+                json!({"args": call.args[1..], "kwargs": call.kwargs}),
+            )),
+            "greet" => {
+                let g = self
+                    .0
+                    .lock()
+                    .ok()
+                    .and_then(|c| c.as_ref().map(|c| c.greeting.clone()));
+                Ok(plain(json!(format!(
+                    "{} {}",
+                    g.unwrap_or_default(),
+                    kw(&call, "name").as_str().unwrap_or("?")
+                ))))
+            }
+            "pid" => Ok(plain(json!(std::process::id()))),
+            "sleep" => {
+                let ms = kw(&call, "ms").as_u64().unwrap_or(60_000);
+                ctx.report_progress(0.25, "sleeping");
+                ctx.cancellation()
+                    .run_until_cancelled(tokio::time::sleep(Duration::from_millis(ms)))
+                    .await
+                    .ok_or_else(|| PluginError::cancelled("sleep cancelled"))?;
+                Ok(plain(json!({"slept_ms": ms})))
+            }
+            "fail" => Err(PluginError::user_input("you asked for a failure")),
+            "exit" => std::process::exit(kw(&call, "code").as_i64().unwrap_or(3) as i32),
+            "spawn_child" => {
+                let child = std::process::Command::new("sleep")
+                    .arg("1000")
+                    .spawn()
+                    .map_err(|e| PluginError::fatal(e.to_string()))?;
+                let pid = child.id();
+                std::mem::forget(child);
+                Ok(plain(json!(pid)))
+            }
+            "blob" => {
+                let total: usize = call.blobs.iter().map(|b| b.len()).sum();
+                Ok(WithBlobs {
+                    value: json!({"total": total, "blobs": call.blobs.len()}),
+                    blobs: call.blobs,
+                })
+            }
+            other => Err(PluginError::user_input(format!(
+                "unknown operation {other:?}"
+            ))),
+        }
+    }
+
+    async fn execute_stream(
+        &self,
+        call: Call,
+        ctx: CallContext,
+    ) -> Result<cjm_worker_sdk::ChunkStream, PluginError> {
+        let n = kw(&call, "n").as_u64().unwrap_or(3);
+        let fail_at = kw(&call, "fail_at").as_u64();
+        let delay = kw(&call, "delay_ms").as_u64().unwrap_or(0);
+        let items = futures::stream::iter(0..n).then(move |i| {
+            let ctx = ctx.clone();
+            async move {
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
+                ctx.check_cancelled()?;
+                if Some(i) == fail_at {
+                    return Err(PluginError::resource("out of memory (simulated)", vec![]));
+                }
+                Ok(json!({"i": i}))
+            }
+        });
+        Ok(chunks(items))
+    }
+}
+
+use futures::StreamExt;
+
+cjm_worker_sdk::main!(TestWorker::default());

@@ -1,0 +1,99 @@
+//! Helpers shared by the host integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cjm_host::{PluginManager, SupervisorOptions};
+use serde_json::{json, Value};
+
+/// The test worker binary.
+pub fn worker_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_host-test-worker")
+}
+
+/// A scratch directory with `manifests/` and a data dir.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn manifests(&self) -> PathBuf {
+        self.dir.path().join("manifests")
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Writes `<name>.json` for the test worker, merged with `extra`.
+    pub fn worker_manifest(&self, name: &str, extra: Value) -> PathBuf {
+        let mut m = json!({
+            "name": name,
+            "version": "1.2.3",
+            "category": "test",
+            "command": worker_bin(),
+        });
+        if let (Some(m), Some(e)) = (m.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        self.write(&format!("{name}.json"), &m.to_string())
+    }
+
+    pub fn write(&self, file: &str, text: &str) -> PathBuf {
+        let dir = self.manifests();
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let p = dir.join(file);
+        std::fs::write(&p, text).expect("write manifest");
+        p
+    }
+
+    pub fn manager(&self) -> PluginManager {
+        self.manager_with(SupervisorOptions::default())
+    }
+
+    pub fn manager_with(&self, sup: SupervisorOptions) -> PluginManager {
+        PluginManager::builder()
+            .search_paths([self.manifests()])
+            .data_dir(self.data())
+            .supervisor(sup)
+            .build()
+            .expect("manager")
+    }
+}
+
+/// True if `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rfind(')')
+            .and_then(|i| s[i + 2..].chars().next())
+            .is_some_and(|state| state != 'Z'),
+        Err(_) => false,
+    }
+}
+
+/// Waits (bounded) until none of `pids` is alive. Process death has no event an unrelated
+/// process can await, so this looks at /proc until the condition holds or `limit` passes.
+pub fn wait_gone(pids: &[u32], limit: Duration) -> Vec<u32> {
+    let end = Instant::now() + limit;
+    loop {
+        let left: Vec<u32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+        if left.is_empty() || Instant::now() > end {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
