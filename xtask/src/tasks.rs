@@ -27,11 +27,14 @@ pub fn test(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// `cargo xtask demo`.
+/// `cargo xtask demo`: builds the sample plugins and the demo host, then runs the host.
 pub fn demo(args: &[String]) -> Result<(), String> {
-    let mut a = vec!["run", "--release", "-p", "cjm-demo", "--"];
-    a.extend(args.iter().map(String::as_str));
-    cargo(&a)
+    if let Some(a) = args.first() {
+        return Err(format!("`demo` takes no arguments, got `{a}`"));
+    }
+    cargo(&["build", "--release", "-p", "cjm-sample-plugins", "-p", "cjm-demo"])?;
+    let bin = crate::root().join("target/release/cjm-demo");
+    run(&mut Command::new(bin))
 }
 
 /// `cargo xtask bench`.

@@ -21,13 +21,17 @@ pub struct Spawned {
     pub exit: oneshot::Receiver<io::Result<ExitStatus>>,
 }
 
-/// Spawns `cmd` in a new session (its own process group), with `SIGKILL` as its parent-death
-/// signal, keeping `inherit_fd` open across `exec`.
+/// Spawns `cmd` in a new session (its own process group), with `death_signal` as its
+/// parent-death signal, keeping `inherit_fd` open across `exec`.
 ///
 /// The fork happens on a thread dedicated to this child, which then waits for it. The kernel
 /// sends the parent-death signal when the *thread* that forked exits, so that thread must live
 /// exactly as long as the child: this one does.
-pub fn spawn(mut cmd: Command, inherit_fd: Option<RawFd>) -> io::Result<Spawned> {
+pub fn spawn(
+    mut cmd: Command,
+    inherit_fd: Option<RawFd>,
+    death_signal: libc::c_int,
+) -> io::Result<Spawned> {
     let host_pid = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the child between fork and exec and only calls
     // async-signal-safe functions (setsid, prctl, getppid, kill, fcntl).
@@ -38,7 +42,7 @@ pub fn spawn(mut cmd: Command, inherit_fd: Option<RawFd>) -> io::Result<Spawned>
             }
             if libc::prctl(
                 libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
+                death_signal as libc::c_ulong,
                 0,
                 0,
                 0,

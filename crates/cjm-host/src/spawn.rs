@@ -126,13 +126,14 @@ fn launch(
     cmd: Command,
     fd: Option<i32>,
     what: &str,
+    death_signal: libc::c_int,
 ) -> Result<(platform::Spawned, Vec<JoinHandle<()>>), PluginError> {
     spec.log.line(&format!(
         "--- Starting {} at {} ---",
         spec.manifest.name,
         humantime_now()
     ));
-    let mut spawned = platform::spawn(cmd, fd).map_err(|e| {
+    let mut spawned = platform::spawn(cmd, fd, death_signal).map_err(|e| {
         PluginError::fatal(format!("cannot start the worker `{what}`: {e}")).retriable(false)
     })?;
     let mut pumps = Vec::new();
@@ -172,11 +173,13 @@ async fn start_native(
         .env(env::LISTEN_KIND, "unix")
         .env(env::AUTH_TOKEN, &token)
         .env(env::MAX_CONCURRENCY, spec.max_concurrency.to_string());
+    // SIGTERM on host death: a cjm worker then shuts down and takes its process group along.
     let (spawned, pumps) = launch(
         spec,
         cmd,
         Some(listener.as_raw_fd()),
         &program.display().to_string(),
+        platform::SIGTERM,
     )?;
     // The worker has its own copy; closing ours makes connects fail fast once it is gone.
     drop(listener);
@@ -221,7 +224,8 @@ async fn start_python(
     .arg("--ppid")
     .arg(std::process::id().to_string())
     .env("PYTHONUNBUFFERED", "1");
-    let (spawned, pumps) = launch(spec, cmd, None, python).map_err(StartError::Failed)?;
+    let (spawned, pumps) =
+        launch(spec, cmd, None, python, platform::SIGKILL).map_err(StartError::Failed)?;
     let transport = Transport::new(
         Endpoint::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
         None,
