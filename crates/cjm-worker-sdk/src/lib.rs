@@ -1,10 +1,131 @@
 //! # cjm-worker-sdk
 //!
-//! The plugin author's half of cjm: implement a trait, add one macro, and the result is a worker
-//! binary that the cjm host spawns and calls over protocol v1 (see `PROTOCOL.md`).
+//! The plugin author's half of cjm: implement [`Worker`], add [`main!`], and the result is a
+//! worker binary that the cjm host spawns as its own process and calls over protocol v1
+//! (`PROTOCOL.md`).
 //!
-//! Status: being built (see the open issues). The shared types live in [`cjm_core`].
+//! ```
+//! use cjm_worker_sdk::{async_trait, CallContext, Command, PluginError, Worker};
+//! use schemars::JsonSchema;
+//! use serde::{Deserialize, Serialize};
+//! use serde_json::{json, Value};
+//!
+//! /// How the greeter greets.
+//! #[derive(Default, Serialize, Deserialize, JsonSchema)]
+//! #[serde(default, deny_unknown_fields)]
+//! struct Config {
+//!     /// The greeting word.
+//!     #[schemars(length(min = 1, max = 20))]
+//!     greeting: String,
+//! }
+//!
+//! #[derive(Deserialize)]
+//! #[serde(rename_all = "snake_case")]
+//! enum Op { Greet { name: String }, Wait { seconds: f64 } }
+//!
+//! #[derive(Default)]
+//! struct Greeter(std::sync::Mutex<Config>);
+//!
+//! #[async_trait]
+//! impl Worker for Greeter {
+//!     type Config = Config;
+//!     type Input = Command<Op>; // {"args": ["greet"], "kwargs": {"name": "Ada"}}
+//!     type Output = Value;
+//!     const MAX_CONCURRENCY: u32 = 4;
+//!
+//!     async fn initialize(&self, config: Config) -> Result<(), PluginError> {
+//!         *self.0.lock().unwrap() = config;
+//!         Ok(())
+//!     }
+//!
+//!     async fn execute(&self, Command(op): Command<Op>, ctx: CallContext) -> Result<Value, PluginError> {
+//!         match op {
+//!             Op::Greet { name } => Ok(json!(format!("{} {name}", self.0.lock().unwrap().greeting))),
+//!             Op::Wait { seconds } => {
+//!                 ctx.report_progress(0.0, "waiting");
+//!                 let nap = tokio::time::sleep(std::time::Duration::from_secs_f64(seconds));
+//!                 ctx.cancellation().run_until_cancelled(nap).await
+//!                     .ok_or_else(|| PluginError::cancelled("wait cancelled"))?;
+//!                 Ok(json!({"waited": seconds}))
+//!             }
+//!         }
+//!     }
+//! }
+//!
+//! cjm_worker_sdk::main!(Greeter::default());
+//! ```
+//!
+//! That is the whole program. Run by hand: `greeter --listen unix:/tmp/g.sock`, then
+//! `curl --unix-socket /tmp/g.sock localhost/health`.
+//!
+//! ## What the author gets
+//!
+//! - **Typed configuration**: [`Worker::Config`] derives `serde` and [`schemars::JsonSchema`];
+//!   the schema (doc comments, defaults, ranges, lengths, patterns, enums) is served on
+//!   `/config_schema`, every configuration is validated against it and deserialized before
+//!   [`Worker::initialize`] sees it (invalid ones answer `422` naming each field, and the
+//!   previous configuration stays in force). `initialize` is also the hot re-configure.
+//! - **Typed inputs and outputs**: [`Kwargs`], [`Args`], [`Command`] (the original's
+//!   `["operation"]` + kwargs convention), [`WithBlobs`] (binary payloads without base64), or
+//!   the untyped [`serde_json::Value`] (`{"args", "kwargs"}` as received). Outputs are anything
+//!   [`serde::Serialize`].
+//! - **Streams**: [`Worker::execute_stream`] returns a stream (see [`chunks`]); the SDK writes
+//!   NDJSON with protocol v1's end and error lines.
+//! - **A call context** ([`CallContext`]): progress (read by `/progress`), a cancellation token
+//!   (fired by `/cancel`, by the client disconnecting, by the deadline, by shutdown) and the
+//!   deadline.
+//! - **Isolation of plugin code**: plugin futures run on a multi-thread runtime apart from the
+//!   HTTP server's single-thread runtime, so a plugin that blocks its thread does not stall
+//!   `/health`, `/progress`, `/cancel` or `/stats`. A panic answers `500` and the worker lives
+//!   on.
+//! - **Lifecycle**: `SIGTERM` stops accepting, lets calls finish for 1.5 s, cancels the rest,
+//!   runs [`Worker::cleanup`] and exits 0; the worker also exits when the host
+//!   (`CJM_HOST_PID`) is gone.
+//!
+//! Plugins written against the untyped [`Plugin`] trait run with [`run_plugin`]; a server can
+//! also be embedded on a thread of its own with [`Server::spawn`] (tests do this).
 
 #![warn(missing_docs)]
+// `PluginError` is the shared error of the wire contract (cjm-core); boxing it here would only
+// add allocations and differ from the `Plugin` trait's signatures.
+#![allow(clippy::result_large_err)]
+
+mod auth;
+mod listener;
+mod macros;
+mod platform;
+mod run;
+mod server;
+mod shutdown;
+mod stats;
+mod stream;
+mod worker;
 
 pub use cjm_core as core;
+pub use cjm_core::wire::ExecuteRequest;
+pub use cjm_core::{
+    Call, CallContext, CancelOutcome, CancellationToken, ChunkStream, ErrorCategory, FieldError,
+    Output, Plugin, PluginError, Progress,
+};
+
+pub use listener::{CommandLine, ListenAddr, ListenError, Listener, USAGE};
+pub use run::{init_logging, options_from_env, run_plugin, run_worker, EXIT_FAILURE, EXIT_USAGE};
+pub use server::{
+    Options, Server, ServerHandle, DEFAULT_MAX_FRAME_BODY, DEFAULT_MAX_JSON_BODY,
+    DEFAULT_SHUTDOWN_GRACE,
+};
+pub use shutdown::ShutdownReason;
+pub use worker::{
+    chunks, Args, Command, FromCall, IntoOutput, Kwargs, NoConfig, Typed, WithBlobs, Worker,
+};
+
+/// Re-exported for `#[async_trait] impl Worker for ...`.
+pub use async_trait::async_trait;
+/// Re-exported: payload bytes.
+pub use bytes;
+/// Re-exported: stream combinators for [`Worker::execute_stream`].
+pub use futures;
+/// Re-exported: the JSON Schema derive used by [`Worker::Config`].
+pub use schemars;
+/// Re-exported: the runtime plugin code runs on (timers, `spawn_blocking`, ...).
+pub use tokio;

@@ -1,0 +1,108 @@
+//! The worker program's entry points: read the environment and the command line, set up
+//! logging, serve, and turn the outcome into an exit status.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use cjm_core::wire::env;
+use cjm_core::Plugin;
+
+use crate::listener::{CommandLine, ListenError, Listener, USAGE};
+use crate::server::{Options, Server};
+use crate::worker::{Typed, Worker};
+
+/// Exit status for a usage error (no socket, bad `--listen`).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status when serving failed.
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Sends `tracing` logs to stderr (which the host captures), filtered by `CJM_LOG` (default
+/// `info`). Does nothing when a subscriber is already installed.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var(env::LOG) {
+        Ok(spec) => EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info")),
+        Err(_) => EnvFilter::new("info"),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+/// Fills in what the host passes through the environment: the auth token (then removed from
+/// the environment, so that programs the plugin starts do not see it), the host's pid and the
+/// concurrency cap (the effective limit is the smaller of the plugin's and the host's).
+pub fn options_from_env(mut options: Options) -> Options {
+    if let Ok(token) = std::env::var(env::AUTH_TOKEN) {
+        if !token.is_empty() {
+            options.auth_token = Some(token);
+        }
+    }
+    std::env::remove_var(env::AUTH_TOKEN);
+    if let Ok(pid) = std::env::var(env::HOST_PID) {
+        match pid.trim().parse::<u32>() {
+            Ok(p) if p > 0 => options.host_pid = Some(p),
+            _ => tracing::warn!("ignoring {}={pid:?}: not a pid", env::HOST_PID),
+        }
+    }
+    if let Ok(n) = std::env::var(env::MAX_CONCURRENCY) {
+        match n.trim().parse::<u32>() {
+            Ok(n) if n > 0 => options.max_concurrency = options.max_concurrency.min(n),
+            _ => tracing::warn!(
+                "ignoring {}={n:?}: not a positive number",
+                env::MAX_CONCURRENCY
+            ),
+        }
+    }
+    options
+}
+
+fn usage_error(e: &ListenError) -> ExitCode {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "error: {e}\n\n{USAGE}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// Runs a typed [`Worker`] as a worker program: what [`main!`](crate::main) expands to.
+/// The concurrency limit is `W::MAX_CONCURRENCY` (capped by `CJM_MAX_CONCURRENCY`).
+pub fn run_worker<W: Worker>(worker: W, mut options: Options) -> ExitCode {
+    options.max_concurrency = W::MAX_CONCURRENCY.max(1);
+    let plugin = Typed::new(worker, options.name.clone(), options.version.clone());
+    run_plugin(Arc::new(plugin), options)
+}
+
+/// Runs any [`Plugin`] as a worker program (for plugins written against the untyped trait).
+pub fn run_plugin(plugin: Arc<dyn Plugin>, options: Options) -> ExitCode {
+    init_logging();
+    let cmd = match CommandLine::parse(std::env::args_os().skip(1)) {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e),
+    };
+    if cmd.help {
+        let _ = writeln!(std::io::stdout().lock(), "{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let options = options_from_env(options);
+    let listener = match Listener::from_command_line_or_env(&cmd) {
+        Ok(l) => l,
+        Err(e @ (ListenError::Missing | ListenError::Invalid(_))) => return usage_error(&e),
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match Server::new(plugin, options).run(listener) {
+        Ok(reason) => {
+            tracing::info!("worker stopped ({reason})");
+            ExitCode::from(reason.exit_code())
+        }
+        Err(e) => {
+            tracing::error!("the worker failed: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}

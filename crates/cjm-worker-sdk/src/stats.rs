@@ -1,0 +1,128 @@
+//! `/stats`: counters kept by the server, and CPU and memory figures of the worker's process
+//! subtree sampled from the platform between two `/stats` requests.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use cjm_core::wire::StatsResponse;
+
+use crate::platform;
+
+/// Counters of the calls served, and the previous CPU sample.
+#[derive(Debug)]
+pub(crate) struct Stats {
+    started: Instant,
+    calls: AtomicU64,
+    errors: AtomicU64,
+    in_flight: AtomicU64,
+    /// When the previous sample was taken, and the subtree's CPU seconds then.
+    last: Mutex<(Instant, f64)>,
+}
+
+impl Stats {
+    pub(crate) fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            calls: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            last: Mutex::new((now, 0.0)),
+        }
+    }
+
+    /// Counts a finished call.
+    pub(crate) fn finished(&self, ok: bool) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks a call as running until the guard is dropped.
+    pub(crate) fn running(self: &Arc<Self>) -> RunningGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        RunningGuard(Arc::clone(self))
+    }
+
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Takes a sample: the CPU percentage is over the time since the previous sample (since
+    /// the start for the first one).
+    pub(crate) fn sample(&self) -> StatsResponse {
+        let pid = std::process::id();
+        let own = platform::sample(pid, true).unwrap_or_default();
+        let descendants = platform::descendants(pid);
+        let mut rss = own.rss_bytes;
+        let mut cpu = own.cpu_seconds;
+        for &d in &descendants {
+            if let Some(s) = platform::sample(d, false) {
+                rss += s.rss_bytes;
+                cpu += s.cpu_seconds;
+            }
+        }
+        let now = Instant::now();
+        let cpu_percent = {
+            let mut last = match self.last.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let wall = now.duration_since(last.0).as_secs_f64();
+            // A descendant that exited unreaped takes its CPU time with it: never below 0.
+            let used = (cpu - last.1).max(0.0);
+            *last = (now, cpu);
+            if wall > 0.0 {
+                (used / wall * 100.0 * 10.0).round() / 10.0
+            } else {
+                0.0
+            }
+        };
+        StatsResponse {
+            pid,
+            cpu_percent,
+            memory_rss_mb: (rss as f64 / (1024.0 * 1024.0) * 100.0).round() / 100.0,
+            threads: Some(own.threads),
+            uptime_s: Some((now - self.started).as_secs_f64()),
+            calls: Some(self.calls.load(Ordering::Relaxed)),
+            errors: Some(self.errors.load(Ordering::Relaxed)),
+            in_flight: Some(self.in_flight()),
+            descendants: Some(descendants),
+        }
+    }
+}
+
+/// Decrements the in-flight count when dropped.
+pub(crate) struct RunningGuard(Arc<Stats>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_sample() {
+        let s = Arc::new(Stats::new());
+        s.finished(true);
+        s.finished(false);
+        let g = s.running();
+        let r = s.sample();
+        assert_eq!(r.pid, std::process::id());
+        assert_eq!(
+            (r.calls, r.errors, r.in_flight),
+            (Some(2), Some(1), Some(1))
+        );
+        drop(g);
+        assert_eq!(s.in_flight(), 0);
+        assert!(r.memory_rss_mb > 0.0);
+        assert!(r.cpu_percent >= 0.0);
+        assert!(r.threads.unwrap_or(0) >= 1);
+    }
+}

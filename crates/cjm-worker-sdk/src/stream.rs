@@ -1,0 +1,242 @@
+//! Response bodies (a whole buffer, frame parts sent without copying, or an NDJSON stream) and
+//! the pump that turns a plugin's chunk stream into NDJSON lines.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use cjm_core::wire::{is_reserved_chunk, StreamLine, STREAM_CONTROL_KEY};
+use cjm_core::{CancellationToken, ChunkStream, PluginError};
+use futures::{FutureExt, StreamExt};
+use http_body::{Frame, SizeHint};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::DropGuard;
+
+/// How many NDJSON lines may wait for a slow reader before the plugin's stream is paused.
+pub(crate) const STREAM_BUFFER: usize = 16;
+
+/// A response body.
+#[derive(Debug)]
+pub(crate) enum Body {
+    /// One buffer (JSON answers).
+    Full(Option<Bytes>),
+    /// Buffers sent one after another without being joined (frames).
+    Parts(VecDeque<Bytes>),
+    /// NDJSON lines as the plugin produces them. Dropping the body (the client went away)
+    /// cancels the call through the guard.
+    Stream {
+        rx: mpsc::Receiver<Bytes>,
+        _guard: DropGuard,
+    },
+}
+
+impl Body {
+    pub(crate) fn full(b: impl Into<Bytes>) -> Self {
+        Self::Full(Some(b.into()))
+    }
+
+    pub(crate) fn parts(parts: Vec<Bytes>) -> Self {
+        Self::Parts(parts.into_iter().filter(|p| !p.is_empty()).collect())
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Self::Parts(q) => Poll::Ready(q.pop_front().map(|b| Ok(Frame::data(b)))),
+            Self::Stream { rx, .. } => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(b) => b.is_none(),
+            Self::Parts(q) => q.is_empty(),
+            Self::Stream { .. } => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::Parts(q) => SizeHint::with_exact(q.iter().map(|b| b.len() as u64).sum()),
+            Self::Stream { .. } => SizeHint::default(),
+        }
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(a non-string panic payload)".to_owned()
+    }
+}
+
+fn line(v: &serde_json::Value) -> Bytes {
+    let mut buf = serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec());
+    buf.push(b'\n');
+    Bytes::from(buf)
+}
+
+/// How a pumped stream ended.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum PumpEnd {
+    /// All chunks and the end line were sent.
+    Completed,
+    /// An error line was sent (or could not be, the client being gone).
+    Failed(PluginError),
+    /// The client went away.
+    Disconnected,
+}
+
+/// Drives `stream`, writing one NDJSON line per chunk into `tx`, then the end line; a failing
+/// chunk, a reserved chunk, a panic or the deadline ends it with an error line. The client
+/// going away (the receiver dropped) or the deadline cancels `token`.
+pub(crate) async fn pump(
+    mut stream: ChunkStream,
+    tx: mpsc::Sender<Bytes>,
+    token: CancellationToken,
+    deadline: Option<Instant>,
+) -> PumpEnd {
+    let mut sent: u64 = 0;
+    let failure = loop {
+        let next = tokio::select! {
+            biased;
+            () = tx.closed() => {
+                token.cancel();
+                return PumpEnd::Disconnected;
+            }
+            () = crate::server::sleep_until_opt(deadline) => {
+                token.cancel();
+                break PluginError::timeout("the call's deadline passed during the stream");
+            }
+            next = AssertUnwindSafe(stream.next()).catch_unwind() => next,
+        };
+        match next {
+            Err(payload) => {
+                let msg = panic_message(payload.as_ref());
+                tracing::error!("plugin panicked in its stream: {msg}");
+                break PluginError::fatal(format!("plugin panicked: {msg}"));
+            }
+            Ok(None) => {
+                let end = line(&StreamLine::End { chunks: sent }.to_json());
+                return if tx.send(end).await.is_ok() {
+                    PumpEnd::Completed
+                } else {
+                    token.cancel();
+                    PumpEnd::Disconnected
+                };
+            }
+            Ok(Some(Err(e))) => break e,
+            Ok(Some(Ok(chunk))) if is_reserved_chunk(&chunk) => {
+                break PluginError::fatal(format!(
+                    "the plugin sent a chunk with the reserved top-level key `{STREAM_CONTROL_KEY}`"
+                ));
+            }
+            Ok(Some(Ok(chunk))) => {
+                if tx.send(line(&chunk)).await.is_err() {
+                    token.cancel();
+                    return PumpEnd::Disconnected;
+                }
+                sent += 1;
+            }
+        }
+    };
+    let _ = tx
+        .send(line(&StreamLine::Error(failure.clone()).to_json()))
+        .await;
+    PumpEnd::Failed(failure)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+    use serde_json::json;
+
+    async fn collect(stream: ChunkStream, deadline: Option<Instant>) -> (String, PumpEnd) {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let token = CancellationToken::new();
+        let body = Body::Stream {
+            rx,
+            _guard: token.clone().drop_guard(),
+        };
+        let pump = tokio::spawn(pump(stream, tx, token, deadline));
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (
+            String::from_utf8(bytes.to_vec()).unwrap(),
+            pump.await.unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn lines_then_end() {
+        let s: ChunkStream = Box::pin(futures::stream::iter(vec![
+            Ok(json!({"a": 1})),
+            Ok(json!(2)),
+        ]));
+        let (text, end) = collect(s, None).await;
+        assert_eq!(text, "{\"a\":1}\n2\n{\"$cjm\":{\"end\":{\"chunks\":2}}}\n");
+        assert_eq!(end, PumpEnd::Completed);
+    }
+
+    #[tokio::test]
+    async fn errors_and_reserved_chunks_end_the_stream() {
+        let s: ChunkStream = Box::pin(futures::stream::iter(vec![
+            Ok(json!(1)),
+            Err(PluginError::transient("flaky")),
+            Ok(json!(3)),
+        ]));
+        let (text, end) = collect(s, None).await;
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let v: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(v["error"], "flaky");
+        assert_eq!(v["$cjm"]["error"]["category"], "transient");
+        assert!(matches!(end, PumpEnd::Failed(_)));
+
+        let s: ChunkStream = Box::pin(futures::stream::iter(vec![Ok(json!({"$cjm": 1}))]));
+        let (text, _) = collect(s, None).await;
+        assert!(text.contains("reserved"), "{text}");
+        assert_eq!(text.lines().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_stream_ends_with_an_error_line() {
+        let s: ChunkStream = Box::pin(futures::stream::poll_fn(|_| -> Poll<Option<_>> {
+            panic!("kaboom")
+        }));
+        let (text, _) = collect(s, None).await;
+        assert!(text.contains("plugin panicked: kaboom"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn frame_parts_have_an_exact_size() {
+        let b = Body::parts(vec![
+            Bytes::from_static(b"ab"),
+            Bytes::new(),
+            Bytes::from_static(b"c"),
+        ]);
+        assert_eq!(b.size_hint().exact(), Some(3));
+        assert_eq!(
+            b.collect().await.unwrap().to_bytes(),
+            Bytes::from_static(b"abc")
+        );
+    }
+}

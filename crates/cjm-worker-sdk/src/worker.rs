@@ -1,0 +1,464 @@
+//! The author-facing [`Worker`] trait, typed inputs and outputs, and [`Typed`], the adapter
+//! that turns a `Worker` into a [`cjm_core::Plugin`].
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cjm_core::wire::ExecuteRequest;
+use cjm_core::{
+    schema_defaults, Call, CallContext, CancelOutcome, ChunkStream, FieldError, Output, Plugin,
+    PluginError,
+};
+use futures::{Stream, StreamExt};
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A plugin, as its author writes it: typed configuration, typed input, typed output.
+///
+/// Only [`execute`](Worker::execute) must be written. Every method takes `&self` and calls run
+/// concurrently (up to [`MAX_CONCURRENCY`](Worker::MAX_CONCURRENCY)), so state lives behind
+/// interior mutability (`Mutex`, atomics, `ArcSwap`…).
+///
+/// Plugin code runs on its own multi-thread runtime, apart from the HTTP server: blocking or
+/// CPU-heavy code does not stall `/health`, `/progress` or `/cancel`. Long CPU work should
+/// still check [`CallContext::is_cancelled`] now and then.
+#[async_trait]
+pub trait Worker: Send + Sync + 'static {
+    /// The configuration. Its JSON Schema (from [`JsonSchema`]: doc comments become
+    /// descriptions, `#[serde(default)]` fills `default`, `#[schemars(range(min = 1))]`,
+    /// `#[schemars(length(max = 8))]`, `#[schemars(regex(pattern = ..))]` and enums become
+    /// constraints) is served on `/config_schema`, and every configuration is validated
+    /// against it before [`initialize`](Worker::initialize) sees it. Add
+    /// `#[serde(deny_unknown_fields)]` to refuse unknown keys. Use [`NoConfig`] for none.
+    type Config: Serialize + DeserializeOwned + JsonSchema + Send + 'static;
+
+    /// What a call receives, built from the request's `args`/`kwargs`: see [`FromCall`]
+    /// ([`Kwargs`], [`Args`], [`Command`], [`WithBlobs`], or untyped [`serde_json::Value`] /
+    /// [`ExecuteRequest`] / [`Call`]).
+    type Input: FromCall + Send + 'static;
+
+    /// What a call returns: anything [`Serialize`], or [`WithBlobs`] to return binary
+    /// payloads without base64.
+    type Output: IntoOutput + Send + 'static;
+
+    /// How many calls may run at once (more wait in a queue). The host may lower it with
+    /// `CJM_MAX_CONCURRENCY`.
+    const MAX_CONCURRENCY: u32 = 1;
+
+    /// Applies a validated configuration: once after start and again for every hot update.
+    /// An error leaves the previous configuration in force (as far as the SDK is concerned:
+    /// `/config` keeps answering the previous one).
+    async fn initialize(&self, config: Self::Config) -> Result<(), PluginError> {
+        let _ = config;
+        Ok(())
+    }
+
+    /// Runs one call. `ctx` carries the cancellation token, the progress cell (read by
+    /// `/progress`) and the deadline.
+    async fn execute(
+        &self,
+        input: Self::Input,
+        ctx: CallContext,
+    ) -> Result<Self::Output, PluginError>;
+
+    /// Runs one call as a stream of chunks (NDJSON on the wire). Build the stream with
+    /// [`chunks`] from any stream of serializable items. By default: one chunk, the result of
+    /// [`execute`](Worker::execute).
+    async fn execute_stream(
+        &self,
+        input: Self::Input,
+        ctx: CallContext,
+    ) -> Result<ChunkStream, PluginError> {
+        let out = self.execute(input, ctx).await?.into_output()?;
+        Ok(Box::pin(futures::stream::once(
+            async move { Ok(out.value) },
+        )))
+    }
+
+    /// Releases what the plugin holds: on `/cleanup` and when the worker shuts down.
+    async fn cleanup(&self) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    /// Called on `/cancel`, after the SDK has already fired every running call's cancellation
+    /// token. Override it only for work the token does not reach (a subprocess, a remote job).
+    async fn cancel(&self) -> Result<CancelOutcome, PluginError> {
+        Ok(CancelOutcome::NotSupported)
+    }
+}
+
+/// The configuration of a plugin that has none: any object is accepted and ignored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NoConfig {}
+
+/// Builds a call's input from the request.
+pub trait FromCall: Sized {
+    /// Takes what it needs out of `call` (its `args`, `kwargs` and `blobs`).
+    fn from_call(call: &mut Call) -> Result<Self, PluginError>;
+}
+
+/// The untyped escape hatch: `{"args": [...], "kwargs": {...}}` as received.
+impl FromCall for Value {
+    fn from_call(call: &mut Call) -> Result<Self, PluginError> {
+        let mut m = Map::new();
+        m.insert("args".into(), Value::Array(std::mem::take(&mut call.args)));
+        m.insert(
+            "kwargs".into(),
+            Value::Object(std::mem::take(&mut call.kwargs)),
+        );
+        Ok(Value::Object(m))
+    }
+}
+
+/// The untyped escape hatch, as a struct.
+impl FromCall for ExecuteRequest {
+    fn from_call(call: &mut Call) -> Result<Self, PluginError> {
+        Ok(ExecuteRequest {
+            args: std::mem::take(&mut call.args),
+            kwargs: std::mem::take(&mut call.kwargs),
+        })
+    }
+}
+
+/// Everything: `args`, `kwargs` and `blobs` (the context is passed separately).
+impl FromCall for Call {
+    fn from_call(call: &mut Call) -> Result<Self, PluginError> {
+        Ok(Call {
+            args: std::mem::take(&mut call.args),
+            kwargs: std::mem::take(&mut call.kwargs),
+            blobs: std::mem::take(&mut call.blobs),
+            ctx: call.ctx.clone(),
+        })
+    }
+}
+
+fn bad_input(what: &str, e: &serde_json::Error) -> PluginError {
+    PluginError::user_input(format!("invalid {what}: {e}"))
+}
+
+/// Keyword arguments only, deserialized into `T` (typically a struct):
+/// `{"kwargs": {"text": "hi"}}` → `T { text: "hi" }`. Positional arguments are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Kwargs<T>(pub T);
+
+impl<T: DeserializeOwned> FromCall for Kwargs<T> {
+    fn from_call(call: &mut Call) -> Result<Self, PluginError> {
+        if !call.args.is_empty() {
+            return Err(PluginError::user_input(format!(
+                "this plugin takes keyword arguments only, got {} positional",
+                call.args.len()
+            )));
+        }
+        let kwargs = Value::Object(std::mem::take(&mut call.kwargs));
+        serde_json::from_value(kwargs)
+            .map(Kwargs)
+            .map_err(|e| bad_input("keyword arguments", &e))
+    }
+}
+
+/// Positional arguments only, deserialized into `T` from the `args` array (a tuple, a `Vec`,
+/// a tuple struct). Keyword arguments are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Args<T>(pub T);
+
+impl<T: DeserializeOwned> FromCall for Args<T> {
+    fn from_call(call: &mut Call) -> Result<Self, PluginError> {
+        if !call.kwargs.is_empty() {
+            return Err(PluginError::user_input(
+                "this plugin takes positional arguments only",
+            ));
+        }
+        let args = Value::Array(std::mem::take(&mut call.args));
+        serde_json::from_value(args)
+            .map(Args)
+            .map_err(|e| bad_input("positional arguments", &e))
+    }
+}
+
+/// The original's convention, an operation name then its parameters:
+/// `{"args": ["sleep"], "kwargs": {"seconds": 1}}`, deserialized into an externally tagged
+/// enum `T` as `{"sleep": {"seconds": 1}}`. A unit variant takes no keyword arguments.
+///
+/// ```
+/// # use cjm_worker_sdk::Command;
+/// #[derive(serde::Deserialize, Debug, PartialEq)]
+/// #[serde(rename_all = "snake_case")]
+/// enum Op { Echo(serde_json::Value), Sleep { seconds: f64 }, Ping }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Command<T>(pub T);
+
+impl<T: DeserializeOwned> FromCall for Command<T> {
+    fn from_call(call: &mut Call) -> Result<Self, PluginError> {
+        let op = match call.args.first() {
+            Some(Value::String(op)) if call.args.len() == 1 => op.clone(),
+            Some(Value::String(_)) => {
+                return Err(PluginError::user_input(
+                    "expected the operation name as the only positional argument",
+                ))
+            }
+            _ => {
+                return Err(PluginError::user_input(
+                    "expected the operation name as the first positional argument",
+                ))
+            }
+        };
+        call.args.clear();
+        let kwargs = std::mem::take(&mut call.kwargs);
+        let empty = kwargs.is_empty();
+        let mut tagged = Map::new();
+        tagged.insert(op.clone(), Value::Object(kwargs));
+        match serde_json::from_value(Value::Object(tagged)) {
+            Ok(v) => Ok(Command(v)),
+            Err(e) if empty => serde_json::from_value(Value::String(op.clone()))
+                .map(Command)
+                .map_err(|_| bad_input(&format!("operation `{op}`"), &e)),
+            Err(e) => Err(bad_input(&format!("operation `{op}`"), &e)),
+        }
+    }
+}
+
+/// A value with binary payloads: as an input, the request frame's blobs (JSON requests have
+/// none); as an output, blobs sent back in a frame without base64. Refer to blob `i` from
+/// the value as `{"$cjm_blob": i}` ([`cjm_core::wire::blob_ref`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WithBlobs<T> {
+    /// The JSON part.
+    pub value: T,
+    /// The payloads.
+    pub blobs: Vec<Bytes>,
+}
+
+impl<T: FromCall> FromCall for WithBlobs<T> {
+    fn from_call(call: &mut Call) -> Result<Self, PluginError> {
+        let blobs = std::mem::take(&mut call.blobs);
+        Ok(WithBlobs {
+            value: T::from_call(call)?,
+            blobs,
+        })
+    }
+}
+
+/// Turns a call's return value into an [`Output`].
+pub trait IntoOutput {
+    /// The conversion; a value that cannot be serialized is a `fatal` error.
+    fn into_output(self) -> Result<Output, PluginError>;
+}
+
+fn to_json<T: Serialize>(v: T) -> Result<Value, PluginError> {
+    serde_json::to_value(v)
+        .map_err(|e| PluginError::fatal(format!("the plugin's result is not serializable: {e}")))
+}
+
+impl<T: Serialize> IntoOutput for T {
+    fn into_output(self) -> Result<Output, PluginError> {
+        to_json(self).map(Output::from)
+    }
+}
+
+impl<T: Serialize> IntoOutput for WithBlobs<T> {
+    fn into_output(self) -> Result<Output, PluginError> {
+        Ok(Output::with_blobs(to_json(self.value)?, self.blobs))
+    }
+}
+
+/// Turns a stream of serializable items into the [`ChunkStream`] that
+/// [`Worker::execute_stream`] returns. An item that cannot be serialized ends the stream
+/// with a `fatal` error.
+pub fn chunks<S, T>(stream: S) -> ChunkStream
+where
+    S: Stream<Item = Result<T, PluginError>> + Send + 'static,
+    T: Serialize,
+{
+    Box::pin(stream.map(|item| item.and_then(to_json)))
+}
+
+/// A [`Worker`] as a [`Plugin`]: deserializes configurations and inputs, serializes outputs,
+/// serves the generated schema and remembers the configuration in force.
+pub struct Typed<W: Worker> {
+    worker: W,
+    name: String,
+    version: String,
+    schema: Value,
+    config: Mutex<Value>,
+}
+
+impl<W: Worker> std::fmt::Debug for Typed<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Typed")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: Worker> Typed<W> {
+    /// Wraps `worker` under `name` and `version`.
+    pub fn new(worker: W, name: impl Into<String>, version: impl Into<String>) -> Self {
+        let schema = serde_json::to_value(schemars::schema_for!(W::Config))
+            .unwrap_or_else(|_| Value::Object(Map::new()));
+        let defaults = Value::Object(schema_defaults(&schema));
+        Self {
+            worker,
+            name: name.into(),
+            version: version.into(),
+            schema,
+            config: Mutex::new(defaults),
+        }
+    }
+
+    /// The wrapped worker.
+    pub fn worker(&self) -> &W {
+        &self.worker
+    }
+
+    fn set_config(&self, v: Value) {
+        match self.config.lock() {
+            Ok(mut g) => *g = v,
+            Err(p) => *p.into_inner() = v,
+        }
+    }
+}
+
+#[async_trait]
+impl<W: Worker> Plugin for Typed<W> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn version(&self) -> &str {
+        &self.version
+    }
+
+    async fn initialize(&self, config: Value) -> Result<(), PluginError> {
+        let typed: W::Config = serde_json::from_value(config).map_err(|e| {
+            PluginError::config(
+                format!("invalid configuration: {e}"),
+                vec![FieldError {
+                    field: String::new(),
+                    reason: e.to_string(),
+                }],
+            )
+        })?;
+        // The configuration in force, defaults included, as the plugin sees it.
+        let in_force = to_json(&typed)?;
+        self.worker.initialize(typed).await?;
+        self.set_config(in_force);
+        Ok(())
+    }
+
+    async fn execute(&self, mut call: Call) -> Result<Output, PluginError> {
+        let input = W::Input::from_call(&mut call)?;
+        self.worker.execute(input, call.ctx).await?.into_output()
+    }
+
+    async fn execute_stream(&self, mut call: Call) -> Result<ChunkStream, PluginError> {
+        let input = W::Input::from_call(&mut call)?;
+        self.worker.execute_stream(input, call.ctx).await
+    }
+
+    async fn config_schema(&self) -> Result<Value, PluginError> {
+        Ok(self.schema.clone())
+    }
+
+    async fn current_config(&self) -> Result<Value, PluginError> {
+        Ok(match self.config.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        })
+    }
+
+    async fn cleanup(&self) -> Result<(), PluginError> {
+        self.worker.cleanup().await
+    }
+
+    async fn cancel(&self) -> Result<CancelOutcome, PluginError> {
+        self.worker.cancel().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(rename_all = "snake_case")]
+    enum Op {
+        Echo(Value),
+        Sleep { seconds: f64 },
+        Ping,
+    }
+
+    fn call(args: Value, kwargs: Value) -> Call {
+        let Value::Array(args) = args else { panic!() };
+        let Value::Object(kwargs) = kwargs else {
+            panic!()
+        };
+        Call::new(args).with_kwargs(kwargs)
+    }
+
+    #[test]
+    fn commands_map_onto_tagged_enums() {
+        let Command(op) =
+            Command::<Op>::from_call(&mut call(json!(["sleep"]), json!({"seconds": 1.5}))).unwrap();
+        assert_eq!(op, Op::Sleep { seconds: 1.5 });
+        let Command(op) =
+            Command::<Op>::from_call(&mut call(json!(["echo"]), json!({"a": 1}))).unwrap();
+        assert_eq!(op, Op::Echo(json!({"a": 1})));
+        let Command(op) = Command::<Op>::from_call(&mut call(json!(["ping"]), json!({}))).unwrap();
+        assert_eq!(op, Op::Ping);
+        let e = Command::<Op>::from_call(&mut call(json!(["nope"]), json!({}))).unwrap_err();
+        assert_eq!(e.category, cjm_core::ErrorCategory::UserInput);
+        assert!(e.message.contains("unknown variant"), "{}", e.message);
+        assert!(Command::<Op>::from_call(&mut call(json!([]), json!({}))).is_err());
+        assert!(Command::<Op>::from_call(&mut call(json!(["ping", 2]), json!({}))).is_err());
+    }
+
+    #[test]
+    fn kwargs_and_args() {
+        #[derive(Debug, Deserialize)]
+        struct In {
+            text: String,
+        }
+        let Kwargs(i) =
+            Kwargs::<In>::from_call(&mut call(json!([]), json!({"text": "hi"}))).unwrap();
+        assert_eq!(i.text, "hi");
+        assert!(Kwargs::<In>::from_call(&mut call(json!([1]), json!({"text": "hi"}))).is_err());
+        let e = Kwargs::<In>::from_call(&mut call(json!([]), json!({}))).unwrap_err();
+        assert!(e.message.contains("missing field `text`"), "{}", e.message);
+        let Args((a, b)) =
+            Args::<(u32, String)>::from_call(&mut call(json!([1, "x"]), json!({}))).unwrap();
+        assert_eq!((a, b.as_str()), (1, "x"));
+        assert!(Args::<(u32,)>::from_call(&mut call(json!([1]), json!({"k": 1}))).is_err());
+        let raw = Value::from_call(&mut call(json!([1]), json!({"k": 2}))).unwrap();
+        assert_eq!(raw, json!({"args": [1], "kwargs": {"k": 2}}));
+        let mut c = call(json!([]), json!({})).with_blob(Bytes::from_static(b"abc"));
+        let w = WithBlobs::<ExecuteRequest>::from_call(&mut c).unwrap();
+        assert_eq!(w.blobs, vec![Bytes::from_static(b"abc")]);
+    }
+
+    #[test]
+    fn outputs() {
+        assert_eq!(
+            json!({"a": 1}).into_output().unwrap().value,
+            json!({"a": 1})
+        );
+        let o = WithBlobs {
+            value: json!({"img": cjm_core::wire::blob_ref(0)}),
+            blobs: vec![Bytes::from_static(b"\x00\x01")],
+        }
+        .into_output()
+        .unwrap();
+        assert_eq!(o.blobs.len(), 1);
+        let mut bad = std::collections::HashMap::new();
+        bad.insert(vec![1u8], 1u8); // non-string keys cannot become JSON
+        assert_eq!(
+            bad.into_output().unwrap_err().category,
+            cjm_core::ErrorCategory::Fatal
+        );
+    }
+}
