@@ -272,6 +272,95 @@ pub(crate) fn descendants(_root: u32) -> Vec<u32> {
     Vec::new()
 }
 
+/// True while `pid` runs (exists and is not a zombie).
+#[cfg(target_os = "linux")]
+fn is_running(pid: u32) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = text
+        .rfind(')')
+        .and_then(|i| text[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z" | "X" | "x") | None)
+}
+
+/// The other members of process group `pgid`.
+#[cfg(target_os = "linux")]
+fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|t| {
+                    let i = t.rfind(')')?;
+                    t[i + 1..].split_whitespace().nth(2)?.parse::<u32>().ok()
+                })
+                == Some(pgid)
+        })
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+fn signal(pid: u32, sig: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        if pid > 0 {
+            // SAFETY: kill has no memory-safety preconditions; a vanished pid yields ESRCH.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+}
+
+/// Ends what the worker leaves behind: its descendants and, when it leads its own process
+/// group (a host-spawned worker does), the group's other members. `SIGTERM` first, `SIGKILL`
+/// for those still running after `patience`. Returns how many processes were signalled.
+#[cfg(target_os = "linux")]
+pub(crate) fn end_leftovers(patience: std::time::Duration) -> usize {
+    let me = std::process::id();
+    let mut pids = descendants(me);
+    // SAFETY: getpgrp cannot fail and has no preconditions.
+    let leads_group = u32::try_from(unsafe { libc::getpgrp() }).ok() == Some(me);
+    if leads_group {
+        for p in group_members(me) {
+            if p != me && !pids.contains(&p) {
+                pids.push(p);
+            }
+        }
+    }
+    if pids.is_empty() {
+        return 0;
+    }
+    for &p in &pids {
+        signal(p, libc::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        // Reap our own children so that they do not linger as zombies.
+        // SAFETY: waitpid with WNOHANG and a null status pointer only reaps exited children.
+        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+        let alive: Vec<u32> = pids.iter().copied().filter(|&p| is_running(p)).collect();
+        if alive.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            for p in alive {
+                signal(p, libc::SIGKILL);
+            }
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    pids.len()
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn end_leftovers(_patience: std::time::Duration) -> usize {
+    0
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;

@@ -47,6 +47,8 @@ pub const DEFAULT_MAX_FRAME_BODY: u64 = 4 << 30;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 /// How long cancelled calls get to answer during shutdown.
 const AFTER_CANCEL_WAIT: Duration = Duration::from_millis(250);
+/// How long leftover plugin subprocesses get between `SIGTERM` and `SIGKILL` at exit.
+const LEFTOVER_PATIENCE: Duration = Duration::from_millis(200);
 /// How long `/cancel` waits for the plugin's cancel hook.
 const CANCEL_HOOK_WAIT: Duration = Duration::from_secs(1);
 
@@ -997,7 +999,10 @@ impl Server {
     }
 
     /// Serves on this thread until `SIGTERM`/`SIGINT`, or until the host
-    /// ([`Options::host_pid`]) is gone; then shuts down gracefully.
+    /// ([`Options::host_pid`]) is gone; then shuts down gracefully. This is the worker
+    /// program's loop: at the very end it also ends the processes the plugin left behind (its
+    /// descendants, and its process group's other members when it leads one): `SIGTERM`, then
+    /// `SIGKILL` 200 ms later.
     pub fn run(self, listener: Listener) -> std::io::Result<ShutdownReason> {
         let plugin_rt = self.plugin_runtime()?;
         let state = self.state(&plugin_rt);
@@ -1012,6 +1017,10 @@ impl Server {
             serve(state, listener, grace, stop).await
         });
         plugin_rt.shutdown_timeout(Duration::from_millis(100));
+        let ended = crate::platform::end_leftovers(LEFTOVER_PATIENCE);
+        if ended > 0 {
+            tracing::info!("ended {ended} leftover process(es) of the plugin");
+        }
         result
     }
 
