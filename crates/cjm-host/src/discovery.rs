@@ -74,7 +74,7 @@ pub fn discover(search_paths: &[PathBuf], interface: Option<&str>) -> Discovery 
             let manifest = match Manifest::load(&file) {
                 Ok(m) => m,
                 Err(e) => {
-                    tracing::warn!("invalid manifest: {e}");
+                    tracing::debug!("invalid manifest: {e}");
                     out.invalid.push(e);
                     continue;
                 }

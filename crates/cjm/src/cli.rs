@@ -1,0 +1,124 @@
+//! The command line, declared with clap.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0   success
+  1   `validate` found invalid manifests
+  2   bad command line
+  10  user_input   (bad arguments to the plugin)
+  11  config       (invalid or rejected configuration)
+  12  transient    (the worker crashed or the connection broke; retrying may help)
+  13  resource     (not enough memory or VRAM)
+  14  timeout      (--timeout passed, or the worker did not start in time)
+  15  cancelled    (interrupted)
+  16  not_loaded   (no such plugin)
+  17  disabled
+  18  fatal        (anything else: a plugin bug, a worker that cannot start)";
+
+/// Discover, run and configure process-isolated plugins.
+#[derive(Debug, Parser)]
+#[command(name = "cjm", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Search this directory for manifests (repeatable; replaces the defaults
+    /// ./.cjm/manifests and <data-dir>/manifests).
+    #[arg(long = "search-path", value_name = "DIR", global = true)]
+    pub search_paths: Vec<PathBuf>,
+
+    /// The data directory (manifests/, logs/, configs/, data/). Default: $CJM_DATA_DIR or ~/.cjm.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// The resource admission policy.
+    #[arg(long, value_enum, default_value_t = SchedulerKind::Permissive, global = true)]
+    pub scheduler: SchedulerKind,
+
+    /// Show the host's and the workers' logs on stderr (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Resource admission policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchedulerKind {
+    /// Admit every call (the default).
+    Permissive,
+    /// Refuse a call whose declared minimum resources do not fit.
+    Safety,
+    /// Wait until the declared minimum fits.
+    Queue,
+}
+
+/// Options shared by `call` and `stream`.
+#[derive(Debug, clap::Args)]
+pub struct CallArgs {
+    /// The plugin.
+    pub name: String,
+    /// Configuration as a JSON object (default: the saved configuration, else the schema's
+    /// defaults).
+    #[arg(long, value_name = "JSON")]
+    pub config: Option<String>,
+    /// Positional arguments as a JSON array.
+    #[arg(long, value_name = "JSON-ARRAY")]
+    pub args: Option<String>,
+    /// Keyword arguments as a JSON object.
+    #[arg(long, value_name = "JSON-OBJECT")]
+    pub kwargs: Option<String>,
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List discovered plugins and invalid manifests.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check manifests (files or directories; default: the search paths).
+    Validate {
+        /// Manifest files or directories.
+        paths: Vec<PathBuf>,
+    },
+    /// Load a plugin, run one call, print the result as JSON, unload.
+    Call(CallArgs),
+    /// Load a plugin, run one call as a stream, print each chunk as a JSON line, unload.
+    Stream(CallArgs),
+    /// Show a plugin's manifest, schema, effective configuration, health and stats.
+    Info {
+        /// The plugin.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or change a plugin's saved configuration.
+    Config {
+        /// The plugin.
+        name: String,
+        /// Merge these keys into the saved configuration (a JSON object).
+        #[arg(long, value_name = "JSON")]
+        set: Option<String>,
+        /// Remove a key from the saved configuration (repeatable).
+        #[arg(long, value_name = "KEY")]
+        unset: Vec<String>,
+    },
+    /// Show the end of a plugin's log.
+    Logs {
+        /// The plugin.
+        name: String,
+        /// How many lines.
+        #[arg(long, default_value_t = 50)]
+        lines: usize,
+    },
+}

@@ -1,0 +1,481 @@
+//! What each command does.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cjm_core::{unique_id, Manifest, PluginError};
+use cjm_host::{Call, CallContext, CancellationToken, PluginManager};
+use cjm_registry::{PluginRegistry, StaticSource};
+use futures::StreamExt;
+use serde_json::{json, Map, Value};
+
+use crate::cli::{CallArgs, Cli, Command, SchedulerKind};
+use crate::output::{self, note, report};
+
+/// Exit code for a bad command line.
+const USAGE: u8 = 2;
+
+enum Failure {
+    /// A bad command line: message, exit 2.
+    Usage(String),
+    /// A failed plugin operation: exit code by category.
+    Plugin(PluginError),
+}
+
+impl From<PluginError> for Failure {
+    fn from(e: PluginError) -> Self {
+        Self::Plugin(e)
+    }
+}
+
+/// Runs the command and returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("cjm: {msg}");
+            ExitCode::from(USAGE)
+        }
+        Err(Failure::Plugin(e)) => {
+            report(&e);
+            ExitCode::from(e.category.exit_code() as u8)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
+    let ctx = Context::new(&cli)?;
+    match cli.command {
+        Command::List { json } => ctx.list(json),
+        Command::Validate { paths } => Ok(ctx.validate(&paths)),
+        Command::Call(a) => ctx.call(a, false).await,
+        Command::Stream(a) => ctx.call(a, true).await,
+        Command::Info { name, json } => ctx.info(&name, json).await,
+        Command::Config { name, set, unset } => ctx.config(&name, set, unset).await,
+        Command::Logs { name, lines } => ctx.logs(&name, lines),
+    }
+}
+
+struct Context {
+    manager: PluginManager,
+    data_dir: PathBuf,
+}
+
+fn parse_json(flag: &str, text: &str) -> Result<Value, Failure> {
+    serde_json::from_str(text).map_err(|e| Failure::Usage(format!("{flag}: not valid JSON: {e}")))
+}
+
+impl Context {
+    fn new(cli: &Cli) -> Result<Self, Failure> {
+        let data_dir = cli
+            .data_dir
+            .clone()
+            .unwrap_or_else(cjm_host::default_data_dir);
+        let mut b = PluginManager::builder().data_dir(&data_dir);
+        if !cli.search_paths.is_empty() {
+            b = b.search_paths(cli.search_paths.clone());
+        }
+        match cli.scheduler {
+            SchedulerKind::Permissive => {}
+            other => {
+                return Err(Failure::Usage(format!(
+                    "--scheduler {other:?} is not available in this build yet; use permissive"
+                )))
+            }
+        }
+        Ok(Self {
+            manager: b.build()?,
+            data_dir,
+        })
+    }
+
+    fn manifest(&self, name: &str) -> Result<Arc<Manifest>, Failure> {
+        self.manager.discovered_manifest(name).ok_or_else(|| {
+            let paths: Vec<String> = self
+                .manager
+                .search_paths()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            Failure::Plugin(PluginError::not_loaded(name).retriable(false)).with_message(format!(
+                "no plugin `{name}` was discovered in {}",
+                paths.join(", ")
+            ))
+        })
+    }
+
+    async fn registry(&self) -> Result<PluginRegistry, Failure> {
+        let reg = PluginRegistry::new(self.data_dir.join("configs"))
+            .map_err(|e| PluginError::fatal(e.to_string()))?;
+        let manifests: Vec<Manifest> = self
+            .manager
+            .discovered()
+            .iter()
+            .map(|m| (**m).clone())
+            .collect();
+        let mut categories: Vec<String> = manifests.iter().map(|m| m.category.clone()).collect();
+        categories.sort();
+        categories.dedup();
+        for c in categories {
+            let of_c: Vec<Manifest> = manifests
+                .iter()
+                .filter(|m| m.category == c)
+                .cloned()
+                .collect();
+            reg.register_plugin_manager(&c, Arc::new(StaticSource::new(of_c)), None, true)
+                .await
+                .map_err(|e| PluginError::fatal(e.to_string()))?;
+        }
+        Ok(reg)
+    }
+
+    fn list(&self, as_json: bool) -> Result<ExitCode, Failure> {
+        let plugins: Vec<Value> = self
+            .manager
+            .discovered()
+            .iter()
+            .map(|m| {
+                let shadowed = self
+                    .manager
+                    .discovered_plugin(&m.name)
+                    .map(|p| p.shadowed)
+                    .unwrap_or_default();
+                json!({
+                    "name": m.name, "version": m.version, "category": m.category,
+                    "execution_mode": m.effective_execution_mode(),
+                    "manifest": m.path, "shadowed": shadowed,
+                    "description": m.description,
+                })
+            })
+            .collect();
+        let invalid: Vec<Value> = self
+            .manager
+            .invalid_manifests()
+            .iter()
+            .map(|e| json!({"file": e.file, "problems": e.problems}))
+            .collect();
+        if as_json {
+            println!(
+                "{}",
+                output::json(&json!({"plugins": plugins, "invalid": invalid}))
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if plugins.is_empty() {
+            println!("no plugins found in {}", self.search_paths_text());
+        }
+        for p in &plugins {
+            println!(
+                "{:<24} {:<10} {:<16} {:<12} {}",
+                p["name"].as_str().unwrap_or_default(),
+                p["version"].as_str().unwrap_or_default(),
+                p["category"].as_str().unwrap_or_default(),
+                p["execution_mode"].as_str().unwrap_or_default(),
+                p["manifest"].as_str().unwrap_or_default()
+            );
+            for s in p["shadowed"].as_array().into_iter().flatten() {
+                println!("{:<24} shadows {}", "", s.as_str().unwrap_or_default());
+            }
+        }
+        let errors = self.manager.invalid_manifests();
+        if !errors.is_empty() {
+            println!("\ninvalid manifests:");
+            for e in errors {
+                println!("{e}");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    fn search_paths_text(&self) -> String {
+        self.manager
+            .search_paths()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn validate(&self, paths: &[PathBuf]) -> ExitCode {
+        let roots: Vec<PathBuf> = if paths.is_empty() {
+            self.manager.search_paths().to_vec()
+        } else {
+            paths.to_vec()
+        };
+        let mut files = Vec::new();
+        let mut bad = 0usize;
+        for root in &roots {
+            if root.is_dir() {
+                match std::fs::read_dir(root) {
+                    Ok(entries) => {
+                        let mut f: Vec<PathBuf> = entries
+                            .filter_map(|e| e.ok().map(|e| e.path()))
+                            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                            .collect();
+                        f.sort();
+                        files.extend(f);
+                    }
+                    Err(e) => {
+                        println!("{}: cannot read the directory: {e}", root.display());
+                        bad += 1;
+                    }
+                }
+            } else if root.exists() || !paths.is_empty() {
+                files.push(root.clone());
+            }
+        }
+        for f in &files {
+            match Manifest::load(f) {
+                Ok(m) => match m.config_schema.as_ref().map(cjm_core::ConfigValidator::new) {
+                    Some(Err(e)) => {
+                        println!("{}: config_schema: {}", f.display(), e.message);
+                        bad += 1;
+                    }
+                    _ => {}
+                },
+                Err(e) => {
+                    println!("{e}");
+                    bad += 1;
+                }
+            }
+        }
+        if bad == 0 {
+            note(&format!("{} manifest(s) valid", files.len()));
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
+    }
+
+    /// The configuration to load with: `--config`, else the saved one, else none.
+    async fn load_config(
+        &self,
+        m: &Manifest,
+        given: Option<&str>,
+    ) -> Result<Option<Value>, Failure> {
+        if let Some(text) = given {
+            let v = parse_json("--config", text)?;
+            if !v.is_object() {
+                return Err(Failure::Usage("--config: expected a JSON object".into()));
+            }
+            return Ok(Some(v));
+        }
+        let reg = self.registry().await?;
+        let id = unique_id(&m.category, &m.name);
+        reg.load_plugin_config(&id)
+            .map(|c| c.map(Value::Object))
+            .map_err(|e| Failure::Plugin(PluginError::config(e.to_string(), vec![])))
+    }
+
+    async fn load(&self, name: &str, config: Option<Value>) -> Result<(), Failure> {
+        let t = Instant::now();
+        note(&format!("starting {name}…"));
+        self.manager.load(name, config).await?;
+        note(&format!(
+            "{name} ready in {:.0} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        ));
+        Ok(())
+    }
+
+    async fn call(&self, a: CallArgs, stream: bool) -> Result<ExitCode, Failure> {
+        let args = match a
+            .args
+            .as_deref()
+            .map(|t| parse_json("--args", t))
+            .transpose()?
+        {
+            None => Vec::new(),
+            Some(Value::Array(v)) => v,
+            Some(_) => return Err(Failure::Usage("--args: expected a JSON array".into())),
+        };
+        let kwargs = match a
+            .kwargs
+            .as_deref()
+            .map(|t| parse_json("--kwargs", t))
+            .transpose()?
+        {
+            None => Map::new(),
+            Some(Value::Object(m)) => m,
+            Some(_) => return Err(Failure::Usage("--kwargs: expected a JSON object".into())),
+        };
+        let timeout = match a.timeout {
+            Some(t) if !(t.is_finite() && t > 0.0) => {
+                return Err(Failure::Usage(format!(
+                    "--timeout: must be a positive number of seconds, got {t}"
+                )))
+            }
+            Some(t) => Some(Duration::from_secs_f64(t)),
+            None => None,
+        };
+        let m = self.manifest(&a.name)?;
+        let config = self.load_config(&m, a.config.as_deref()).await?;
+        self.load(&a.name, config).await?;
+        let cancel = CancellationToken::new();
+        let ctx = CallContext::new()
+            .with_cancel(cancel.clone())
+            .with_deadline(timeout.map(|t| Instant::now() + t));
+        let call = Call::new(args).with_kwargs(kwargs).with_ctx(ctx);
+        let work = async {
+            if stream {
+                let mut s = self.manager.execute_stream(&a.name, call).await?;
+                let mut out = std::io::stdout().lock();
+                while let Some(chunk) = s.next().await {
+                    let _ = writeln!(out, "{}", chunk?);
+                    let _ = out.flush();
+                }
+                Ok(())
+            } else {
+                let out = self.manager.execute(&a.name, call).await?;
+                println!("{}", output::json(&out.value));
+                if !out.blobs.is_empty() {
+                    note(&format!(
+                        "({} binary payload(s) not shown)",
+                        out.blobs.len()
+                    ));
+                }
+                Ok(())
+            }
+        };
+        let result: Result<(), PluginError> = tokio::select! {
+            r = work => r,
+            _ = tokio::signal::ctrl_c() => {
+                cancel.cancel();
+                Err(PluginError::cancelled("interrupted"))
+            }
+        };
+        self.manager.unload_all().await;
+        result?;
+        Ok(ExitCode::SUCCESS)
+    }
+
+    async fn info(&self, name: &str, as_json: bool) -> Result<ExitCode, Failure> {
+        let m = self.manifest(name)?;
+        let saved = self.load_config(&m, None).await?;
+        self.load(name, saved.clone()).await?;
+        let config = self.manager.config(name);
+        let schema = self.manager.config_schema(name);
+        let stats = self.manager.stats(name).await;
+        self.manager.unload_all().await;
+        let info = json!({
+            "name": m.name, "version": m.version, "category": m.category,
+            "description": m.description,
+            "execution_mode": m.effective_execution_mode(),
+            "manifest_file": m.path,
+            "manifest": &*m,
+            "config_schema": schema?,
+            "config": config?,
+            "config_saved": saved.is_some(),
+            "stats": stats?,
+        });
+        if as_json {
+            println!("{}", output::json(&info));
+        } else {
+            println!(
+                "{} {} ({})",
+                m.name,
+                m.version,
+                m.effective_execution_mode().label()
+            );
+            if !m.description.is_empty() {
+                println!("  {}", m.description);
+            }
+            println!("  category:   {}", m.category);
+            if let Some(p) = &m.path {
+                println!("  manifest:   {}", p.display());
+            }
+            println!(
+                "  config:     {}{}",
+                info["config"],
+                if saved.is_some() {
+                    " (saved)"
+                } else {
+                    " (defaults)"
+                }
+            );
+            println!("  schema:     {}", info["config_schema"]);
+            let s = &info["stats"];
+            println!(
+                "  health:     started and answered; RSS {:.1} MB, state {}",
+                s["worker"]["memory_rss_mb"].as_f64().unwrap_or(0.0),
+                s["state"].as_str().unwrap_or("?")
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    async fn config(
+        &self,
+        name: &str,
+        set: Option<String>,
+        unset: Vec<String>,
+    ) -> Result<ExitCode, Failure> {
+        let m = self.manifest(name)?;
+        let reg = self.registry().await?;
+        let id = unique_id(&m.category, &m.name);
+        let to_plugin_error = |e: cjm_registry::RegistryError| {
+            let fields = e.field_errors().to_vec();
+            if fields.is_empty() {
+                PluginError::fatal(e.to_string())
+            } else {
+                PluginError::config(e.to_string(), fields)
+            }
+        };
+        if set.is_none() && unset.is_empty() {
+            let saved = reg.load_plugin_config(&id).map_err(to_plugin_error)?;
+            match saved {
+                Some(c) => println!("{}", output::json(&Value::Object(c))),
+                None => {
+                    note("no saved configuration; the schema's defaults apply:");
+                    println!("{}", output::json(&Value::Object(m.config_defaults())));
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let patch = match set.as_deref().map(|t| parse_json("--set", t)).transpose()? {
+            None => Map::new(),
+            Some(Value::Object(p)) => p,
+            Some(_) => return Err(Failure::Usage("--set: expected a JSON object".into())),
+        };
+        let mut current = reg
+            .load_plugin_config(&id)
+            .map_err(to_plugin_error)?
+            .unwrap_or_default();
+        current.extend(patch);
+        for k in &unset {
+            current.remove(k);
+        }
+        let path = reg
+            .save_plugin_config(&id, &current)
+            .map_err(to_plugin_error)?;
+        note(&format!("saved {}", path.display()));
+        println!("{}", output::json(&Value::Object(current)));
+        Ok(ExitCode::SUCCESS)
+    }
+
+    fn logs(&self, name: &str, lines: usize) -> Result<ExitCode, Failure> {
+        let log = self.manager.logs(name, lines)?;
+        if log.is_empty() && self.manager.discovered_manifest(name).is_none() {
+            return Err(PluginError::not_loaded(name).into());
+        }
+        for l in log {
+            println!("{l}");
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl Failure {
+    fn with_message(self, msg: String) -> Self {
+        match self {
+            Self::Plugin(mut e) => {
+                e.message = msg;
+                Self::Plugin(e)
+            }
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! `cargo xtask bench [--json]`: the project's performance figures on this machine, with the
+//! workload the original system was measured with (the echo plugin). Sample worker binaries
+//! are found next to this program. Timing goals live here, never in tests.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use bytes::Bytes;
+use cjm_host::{Call, PluginError, PluginManager};
+use futures::StreamExt;
+use serde_json::{json, Map, Value};
+
+const WORKERS: usize = 10;
+
+struct Bench {
+    bins: PathBuf,
+    scratch: tempfile::TempDir,
+}
+
+impl Bench {
+    fn manifest(&self, name: &str, bin: &str, extra: Value) -> Result<(), PluginError> {
+        let dir = self.scratch.path().join("manifests");
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let mut m = json!({"name": name, "command": self.bins.join(bin)});
+        if let (Some(m), Some(e)) = (m.as_object_mut(), extra.as_object()) {
+            m.extend(e.clone());
+        }
+        std::fs::write(dir.join(format!("{name}.json")), m.to_string()).map_err(io)
+    }
+
+    fn manager(&self) -> Result<PluginManager, PluginError> {
+        PluginManager::builder()
+            .search_paths([self.scratch.path().join("manifests")])
+            .data_dir(self.scratch.path().join("data"))
+            .build()
+    }
+}
+
+fn io(e: std::io::Error) -> PluginError {
+    PluginError::fatal(e.to_string())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    percentile(&v, 0.5)
+}
+
+fn echo(kwargs: Value) -> Call {
+    let kw: Map<String, Value> = kwargs.as_object().cloned().unwrap_or_default();
+    Call::new(vec![json!("echo")]).with_kwargs(kw)
+}
+
+fn rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let json_out = std::env::args().any(|a| a == "--json");
+    if let Some(bad) = std::env::args().skip(1).find(|a| a != "--json") {
+        eprintln!("unknown argument `{bad}`; usage: cjm-bench [--json]");
+        return ExitCode::from(2);
+    }
+    match run().await {
+        Ok(figures) => {
+            if json_out {
+                println!("{}", Value::Object(figures));
+            } else {
+                print_table(&figures);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bench failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_table(f: &Map<String, Value>) {
+    let rows = [
+        (
+            "cold_start_one_s",
+            "cold start, one worker (load → ready)",
+            1e3,
+            "ms",
+        ),
+        ("load10_s", "load 10 workers", 1e3, "ms"),
+        ("sync_rtt_p50_us", "sync round trip p50", 1.0, "µs"),
+        ("sync_rtt_p99_us", "sync round trip p99", 1.0, "µs"),
+        (
+            "async_calls_per_s_par32",
+            "async calls, 32 in flight / 10 workers",
+            1.0,
+            "calls/s",
+        ),
+        (
+            "stream_chunks_per_s",
+            "one 20 000-chunk stream",
+            1.0,
+            "chunks/s",
+        ),
+        (
+            "payload_8MiB_roundtrip_MBps",
+            "8 MiB string echoed (both ways)",
+            1.0,
+            "MB/s",
+        ),
+        (
+            "payload_256MiB_blob_MBps",
+            "256 MiB blob echoed as a frame (both ways)",
+            1.0,
+            "MB/s",
+        ),
+        ("idle_worker_rss_mb", "idle worker RSS", 1.0, "MB"),
+        ("unload_all_s", "unload all 10 workers", 1e3, "ms"),
+        (
+            "py_worker_sync_rtt_p50_us",
+            "original Python worker round trip p50",
+            1.0,
+            "µs",
+        ),
+    ];
+    println!(
+        "cjm bench ({} cores)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    for (key, label, scale, unit) in rows {
+        match f.get(key).and_then(Value::as_f64) {
+            Some(v) => println!("  {label:<46} {:>12.1} {unit}", v * scale),
+            None => println!("  {label:<46} {:>12} (not measured)", "-"),
+        }
+    }
+}
+
+async fn run() -> Result<Map<String, Value>, PluginError> {
+    let bins = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    if !bins.join("echo").is_file() {
+        return Err(PluginError::fatal(format!(
+            "the echo sample is not built in {}; run `cargo xtask bench`",
+            bins.display()
+        )));
+    }
+    let b = Bench {
+        bins,
+        scratch: tempfile::tempdir().map_err(io)?,
+    };
+    let mut f = Map::new();
+    for i in 0..WORKERS {
+        b.manifest(&format!("echo{i}"), "echo", json!({}))?;
+    }
+    b.manifest("transcriber", "transcriber", json!({}))?;
+    let m = b.manager()?;
+
+    // Cold start of one worker, median of 5.
+    let mut cold = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        m.load("echo0", None).await?;
+        cold.push(t.elapsed().as_secs_f64());
+        m.unload("echo0").await?;
+    }
+    f.insert("cold_start_one_s".into(), json!(median(cold)));
+
+    // Ten workers at once.
+    let t = Instant::now();
+    let names: Vec<String> = (0..WORKERS).map(|i| format!("echo{i}")).collect();
+    let jobs = names.iter().map(|n| m.load(n, None));
+    for r in futures::future::join_all(jobs).await {
+        r?;
+    }
+    f.insert("load10_s".into(), json!(t.elapsed().as_secs_f64()));
+
+    // Sequential round trips.
+    for _ in 0..50 {
+        m.execute("echo0", echo(json!({"x": 1}))).await?;
+    }
+    let mut rtt = Vec::with_capacity(300);
+    for i in 0..300 {
+        let t = Instant::now();
+        m.execute("echo0", echo(json!({"i": i, "text": "hello"})))
+            .await?;
+        rtt.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    rtt.sort_by(f64::total_cmp);
+    f.insert("sync_rtt_p50_us".into(), json!(percentile(&rtt, 0.5)));
+    f.insert("sync_rtt_p99_us".into(), json!(percentile(&rtt, 0.99)));
+
+    // 1000 calls, 32 in flight, spread over the 10 workers.
+    let t = Instant::now();
+    let total = 1000;
+    let results: Vec<Result<_, PluginError>> = futures::stream::iter(0..total)
+        .map(|i| {
+            let m = m.clone();
+            let name = names[i % WORKERS].clone();
+            async move { m.execute(&name, echo(json!({"i": i}))).await }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    f.insert(
+        "async_calls_per_s_par32".into(),
+        json!(total as f64 / t.elapsed().as_secs_f64()),
+    );
+
+    // Idle RSS of a worker (after its calls).
+    let pid = m.stats("echo1").await?.pid.unwrap_or(0);
+    if let Some(rss) = rss_mb(pid) {
+        f.insert("idle_worker_rss_mb".into(), json!(rss));
+    }
+
+    // An 8 MiB string argument echoed back.
+    let text = "x".repeat(8 << 20);
+    let mut mbps = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let out = m.execute("echo0", echo(json!({"text": text}))).await?;
+        let secs = t.elapsed().as_secs_f64();
+        if out.value["text"].as_str().map(str::len) != Some(text.len()) {
+            return Err(PluginError::fatal("the 8 MiB echo came back wrong"));
+        }
+        mbps.push(2.0 * text.len() as f64 / 1e6 / secs);
+    }
+    f.insert("payload_8MiB_roundtrip_MBps".into(), json!(median(mbps)));
+
+    // A 256 MiB buffer through the frame path.
+    let blob = Bytes::from(vec![7u8; 256 << 20]);
+    let mut mbps = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let out = m
+            .execute("echo0", echo(json!({})).with_blob(blob.clone()))
+            .await?;
+        let secs = t.elapsed().as_secs_f64();
+        if out.blobs.first().map(Bytes::len) != Some(blob.len()) {
+            return Err(PluginError::fatal("the 256 MiB blob came back wrong"));
+        }
+        mbps.push(2.0 * blob.len() as f64 / 1e6 / secs);
+    }
+    drop(blob);
+    f.insert("payload_256MiB_blob_MBps".into(), json!(median(mbps)));
+
+    // One 20 000-chunk stream.
+    if b.bins.join("transcriber").is_file() {
+        m.load("transcriber", None).await?;
+        let call = Call::new(vec![json!("transcribe")])
+            .kwarg("text", json!("word"))
+            .kwarg("repeat", json!(20_000));
+        let t = Instant::now();
+        let mut stream = m.execute_stream("transcriber", call).await?;
+        let mut n = 0u64;
+        while let Some(c) = stream.next().await {
+            c?;
+            n += 1;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        if n != 20_000 {
+            return Err(PluginError::fatal(format!(
+                "the stream gave {n} chunks, not 20000"
+            )));
+        }
+        f.insert("stream_chunks_per_s".into(), json!(n as f64 / secs));
+        m.unload("transcriber").await?;
+    }
+
+    // Unload all ten.
+    let t = Instant::now();
+    m.unload_all().await;
+    f.insert("unload_all_s".into(), json!(t.elapsed().as_secs_f64()));
+
+    if let Some(rtt) = python_rtt(&b).await? {
+        f.insert("py_worker_sync_rtt_p50_us".into(), json!(rtt));
+    }
+    Ok(f)
+}
+
+/// Round trips to the original's Python worker, when the test venv exists (see
+/// `cargo xtask test`).
+async fn python_rtt(b: &Bench) -> Result<Option<f64>, PluginError> {
+    let root = b.bins.join("../..");
+    let python = root.join("target/py-venv/bin/python");
+    let plugins = root.join("tests/python");
+    if !python.is_file() || !plugins.is_dir() {
+        return Ok(None);
+    }
+    let dir = b.scratch.path().join("py");
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let m = json!({"name": "py-echo", "python_path": python, "module": "cjm_test_plugins.echo",
+                   "class": "EchoPlugin", "env_vars": {"PYTHONPATH": plugins}});
+    std::fs::write(dir.join("py-echo.json"), m.to_string()).map_err(io)?;
+    let manager = PluginManager::builder()
+        .search_paths([&dir])
+        .data_dir(b.scratch.path().join("pydata"))
+        .build()?;
+    manager.load("py-echo", None).await?;
+    for _ in 0..20 {
+        manager
+            .execute("py-echo", Call::new(vec![json!("hi")]))
+            .await?;
+    }
+    let mut rtt = Vec::new();
+    for i in 0..300 {
+        let t = Instant::now();
+        manager
+            .execute("py-echo", Call::new(vec![json!(i)]))
+            .await?;
+        rtt.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    manager.unload_all().await;
+    Ok(Some(median(rtt)))
+}

@@ -1,0 +1,131 @@
+//! The `cjm` command against real workers: exit codes, output and persisted configuration.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::Scratch;
+use serde_json::{json, Value};
+
+fn cjm_bin() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_host-test-worker")).with_file_name("cjm");
+    assert!(p.is_file(), "{} is not built: run `cargo build -p cjm` (cargo xtask test does)", p.display());
+    p
+}
+
+fn cjm(s: &Scratch, args: &[&str]) -> Output {
+    Command::new(cjm_bin())
+        .arg("--search-path")
+        .arg(s.manifests())
+        .arg("--data-dir")
+        .arg(s.data())
+        .args(args)
+        .output()
+        .expect("run cjm")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn scratch() -> Scratch {
+    let s = Scratch::new();
+    s.worker_manifest(
+        "t",
+        json!({"config_schema": {"type": "object", "additionalProperties": false, "properties": {
+            "greeting": {"type": "string", "default": "hello"},
+            "level": {"type": "integer", "minimum": 1, "maximum": 10, "default": 1}}}}),
+    );
+    s.write("bad.json", r#"{"name": "bad name", "command": "x"}"#);
+    s
+}
+
+#[test]
+fn list_shows_plugins_and_invalid_manifests() {
+    let s = scratch();
+    let out = cjm(&s, &["list", "--json"]);
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["plugins"][0]["name"], "t");
+    assert_eq!(v["plugins"][0]["execution_mode"], "subprocess");
+    assert_eq!(v["invalid"][0]["problems"][0]["field"], "name");
+    let plain = cjm(&s, &["list"]);
+    assert!(text(&plain.stdout).contains("bad.json: name: \"bad name\" is not a safe identifier"));
+}
+
+#[test]
+fn validate_exits_1_with_one_line_per_problem() {
+    let s = scratch();
+    let out = cjm(&s, &["validate"]);
+    assert_eq!(out.status.code(), Some(1));
+    let lines: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].ends_with("bad.json: name: \"bad name\" is not a safe identifier: use 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit"));
+    let good = cjm(&s, &["validate", &s.manifests().join("t.json").display().to_string()]);
+    assert_eq!(good.status.code(), Some(0));
+    let missing = cjm(&s, &["validate", "/no/such/file.json"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing.stdout).contains("/no/such/file.json: cannot read the file"));
+}
+
+#[test]
+fn call_stream_and_exit_codes_per_category() {
+    let s = scratch();
+    let out = cjm(&s, &["call", "t", "--args", r#"["greet"]"#, "--kwargs", r#"{"name":"Ada"}"#]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!("hello Ada"));
+
+    let out = cjm(&s, &["stream", "t", "--kwargs", r#"{"n":3}"#]);
+    assert!(out.status.success());
+    let lines: Vec<Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines, vec![json!({"i": 0}), json!({"i": 1}), json!({"i": 2})]);
+
+    let failing = cjm(&s, &["stream", "t", "--kwargs", r#"{"n":3,"fail_at":1}"#]);
+    assert_eq!(failing.status.code(), Some(13), "resource");
+    assert_eq!(text(&failing.stdout).lines().count(), 1);
+    assert!(text(&failing.stderr).contains("resource error: out of memory"));
+
+    let user = cjm(&s, &["call", "t", "--args", r#"["fail"]"#]);
+    assert_eq!(user.status.code(), Some(10));
+    assert!(text(&user.stderr).contains("user_input error: you asked for a failure"));
+    let timeout = cjm(&s, &["call", "t", "--args", r#"["sleep"]"#, "--timeout", "0.2"]);
+    assert_eq!(timeout.status.code(), Some(14));
+    let config = cjm(&s, &["call", "t", "--config", r#"{"level": 0}"#]);
+    assert_eq!(config.status.code(), Some(11));
+    assert!(text(&config.stderr).contains("field level"));
+    let unknown = cjm(&s, &["call", "nope"]);
+    assert_eq!(unknown.status.code(), Some(16));
+    let bad_json = cjm(&s, &["call", "t", "--kwargs", "[1]"]);
+    assert_eq!(bad_json.status.code(), Some(2));
+    assert!(text(&bad_json.stderr).contains("--kwargs: expected a JSON object"));
+    let bad_flag = cjm(&s, &["call"]);
+    assert_eq!(bad_flag.status.code(), Some(2));
+}
+
+#[test]
+fn config_is_persisted_validated_and_used_by_call() {
+    let s = scratch();
+    let bad = cjm(&s, &["config", "t", "--set", r#"{"level": 99}"#]);
+    assert_eq!(bad.status.code(), Some(11));
+    assert!(text(&bad.stderr).contains("field level"));
+    let ok = cjm(&s, &["config", "t", "--set", r#"{"greeting": "yo", "level": 2}"#]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    let file = s.data().join("configs").join("test.t.json");
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(saved, json!({"greeting": "yo", "level": 2}));
+    let unset = cjm(&s, &["config", "t", "--unset", "level"]);
+    assert!(unset.status.success());
+    let shown = cjm(&s, &["config", "t"]);
+    assert_eq!(serde_json::from_slice::<Value>(&shown.stdout).unwrap(), json!({"greeting": "yo"}));
+    let out = cjm(&s, &["call", "t", "--args", r#"["greet"]"#, "--kwargs", r#"{"name":"Bo"}"#]);
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!("yo Bo"));
+    let info = cjm(&s, &["info", "t", "--json"]);
+    assert!(info.status.success());
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["config"], json!({"greeting": "yo", "level": 1}));
+    assert_eq!(info["config_saved"], true);
+    assert!(info["stats"]["worker"]["memory_rss_mb"].as_f64().unwrap() > 0.0);
+    let logs = cjm(&s, &["logs", "t", "--lines", "100"]);
+    assert!(text(&logs.stdout).contains("--- Starting t"));
+}
