@@ -27,7 +27,7 @@ const ID: &str = "test.p";
 /// write cannot pass for a whole one.
 fn payload(n: u64) -> Config {
     let len = 20_000 + (n * 7_919 % 150_000) as usize;
-    let pad: String = std::iter::repeat_n(char::from(b'a' + (n % 26) as u8), len).collect();
+    let pad = char::from(b'a' + (n % 26) as u8).to_string().repeat(len);
     let mut m = Config::new();
     m.insert("n".into(), json!(n));
     m.insert("pad".into(), json!(pad));
