@@ -170,9 +170,9 @@ pub struct PluginError {
     pub message: String,
     /// Whether retrying the same operation may succeed.
     pub retriable: bool,
-    /// Extra facts.
+    /// Extra facts (boxed, so results carrying a `PluginError` stay small).
     #[serde(default, skip_serializing_if = "ErrorDetails::is_empty")]
-    pub details: ErrorDetails,
+    pub details: Box<ErrorDetails>,
 }
 
 impl fmt::Display for PluginError {
@@ -205,7 +205,7 @@ impl PluginError {
             category,
             message: message.into(),
             retriable: category.default_retriable(),
-            details: ErrorDetails::default(),
+            details: Box::default(),
         }
     }
 
@@ -254,8 +254,11 @@ impl PluginError {
 
     /// The plugin `name` is disabled.
     pub fn disabled(name: &str) -> Self {
-        Self::new(ErrorCategory::Disabled, format!("plugin `{name}` is disabled"))
-            .with_plugin(name)
+        Self::new(
+            ErrorCategory::Disabled,
+            format!("plugin `{name}` is disabled"),
+        )
+        .with_plugin(name)
     }
 
     /// Anything else.

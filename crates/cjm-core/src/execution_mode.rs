@@ -266,9 +266,15 @@ mod tests {
     fn labels_and_badges() {
         assert_eq!(PluginExecutionMode::CondaEnv.label(), "Local (Conda)");
         assert_eq!(PluginExecutionMode::CloudGpu.label(), "Cloud GPU");
-        assert_eq!(PluginExecutionMode::Subprocess.badge_class(), "badge-success");
+        assert_eq!(
+            PluginExecutionMode::Subprocess.badge_class(),
+            "badge-success"
+        );
         assert_eq!(PluginExecutionMode::CloudCpu.badge_class(), "badge-info");
-        assert_eq!(PluginExecutionMode::Kubernetes.badge_class(), "badge-neutral");
+        assert_eq!(
+            PluginExecutionMode::Kubernetes.badge_class(),
+            "badge-neutral"
+        );
         let labels: std::collections::HashSet<_> =
             PluginExecutionMode::ALL.iter().map(|m| m.label()).collect();
         assert_eq!(labels.len(), 12, "labels are distinct");

@@ -33,8 +33,7 @@ pub use plugin::{
     ProgressCell,
 };
 pub use protocols::{
-    all_managed_pids, has_active_cloud_resources, total_estimated_cost, CloudAware,
-    LifecycleAware,
+    all_managed_pids, has_active_cloud_resources, total_estimated_cost, CloudAware, LifecycleAware,
 };
 pub use schema::{schema_defaults, ConfigValidator};
 pub use unique_id::{parse_unique_id, unique_id};

@@ -46,13 +46,25 @@ pub struct Resources {
     #[serde(default)]
     pub requires_gpu: bool,
     /// Minimum free VRAM on one GPU, in MB.
-    #[serde(default, deserialize_with = "mb", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "mb",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub min_gpu_vram_mb: Option<u64>,
     /// Minimum available system RAM, in MB.
-    #[serde(default, deserialize_with = "mb", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "mb",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub min_system_ram_mb: Option<u64>,
     /// Recommended VRAM, in MB (informational).
-    #[serde(default, deserialize_with = "mb", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "mb",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub recommended_gpu_vram_mb: Option<u64>,
     /// Other keys, kept.
     #[serde(flatten)]
@@ -415,7 +427,10 @@ impl<'a> Checker<'a> {
         match self.get(field)? {
             Value::String(s) => Some(s),
             other => {
-                self.problem(field, format!("must be a string, found {}", type_name(other)));
+                self.problem(
+                    field,
+                    format!("must be a string, found {}", type_name(other)),
+                );
                 None
             }
         }
@@ -534,7 +549,10 @@ fn validate(value: &Value) -> Vec<ManifestProblem> {
         if any_python {
             for f in ["python_path", "module", "class"] {
                 if c.get(f).is_none() {
-                    c.problem(f, "is required for a Python worker (with python_path, module and class)");
+                    c.problem(
+                        f,
+                        "is required for a Python worker (with python_path, module and class)",
+                    );
                 }
             }
         } else if mode != Some(PluginExecutionMode::InProcess) {
@@ -631,7 +649,11 @@ fn validate(value: &Value) -> Vec<ManifestProblem> {
                     );
                 }
             }
-            for key in ["min_gpu_vram_mb", "min_system_ram_mb", "recommended_gpu_vram_mb"] {
+            for key in [
+                "min_gpu_vram_mb",
+                "min_system_ram_mb",
+                "recommended_gpu_vram_mb",
+            ] {
                 let field = format!("resources.{key}");
                 if let Some(v) = res.get(key).filter(|v| !v.is_null()) {
                     if let Some(x) = c.number(&field, v) {

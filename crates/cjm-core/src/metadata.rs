@@ -273,7 +273,10 @@ mod tests {
         assert!(!m.has_active_resources());
         m.spawned_pids = vec![4242];
         assert!(m.has_active_resources());
-        assert!(!m.has_active_resources_with(|_| false), "stale pids do not count");
+        assert!(
+            !m.has_active_resources_with(|_| false),
+            "stale pids do not count"
+        );
         m.spawned_pids.clear();
         m.container_id = Some(String::new());
         assert!(!m.has_active_resources());

@@ -251,7 +251,9 @@ pub trait Plugin: Send + Sync + 'static {
     /// [`execute`](Plugin::execute).
     async fn execute_stream(&self, call: Call) -> Result<ChunkStream, PluginError> {
         let out = self.execute(call).await?;
-        Ok(Box::pin(futures::stream::once(async move { Ok(out.value) })))
+        Ok(Box::pin(futures::stream::once(
+            async move { Ok(out.value) },
+        )))
     }
 
     /// The JSON Schema of the configuration (`{}` when there is none).

@@ -154,8 +154,7 @@ mod tests {
         };
         assert!(has_active_cloud_resources(&running));
         assert!(!has_active_cloud_resources(&stopped));
-        let total =
-            total_estimated_cost([&running as &dyn CloudAware, &stopped, &also], 2.0);
+        let total = total_estimated_cost([&running as &dyn CloudAware, &stopped, &also], 2.0);
         assert_eq!(total, 7.0);
         assert_eq!(total_estimated_cost(std::iter::empty(), 1.0), 0.0);
     }

@@ -36,7 +36,11 @@ impl ConfigValidator {
     pub fn problems(&self, config: &Value) -> Vec<FieldError> {
         let mut out = Vec::new();
         for e in self.validator.iter_errors(config) {
-            let base = e.instance_path().as_str().trim_start_matches('/').to_owned();
+            let base = e
+                .instance_path()
+                .as_str()
+                .trim_start_matches('/')
+                .to_owned();
             match e.kind() {
                 ValidationErrorKind::AdditionalProperties { unexpected } => {
                     for key in unexpected {
@@ -102,7 +106,10 @@ pub fn schema_defaults(schema: &Value) -> Map<String, Value> {
 }
 
 /// `config` with every key of `defaults` it lacks filled in.
-pub fn with_defaults(defaults: &Map<String, Value>, config: Map<String, Value>) -> Map<String, Value> {
+pub fn with_defaults(
+    defaults: &Map<String, Value>,
+    config: Map<String, Value>,
+) -> Map<String, Value> {
     let mut out = defaults.clone();
     out.extend(config);
     out
@@ -121,9 +128,15 @@ mod tests {
             "temp": {"type": "number", "default": 0.2}
         }});
         let d = schema_defaults(&schema);
-        assert_eq!(Value::Object(d.clone()), json!({"model": "small", "temp": 0.2}));
+        assert_eq!(
+            Value::Object(d.clone()),
+            json!({"model": "small", "temp": 0.2})
+        );
         let merged = with_defaults(&d, json!({"model": "large"}).as_object().unwrap().clone());
-        assert_eq!(Value::Object(merged), json!({"model": "large", "temp": 0.2}));
+        assert_eq!(
+            Value::Object(merged),
+            json!({"model": "large", "temp": 0.2})
+        );
         assert!(schema_defaults(&json!({})).is_empty());
         assert!(schema_defaults(&json!({"properties": []})).is_empty());
     }
@@ -146,12 +159,27 @@ mod tests {
             .validate(&json!({"beam": 0, "tags": ["a", 2], "colour": "red"}))
             .unwrap_err();
         assert_eq!(err.category, crate::ErrorCategory::Config);
-        let mut fields: Vec<_> = err.details.fields.iter().map(|f| f.field.as_str()).collect();
+        let mut fields: Vec<_> = err
+            .details
+            .fields
+            .iter()
+            .map(|f| f.field.as_str())
+            .collect();
         fields.sort_unstable();
         assert_eq!(fields, ["beam", "colour", "model", "tags/1"]);
-        let colour = err.details.fields.iter().find(|f| f.field == "colour").unwrap();
+        let colour = err
+            .details
+            .fields
+            .iter()
+            .find(|f| f.field == "colour")
+            .unwrap();
         assert!(colour.reason.contains("unknown key"));
-        let model = err.details.fields.iter().find(|f| f.field == "model").unwrap();
+        let model = err
+            .details
+            .fields
+            .iter()
+            .find(|f| f.field == "model")
+            .unwrap();
         assert_eq!(model.reason, "is required");
         assert!(err.message.contains("4 problems"));
     }

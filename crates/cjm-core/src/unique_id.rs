@@ -148,7 +148,16 @@ mod tests {
 
     #[test]
     fn non_canonical_ids_are_rejected() {
-        for bad in ["noseparator", ".x", "x.", "a_5F.b", "a_61.b", "a_zz.b", "a/b.c", "a_5.b"] {
+        for bad in [
+            "noseparator",
+            ".x",
+            "x.",
+            "a_5F.b",
+            "a_61.b",
+            "a_zz.b",
+            "a/b.c",
+            "a_5.b",
+        ] {
             assert_eq!(parse_unique_id(bad), None, "{bad}");
         }
     }

@@ -539,7 +539,10 @@ mod tests {
         assert_eq!(StreamLine::interpret(end.to_json(), WorkerFlavor::Cjm), end);
         let err = StreamLine::Error(PluginError::resource("CUDA out of memory", vec![]));
         let line = err.to_json();
-        assert_eq!(line["error"], "CUDA out of memory", "original readers see the error too");
+        assert_eq!(
+            line["error"], "CUDA out of memory",
+            "original readers see the error too"
+        );
         assert_eq!(StreamLine::interpret(line, WorkerFlavor::Cjm), err);
         // A cjm chunk that merely has an `error` key is data.
         let data = json!({"error": "field in data"});
@@ -583,12 +586,21 @@ mod tests {
 
     #[test]
     fn bad_frames_are_errors() {
-        assert_eq!(decode_frame(Bytes::from_static(b"CJM")), Err(FrameError::Truncated("shorter than the 8-byte preamble")));
-        assert_eq!(decode_frame(Bytes::from_static(b"XXXX\0\0\0\0")), Err(FrameError::BadMagic));
+        assert_eq!(
+            decode_frame(Bytes::from_static(b"CJM")),
+            Err(FrameError::Truncated("shorter than the 8-byte preamble"))
+        );
+        assert_eq!(
+            decode_frame(Bytes::from_static(b"XXXX\0\0\0\0")),
+            Err(FrameError::BadMagic)
+        );
         let mut b = b"CJMF".to_vec();
         b.extend_from_slice(&100u32.to_le_bytes());
         b.extend_from_slice(b"{}");
-        assert_eq!(decode_frame(Bytes::from(b)), Err(FrameError::Truncated("the header is cut short")));
+        assert_eq!(
+            decode_frame(Bytes::from(b)),
+            Err(FrameError::Truncated("the header is cut short"))
+        );
         let mut parts: Vec<u8> = encode_frame(&json!(1), &[Bytes::from_static(b"abcd")])
             .iter()
             .flat_map(|p| p.to_vec())
@@ -596,11 +608,17 @@ mod tests {
         parts.pop();
         assert_eq!(
             decode_frame(Bytes::from(parts)),
-            Err(FrameError::LengthMismatch { declared: 4, actual: 3 })
+            Err(FrameError::LengthMismatch {
+                declared: 4,
+                actual: 3
+            })
         );
         let mut bad = b"CJMF".to_vec();
         bad.extend_from_slice(&2u32.to_le_bytes());
         bad.extend_from_slice(b"[]");
-        assert!(matches!(decode_frame(Bytes::from(bad)), Err(FrameError::BadHeader(_))));
+        assert!(matches!(
+            decode_frame(Bytes::from(bad)),
+            Err(FrameError::BadHeader(_))
+        ));
     }
 }

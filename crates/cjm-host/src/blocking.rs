@@ -12,7 +12,7 @@ use cjm_core::{Call, Manifest, ManifestError, Output, Plugin, PluginError};
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::manager::{ManagerBuilder, PluginManager};
+use crate::manager::{LoadResults, ManagerBuilder, PluginManager};
 use crate::state::PluginState;
 use crate::stats::PluginStats;
 
@@ -82,10 +82,7 @@ impl BlockingPluginManager {
     }
 
     /// See [`PluginManager::load_all`].
-    pub fn load_all(
-        &self,
-        configs: HashMap<String, Value>,
-    ) -> Result<Vec<(String, Result<(), PluginError>)>, PluginError> {
+    pub fn load_all(&self, configs: HashMap<String, Value>) -> Result<LoadResults, PluginError> {
         self.run(async { Ok(self.manager.load_all(configs).await) })
     }
 

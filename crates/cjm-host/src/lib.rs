@@ -46,7 +46,7 @@ pub use cjm_core::{
     Output, Plugin, PluginError, Progress,
 };
 pub use discovery::{default_data_dir, default_search_paths, DiscoveredPlugin};
-pub use manager::{ManagerBuilder, PluginManager, DEFAULT_NATIVE_CONCURRENCY};
+pub use manager::{LoadResults, ManagerBuilder, PluginManager, DEFAULT_NATIVE_CONCURRENCY};
 pub use proxy::PluginProxy;
 pub use scheduler::{Admission, PermissiveScheduler, Scheduler};
 pub use state::PluginState;

@@ -25,6 +25,9 @@ use crate::supervisor::{SupervisorOptions, WorkerSlot};
 /// Calls in flight at once for a native worker whose manifest sets no limit.
 pub const DEFAULT_NATIVE_CONCURRENCY: u32 = 64;
 
+/// Each plugin's outcome of [`PluginManager::load_all`], in discovery order.
+pub type LoadResults = Vec<(String, Result<(), PluginError>)>;
+
 /// Builds a [`PluginManager`].
 #[derive(Debug, Clone)]
 pub struct ManagerBuilder {
@@ -451,10 +454,7 @@ impl PluginManager {
     /// Loads every discovered plugin at once (start-up costs the slowest spawn, not the sum),
     /// each with its entry of `configs` if any. Returns each plugin's outcome, in discovery
     /// order; plugins already loaded are skipped.
-    pub async fn load_all(
-        &self,
-        configs: HashMap<String, Value>,
-    ) -> Vec<(String, Result<(), PluginError>)> {
+    pub async fn load_all(&self, configs: HashMap<String, Value>) -> LoadResults {
         let mut configs = configs;
         let loaded = self.loaded();
         let jobs: Vec<_> = self

@@ -229,13 +229,14 @@ impl Context {
         }
         for f in &files {
             match Manifest::load(f) {
-                Ok(m) => match m.config_schema.as_ref().map(cjm_core::ConfigValidator::new) {
-                    Some(Err(e)) => {
+                Ok(m) => {
+                    if let Some(Err(e)) =
+                        m.config_schema.as_ref().map(cjm_core::ConfigValidator::new)
+                    {
                         println!("{}: config_schema: {}", f.display(), e.message);
                         bad += 1;
                     }
-                    _ => {}
-                },
+                }
                 Err(e) => {
                     println!("{e}");
                     bad += 1;

@@ -25,10 +25,16 @@ fn the_originals_example_parses() {
             class: "ExampleTranscriberPlugin",
         }
     );
-    assert_eq!(m.effective_execution_mode(), PluginExecutionMode::Subprocess);
+    assert_eq!(
+        m.effective_execution_mode(),
+        PluginExecutionMode::Subprocess
+    );
     assert_eq!(m.restart, RestartPolicy::OnFailure);
     assert_eq!(m.startup_timeout(), DEFAULT_STARTUP_TIMEOUT);
-    assert_eq!(m.config_defaults(), json!({"model": "small"}).as_object().unwrap().clone());
+    assert_eq!(
+        m.config_defaults(),
+        json!({"model": "small"}).as_object().unwrap().clone()
+    );
 }
 
 #[test]
@@ -51,7 +57,11 @@ fn every_original_field_and_unknown_fields_are_kept() {
     assert_eq!(m.plugin_type.as_deref(), Some("llm"));
     assert_eq!(m.db_path.as_deref(), Some("/data/g.db"));
     assert_eq!(m.conda_env.as_deref(), Some("gemini"));
-    assert_eq!(m.resources.min_system_ram_mb, Some(513), "fractions round up");
+    assert_eq!(
+        m.resources.min_system_ram_mb,
+        Some(513),
+        "fractions round up"
+    );
     assert_eq!(m.resources.extra["vendor_hint"], "tpu");
     assert_eq!(m.extra["installed_at"], "2026-01-01");
     assert_eq!(m.extra["nested"], json!({"k": [1, 2]}));
@@ -86,8 +96,8 @@ fn native_manifest_with_cjm_extensions() {
     assert_eq!(m.startup_timeout(), Duration::from_millis(2500));
     assert_eq!(m.call_timeout(), Some(Duration::from_secs(30)));
     assert_eq!(m.version, "0.0.0");
-    let on_failure = Manifest::parse(r#"{"name":"x","command":"x","restart":"on_failure"}"#, None)
-        .unwrap();
+    let on_failure =
+        Manifest::parse(r#"{"name":"x","command":"x","restart":"on_failure"}"#, None).unwrap();
     assert_eq!(on_failure.restart, RestartPolicy::OnFailure);
 }
 
@@ -110,8 +120,10 @@ fn in_process_manifests_need_no_command() {
     assert_eq!(m.effective_execution_mode(), PluginExecutionMode::InProcess);
 }
 
-/// `(manifest text, expected problems as (field, reason substring))`.
-fn bad_manifests() -> Vec<(&'static str, String, Vec<(&'static str, &'static str)>)> {
+/// One row: case name, manifest text, expected problems as `(field, reason substring)`.
+type BadCase = (&'static str, String, Vec<(&'static str, &'static str)>);
+
+fn bad_manifests() -> Vec<BadCase> {
     let ok = |extra: serde_json::Value| {
         let mut base = json!({"name": "p", "command": "w"});
         for (k, v) in extra.as_object().unwrap() {
@@ -124,44 +136,236 @@ fn bad_manifests() -> Vec<(&'static str, String, Vec<(&'static str, &'static str
         base.to_string()
     };
     vec![
-        ("not json", "{name: p".into(), vec![("", "not valid JSON: key must be a string (line 1, column 2)")]),
-        ("trailing garbage", r#"{"name":"p","command":"w"} x"#.into(), vec![("", "not valid JSON: trailing characters (line 1, column 28)")]),
-        ("empty file", "".into(), vec![("", "not valid JSON: EOF while parsing a value (line 1, column 0)")]),
-        ("array document", "[1]".into(), vec![("", "must be a JSON object, found an array")]),
-        ("missing name", ok(json!({"name": null})), vec![("name", "is required")]),
-        ("numeric name", ok(json!({"name": 7})), vec![("name", "must be a string, found a number")]),
-        ("name with slash", ok(json!({"name": "../evil"})), vec![("name", "\"../evil\" is not a safe identifier")]),
-        ("name with space", ok(json!({"name": "my plugin"})), vec![("name", "\"my plugin\" is not a safe identifier")]),
-        ("empty name", ok(json!({"name": ""})), vec![("name", "\"\" is not a safe identifier")]),
-        ("name too long", ok(json!({"name": "a".repeat(65)})), vec![("name", "is not a safe identifier: use 1-64")]),
-        ("name starting with dot", ok(json!({"name": ".hidden"})), vec![("name", "\".hidden\" is not a safe identifier")]),
-        ("nothing to run", json!({"name": "p"}).to_string(), vec![("command", "needs either `command` (a native worker) or `python_path`, `module` and `class`")]),
-        ("python without class", json!({"name": "p", "python_path": "/py", "module": "m"}).to_string(), vec![("class", "is required for a Python worker")]),
-        ("python without path and module", json!({"name": "p", "class": "C"}).to_string(), vec![("python_path", "is required for a Python worker"), ("module", "is required for a Python worker")]),
-        ("both command and python", ok(json!({"python_path": "/py", "module": "m", "class": "C"})), vec![("command", "not both")]),
-        ("empty command", ok(json!({"command": "  "})), vec![("command", "must not be empty")]),
-        ("command not a string", ok(json!({"command": ["w"]})), vec![("command", "must be a string, found an array")]),
-        ("bad module", json!({"name": "p", "python_path": "/py", "module": "my-mod.x", "class": "C"}).to_string(), vec![("module", "\"my-mod.x\" is not a dotted Python module path")]),
-        ("bad class", json!({"name": "p", "python_path": "/py", "module": "m", "class": "1C"}).to_string(), vec![("class", "\"1C\" is not a Python class name")]),
-        ("version as number", ok(json!({"version": 1.0})), vec![("version", "must be a string, found a number")]),
-        ("category as object", ok(json!({"category": {}})), vec![("category", "must be a string, found an object")]),
-        ("env_vars as list", ok(json!({"env_vars": ["A=1"]})), vec![("env_vars", "must be an object of strings, found an array")]),
-        ("env var not a string", ok(json!({"env_vars": {"PORT": 80}})), vec![("env_vars.PORT", "must be a string, found a number")]),
-        ("env var bad name", ok(json!({"env_vars": {"A=B": "x"}})), vec![("env_vars.A=B", "is not a valid environment variable name")]),
-        ("schema not an object", ok(json!({"config_schema": "x"})), vec![("config_schema", "must be a JSON Schema object, found a string")]),
-        ("schema of wrong type", ok(json!({"config_schema": {"type": "array"}})), vec![("config_schema.type", "must have type \"object\", found \"array\"")]),
-        ("schema properties not an object", ok(json!({"config_schema": {"properties": []}})), vec![("config_schema.properties", "must be an object, found an array")]),
-        ("resources not an object", ok(json!({"resources": 5})), vec![("resources", "must be an object, found a number")]),
-        ("negative vram", ok(json!({"resources": {"min_gpu_vram_mb": -1}})), vec![("resources.min_gpu_vram_mb", "must not be negative, found -1")]),
-        ("ram as string", ok(json!({"resources": {"min_system_ram_mb": "8GB"}})), vec![("resources.min_system_ram_mb", "must be a number, found a string")]),
-        ("requires_gpu as string", ok(json!({"resources": {"requires_gpu": "yes"}})), vec![("resources.requires_gpu", "must be true or false, found a string")]),
-        ("unknown restart", ok(json!({"restart": "sometimes"})), vec![("restart", "must be one of \"never\", \"on-failure\", \"always\"; found \"sometimes\"")]),
-        ("zero concurrency", ok(json!({"max_concurrency": 0})), vec![("max_concurrency", "must be an integer from 1 to 65536, found 0")]),
-        ("fractional concurrency", ok(json!({"max_concurrency": 1.5})), vec![("max_concurrency", "found 1.5")]),
-        ("negative startup timeout", ok(json!({"startup_timeout_secs": -3})), vec![("startup_timeout_secs", "must be more than 0")]),
-        ("timeout as string", ok(json!({"call_timeout_secs": "10s"})), vec![("call_timeout_secs", "must be a number, found a string")]),
-        ("unknown execution mode", ok(json!({"execution_mode": "lambda"})), vec![("execution_mode", "unknown execution mode `lambda`")]),
-        ("args not strings", ok(json!({"args": ["--x", 3]})), vec![("args[1]", "must be a string, found a number")]),
+        (
+            "not json",
+            "{name: p".into(),
+            vec![(
+                "",
+                "not valid JSON: key must be a string (line 1, column 2)",
+            )],
+        ),
+        (
+            "trailing garbage",
+            r#"{"name":"p","command":"w"} x"#.into(),
+            vec![(
+                "",
+                "not valid JSON: trailing characters (line 1, column 28)",
+            )],
+        ),
+        (
+            "empty file",
+            "".into(),
+            vec![(
+                "",
+                "not valid JSON: EOF while parsing a value (line 1, column 0)",
+            )],
+        ),
+        (
+            "array document",
+            "[1]".into(),
+            vec![("", "must be a JSON object, found an array")],
+        ),
+        (
+            "missing name",
+            ok(json!({"name": null})),
+            vec![("name", "is required")],
+        ),
+        (
+            "numeric name",
+            ok(json!({"name": 7})),
+            vec![("name", "must be a string, found a number")],
+        ),
+        (
+            "name with slash",
+            ok(json!({"name": "../evil"})),
+            vec![("name", "\"../evil\" is not a safe identifier")],
+        ),
+        (
+            "name with space",
+            ok(json!({"name": "my plugin"})),
+            vec![("name", "\"my plugin\" is not a safe identifier")],
+        ),
+        (
+            "empty name",
+            ok(json!({"name": ""})),
+            vec![("name", "\"\" is not a safe identifier")],
+        ),
+        (
+            "name too long",
+            ok(json!({"name": "a".repeat(65)})),
+            vec![("name", "is not a safe identifier: use 1-64")],
+        ),
+        (
+            "name starting with dot",
+            ok(json!({"name": ".hidden"})),
+            vec![("name", "\".hidden\" is not a safe identifier")],
+        ),
+        (
+            "nothing to run",
+            json!({"name": "p"}).to_string(),
+            vec![(
+                "command",
+                "needs either `command` (a native worker) or `python_path`, `module` and `class`",
+            )],
+        ),
+        (
+            "python without class",
+            json!({"name": "p", "python_path": "/py", "module": "m"}).to_string(),
+            vec![("class", "is required for a Python worker")],
+        ),
+        (
+            "python without path and module",
+            json!({"name": "p", "class": "C"}).to_string(),
+            vec![
+                ("python_path", "is required for a Python worker"),
+                ("module", "is required for a Python worker"),
+            ],
+        ),
+        (
+            "both command and python",
+            ok(json!({"python_path": "/py", "module": "m", "class": "C"})),
+            vec![("command", "not both")],
+        ),
+        (
+            "empty command",
+            ok(json!({"command": "  "})),
+            vec![("command", "must not be empty")],
+        ),
+        (
+            "command not a string",
+            ok(json!({"command": ["w"]})),
+            vec![("command", "must be a string, found an array")],
+        ),
+        (
+            "bad module",
+            json!({"name": "p", "python_path": "/py", "module": "my-mod.x", "class": "C"})
+                .to_string(),
+            vec![("module", "\"my-mod.x\" is not a dotted Python module path")],
+        ),
+        (
+            "bad class",
+            json!({"name": "p", "python_path": "/py", "module": "m", "class": "1C"}).to_string(),
+            vec![("class", "\"1C\" is not a Python class name")],
+        ),
+        (
+            "version as number",
+            ok(json!({"version": 1.0})),
+            vec![("version", "must be a string, found a number")],
+        ),
+        (
+            "category as object",
+            ok(json!({"category": {}})),
+            vec![("category", "must be a string, found an object")],
+        ),
+        (
+            "env_vars as list",
+            ok(json!({"env_vars": ["A=1"]})),
+            vec![("env_vars", "must be an object of strings, found an array")],
+        ),
+        (
+            "env var not a string",
+            ok(json!({"env_vars": {"PORT": 80}})),
+            vec![("env_vars.PORT", "must be a string, found a number")],
+        ),
+        (
+            "env var bad name",
+            ok(json!({"env_vars": {"A=B": "x"}})),
+            vec![("env_vars.A=B", "is not a valid environment variable name")],
+        ),
+        (
+            "schema not an object",
+            ok(json!({"config_schema": "x"})),
+            vec![(
+                "config_schema",
+                "must be a JSON Schema object, found a string",
+            )],
+        ),
+        (
+            "schema of wrong type",
+            ok(json!({"config_schema": {"type": "array"}})),
+            vec![(
+                "config_schema.type",
+                "must have type \"object\", found \"array\"",
+            )],
+        ),
+        (
+            "schema properties not an object",
+            ok(json!({"config_schema": {"properties": []}})),
+            vec![(
+                "config_schema.properties",
+                "must be an object, found an array",
+            )],
+        ),
+        (
+            "resources not an object",
+            ok(json!({"resources": 5})),
+            vec![("resources", "must be an object, found a number")],
+        ),
+        (
+            "negative vram",
+            ok(json!({"resources": {"min_gpu_vram_mb": -1}})),
+            vec![(
+                "resources.min_gpu_vram_mb",
+                "must not be negative, found -1",
+            )],
+        ),
+        (
+            "ram as string",
+            ok(json!({"resources": {"min_system_ram_mb": "8GB"}})),
+            vec![(
+                "resources.min_system_ram_mb",
+                "must be a number, found a string",
+            )],
+        ),
+        (
+            "requires_gpu as string",
+            ok(json!({"resources": {"requires_gpu": "yes"}})),
+            vec![(
+                "resources.requires_gpu",
+                "must be true or false, found a string",
+            )],
+        ),
+        (
+            "unknown restart",
+            ok(json!({"restart": "sometimes"})),
+            vec![(
+                "restart",
+                "must be one of \"never\", \"on-failure\", \"always\"; found \"sometimes\"",
+            )],
+        ),
+        (
+            "zero concurrency",
+            ok(json!({"max_concurrency": 0})),
+            vec![(
+                "max_concurrency",
+                "must be an integer from 1 to 65536, found 0",
+            )],
+        ),
+        (
+            "fractional concurrency",
+            ok(json!({"max_concurrency": 1.5})),
+            vec![("max_concurrency", "found 1.5")],
+        ),
+        (
+            "negative startup timeout",
+            ok(json!({"startup_timeout_secs": -3})),
+            vec![("startup_timeout_secs", "must be more than 0")],
+        ),
+        (
+            "timeout as string",
+            ok(json!({"call_timeout_secs": "10s"})),
+            vec![("call_timeout_secs", "must be a number, found a string")],
+        ),
+        (
+            "unknown execution mode",
+            ok(json!({"execution_mode": "lambda"})),
+            vec![("execution_mode", "unknown execution mode `lambda`")],
+        ),
+        (
+            "args not strings",
+            ok(json!({"args": ["--x", 3]})),
+            vec![("args[1]", "must be a string, found a number")],
+        ),
     ]
 }
 
@@ -170,8 +374,7 @@ fn bad_manifests_are_rejected_with_precise_errors() {
     let table = bad_manifests();
     assert!(table.len() >= 20);
     for (case, text, expected) in table {
-        let err = Manifest::parse(&text, Some(Path::new("/m/p.json")))
-            .expect_err(case);
+        let err = Manifest::parse(&text, Some(Path::new("/m/p.json"))).expect_err(case);
         assert_eq!(
             err.problems.len(),
             expected.len(),
@@ -202,7 +405,13 @@ fn every_problem_is_reported_at_once() {
     let fields: Vec<_> = err.problems.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(
         fields,
-        ["name", "version", "command", "resources.min_gpu_vram_mb", "restart"]
+        [
+            "name",
+            "version",
+            "command",
+            "resources.min_gpu_vram_mb",
+            "restart"
+        ]
     );
     let text = err.to_string();
     assert_eq!(text.lines().count(), 5);
@@ -212,7 +421,9 @@ fn every_problem_is_reported_at_once() {
 #[test]
 fn load_names_the_unreadable_file() {
     let err = Manifest::load(Path::new("/definitely/not/here.json")).unwrap_err();
-    assert!(err.to_string().starts_with("/definitely/not/here.json: cannot read the file"));
+    assert!(err
+        .to_string()
+        .starts_with("/definitely/not/here.json: cannot read the file"));
 }
 
 #[test]
