@@ -10,7 +10,11 @@ use serde_json::{json, Value};
 
 fn cjm_bin() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_BIN_EXE_host-test-worker")).with_file_name("cjm");
-    assert!(p.is_file(), "{} is not built: run `cargo build -p cjm` (cargo xtask test does)", p.display());
+    assert!(
+        p.is_file(),
+        "{} is not built: run `cargo build -p cjm` (cargo xtask test does)",
+        p.display()
+    );
     p
 }
 
@@ -62,7 +66,13 @@ fn validate_exits_1_with_one_line_per_problem() {
     let lines: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].ends_with("bad.json: name: \"bad name\" is not a safe identifier: use 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit"));
-    let good = cjm(&s, &["validate", &s.manifests().join("t.json").display().to_string()]);
+    let good = cjm(
+        &s,
+        &[
+            "validate",
+            &s.manifests().join("t.json").display().to_string(),
+        ],
+    );
     assert_eq!(good.status.code(), Some(0));
     let missing = cjm(&s, &["validate", "/no/such/file.json"]);
     assert_eq!(missing.status.code(), Some(1));
@@ -72,14 +82,33 @@ fn validate_exits_1_with_one_line_per_problem() {
 #[test]
 fn call_stream_and_exit_codes_per_category() {
     let s = scratch();
-    let out = cjm(&s, &["call", "t", "--args", r#"["greet"]"#, "--kwargs", r#"{"name":"Ada"}"#]);
+    let out = cjm(
+        &s,
+        &[
+            "call",
+            "t",
+            "--args",
+            r#"["greet"]"#,
+            "--kwargs",
+            r#"{"name":"Ada"}"#,
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!("hello Ada"));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        json!("hello Ada")
+    );
 
     let out = cjm(&s, &["stream", "t", "--kwargs", r#"{"n":3}"#]);
     assert!(out.status.success());
-    let lines: Vec<Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines, vec![json!({"i": 0}), json!({"i": 1}), json!({"i": 2})]);
+    let lines: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        vec![json!({"i": 0}), json!({"i": 1}), json!({"i": 2})]
+    );
 
     let failing = cjm(&s, &["stream", "t", "--kwargs", r#"{"n":3,"fail_at":1}"#]);
     assert_eq!(failing.status.code(), Some(13), "resource");
@@ -89,7 +118,10 @@ fn call_stream_and_exit_codes_per_category() {
     let user = cjm(&s, &["call", "t", "--args", r#"["fail"]"#]);
     assert_eq!(user.status.code(), Some(10));
     assert!(text(&user.stderr).contains("user_input error: you asked for a failure"));
-    let timeout = cjm(&s, &["call", "t", "--args", r#"["sleep"]"#, "--timeout", "0.2"]);
+    let timeout = cjm(
+        &s,
+        &["call", "t", "--args", r#"["sleep"]"#, "--timeout", "0.2"],
+    );
     assert_eq!(timeout.status.code(), Some(14));
     let config = cjm(&s, &["call", "t", "--config", r#"{"level": 0}"#]);
     assert_eq!(config.status.code(), Some(11));
@@ -109,7 +141,10 @@ fn config_is_persisted_validated_and_used_by_call() {
     let bad = cjm(&s, &["config", "t", "--set", r#"{"level": 99}"#]);
     assert_eq!(bad.status.code(), Some(11));
     assert!(text(&bad.stderr).contains("field level"));
-    let ok = cjm(&s, &["config", "t", "--set", r#"{"greeting": "yo", "level": 2}"#]);
+    let ok = cjm(
+        &s,
+        &["config", "t", "--set", r#"{"greeting": "yo", "level": 2}"#],
+    );
     assert!(ok.status.success(), "{}", text(&ok.stderr));
     let file = s.data().join("configs").join("test.t.json");
     let saved: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
@@ -117,9 +152,25 @@ fn config_is_persisted_validated_and_used_by_call() {
     let unset = cjm(&s, &["config", "t", "--unset", "level"]);
     assert!(unset.status.success());
     let shown = cjm(&s, &["config", "t"]);
-    assert_eq!(serde_json::from_slice::<Value>(&shown.stdout).unwrap(), json!({"greeting": "yo"}));
-    let out = cjm(&s, &["call", "t", "--args", r#"["greet"]"#, "--kwargs", r#"{"name":"Bo"}"#]);
-    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!("yo Bo"));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&shown.stdout).unwrap(),
+        json!({"greeting": "yo"})
+    );
+    let out = cjm(
+        &s,
+        &[
+            "call",
+            "t",
+            "--args",
+            r#"["greet"]"#,
+            "--kwargs",
+            r#"{"name":"Bo"}"#,
+        ],
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        json!("yo Bo")
+    );
     let info = cjm(&s, &["info", "t", "--json"]);
     assert!(info.status.success());
     let info: Value = serde_json::from_slice(&info.stdout).unwrap();

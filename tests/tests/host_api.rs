@@ -53,13 +53,26 @@ fn counter() -> Arc<Counter> {
 async fn in_process_plugins_use_the_same_api() {
     let s = Scratch::new();
     let m = s.manager();
-    m.register_in_process(counter(), "math", None).await.unwrap();
+    m.register_in_process(counter(), "math", None)
+        .await
+        .unwrap();
     assert_eq!(m.loaded(), ["counter"]);
     assert_eq!(m.loaded_categories(), ["math"]);
-    assert_eq!(m.execute("counter", Call::new(vec![])).await.unwrap().value, json!(1));
-    m.update_config("counter", json!({"step": 10})).await.unwrap();
-    assert_eq!(m.execute("counter", Call::new(vec![])).await.unwrap().value, json!(11));
-    let err = m.update_config("counter", json!({"step": 0})).await.unwrap_err();
+    assert_eq!(
+        m.execute("counter", Call::new(vec![])).await.unwrap().value,
+        json!(1)
+    );
+    m.update_config("counter", json!({"step": 10}))
+        .await
+        .unwrap();
+    assert_eq!(
+        m.execute("counter", Call::new(vec![])).await.unwrap().value,
+        json!(11)
+    );
+    let err = m
+        .update_config("counter", json!({"step": 0}))
+        .await
+        .unwrap_err();
     assert_eq!(err.category, ErrorCategory::Config);
     assert_eq!(err.details.fields[0].field, "step");
     let chunks: Vec<_> = m
@@ -77,7 +90,10 @@ async fn in_process_plugins_use_the_same_api() {
     assert_eq!(stats.pid, None);
     m.disable("counter").unwrap();
     assert_eq!(
-        m.execute("counter", Call::new(vec![])).await.unwrap_err().category,
+        m.execute("counter", Call::new(vec![]))
+            .await
+            .unwrap_err()
+            .category,
         ErrorCategory::Disabled
     );
     m.unload_all().await;
@@ -107,7 +123,10 @@ fn the_blocking_manager_works_from_plain_main() {
         .collect();
     assert_eq!(chunks.len(), 4);
     m.register_in_process(counter(), "math", None).unwrap();
-    assert_eq!(m.execute("counter", Call::new(vec![])).unwrap().value, json!(1));
+    assert_eq!(
+        m.execute("counter", Call::new(vec![])).unwrap().value,
+        json!(1)
+    );
     let pid = m.stats("echo").unwrap().pid.unwrap();
     m.unload_all().unwrap();
     assert!(!common::alive(pid));
@@ -123,8 +142,15 @@ async fn the_blocking_manager_refuses_to_run_inside_a_runtime() {
 #[test]
 fn the_blocking_manager_refuses_calls_from_inside_a_runtime() {
     let s = Scratch::new();
-    let m = BlockingPluginManager::new(PluginManager::builder().search_paths([s.manifests()]).data_dir(s.data())).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let m = BlockingPluginManager::new(
+        PluginManager::builder()
+            .search_paths([s.manifests()])
+            .data_dir(s.data()),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let err = rt.block_on(async { m.load("x", None) }).unwrap_err();
     assert!(err.message.contains("inside an async runtime"), "{err}");
 }

@@ -32,14 +32,31 @@ pub fn demo(args: &[String]) -> Result<(), String> {
     if let Some(a) = args.first() {
         return Err(format!("`demo` takes no arguments, got `{a}`"));
     }
-    cargo(&["build", "--release", "-p", "cjm-sample-plugins", "-p", "cjm-demo"])?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "cjm-sample-plugins",
+        "-p",
+        "cjm-demo",
+    ])?;
     let bin = crate::root().join("target/release/cjm-demo");
     run(&mut Command::new(bin))
 }
 
-/// `cargo xtask bench`.
+/// `cargo xtask bench [--json]`: release build of the samples and the bench, then the bench.
 pub fn bench(args: &[String]) -> Result<(), String> {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["run", "--release", "-p", "cjm-bench", "--"]).args(args);
-    run(&mut cmd)
+    if let Some(a) = args.iter().find(|a| *a != "--json") {
+        return Err(format!("`bench` takes only --json, got `{a}`"));
+    }
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "cjm-sample-plugins",
+        "-p",
+        "cjm-bench",
+    ])?;
+    let bin = crate::root().join("target/release/cjm-bench");
+    run(Command::new(bin).args(args))
 }

@@ -13,7 +13,10 @@ use serde_json::{json, Value};
 /// The sample plugins this demo knows, with the manifest fields beyond `command`.
 fn samples() -> Vec<(&'static str, Value)> {
     vec![
-        ("echo", json!({"category": "demo", "description": "Echoes its input; sleeps on demand."})),
+        (
+            "echo",
+            json!({"category": "demo", "description": "Echoes its input; sleeps on demand."}),
+        ),
         (
             "transcriber",
             json!({"category": "transcription", "description": "A simulated transcriber that streams words."}),
@@ -123,7 +126,9 @@ async fn run() -> Result<(), PluginError> {
             "    {n} more calls: {:.1} µs per round trip",
             t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
         );
-        let bad = manager.execute("echo", Call::new(vec![json!("no-such-op")])).await;
+        let bad = manager
+            .execute("echo", Call::new(vec![json!("no-such-op")]))
+            .await;
         if let Err(e) = bad {
             println!("    a bad call is a typed error: {} ({})", e, e.category);
         }
@@ -135,7 +140,8 @@ async fn run() -> Result<(), PluginError> {
         "echo"
     };
     step(5, &format!("Streaming from {streamer}"));
-    let call = Call::new(vec![json!("transcribe")]).kwarg("text", json!("the quick brown fox jumps"));
+    let call =
+        Call::new(vec![json!("transcribe")]).kwarg("text", json!("the quick brown fox jumps"));
     let mut stream = manager.execute_stream(streamer, call).await?;
     let mut chunks = 0;
     while let Some(chunk) = stream.next().await {
@@ -149,7 +155,10 @@ async fn run() -> Result<(), PluginError> {
     let schema = manager.config_schema(name)?;
     println!("    schema of {name}: {}", schema);
     println!("    config in force: {}", manager.config(name)?);
-    match manager.update_config(name, json!({"no_such_setting": true})).await {
+    match manager
+        .update_config(name, json!({"no_such_setting": true}))
+        .await
+    {
         Ok(()) => println!("    (the plugin accepted an unknown setting)"),
         Err(e) => println!("    refused as expected: {e}"),
     }
@@ -188,6 +197,8 @@ async fn run() -> Result<(), PluginError> {
         println!("    no worker process is left");
         Ok(())
     } else {
-        Err(PluginError::fatal(format!("processes left behind: {alive:?}")))
+        Err(PluginError::fatal(format!(
+            "processes left behind: {alive:?}"
+        )))
     }
 }

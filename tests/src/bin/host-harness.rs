@@ -12,7 +12,11 @@ async fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     };
     let data = std::env::args_os().nth(2).unwrap_or_else(|| dir.clone());
-    let m = match PluginManager::builder().search_paths([&dir]).data_dir(data).build() {
+    let m = match PluginManager::builder()
+        .search_paths([&dir])
+        .data_dir(data)
+        .build()
+    {
         Ok(m) => m,
         Err(e) => {
             eprintln!("{e}");
