@@ -216,11 +216,27 @@ fn an_inherited_unix_socket_with_auth_and_a_concurrency_cap() {
         r#"{"args": ["echo"], "kwargs": {"k": "v"}}"#,
     );
     assert_eq!(a.json(), json!({"k": "v"}));
+    // Programs the plugin starts inherit neither the token nor the listening socket.
+    let a = request(
+        &addr,
+        "POST",
+        "/execute",
+        Some("t0ken"),
+        r#"{"args": ["spawn_child"]}"#,
+    );
+    let child = a.json().as_u64().expect("child pid") as u32;
+    let environ = std::fs::read(format!("/proc/{child}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains("CJM_AUTH_TOKEN"), "{environ}");
+    assert!(!environ.contains("CJM_LISTEN_FD"), "{environ}");
+    assert!(!Path::new(&format!("/proc/{child}/fd/3")).exists());
 
     sigterm(w.0.id());
     let status = w.0.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     assert_eq!(marker_text(&marker), "cleanup\n");
+    // The worker ended its child on the way out.
+    assert!(!running(child), "the plugin's child outlived the worker");
 }
 
 #[test]
@@ -263,6 +279,7 @@ fn listen_flag_for_runs_by_hand() {
         Command::new(WORKER)
             .arg("--listen")
             .arg(format!("unix:{}", path.display()))
+            .env("CJM_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -373,6 +390,7 @@ fn the_death_of_the_host_ends_the_worker_and_its_children() {
         .env("CJM_LISTEN_FD", "3")
         .env("CJM_LISTEN_KIND", "unix")
         .env("SDK_TEST_MARKER", &marker)
+        .env("CJM_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
     inherit_as_fd3(&mut cmd, listener.as_raw_fd());

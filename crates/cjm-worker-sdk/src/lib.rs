@@ -5,13 +5,10 @@
 //! (`PROTOCOL.md`).
 //!
 //! ```
-//! use cjm_worker_sdk::{async_trait, CallContext, Command, PluginError, Worker};
+//! use cjm_worker_sdk::{async_trait, CallContext, Kwargs, PluginError, Worker};
 //! use schemars::JsonSchema;
 //! use serde::{Deserialize, Serialize};
-//! use serde_json::{json, Value};
-//!
-//! /// How the greeter greets.
-//! #[derive(Default, Serialize, Deserialize, JsonSchema)]
+//! #[derive(Default, Serialize, Deserialize, JsonSchema)] // the schema of /config_schema
 //! #[serde(default, deny_unknown_fields)]
 //! struct Config {
 //!     /// The greeting word.
@@ -19,44 +16,40 @@
 //!     greeting: String,
 //! }
 //!
-//! #[derive(Deserialize)]
-//! #[serde(rename_all = "snake_case")]
-//! enum Op { Greet { name: String }, Wait { seconds: f64 } }
-//!
+//! #[derive(Deserialize)] // {"kwargs": {"names": ["Ada", "Grace"]}}
+//! struct Names { names: Vec<String> }
 //! #[derive(Default)]
 //! struct Greeter(std::sync::Mutex<Config>);
 //!
 //! #[async_trait]
 //! impl Worker for Greeter {
 //!     type Config = Config;
-//!     type Input = Command<Op>; // {"args": ["greet"], "kwargs": {"name": "Ada"}}
-//!     type Output = Value;
-//!     const MAX_CONCURRENCY: u32 = 4;
+//!     type Input = Kwargs<Names>; // or Args<T>, Command<Enum>, serde_json::Value, ...
+//!     type Output = Vec<String>; // anything Serialize
+//!     const MAX_CONCURRENCY: u32 = 4; // calls at once; more wait
 //!
 //!     async fn initialize(&self, config: Config) -> Result<(), PluginError> {
-//!         *self.0.lock().unwrap() = config;
+//!         *self.0.lock().unwrap() = config; // validated; also every hot update
 //!         Ok(())
 //!     }
-//!
-//!     async fn execute(&self, Command(op): Command<Op>, ctx: CallContext) -> Result<Value, PluginError> {
-//!         match op {
-//!             Op::Greet { name } => Ok(json!(format!("{} {name}", self.0.lock().unwrap().greeting))),
-//!             Op::Wait { seconds } => {
-//!                 ctx.report_progress(0.0, "waiting");
-//!                 let nap = tokio::time::sleep(std::time::Duration::from_secs_f64(seconds));
-//!                 ctx.cancellation().run_until_cancelled(nap).await
-//!                     .ok_or_else(|| PluginError::cancelled("wait cancelled"))?;
-//!                 Ok(json!({"waited": seconds}))
-//!             }
+//!     async fn execute(&self, Kwargs(n): Kwargs<Names>, ctx: CallContext) -> Result<Vec<String>, PluginError> {
+//!         let (greeting, names) = (self.0.lock().unwrap().greeting.clone(), n.names);
+//!         let mut out = Vec::new();
+//!         for (i, name) in names.iter().enumerate() {
+//!             ctx.check_cancelled()?; // /cancel, a disconnect or the deadline
+//!             ctx.report_progress(i as f64 / names.len() as f64, name.as_str()); // /progress
+//!             out.push(format!("{greeting} {name}"));
 //!         }
+//!         Ok(out)
 //!     }
 //! }
-//!
-//! cjm_worker_sdk::main!(Greeter::default());
+//! cjm_worker_sdk::main!(Greeter::default()); // name and version: the crate's
 //! ```
 //!
-//! That is the whole program. Run by hand: `greeter --listen unix:/tmp/g.sock`, then
-//! `curl --unix-socket /tmp/g.sock localhost/health`.
+//! That is the whole program (`examples/sample-plugins` has more: `echo`, a streaming
+//! `transcriber`). Run one by hand with `greeter --listen unix:/tmp/g.sock`, then
+//! `curl --unix-socket /tmp/g.sock localhost/health` (POST bodies need
+//! `-H 'content-type: application/json'`).
 //!
 //! ## What the author gets
 //!
