@@ -75,6 +75,7 @@
 
 pub mod error;
 pub mod helpers;
+mod host_source;
 pub mod paths;
 pub mod registry;
 pub mod source;
@@ -86,6 +87,7 @@ pub use helpers::{
     cloud_plugins, configured_plugins, filter_by_execution_mode, local_plugins, plugin_stats,
     unconfigured_plugins, PluginStats,
 };
+pub use host_source::HostCategorySource;
 pub use paths::{config_file_name, default_config_dir};
 pub use registry::{default_display_name, PluginEntry, PluginRegistry};
 pub use source::{LiveFacts, PluginSource, StaticSource};

@@ -1,0 +1,138 @@
+//! The host's [`PluginManager`] as a [`PluginSource`], so a registry built on it shows live facts
+//! about loaded workers and hot-applies saved configurations to them.
+//!
+//! - `impl PluginSource for PluginManager` offers every discovered plugin;
+//! - [`HostCategorySource`] offers one category of them, which is what
+//!   [`PluginRegistry::register_plugin_manager`](crate::PluginRegistry::register_plugin_manager)
+//!   wants (it lists every plugin of a source under the category it is registered as).
+
+use async_trait::async_trait;
+use cjm_core::{Manifest, Plugin, PluginError};
+use cjm_host::PluginManager;
+use serde_json::Value;
+
+use crate::source::{LiveFacts, PluginSource};
+
+/// Live facts about the loaded plugin `name`, or `None` when it is not loaded.
+async fn host_live_facts(manager: &PluginManager, name: &str) -> Option<LiveFacts> {
+    let proxy = manager.proxy(name).ok()?;
+    let stats = proxy.stats().await;
+    let mut pids = proxy
+        .lifecycle()
+        .map(|l| l.child_pids())
+        .unwrap_or_default();
+    if pids.is_empty() {
+        pids.extend(stats.pid);
+    }
+    Some(LiveFacts {
+        state: stats.state.as_str().to_owned(),
+        pids,
+        restarts: stats.restarts,
+        execution_mode: proxy.lifecycle().map(|l| l.execution_mode()),
+        container_id: None,
+        remote_resource: None,
+    })
+}
+
+/// Applies `config` to the loaded plugin `name`; `Ok(false)` when it is not loaded.
+async fn host_apply(
+    manager: &PluginManager,
+    name: &str,
+    config: Value,
+) -> Result<bool, PluginError> {
+    if manager.proxy(name).is_err() {
+        return Ok(false);
+    }
+    manager.update_config(name, config).await?;
+    Ok(true)
+}
+
+fn cloned(manifests: Vec<std::sync::Arc<Manifest>>) -> Vec<Manifest> {
+    manifests.iter().map(|m| (**m).clone()).collect()
+}
+
+#[async_trait]
+impl PluginSource for PluginManager {
+    /// Rescans the manager's search paths (invalid manifests are skipped and kept in
+    /// [`PluginManager::invalid_manifests`]).
+    async fn discover(&self) -> Result<Vec<Manifest>, PluginError> {
+        let n = PluginManager::discover(self);
+        tracing::debug!(plugins = n, "host rediscovered plugins");
+        Ok(cloned(PluginManager::discovered(self)))
+    }
+
+    fn discovered(&self) -> Vec<Manifest> {
+        cloned(PluginManager::discovered(self))
+    }
+
+    async fn live_facts(&self, name: &str) -> Option<LiveFacts> {
+        host_live_facts(self, name).await
+    }
+
+    async fn apply_config(&self, name: &str, config: Value) -> Result<bool, PluginError> {
+        host_apply(self, name, config).await
+    }
+}
+
+/// One category of a host [`PluginManager`]'s plugins, as a [`PluginSource`].
+#[derive(Debug, Clone)]
+pub struct HostCategorySource {
+    manager: PluginManager,
+    category: String,
+}
+
+impl HostCategorySource {
+    /// The plugins of `manager` whose manifest category is `category`.
+    pub fn new(manager: PluginManager, category: impl Into<String>) -> Self {
+        Self {
+            manager,
+            category: category.into(),
+        }
+    }
+
+    /// The manager.
+    pub fn manager(&self) -> &PluginManager {
+        &self.manager
+    }
+
+    /// The category.
+    pub fn category(&self) -> &str {
+        &self.category
+    }
+
+    fn of_category(&self) -> Vec<Manifest> {
+        cloned(self.manager.discovered_by_category(&self.category))
+    }
+
+    fn owns(&self, name: &str) -> bool {
+        self.manager
+            .discovered_manifest(name)
+            .is_some_and(|m| m.category == self.category)
+    }
+}
+
+#[async_trait]
+impl PluginSource for HostCategorySource {
+    async fn discover(&self) -> Result<Vec<Manifest>, PluginError> {
+        self.manager.discover();
+        Ok(self.of_category())
+    }
+
+    fn discovered(&self) -> Vec<Manifest> {
+        self.of_category()
+    }
+
+    async fn live_facts(&self, name: &str) -> Option<LiveFacts> {
+        if !self.owns(name) {
+            return None;
+        }
+        host_live_facts(&self.manager, name).await
+    }
+
+    async fn apply_config(&self, name: &str, config: Value) -> Result<bool, PluginError> {
+        if !self.owns(name) {
+            return Ok(false);
+        }
+        host_apply(&self.manager, name, config).await
+    }
+}
