@@ -20,17 +20,25 @@ pub const EXIT_FAILURE: u8 = 1;
 /// Sends `tracing` logs to stderr (which the host captures), filtered by `CJM_LOG` (default
 /// `info`). Does nothing when a subscriber is already installed.
 pub fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var(env::LOG) {
-        Ok(spec) => EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info")),
-        Err(_) => EnvFilter::new("info"),
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+    let spec = std::env::var(env::LOG).unwrap_or_default();
+    let spec = spec.trim();
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    // A plain level (the usual case) needs no directive parser: lighter at start-up.
+    let level = if spec.is_empty() {
+        Some(LevelFilter::INFO)
+    } else {
+        spec.parse::<LevelFilter>().ok()
+    };
+    let _ = match level {
+        Some(level) => builder.with_max_level(level).try_init(),
+        None => builder
+            .with_env_filter(EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new("info")))
+            .try_init(),
+    };
 }
 
 /// Fills in what the host passes through the environment: the auth token (then removed from

@@ -180,7 +180,8 @@ pub(crate) struct State {
     max_json_body: u64,
     max_frame_body: u64,
     health: Bytes,
-    schema: Value,
+    /// The plugin's schema, asked for once on first use (start-up stays light).
+    schema: tokio::sync::OnceCell<Value>,
     validator: OnceLock<Result<ConfigValidator, PluginError>>,
     init_lock: tokio::sync::Mutex<()>,
     permits: Arc<Semaphore>,
@@ -200,7 +201,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl State {
-    fn new(plugin: Arc<dyn Plugin>, plugin_rt: Handle, schema: Value, opts: &Options) -> Self {
+    fn new(plugin: Arc<dyn Plugin>, plugin_rt: Handle, opts: &Options) -> Self {
         let auth = opts.auth_token.as_deref().and_then(Auth::new);
         let max_concurrency = opts.max_concurrency.max(1);
         let features = features::ALL
@@ -224,7 +225,7 @@ impl State {
             auth,
             max_json_body: opts.max_json_body,
             max_frame_body: opts.max_frame_body,
-            schema,
+            schema: tokio::sync::OnceCell::new(),
             validator: OnceLock::new(),
             init_lock: tokio::sync::Mutex::new(()),
             permits: Arc::new(Semaphore::new(max_concurrency as usize)),
@@ -245,6 +246,21 @@ impl State {
             t.cancel();
         }
         any
+    }
+
+    /// The plugin's configuration schema (`{}` when the plugin fails to give one).
+    async fn schema(&self) -> &Value {
+        self.schema
+            .get_or_init(|| async {
+                let p = Arc::clone(&self.plugin);
+                self.on_plugin(async move { p.config_schema().await })
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::error!("the plugin's config_schema failed: {e}; serving {{}}");
+                        Value::Object(serde_json::Map::new())
+                    })
+            })
+            .await
     }
 
     /// Runs a plugin future on the plugin runtime; a panic becomes a `fatal` error.
@@ -384,7 +400,7 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             Body::Full(Some(state.health.clone())),
         ),
         paths::STATS => json(StatusCode::OK, &state.stats.sample()),
-        paths::CONFIG_SCHEMA => json(StatusCode::OK, &state.schema),
+        paths::CONFIG_SCHEMA => json(StatusCode::OK, state.schema().await),
         paths::CONFIG => {
             let p = Arc::clone(&state.plugin);
             match state
@@ -627,9 +643,8 @@ async fn initialize(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
             vec![],
         ));
     }
-    let validator = state
-        .validator
-        .get_or_init(|| ConfigValidator::new(&state.schema));
+    let schema = state.schema().await;
+    let validator = state.validator.get_or_init(|| ConfigValidator::new(schema));
     let checked = match validator {
         Ok(v) => v.validate(&config),
         Err(e) => Err(e.clone()),
@@ -983,17 +998,9 @@ impl Server {
     }
 
     fn state(&self, plugin_rt: &tokio::runtime::Runtime) -> Arc<State> {
-        let p = Arc::clone(&self.plugin);
-        let schema = plugin_rt
-            .block_on(async move { p.config_schema().await })
-            .unwrap_or_else(|e| {
-                tracing::error!("the plugin's config_schema failed: {e}; serving {{}}");
-                Value::Object(serde_json::Map::new())
-            });
         Arc::new(State::new(
             Arc::clone(&self.plugin),
             plugin_rt.handle().clone(),
-            schema,
             &self.options,
         ))
     }

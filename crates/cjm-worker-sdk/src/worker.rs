@@ -1,7 +1,7 @@
 //! The author-facing [`Worker`] trait, typed inputs and outputs, and [`Typed`], the adapter
 //! that turns a `Worker` into a [`cjm_core::Plugin`].
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -282,8 +282,10 @@ pub struct Typed<W: Worker> {
     worker: W,
     name: String,
     version: String,
-    schema: Value,
-    config: Mutex<Value>,
+    /// Generated on first use (start-up stays light).
+    schema: OnceLock<Value>,
+    /// `None` until the first accepted configuration: the schema's defaults then.
+    config: Mutex<Option<Value>>,
 }
 
 impl<W: Worker> std::fmt::Debug for Typed<W> {
@@ -298,16 +300,21 @@ impl<W: Worker> std::fmt::Debug for Typed<W> {
 impl<W: Worker> Typed<W> {
     /// Wraps `worker` under `name` and `version`.
     pub fn new(worker: W, name: impl Into<String>, version: impl Into<String>) -> Self {
-        let schema = serde_json::to_value(schemars::schema_for!(W::Config))
-            .unwrap_or_else(|_| Value::Object(Map::new()));
-        let defaults = Value::Object(schema_defaults(&schema));
         Self {
             worker,
             name: name.into(),
             version: version.into(),
-            schema,
-            config: Mutex::new(defaults),
+            schema: OnceLock::new(),
+            config: Mutex::new(None),
         }
+    }
+
+    /// The configuration's JSON Schema, generated from `W::Config`.
+    pub fn schema(&self) -> &Value {
+        self.schema.get_or_init(|| {
+            serde_json::to_value(schemars::schema_for!(W::Config))
+                .unwrap_or_else(|_| Value::Object(Map::new()))
+        })
     }
 
     /// The wrapped worker.
@@ -317,8 +324,8 @@ impl<W: Worker> Typed<W> {
 
     fn set_config(&self, v: Value) {
         match self.config.lock() {
-            Ok(mut g) => *g = v,
-            Err(p) => *p.into_inner() = v,
+            Ok(mut g) => *g = Some(v),
+            Err(p) => *p.into_inner() = Some(v),
         }
     }
 }
@@ -361,14 +368,15 @@ impl<W: Worker> Plugin for Typed<W> {
     }
 
     async fn config_schema(&self) -> Result<Value, PluginError> {
-        Ok(self.schema.clone())
+        Ok(self.schema().clone())
     }
 
     async fn current_config(&self) -> Result<Value, PluginError> {
-        Ok(match self.config.lock() {
+        let current = match self.config.lock() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
-        })
+        };
+        Ok(current.unwrap_or_else(|| Value::Object(schema_defaults(self.schema()))))
     }
 
     async fn cleanup(&self) -> Result<(), PluginError> {
