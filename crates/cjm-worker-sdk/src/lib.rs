@@ -79,9 +79,6 @@
 //! also be embedded on a thread of its own with [`Server::spawn`] (tests do this).
 
 #![warn(missing_docs)]
-// `PluginError` is the shared error of the wire contract (cjm-core); boxing it here would only
-// add allocations and differ from the `Plugin` trait's signatures.
-#![allow(clippy::result_large_err)]
 
 mod auth;
 mod listener;

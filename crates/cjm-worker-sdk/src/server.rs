@@ -428,7 +428,24 @@ enum BodyKind {
     Frame,
 }
 
-fn body_kind(req: &Request<Incoming>, frames: bool) -> Result<BodyKind, Response<Body>> {
+/// A request refused before it reaches the plugin: the status and the typed error.
+#[derive(Debug)]
+struct Rejection {
+    status: StatusCode,
+    error: PluginError,
+}
+
+impl Rejection {
+    fn new(status: StatusCode, error: PluginError) -> Self {
+        Self { status, error }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        error_with(self.status, &self.error)
+    }
+}
+
+fn body_kind(req: &Request<Incoming>, frames: bool) -> Result<BodyKind, Rejection> {
     let Some(ct) = req.headers().get(CONTENT_TYPE) else {
         return Ok(BodyKind::Json);
     };
@@ -450,19 +467,19 @@ fn body_kind(req: &Request<Incoming>, frames: bool) -> Result<BodyKind, Response
         } else {
             content_types::JSON.to_owned()
         };
-        Err(error_with(
+        Err(Rejection::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            &PluginError::user_input(format!(
+            PluginError::user_input(format!(
                 "unsupported content type `{mime}`: expected {accepted}"
             )),
         ))
     }
 }
 
-fn too_large(limit: u64) -> Response<Body> {
-    error_with(
+fn too_large(limit: u64) -> Rejection {
+    Rejection::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        &PluginError::user_input(format!(
+        PluginError::user_input(format!(
             "the request body exceeds the limit of {limit} bytes"
         )),
     )
@@ -470,7 +487,7 @@ fn too_large(limit: u64) -> Response<Body> {
 
 /// Reads the whole body, refusing more than `limit` bytes (at once when Content-Length says
 /// so).
-async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Bytes, Response<Body>> {
+async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Bytes, Rejection> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -484,9 +501,9 @@ async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Bytes, Response
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
-            error_with(
+            Rejection::new(
                 StatusCode::BAD_REQUEST,
-                &PluginError::user_input(format!("could not read the request body: {e}")),
+                PluginError::user_input(format!("could not read the request body: {e}")),
             )
         })?;
         let Ok(data) = frame.into_data() else {
@@ -511,8 +528,8 @@ async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Bytes, Response
     Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
-fn bad_request(msg: String) -> Response<Body> {
-    error_with(StatusCode::BAD_REQUEST, &PluginError::user_input(msg))
+fn bad_request(msg: String) -> Rejection {
+    Rejection::new(StatusCode::BAD_REQUEST, PluginError::user_input(msg))
 }
 
 fn is_blank(b: &[u8]) -> bool {
@@ -526,7 +543,7 @@ struct CallRequest {
     deadline: Option<Instant>,
 }
 
-async fn read_call(state: &State, req: Request<Incoming>) -> Result<CallRequest, Response<Body>> {
+async fn read_call(state: &State, req: Request<Incoming>) -> Result<CallRequest, Rejection> {
     let deadline = match req.headers().get(wire_headers::TIMEOUT_MS) {
         None => None,
         Some(v) => {
@@ -623,18 +640,18 @@ fn deadline_passed(deadline: Option<Instant>, started: Instant) -> PluginError {
 
 async fn initialize(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     if let Err(r) = body_kind(&req, false) {
-        return r;
+        return r.into_response();
     }
     let body = match read_body(req, state.max_json_body).await {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let config: Value = if is_blank(&body) {
         Value::Object(serde_json::Map::new())
     } else {
         match serde_json::from_slice(&body) {
             Ok(v) => v,
-            Err(e) => return bad_request(format!("malformed JSON body: {e}")),
+            Err(e) => return bad_request(format!("malformed JSON body: {e}")).into_response(),
         }
     };
     if !config.is_object() {
@@ -673,9 +690,9 @@ async fn initialize(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
 async fn execute(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let r = match read_call(&state, req).await {
         Ok(r) => r,
-        Err(resp) => {
+        Err(rejection) => {
             state.stats.finished(false);
-            return resp;
+            return rejection.into_response();
         }
     };
     let started = Instant::now();
@@ -721,9 +738,9 @@ async fn execute(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
 async fn execute_stream(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let r = match read_call(&state, req).await {
         Ok(r) => r,
-        Err(resp) => {
+        Err(rejection) => {
             state.stats.finished(false);
-            return resp;
+            return rejection.into_response();
         }
     };
     let started = Instant::now();
