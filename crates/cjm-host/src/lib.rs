@@ -28,8 +28,10 @@
 mod blocking;
 mod client;
 mod discovery;
+mod gpu;
 mod logs;
 mod manager;
+mod monitor;
 mod platform;
 mod proxy;
 mod scheduler;
@@ -48,7 +50,14 @@ pub use cjm_core::{
 pub use discovery::{default_data_dir, default_search_paths, DiscoveredPlugin};
 pub use manager::{LoadResults, ManagerBuilder, PluginManager, DEFAULT_NATIVE_CONCURRENCY};
 pub use proxy::PluginProxy;
-pub use scheduler::{Admission, PermissiveScheduler, Scheduler};
+pub use monitor::{
+    FakeMonitor, GpuProcess, GpuReading, HostMonitor, PluginResourceUsage, SystemMonitor,
+    SystemSnapshot,
+};
+pub use scheduler::{
+    Admission, EvictionCandidate, Grant, Ledger, PermissiveScheduler, Phase, QueueScheduler,
+    Reservation, ResourceContext, SafetyScheduler, Scheduler,
+};
 pub use state::PluginState;
 pub use stats::PluginStats;
 pub use supervisor::SupervisorOptions;

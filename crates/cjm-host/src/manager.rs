@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use cjm_core::{
@@ -15,8 +15,12 @@ use serde_json::{json, Value};
 
 use crate::discovery::{self, DiscoveredPlugin, Discovery};
 use crate::logs::{self, PluginLog};
+use crate::monitor::{HostMonitor, PluginResourceUsage, SystemMonitor, SystemSnapshot};
 use crate::proxy::{Backend, PluginProxy};
-use crate::scheduler::{Admission, PermissiveScheduler, Scheduler};
+use crate::scheduler::{
+    Admission, Grant, Host, HostPlugin, PermissiveScheduler, Phase, Reservation, ResourceContext,
+    Scheduler,
+};
 use crate::spawn::LaunchSpec;
 use crate::state::PluginState;
 use crate::stats::PluginStats;
@@ -36,6 +40,7 @@ pub struct ManagerBuilder {
     models_dir: Option<PathBuf>,
     interface: Option<String>,
     scheduler: Arc<dyn Scheduler>,
+    monitor: Option<Arc<dyn SystemMonitor>>,
     supervisor: SupervisorOptions,
     log_cap: u64,
 }
@@ -48,6 +53,7 @@ impl Default for ManagerBuilder {
             models_dir: None,
             interface: None,
             scheduler: Arc::new(PermissiveScheduler),
+            monitor: None,
             supervisor: SupervisorOptions::default(),
             log_cap: logs::DEFAULT_LOG_CAP,
         }
@@ -86,6 +92,13 @@ impl ManagerBuilder {
         self
     }
 
+    /// The source of system readings (default: [`HostMonitor`], /proc and NVML; tests pass a
+    /// [`crate::FakeMonitor`]).
+    pub fn monitor(mut self, monitor: Arc<dyn SystemMonitor>) -> Self {
+        self.monitor = Some(monitor);
+        self
+    }
+
     /// Restart and teardown settings.
     pub fn supervisor(mut self, options: SupervisorOptions) -> Self {
         self.supervisor = options;
@@ -118,8 +131,12 @@ impl ManagerBuilder {
                     base.display()
                 ))
             })?;
+        let monitor = self
+            .monitor
+            .unwrap_or_else(|| Arc::new(HostMonitor::new()) as Arc<dyn SystemMonitor>);
         let m = PluginManager {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|weak: &Weak<Inner>| Inner {
+                resources: ResourceContext::new(monitor, Arc::new(ManagerHost(weak.clone()))),
                 search_paths,
                 logs_dir: data_dir.join("logs"),
                 data_dir,
@@ -157,6 +174,8 @@ struct Inner {
     models_dir: Option<PathBuf>,
     interface: Option<String>,
     scheduler: Arc<dyn Scheduler>,
+    /// Readings, reservations and eviction for the scheduler.
+    resources: ResourceContext,
     supervisor: SupervisorOptions,
     log_cap: u64,
     runtime_dir: tempfile::TempDir,
@@ -217,6 +236,53 @@ impl PluginManager {
     /// The scheduler.
     pub fn scheduler(&self) -> &Arc<dyn Scheduler> {
         &self.inner.scheduler
+    }
+
+    /// The scheduler's view of resources: the monitor, the reservation ledger, eviction.
+    pub fn resources(&self) -> &ResourceContext {
+        &self.inner.resources
+    }
+
+    /// The machine's readings now: RAM, CPU load, and every NVIDIA GPU with its processes.
+    pub async fn system_snapshot(&self) -> SystemSnapshot {
+        self.inner.resources.snapshot().await
+    }
+
+    /// Every loaded plugin's reservation (its GPU and declared minimum).
+    pub fn reservations(&self) -> Vec<Reservation> {
+        self.inner.resources.ledger().reservations()
+    }
+
+    /// What `name` holds: its GPU, its reservation, and the GPU memory and RAM its worker's
+    /// whole process subtree uses now.
+    pub async fn resource_usage(&self, name: &str) -> Result<PluginResourceUsage, PluginError> {
+        let proxy = self.proxy(name)?;
+        let reservation = self.inner.resources.ledger().get(name);
+        let snap = self.system_snapshot().await;
+        let pids = match proxy.pid() {
+            Some(root) => tokio::task::spawn_blocking(move || {
+                let mut p = crate::platform::subtree(root);
+                p.push(root);
+                p
+            })
+            .await
+            .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let monitor = Arc::clone(self.inner.resources.monitor());
+        let ram_mb = if pids.is_empty() {
+            0
+        } else {
+            monitor.process_ram_mb(&pids)
+        };
+        Ok(PluginResourceUsage {
+            plugin: name.to_owned(),
+            gpu: reservation.as_ref().and_then(|r| r.gpu),
+            reserved_vram_mb: reservation.as_ref().map_or(0, |r| r.vram_mb),
+            reserved_ram_mb: reservation.as_ref().map_or(0, |r| r.ram_mb),
+            gpu_memory_mb: snap.gpu_memory_of(&pids),
+            ram_mb,
+        })
     }
 
     // ---- discovery -------------------------------------------------------------------------
@@ -319,6 +385,8 @@ impl PluginManager {
                 Ok(())
             }
             Err(e) => {
+                // Whatever the scheduler reserved for this load goes back.
+                self.inner.resources.release(&name);
                 self.release(&name);
                 Err(e)
             }
@@ -350,6 +418,18 @@ impl PluginManager {
         } else {
             DEFAULT_NATIVE_CONCURRENCY
         });
+        // Placement: the scheduler picks the GPU (and reserves) before the worker starts.
+        let mut load = Admission::new(&name, &manifest.resources, Phase::Load);
+        load.gpu = pinned_gpu(&manifest);
+        let grant: Grant = self
+            .inner
+            .scheduler
+            .admit(&load, &self.inner.resources)
+            .await
+            .map_err(|e| e.with_plugin(&name))?;
+        if let Some(g) = grant.gpu {
+            tracing::info!(plugin = %name, gpu = g, "placed on GPU");
+        }
         let spec = LaunchSpec {
             manifest: Arc::clone(&manifest),
             data_dir: self.inner.data_dir.clone(),
@@ -357,6 +437,7 @@ impl PluginManager {
             runtime_dir: self.inner.runtime_dir.path().to_path_buf(),
             log: PluginLog::open(&self.inner.logs_dir, &name, self.inner.log_cap),
             max_concurrency: limit,
+            gpu: grant.gpu,
         };
         let config = Arc::new(RwLock::new(full));
         let slot = WorkerSlot::start(
@@ -518,6 +599,7 @@ impl PluginManager {
             .remove(name)
             .ok_or_else(|| PluginError::not_loaded(name))?;
         stop(&proxy).await;
+        self.inner.resources.release(name);
         tracing::info!(plugin = name, "unloaded");
         Ok(())
     }
@@ -529,6 +611,9 @@ impl PluginManager {
             Err(_) => return,
         };
         futures::future::join_all(all.iter().map(|p| stop(p))).await;
+        for p in &all {
+            self.inner.resources.release(&p.manifest().name);
+        }
     }
 
     /// Unloads and loads `name` again (a new process), with its current configuration unless
@@ -645,23 +730,49 @@ impl PluginManager {
 
     // ---- calls -----------------------------------------------------------------------------
 
-    async fn admit(&self, proxy: &PluginProxy) -> Result<(), PluginError> {
+    async fn admit(
+        &self,
+        proxy: &PluginProxy,
+        call: &Call,
+        priority: i32,
+    ) -> Result<(), PluginError> {
+        let name = &proxy.manifest().name;
+        let mut req = Admission::new(name, &proxy.manifest().resources, Phase::Call);
+        req.gpu = self
+            .inner
+            .resources
+            .ledger()
+            .get(name)
+            .and_then(|r| r.gpu)
+            .or_else(|| pinned_gpu(proxy.manifest()));
+        req.priority = priority;
+        req.cancel = Some(call.ctx.cancellation().clone());
+        req.deadline = call.ctx.deadline();
         self.inner
             .scheduler
-            .admit(Admission {
-                plugin: &proxy.manifest().name,
-                resources: &proxy.manifest().resources,
-            })
+            .admit(&req, &self.inner.resources)
             .await
+            .map(|_| ())
+            .map_err(|e| e.with_plugin(name))
     }
 
     /// Runs one call.
     pub async fn execute(&self, name: &str, call: Call) -> Result<Output, PluginError> {
+        self.execute_with_priority(name, call, 0).await
+    }
+
+    /// Runs one call; if the scheduler queues it, calls of higher `priority` go first.
+    pub async fn execute_with_priority(
+        &self,
+        name: &str,
+        call: Call,
+        priority: i32,
+    ) -> Result<Output, PluginError> {
         let proxy = self.proxy(name)?;
         if !proxy.is_enabled() {
             return Err(PluginError::disabled(name));
         }
-        self.admit(&proxy).await?;
+        self.admit(&proxy, &call, priority).await?;
         let sched = &self.inner.scheduler;
         sched.on_start(name);
         let r = proxy.execute(call).await;
@@ -672,11 +783,21 @@ impl PluginManager {
     /// Runs one call as a stream. The stream's failure is an `Err` item, never a data chunk.
     /// Dropping the stream cancels the call on the worker.
     pub async fn execute_stream(&self, name: &str, call: Call) -> Result<ChunkStream, PluginError> {
+        self.execute_stream_with_priority(name, call, 0).await
+    }
+
+    /// [`execute_stream`](Self::execute_stream) with a queueing priority (higher goes first).
+    pub async fn execute_stream_with_priority(
+        &self,
+        name: &str,
+        call: Call,
+        priority: i32,
+    ) -> Result<ChunkStream, PluginError> {
         let proxy = self.proxy(name)?;
         if !proxy.is_enabled() {
             return Err(PluginError::disabled(name));
         }
-        self.admit(&proxy).await?;
+        self.admit(&proxy, &call, priority).await?;
         let sched = Arc::clone(&self.inner.scheduler);
         sched.on_start(name);
         let stream = proxy.execute_stream(call).await;
@@ -771,6 +892,74 @@ async fn stop(proxy: &PluginProxy) {
             }
         }
     }
+}
+
+/// The GPU a manifest pins with `CUDA_VISIBLE_DEVICES` set to one index in its `env_vars`;
+/// placement then only checks that GPU.
+fn pinned_gpu(manifest: &Manifest) -> Option<u32> {
+    manifest
+        .env_vars
+        .get("CUDA_VISIBLE_DEVICES")
+        .and_then(|v| v.trim().parse::<u32>().ok())
+}
+
+/// The scheduler's handle on the manager (weak: the manager owns the scheduler context).
+struct ManagerHost(Weak<Inner>);
+
+#[async_trait::async_trait]
+impl Host for ManagerHost {
+    fn plugins(&self) -> Vec<HostPlugin> {
+        let Some(inner) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        let Ok(g) = inner.loaded.read() else {
+            return Vec::new();
+        };
+        g.values()
+            .map(|p| HostPlugin {
+                name: p.manifest().name.clone(),
+                pid: p.pid(),
+                idle: is_idle(p),
+                last_executed_ms: p.call_stats().last_executed_ms(),
+            })
+            .collect()
+    }
+
+    async fn evict(&self, name: &str) -> Result<Vec<u32>, PluginError> {
+        let inner = self
+            .0
+            .upgrade()
+            .ok_or_else(|| PluginError::fatal("the manager is gone"))?;
+        let manager = PluginManager { inner };
+        let proxy = manager.proxy(name)?;
+        if !is_idle(&proxy) {
+            return Err(PluginError::resource(
+                format!("plugin `{name}` is busy and cannot be evicted"),
+                vec![],
+            )
+            .with_plugin(name));
+        }
+        let pids = match proxy.pid() {
+            Some(root) => {
+                let mut p = crate::platform::subtree(root);
+                p.push(root);
+                p
+            }
+            None => Vec::new(),
+        };
+        drop(proxy);
+        manager.unload(name).await?;
+        Ok(pids)
+    }
+}
+
+/// No call in flight, and not starting or restarting.
+fn is_idle(p: &PluginProxy) -> bool {
+    p.call_stats().in_flight() == 0
+        && matches!(
+            p.state(),
+            PluginState::Ready | PluginState::Crashed | PluginState::Failed
+        )
 }
 
 struct FinishOnDrop {

@@ -215,6 +215,43 @@ pub fn subtree(root: u32) -> Vec<u32> {
     out
 }
 
+/// [`subtree`] of each of `roots`, from one scan of `/proc`.
+pub fn subtrees(roots: &[u32]) -> HashMap<u32, Vec<u32>> {
+    if roots.is_empty() {
+        return HashMap::new();
+    }
+    let stats = all_stats();
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (&pid, s) in &stats {
+        children.entry(s.ppid).or_default().push(pid);
+    }
+    roots
+        .iter()
+        .map(|&root| {
+            let mut seen = HashSet::new();
+            let mut stack = vec![root];
+            while let Some(p) = stack.pop() {
+                for &c in children.get(&p).into_iter().flatten() {
+                    if seen.insert(c) {
+                        stack.push(c);
+                    }
+                }
+            }
+            for (&pid, s) in &stats {
+                if pid != root && (s.session == root || s.pgrp == root) {
+                    seen.insert(pid);
+                }
+            }
+            let mut out: Vec<u32> = seen
+                .into_iter()
+                .filter(|p| stats.get(p).is_some_and(|s| s.state != 'Z'))
+                .collect();
+            out.sort_unstable();
+            (root, out)
+        })
+        .collect()
+}
+
 /// Resident memory in MB and CPU ticks of `pids` together.
 pub fn usage(pids: &[u32]) -> (f64, u64) {
     let page = page_size() as f64;
@@ -226,6 +263,36 @@ pub fn usage(pids: &[u32]) -> (f64, u64) {
                 cpu + s.cpu_ticks,
             )
         })
+}
+
+/// `(MemTotal, MemAvailable)` from `/proc/meminfo`, in MB; `None` if unreadable.
+pub fn meminfo_mb() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+    };
+    Some((field("MemTotal:")? / 1024, field("MemAvailable:")? / 1024))
+}
+
+/// `(busy, total)` CPU time over all cores since boot, in clock ticks, from `/proc/stat`
+/// (busy excludes idle and iowait).
+pub fn cpu_times() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Some((total.saturating_sub(idle), total))
 }
 
 /// Clock ticks per second.

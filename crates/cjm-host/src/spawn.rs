@@ -35,6 +35,8 @@ pub struct LaunchSpec {
     pub log: Arc<PluginLog>,
     /// The most calls the host sends at once (told to the worker).
     pub max_concurrency: u32,
+    /// The GPU the scheduler placed the plugin on: the worker sees only it.
+    pub gpu: Option<u32>,
 }
 
 /// A running, answering worker.
@@ -111,6 +113,9 @@ fn base_command(spec: &LaunchSpec, program: &Path) -> Command {
         .stderr(Stdio::piped());
     if let Some(d) = &spec.models_dir {
         cmd.env(env::MODELS_DIR, d);
+    }
+    if let Some(gpu) = spec.gpu {
+        cmd.env("CUDA_VISIBLE_DEVICES", gpu.to_string());
     }
     if let Some(dir) = m.base_dir() {
         if dir.is_dir() && m.extra.get("cwd").is_none() {

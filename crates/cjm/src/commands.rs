@@ -78,14 +78,11 @@ impl Context {
         if !cli.search_paths.is_empty() {
             b = b.search_paths(cli.search_paths.clone());
         }
-        match cli.scheduler {
-            SchedulerKind::Permissive => {}
-            other => {
-                return Err(Failure::Usage(format!(
-                    "--scheduler {other:?} is not available in this build yet; use permissive"
-                )))
-            }
-        }
+        b = match cli.scheduler {
+            SchedulerKind::Permissive => b,
+            SchedulerKind::Safety => b.scheduler(Arc::new(cjm_host::SafetyScheduler::new())),
+            SchedulerKind::Queue => b.scheduler(Arc::new(cjm_host::QueueScheduler::default())),
+        };
         Ok(Self {
             manager: b.build()?,
             data_dir,
