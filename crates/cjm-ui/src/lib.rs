@@ -1,11 +1,51 @@
 //! # cjm-ui
 //!
-//! HTML components for picking and configuring plugins in a web page: the execution-mode badge,
-//! the details card, the dropdown selector, the comparison table and a configuration form
-//! generated from the plugin's JSON Schema.
+//! HTML components for picking and configuring plugins in a web page, and a settings web app
+//! built from them.
 //!
-//! Status: being built (see the open issues). The shared types live in [`cjm_core`].
+//! Components (rendered with [`maud`], which escapes every plugin-supplied string):
+//! - [`execution_mode_badge_html`], [`extract_plugin_features`]: a plugin's execution mode and
+//!   features as DaisyUI badges;
+//! - [`render_plugin_details`]: the details card (`div#plugin-details`);
+//! - [`render_dropdown_selector`]: the selector (`div#plugin-selector`) with details swap on
+//!   change, "Continue with Selected Plugin" and "Compare All Plugins" — whose endpoint is given
+//!   explicitly ([`DropdownSelector::compare_endpoint`]) instead of the original's
+//!   `select`→`compare` substring replacement that produced `/compareor/compare`;
+//! - [`render_comparison_table`] and the strategy switch [`render_plugin_selector`];
+//! - [`render_config_form`] / [`parse_config_form`]: a configuration form generated from the
+//!   plugin's JSON Schema, with server-side errors next to their fields;
+//! - [`render_status_panel`]: live state, restarts, RSS, CPU and calls of a loaded plugin.
+//!
+//! Every id is a constant in [`ids`].
+//!
+//! The app ([`app`]): [`serve`] runs the settings page on a registry backed by the host's
+//! plugin manager; it serves its own htmx and stylesheet ([`assets`]), so it works offline.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod app;
+pub mod assets;
+pub mod components;
+pub mod error;
+pub mod features;
+pub mod form;
+pub mod ids;
+pub mod page;
+pub mod schema_fields;
+pub mod status;
+
+pub use app::{router, serve, serve_listener, AppState};
 pub use cjm_core as core;
+pub use components::{
+    execution_mode_badge_html, render_comparison_table, render_dropdown_selector,
+    render_plugin_details, render_plugin_selector, ConfigGetter, DropdownSelector,
+    SelectorStrategy,
+};
+pub use error::UiError;
+pub use features::{
+    execution_mode_badge, execution_mode_label, extract_plugin_features, PluginFeature,
+};
+pub use form::{parse_config_form, render_config_form, FormState, Notice};
+pub use schema_fields::{schema_fields, FieldKind, FieldSpec};
+pub use status::{render_live_status, render_status_panel, LiveStatus, StatusUrls};
