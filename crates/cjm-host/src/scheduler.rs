@@ -972,6 +972,13 @@ impl Scheduler for QueueScheduler {
             }
             if self.is_first(ticket.ticket) {
                 match self.attempt(request, ctx).await {
+                    // A waiter of higher priority arrived during the check: it goes first.
+                    Ok(_) if !self.is_first(ticket.ticket) => {
+                        if request.phase == Phase::Load {
+                            ctx.release(request.plugin);
+                        }
+                        continue;
+                    }
                     Ok(grant) => {
                         drop(ticket);
                         if started.elapsed() > self.poll {
@@ -1027,4 +1034,89 @@ fn cancelled(request: &Admission<'_>, started: Instant) -> PluginError {
         started.elapsed().as_secs_f64()
     ))
     .with_plugin(request.plugin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::monitor::{FakeMonitor, GpuReading};
+
+    /// A manager with no plugins loaded.
+    struct NoPlugins;
+
+    #[async_trait]
+    impl Host for NoPlugins {
+        fn plugins(&self) -> Vec<HostPlugin> {
+            Vec::new()
+        }
+        async fn evict(&self, name: &str) -> Result<Vec<u32>, PluginError> {
+            Err(PluginError::not_loaded(name))
+        }
+    }
+
+    fn vram(mb: u64) -> Resources {
+        Resources {
+            requires_gpu: true,
+            min_gpu_vram_mb: Some(mb),
+            ..Resources::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_loads_go_by_priority_then_arrival() {
+        let monitor = Arc::new(FakeMonitor::with(
+            64_000,
+            64_000,
+            vec![GpuReading::new(0, 8000, 0)],
+        ));
+        let ctx = Arc::new(ResourceContext::new(monitor.clone(), Arc::new(NoPlugins)));
+        let queue = Arc::new(QueueScheduler::new(
+            Duration::from_secs(600),
+            Duration::from_secs(600),
+        ));
+        let mut queued = queue.watch_queued();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let res = vram(6000);
+        let mut tasks = Vec::new();
+        // Arrival order: low, high, low2 (each waits until it is queued before the next).
+        for (i, (name, priority)) in [("low", 0), ("high", 5), ("low2", 0)].iter().enumerate() {
+            let (ctx, queue, tx, res) = (ctx.clone(), queue.clone(), tx.clone(), res.clone());
+            let (name, priority) = (name.to_string(), *priority);
+            tasks.push(tokio::spawn(async move {
+                let mut req = Admission::new(&name, &res, Phase::Load);
+                req.priority = priority;
+                let grant = queue.admit(&req, &ctx).await;
+                let _ = tx.send(name.clone());
+                grant
+            }));
+            queued
+                .wait_for(|&n| n == i + 1)
+                .await
+                .expect("the queue is alive");
+        }
+        // Room for one: the highest priority goes first although it came second.
+        monitor.update(|s| s.gpus[0].free_mb = 6000);
+        assert_eq!(rx.recv().await.as_deref(), Some("high"));
+        ctx.release("high");
+        assert_eq!(rx.recv().await.as_deref(), Some("low"));
+        ctx.release("low");
+        assert_eq!(rx.recv().await.as_deref(), Some("low2"));
+        for t in tasks {
+            let grant = t.await.expect("task").expect("admitted");
+            assert_eq!(grant.gpu, Some(0));
+        }
+        assert_eq!(queue.queued(), 0);
+    }
+
+    #[tokio::test]
+    async fn no_gpu_readings_leave_the_gpu_unchecked_and_unplaced() {
+        let monitor = Arc::new(FakeMonitor::with(1000, 1000, vec![]));
+        let ctx = ResourceContext::new(monitor, Arc::new(NoPlugins));
+        let res = vram(6000);
+        let grant = SafetyScheduler::new()
+            .admit(&Admission::new("p", &res, Phase::Load), &ctx)
+            .await
+            .expect("admitted");
+        assert_eq!(grant.gpu, None);
+    }
 }
