@@ -522,6 +522,9 @@ impl ResourceContext {
             },
             ram_mb: req.ram_mb(),
         };
+        if r.gpu.is_none() && r.ram_mb == 0 {
+            return;
+        }
         tracing::debug!(plugin = req.plugin, gpu = ?r.gpu, vram_mb = r.vram_mb, ram_mb = r.ram_mb, "reserved");
         if let Ok(mut g) = self.ledger.entries.lock() {
             g.insert(req.plugin.to_owned(), r);
@@ -731,7 +734,7 @@ fn refusal(
         .iter()
         .map(|s| match s.resource.as_str() {
             "gpu_vram_mb" => format!(
-                "{} MB of VRAM on one GPU ({} MB free on the best GPU)",
+                "{} MB of VRAM on one GPU (at most {} MB free on a GPU it may use)",
                 s.needed, s.available
             ),
             "system_ram_mb" => format!(
@@ -741,7 +744,14 @@ fn refusal(
             other => format!("{} {other} ({} available)", s.needed, s.available),
         })
         .collect();
-    let mut msg = format!("plugin `{}` needs {}", req.plugin, what.join(" and "));
+    let mut msg = if what.is_empty() {
+        format!(
+            "plugin `{}` was not admitted: waiters of higher priority or earlier arrival were ahead of it",
+            req.plugin
+        )
+    } else {
+        format!("plugin `{}` needs {}", req.plugin, what.join(" and "))
+    };
     if !evicted.is_empty() {
         msg.push_str(&format!(
             "; evicted {} and it still does not fit",
