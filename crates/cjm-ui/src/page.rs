@@ -1,7 +1,7 @@
 //! The settings page's frame: the document with its vendored assets, the category navigation and
 //! one category's panel.
 
-use maud::{html, Markup, PreEscaped, DOCTYPE};
+use maud::{html, Markup, DOCTYPE};
 
 use crate::ids;
 
@@ -43,7 +43,7 @@ pub fn render_page(categories: &[CategoryLink], current: Option<&str>, area: Mar
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                meta name="htmx-config" content=(PreEscaped(HTMX_CONFIG));
+                meta name="htmx-config" content=(HTMX_CONFIG);
                 title { "cjm — plugin settings" }
                 link rel="stylesheet" href="/static/app.css";
                 script src="/static/htmx.min.js" defer {}

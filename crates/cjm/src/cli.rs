@@ -113,6 +113,13 @@ pub enum Command {
         #[arg(long, value_name = "KEY")]
         unset: Vec<String>,
     },
+    /// Serve the settings web page: categories, plugin details and comparison, configuration
+    /// (validated, saved, hot-applied to loaded plugins), Load/Unload and live status.
+    Ui {
+        /// The address to listen on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8765")]
+        addr: std::net::SocketAddr,
+    },
     /// Show the end of a plugin's log.
     Logs {
         /// The plugin.
