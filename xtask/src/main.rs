@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod python;
 mod tasks;
 
 fn main() -> ExitCode {

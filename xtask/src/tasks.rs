@@ -19,6 +19,9 @@ pub fn test(args: &[String]) -> Result<(), String> {
         "-D",
         "warnings",
     ])?;
+    // The original's Python worker, for the compatibility suite.
+    let python = crate::python::ensure_venv()?;
+    std::env::set_var("CJM_TEST_PYTHON", &python);
     // Build everything first, so the integration tests find every worker binary.
     cargo(&["build", "--workspace", "--all-targets"])?;
     cargo(&["test", "--workspace", "--all-targets"])?;

@@ -143,7 +143,14 @@ impl WorkerClient {
         let body = serde_json::to_vec(config).map_err(internal)?;
         let req = self.post_json(paths::INITIALIZE, body.into(), None)?;
         let resp = self.transport.call(req, deadline).await?;
-        check(&resp).map(drop)
+        check(&resp).map(drop).map_err(|mut e| {
+            // An original worker answers any refusal with a bare 400 `{"detail": ...}`.
+            if self.flavor() == WorkerFlavor::Original {
+                e.category = cjm_core::ErrorCategory::Config;
+                e.retriable = false;
+            }
+            e
+        })
     }
 
     /// `POST /cleanup`, bounded by `deadline`.

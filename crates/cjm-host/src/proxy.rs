@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cjm_core::{
-    Call, CancelOutcome, ChunkStream, ConfigValidator, ErrorCategory, LifecycleAware, Manifest,
-    Output, Plugin, PluginError, PluginExecutionMode, Progress,
+    Call, CallContext, CancelOutcome, ChunkStream, ConfigValidator, ErrorCategory, LifecycleAware,
+    Manifest, Output, Plugin, PluginError, PluginExecutionMode, Progress,
 };
 use futures::StreamExt;
 use serde_json::{Map, Value};
@@ -230,11 +230,26 @@ impl PluginProxy {
         }
     }
 
-    async fn permit(&self) -> Result<OwnedSemaphorePermit, PluginError> {
-        Arc::clone(&self.limit)
-            .acquire_owned()
-            .await
-            .map_err(|_| PluginError::not_loaded(&self.manifest.name))
+    /// A concurrency slot; waiting for one ends early if the call is cancelled or its
+    /// deadline passes.
+    async fn permit(&self, ctx: &CallContext) -> Result<OwnedSemaphorePermit, PluginError> {
+        let acquire = Arc::clone(&self.limit).acquire_owned();
+        let deadline = async {
+            match ctx.deadline() {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            p = acquire => p.map_err(|_| PluginError::not_loaded(&self.manifest.name)),
+            _ = ctx.cancellation().cancelled() => Err(PluginError::cancelled(
+                "the call was cancelled while waiting for a free slot",
+            )),
+            _ = deadline => Err(PluginError::timeout(format!(
+                "the call's deadline passed while waiting for a free slot (plugin `{}` runs at most {} at once)",
+                self.manifest.name, self.max_concurrency
+            ))),
+        }
     }
 
     fn with_default_deadline(&self, mut call: Call) -> Call {
@@ -346,8 +361,8 @@ impl Plugin for PluginProxy {
 
     async fn execute(&self, call: Call) -> Result<Output, PluginError> {
         self.check_enabled()?;
-        let _permit = self.permit().await?;
         let call = self.with_default_deadline(call);
+        let _permit = self.permit(&call.ctx).await?;
         let guard = self.stats.begin();
         let result = match &self.backend {
             Backend::Worker(slot) => match self.worker(slot) {
@@ -362,8 +377,8 @@ impl Plugin for PluginProxy {
 
     async fn execute_stream(&self, call: Call) -> Result<ChunkStream, PluginError> {
         self.check_enabled()?;
-        let permit = self.permit().await?;
         let call = self.with_default_deadline(call);
+        let permit = self.permit(&call.ctx).await?;
         let tracker = StreamTracker::new(Arc::clone(&self.stats), permit);
         match &self.backend {
             Backend::Worker(slot) => {
@@ -381,13 +396,25 @@ impl Plugin for PluginProxy {
             }
             Backend::InProcess(p) => {
                 let stream = p.execute_stream(call).await?;
-                let ok = Arc::clone(&tracker.ok);
-                Ok(Box::pin(stream.inspect(move |item| {
-                    let _keep = &tracker;
-                    if item.is_err() {
-                        ok.store(false, Ordering::Relaxed);
-                    }
-                })))
+                // The tracker (and its permit) goes when the stream ends or is dropped.
+                let mut tracker = Some(tracker);
+                Ok(Box::pin(
+                    stream
+                        .map(Some)
+                        .chain(futures::stream::once(async { None }))
+                        .filter_map(move |item| {
+                            match &item {
+                                Some(Err(_)) => {
+                                    if let Some(t) = &tracker {
+                                        t.ok.store(false, Ordering::Relaxed);
+                                    }
+                                }
+                                None => tracker = None,
+                                Some(Ok(_)) => {}
+                            }
+                            futures::future::ready(item)
+                        }),
+                ))
             }
         }
     }

@@ -27,7 +27,9 @@ pub struct NdjsonStream {
     conn: Option<Conn>,
     cancel: CancelFuture,
     deadline: Option<Pin<Box<Sleep>>>,
-    _guard: Box<dyn Send + Sync>,
+    /// Released as soon as the stream ends (not when it is dropped): it holds the call's
+    /// concurrency permit.
+    guard: Option<Box<dyn Send + Sync>>,
     buf: BytesMut,
     scanned: usize,
     chunks: u64,
@@ -53,7 +55,7 @@ impl NdjsonStream {
             deadline: ctx
                 .deadline()
                 .map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
-            _guard: guard,
+            guard: Some(guard),
             buf: BytesMut::new(),
             scanned: 0,
             chunks: 0,
@@ -65,6 +67,7 @@ impl NdjsonStream {
     fn fail(&mut self, e: PluginError) -> Poll<Option<Result<Value, PluginError>>> {
         self.finished = true;
         self.conn = None;
+        self.guard = None;
         Poll::Ready(Some(Err(e)))
     }
 
@@ -154,6 +157,7 @@ impl Stream for NdjsonStream {
                         ));
                     }
                     this.finished = true;
+                    this.guard = None;
                     if let Some(conn) = this.conn.take() {
                         this.client.transport().give_back(conn);
                     }
