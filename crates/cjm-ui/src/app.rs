@@ -374,7 +374,8 @@ async fn category(State(state): State<AppState>, UrlPath(c): UrlPath<String>) ->
     if state.registry.manager(&c).is_none() {
         return registry_failure(&RegistryError::UnknownCategory(c));
     }
-    page(category_panel(&state, &c, None, None))
+    let nav = crate::page::render_category_nav(&categories(&state), Some(&c), true);
+    page(html! { (category_panel(&state, &c, None, None)) (nav) })
 }
 
 async fn details(

@@ -55,30 +55,43 @@ pub fn render_page(categories: &[CategoryLink], current: Option<&str>, area: Mar
                     span class="text-base-content/70" { "plugin settings" }
                 }
                 div class="container mx-auto p-4 grid gap-4 md:grid-cols-4" {
-                    nav id=(ids::CATEGORY_NAV) class="md:col-span-1" aria-label="Plugin categories" {
-                        h2 class="font-semibold mb-2" { "Categories" }
-                        @if categories.is_empty() {
-                            p class="text-base-content/60" { "No plugins were discovered." }
-                        }
-                        ul class="menu bg-base-100 rounded-box w-full" {
-                            @for c in categories {
-                                @let active = current == Some(c.name.as_str());
-                                @let href = format!("/?category={}", url_encode(&c.name));
-                                li {
-                                    a href=(href) class=[active.then_some("active")]
-                                        aria-current=[active.then_some("page")]
-                                        hx-get={ "/category/" (url_encode(&c.name)) }
-                                        hx-target=(ids::as_selector(ids::PLUGIN_AREA))
-                                        hx-swap="innerHTML" hx-push-url=(href) {
-                                        (c.display_name)
-                                        span class="badge badge-sm" { (c.plugins) }
-                                    }
-                                }
-                            }
-                        }
-                    }
+                    (render_category_nav(categories, current, false))
                     main id=(ids::PLUGIN_AREA) class="md:col-span-3" tabindex="-1" {
                         (area)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The category navigation, `current` marked. With `oob`, marked for an htmx out-of-band swap, so
+/// a category fragment can update the navigation as well.
+pub fn render_category_nav(
+    categories: &[CategoryLink],
+    current: Option<&str>,
+    oob: bool,
+) -> Markup {
+    html! {
+        nav id=(ids::CATEGORY_NAV) class="md:col-span-1" aria-label="Plugin categories"
+            hx-swap-oob=[oob.then_some("true")] {
+            h2 class="font-semibold mb-2" { "Categories" }
+            @if categories.is_empty() {
+                p class="text-base-content/60" { "No plugins were discovered." }
+            }
+            ul class="menu bg-base-100 rounded-box w-full" {
+                @for c in categories {
+                    @let active = current == Some(c.name.as_str());
+                    @let href = format!("/?category={}", url_encode(&c.name));
+                    li {
+                        a href=(href) class=[active.then_some("active")]
+                            aria-current=[active.then_some("page")]
+                            hx-get={ "/category/" (url_encode(&c.name)) }
+                            hx-target=(ids::as_selector(ids::PLUGIN_AREA))
+                            hx-swap="innerHTML" hx-push-url=(href) {
+                            (c.display_name)
+                            span class="badge badge-sm" { (c.plugins) }
+                        }
                     }
                 }
             }

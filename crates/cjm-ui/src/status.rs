@@ -104,7 +104,7 @@ pub fn render_status_panel(
 ) -> Markup {
     let target = ids::as_selector(ids::PLUGIN_STATUS);
     html! {
-        div id=(ids::PLUGIN_STATUS) class="card bg-base-200 mt-4" aria-live="polite" {
+        div id=(ids::PLUGIN_STATUS) class="card bg-base-100 shadow-sm mt-4" aria-live="polite" {
             div class="card-body" {
                 h3 class="card-title" { "Status" }
                 @if let Some(e) = error {
