@@ -1,5 +1,6 @@
 //! The tasks themselves.
 
+use std::path::Path;
 use std::process::Command;
 
 use crate::{cargo, run};
@@ -22,6 +23,8 @@ pub fn test(args: &[String]) -> Result<(), String> {
     // The original's Python worker, for the compatibility suite.
     let python = crate::python::ensure_venv()?;
     std::env::set_var("CJM_TEST_PYTHON", &python);
+    // The settings page's browser test (tests/tests/ui_browser.rs).
+    ensure_chromium()?;
     // Build everything first, so the integration tests find every worker binary.
     cargo(&["build", "--workspace", "--all-targets"])?;
     cargo(&["test", "--workspace", "--all-targets"])?;
@@ -62,4 +65,36 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     ])?;
     let bin = crate::root().join("target/release/cjm-bench");
     run(Command::new(bin).args(args))
+}
+
+/// Debian's headless browser and its WebDriver, which the settings page's browser test drives.
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// Makes sure `/usr/bin/chromium` and `/usr/bin/chromedriver` exist, installing Debian's
+/// `chromium` and `chromium-driver` with apt-get (as root) when either is missing.
+pub fn ensure_chromium() -> Result<(), String> {
+    let present = || Path::new(CHROMIUM).is_file() && Path::new(CHROMEDRIVER).is_file();
+    if present() {
+        eprintln!("\n==> {CHROMIUM} and {CHROMEDRIVER} present");
+        return Ok(());
+    }
+    eprintln!(
+        "\n==> {CHROMIUM} or {CHROMEDRIVER} missing: installing Debian's chromium and chromium-driver"
+    );
+    let hint = "the browser test (tests/tests/ui_browser.rs) needs them: as root, run \
+                `apt-get update && apt-get install -y chromium chromium-driver`";
+    run(Command::new("apt-get").arg("update")).map_err(|e| format!("{e}\nhint: {hint}"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "chromium", "chromium-driver"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .map_err(|e| format!("{e}\nhint: {hint}"))?;
+    if present() {
+        Ok(())
+    } else {
+        Err(format!(
+            "apt-get installed chromium and chromium-driver but {CHROMIUM} or {CHROMEDRIVER} is \
+             still missing\nhint: {hint}"
+        ))
+    }
 }
