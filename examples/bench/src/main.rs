@@ -259,10 +259,10 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
 
     // One 20 000-chunk stream.
     if b.bins.join("transcriber").is_file() {
-        m.load("transcriber", None).await?;
-        let call = Call::new(vec![json!("transcribe")])
-            .kwarg("text", json!("word"))
-            .kwarg("repeat", json!(20_000));
+        m.load("transcriber", Some(json!({"word_delay_ms": 0})))
+            .await?;
+        let call =
+            Call::new(vec![json!("transcribe")]).kwarg("text", json!("word ".repeat(20_000)));
         let t = Instant::now();
         let mut stream = m.execute_stream("transcriber", call).await?;
         let mut n = 0u64;
