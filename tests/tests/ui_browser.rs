@@ -418,6 +418,7 @@ fn settings_page_in_a_real_browser() {
     let state = rt
         .block_on(AppState::from_manager(manager.clone(), &configs))
         .expect("app state");
+    let registry = std::sync::Arc::clone(state.registry());
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
@@ -511,6 +512,19 @@ fn settings_page_in_a_real_browser() {
     b.click("#plugin-status button");
     b.wait_text("#plugin-state", "to become ready", |t| t == "ready");
     assert_eq!(manager.loaded(), ["t"]);
+    // The registry sees it through the host source: state and the worker's pid.
+    let live = rt
+        .block_on(registry.refresh_plugin("test.t"))
+        .expect("refresh")
+        .live
+        .expect("live facts of a loaded plugin");
+    assert_eq!(live.state, "ready");
+    let pid = manager
+        .proxy("t")
+        .expect("proxy")
+        .pid()
+        .expect("worker pid");
+    assert_eq!(live.pids.first(), Some(&pid));
 
     // An invalid value, submitted with Enter: the error appears next to the field.
     b.clear("#cfg-level");

@@ -136,3 +136,72 @@ impl PluginSource for HostCategorySource {
         host_apply(&self.manager, name, config).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::PluginRegistry;
+    use serde_json::json;
+
+    fn manager(dir: &std::path::Path) -> PluginManager {
+        let manifests = dir.join("manifests");
+        std::fs::create_dir_all(&manifests).expect("mkdir");
+        for (name, category) in [("a", "speech"), ("b", "speech"), ("c", "vision")] {
+            let m = json!({"name": name, "version": "1.0.0", "category": category,
+                           "command": "/bin/true", "config_schema": {"type": "object"}});
+            std::fs::write(manifests.join(format!("{name}.json")), m.to_string()).expect("write");
+        }
+        PluginManager::builder()
+            .search_paths([manifests])
+            .data_dir(dir.join("data"))
+            .build()
+            .expect("manager")
+    }
+
+    fn names(m: &[Manifest]) -> Vec<&str> {
+        m.iter().map(|m| m.name.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn host_sources_list_and_filter_unloaded_plugins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manager = manager(dir.path());
+        let all: &dyn PluginSource = &manager;
+        assert_eq!(names(&all.discovered()), ["a", "b", "c"]);
+        assert_eq!(
+            names(&all.discover().await.expect("discover")),
+            ["a", "b", "c"]
+        );
+        assert_eq!(all.live_facts("a").await, None, "not loaded");
+        assert!(!all.apply_config("a", json!({})).await.expect("apply"));
+
+        let speech = HostCategorySource::new(manager.clone(), "speech");
+        assert_eq!(speech.category(), "speech");
+        assert_eq!(names(&speech.discovered()), ["a", "b"]);
+        assert_eq!(
+            names(&speech.discover().await.expect("discover")),
+            ["a", "b"]
+        );
+        assert_eq!(speech.live_facts("c").await, None, "not of this category");
+        assert!(!speech.apply_config("c", json!({})).await.expect("apply"));
+
+        let registry = PluginRegistry::new(dir.path().join("configs")).expect("registry");
+        for c in manager.discovered_categories() {
+            let source = Arc::new(HostCategorySource::new(manager.clone(), c.clone()));
+            registry
+                .register_plugin_manager(&c, source, None, false)
+                .await
+                .expect("register");
+        }
+        let ids: Vec<String> = registry.plugins().iter().map(|p| p.unique_id()).collect();
+        assert_eq!(ids, ["speech.a", "speech.b", "vision.c"]);
+        // Not loaded: saved, nothing to apply to.
+        let cfg = json!({"x": 1}).as_object().cloned().unwrap_or_default();
+        assert!(!registry
+            .save_and_apply_plugin_config("vision.c", &cfg)
+            .await
+            .expect("save"));
+    }
+}
