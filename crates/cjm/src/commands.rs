@@ -15,8 +15,6 @@ use serde_json::{json, Map, Value};
 use crate::cli::{CallArgs, Cli, Command, SchedulerKind};
 use crate::output::{self, note, report};
 
-#[path = "ui.rs"]
-mod ui;
 
 /// Exit code for a bad command line.
 const USAGE: u8 = 2;
@@ -59,7 +57,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Info { name, json } => ctx.info(&name, json).await,
         Command::Config { name, set, unset } => ctx.config(&name, set, unset).await,
         Command::Logs { name, lines } => ctx.logs(&name, lines),
-        Command::Ui { addr } => Ok(ui::run(&ctx.manager, &ctx.data_dir, addr).await?),
+        Command::Ui { addr } => Ok(crate::ui::run(&ctx.manager, &ctx.data_dir, addr).await?),
     }
 }
 

@@ -150,19 +150,26 @@ async fn run() -> Result<(), PluginError> {
     }
     println!("    {chunks} chunks");
 
-    step(6, "Configuration: schema, update, rejected update");
-    let name = names[0];
+    step(6, "Configuration: schema, hot update, rejected update");
+    let name = if manager.loaded().contains(&"transcriber".to_owned()) {
+        "transcriber"
+    } else {
+        names[0]
+    };
     let schema = manager.config_schema(name)?;
-    println!("    schema of {name}: {}", schema);
+    println!("    schema of {name}: {schema}");
     println!("    config in force: {}", manager.config(name)?);
-    match manager
-        .update_config(name, json!({"no_such_setting": true}))
-        .await
-    {
-        Ok(()) => println!("    (the plugin accepted an unknown setting)"),
-        Err(e) => println!("    refused as expected: {e}"),
+    if name == "transcriber" {
+        manager
+            .update_config(name, json!({"language": "de", "word_delay_ms": 5}))
+            .await?;
+        println!("    updated hot (same process): {}", manager.config(name)?);
+        match manager.update_config(name, json!({"language": "xx"})).await {
+            Ok(()) => println!("    (unexpected: the plugin accepted language xx)"),
+            Err(e) => println!("    refused as expected: {e}"),
+        }
+        println!("    config still in force: {}", manager.config(name)?);
     }
-    println!("    config still in force: {}", manager.config(name)?);
 
     step(7, "Stats");
     for n in manager.loaded() {
