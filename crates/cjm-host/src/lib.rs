@@ -49,11 +49,11 @@ pub use cjm_core::{
 };
 pub use discovery::{default_data_dir, default_search_paths, DiscoveredPlugin};
 pub use manager::{LoadResults, ManagerBuilder, PluginManager, DEFAULT_NATIVE_CONCURRENCY};
-pub use proxy::PluginProxy;
 pub use monitor::{
     FakeMonitor, GpuProcess, GpuReading, HostMonitor, PluginResourceUsage, SystemMonitor,
     SystemSnapshot,
 };
+pub use proxy::PluginProxy;
 pub use scheduler::{
     Admission, EvictionCandidate, Grant, Ledger, PermissiveScheduler, Phase, QueueScheduler,
     Reservation, ResourceContext, SafetyScheduler, Scheduler,
