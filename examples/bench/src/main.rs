@@ -83,6 +83,9 @@ async fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("bench failed: {e}");
+            for l in &e.details.last_log_lines {
+                eprintln!("    {l}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -302,7 +305,7 @@ async fn python_rtt(b: &Bench) -> Result<Option<f64>, PluginError> {
     }
     let dir = b.scratch.path().join("py");
     std::fs::create_dir_all(&dir).map_err(io)?;
-    let m = json!({"name": "py-echo", "python_path": python, "module": "cjm_test_plugins.echo",
+    let m = json!({"name": "py-echo", "python_path": python, "module": "cjm_test_plugins.plugins",
                    "class": "EchoPlugin", "env_vars": {"PYTHONPATH": plugins}});
     std::fs::write(dir.join("py-echo.json"), m.to_string()).map_err(io)?;
     let manager = PluginManager::builder()

@@ -94,10 +94,14 @@ impl Worker for Transcriber {
         let segments = stream::iter(words.into_iter().enumerate()).then(move |(i, word)| {
             let ctx = ctx.clone();
             async move {
-                ctx.cancellation()
-                    .run_until_cancelled(tokio::time::sleep(delay))
-                    .await
-                    .ok_or_else(|| PluginError::cancelled("transcription cancelled"))?;
+                // A zero-length sleep still waits for the next timer tick (about 1 ms).
+                if !delay.is_zero() {
+                    ctx.cancellation()
+                        .run_until_cancelled(tokio::time::sleep(delay))
+                        .await
+                        .ok_or_else(|| PluginError::cancelled("transcription cancelled"))?;
+                }
+                ctx.check_cancelled()?;
                 ctx.report_progress((i + 1) as f64 / total, format!("word {}", i + 1));
                 Ok(json!({ "index": i, "word": word, "language": config.language }))
             }
