@@ -17,7 +17,10 @@ use tokio::time::Instant;
 use tokio_util::sync::DropGuard;
 
 /// How many NDJSON lines may wait for a slow reader before the plugin's stream is paused.
-pub(crate) const STREAM_BUFFER: usize = 16;
+pub(crate) const STREAM_BUFFER: usize = 256;
+
+/// Lines already produced are joined into frames of up to this many bytes.
+const BATCH_BYTES: usize = 64 * 1024;
 
 /// A response body.
 #[derive(Debug)]
@@ -55,7 +58,22 @@ impl http_body::Body for Body {
         match self.get_mut() {
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Self::Parts(q) => Poll::Ready(q.pop_front().map(|b| Ok(Frame::data(b)))),
-            Self::Stream { rx, .. } => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+            Self::Stream { rx, .. } => rx.poll_recv(cx).map(|o| {
+                o.map(|first| {
+                    // Send every line already waiting in one frame: one write instead of one
+                    // per line when the plugin produces faster than the socket drains.
+                    let mut batch: Option<bytes::BytesMut> = None;
+                    while batch.as_ref().map_or(first.len(), |b| b.len()) < BATCH_BYTES {
+                        match rx.try_recv() {
+                            Ok(next) => batch
+                                .get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
+                                .extend_from_slice(&next),
+                            Err(_) => break,
+                        }
+                    }
+                    Ok(Frame::data(batch.map_or(first, bytes::BytesMut::freeze)))
+                })
+            }),
         }
     }
 
