@@ -15,7 +15,6 @@ use serde_json::{json, Map, Value};
 use crate::cli::{CallArgs, Cli, Command, SchedulerKind};
 use crate::output::{self, note, report};
 
-
 /// Exit code for a bad command line.
 const USAGE: u8 = 2;
 
