@@ -1,0 +1,1674 @@
+//! `conformance`: the protocol v1 conformance suite (`PROTOCOL.md`), run against every sample
+//! plugin worker and against the original's Python worker. `cargo xtask test-plugins` builds
+//! the workers and runs it.
+//!
+//! ```text
+//! conformance [--bin-dir DIR] [--templates DIR] [--manifests-out DIR]
+//!             [--python PATH] [--pythonpath DIR] [--no-python] [--only NAME[,NAME...]]
+//! ```
+//!
+//! - `--bin-dir`: where the sample workers are (default: this program's directory).
+//! - `--templates`: the manifest templates (default `examples/sample-plugins/manifests`); each
+//!   `command` has `{bin_dir}` replaced. The generated manifests name the programs started.
+//! - `--manifests-out`: also write the generated manifests there.
+//! - `--python`: a Python with cjm-plugin-system 0.0.28 (default `$CJM_TEST_PYTHON`, else
+//!   `target/py-venv/bin/python`); `--pythonpath`: the test plugins (default `tests/python`).
+//!
+//! The suite speaks raw HTTP/1.1 over the worker's socket, so it checks the wire, not a
+//! client's reading of it. It starts each worker the way the host does: cjm workers get a
+//! listening Unix socket as an inherited descriptor (`CJM_LISTEN_FD`, `CJM_LISTEN_KIND=unix`)
+//! and a bearer token (`CJM_AUTH_TOKEN`); original workers get
+//! `python -m cjm_plugin_system.core.worker --module M --class C --port P`. Checks an original
+//! worker cannot pass by design (auth, typed errors, end lines, frames, …) are `n/a` for it.
+//!
+//! Prints a table (check × worker), the reasons of the failures, and a last line
+//! `N passed, M failed`; exits 1 on any failure, 2 on a usage error.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+/// The bound on any one request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The bound on a worker's start-up (first `/health` answer).
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The bound on a worker's exit after `SIGTERM`.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The JSON body limit of cjm workers (the SDK's default).
+const MAX_JSON_BODY: u64 = 64 << 20;
+/// Every feature of protocol v1.
+const FEATURES: [&str; 6] = [
+    "auth",
+    "typed_errors",
+    "stream_end",
+    "blob_frame",
+    "cancel_on_disconnect",
+    "deadline",
+];
+
+/// The checks, in the order they run and print.
+const CHECKS: [&str; 25] = [
+    "manifest",
+    "health",
+    "stats",
+    "config_schema",
+    "config",
+    "initialize",
+    "init-invalid",
+    "config-kept",
+    "execute",
+    "bad-json",
+    "content-type",
+    "typed-errors",
+    "not-found",
+    "method",
+    "ndjson",
+    "stream-error",
+    "stream-reject",
+    "progress",
+    "cancel-call",
+    "deadline",
+    "auth",
+    "too-large",
+    "frames",
+    "cleanup",
+    "shutdown",
+];
+
+// ---- outcomes ---------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    Pass,
+    Fail(String),
+    NotApplicable,
+}
+
+type Check = Result<(), String>;
+
+fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Check {
+    if cond {
+        Ok(())
+    } else {
+        Err(msg())
+    }
+}
+
+// ---- raw HTTP/1.1 ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Addr {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+enum Conn {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Conn {
+    fn open(addr: &Addr, timeout: Duration) -> std::io::Result<Self> {
+        let conn = match addr {
+            Addr::Unix(p) => Conn::Unix(UnixStream::connect(p)?),
+            Addr::Tcp(a) => Conn::Tcp(TcpStream::connect_timeout(a, timeout)?),
+        };
+        match &conn {
+            Conn::Unix(s) => {
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))?;
+            }
+            Conn::Tcp(s) => {
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))?;
+            }
+        }
+        Ok(conn)
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.read(buf),
+            Conn::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.write(buf),
+            Conn::Tcp(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.flush(),
+            Conn::Tcp(s) => s.flush(),
+        }
+    }
+}
+
+/// A request as it goes on the wire.
+#[derive(Debug, Clone)]
+struct Req {
+    method: &'static str,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    /// A `Content-Length` to declare instead of the body's (the body is then not sent).
+    declared_len: Option<u64>,
+    /// Leave out the worker's bearer token.
+    no_auth: bool,
+    timeout: Duration,
+}
+
+impl Req {
+    fn new(method: &'static str, path: &str) -> Self {
+        Self {
+            method,
+            path: path.to_owned(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            declared_len: None,
+            no_auth: false,
+            timeout: REQUEST_TIMEOUT,
+        }
+    }
+    fn get(path: &str) -> Self {
+        Self::new("GET", path)
+    }
+    fn post(path: &str) -> Self {
+        Self::new("POST", path)
+    }
+    fn json(self, v: &Value) -> Self {
+        self.raw("application/json", v.to_string().into_bytes())
+    }
+    fn raw(mut self, content_type: &str, body: Vec<u8>) -> Self {
+        self.headers
+            .push(("Content-Type".into(), content_type.to_owned()));
+        self.body = body;
+        self
+    }
+    fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn content_type(&self) -> String {
+        self.header("content-type")
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    }
+
+    fn text(&self) -> String {
+        let s = String::from_utf8_lossy(&self.body);
+        if s.chars().count() > 300 {
+            format!("{}…", s.chars().take(300).collect::<String>())
+        } else {
+            s.into_owned()
+        }
+    }
+
+    fn json(&self) -> Result<Value, String> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| format!("the body is not JSON ({e}): {}", self.text()))
+    }
+
+    /// The JSON body of a `200` answer.
+    fn ok_json(&self) -> Result<Value, String> {
+        ensure(self.status == 200, || {
+            format!("status {} (want 200): {}", self.status, self.text())
+        })?;
+        self.json()
+    }
+
+    /// The status must be `status`.
+    fn expect(&self, status: u16) -> Check {
+        ensure(self.status == status, || {
+            format!("status {} (want {status}): {}", self.status, self.text())
+        })
+    }
+}
+
+fn send(addr: &Addr, token: Option<&str>, req: &Req) -> Result<Resp, String> {
+    let mut conn = Conn::open(addr, req.timeout).map_err(|e| format!("cannot connect: {e}"))?;
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n",
+        req.method, req.path
+    );
+    if let (Some(t), false) = (token, req.no_auth) {
+        let _ = write!(head, "Authorization: Bearer {t}\r\n");
+    }
+    for (k, v) in &req.headers {
+        let _ = write!(head, "{k}: {v}\r\n");
+    }
+    let len = req.declared_len.unwrap_or(req.body.len() as u64);
+    if req.method != "GET" || len > 0 {
+        let _ = write!(head, "Content-Length: {len}\r\n");
+    }
+    head.push_str("\r\n");
+    // A worker may answer (and close) before it has read the body: keep going to read that.
+    let wrote = conn.write_all(head.as_bytes()).and_then(|()| {
+        if req.declared_len.is_none() {
+            conn.write_all(&req.body)
+        } else {
+            Ok(())
+        }
+    });
+    let mut raw = Vec::new();
+    let read = conn.read_to_end(&mut raw);
+    if raw.is_empty() {
+        return Err(match (wrote, read) {
+            (_, Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                format!("no answer within {:?}", req.timeout)
+            }
+            (_, Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                format!("no answer within {:?}", req.timeout)
+            }
+            (Err(e), _) => format!("cannot send the request: {e}"),
+            (_, Err(e)) => format!("cannot read the answer: {e}"),
+            _ => "the connection closed without an answer".into(),
+        });
+    }
+    if let Err(e) = read {
+        if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut {
+            return Err(format!("the answer did not end within {:?}", req.timeout));
+        }
+    }
+    parse_response(&raw)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_response(raw: &[u8]) -> Result<Resp, String> {
+    let end = find(raw, b"\r\n\r\n").ok_or("the answer has no complete head")?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "the answer's head is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or("");
+    let status = parts
+        .next()
+        .and_then(|s| s.parse::<u16>().ok())
+        .filter(|_| version.starts_with("HTTP/1."))
+        .ok_or_else(|| format!("bad status line `{status_line}`"))?;
+    let mut headers = Vec::new();
+    for line in lines {
+        let (k, v) = line
+            .split_once(':')
+            .ok_or_else(|| format!("bad header line `{line}`"))?;
+        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    let mut resp = Resp {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    let rest = &raw[end + 4..];
+    let chunked = resp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    resp.body = if chunked {
+        dechunk(rest)?
+    } else if let Some(n) = resp.header("content-length") {
+        let n: usize = n.parse().map_err(|_| format!("bad Content-Length `{n}`"))?;
+        ensure(rest.len() == n, || {
+            format!("Content-Length says {n} bytes, {} came", rest.len())
+        })?;
+        rest.to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok(resp)
+}
+
+/// Decodes a chunked body, refusing a truncated one (no last chunk).
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let eol = find(rest, b"\r\n").ok_or("a chunked body ends without its last chunk")?;
+        let size_text = std::str::from_utf8(&rest[..eol]).map_err(|_| "bad chunk size")?;
+        let size_text = size_text.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| format!("bad chunk size `{size_text}`"))?;
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        ensure(rest.len() >= size + 2, || "a chunk is cut short".into())?;
+        out.extend_from_slice(&rest[..size]);
+        ensure(&rest[size..size + 2] == b"\r\n", || {
+            "a chunk does not end with CRLF".into()
+        })?;
+        rest = &rest[size + 2..];
+    }
+}
+
+// ---- frames ----------------------------------------------------------------------------------
+
+fn encode_frame(json: &Value, blobs: &[&[u8]]) -> Vec<u8> {
+    let header = json!({"json": json, "blobs": blobs.iter().map(|b| b.len()).collect::<Vec<_>>()})
+        .to_string();
+    let mut out =
+        Vec::with_capacity(8 + header.len() + blobs.iter().map(|b| b.len()).sum::<usize>());
+    out.extend_from_slice(b"CJMF");
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for b in blobs {
+        out.extend_from_slice(b);
+    }
+    out
+}
+
+fn decode_frame(body: &[u8]) -> Result<(Value, Vec<Vec<u8>>), String> {
+    ensure(body.len() >= 8 && &body[..4] == b"CJMF", || {
+        "the answer is not a frame (no CJMF magic)".into()
+    })?;
+    let len = u32::from_le_bytes([body[4], body[5], body[6], body[7]]) as usize;
+    let header = body
+        .get(8..8 + len)
+        .ok_or("the frame's header is cut short")?;
+    let header: Value =
+        serde_json::from_slice(header).map_err(|e| format!("the frame's header: {e}"))?;
+    let lens = header["blobs"]
+        .as_array()
+        .ok_or("the frame's header has no `blobs` array")?;
+    let mut at = 8 + len;
+    let mut blobs = Vec::new();
+    for l in lens {
+        let l = l.as_u64().ok_or("a blob length is not a number")? as usize;
+        let b = body.get(at..at + l).ok_or("a blob is cut short")?;
+        blobs.push(b.to_vec());
+        at += l;
+    }
+    ensure(at == body.len(), || {
+        format!("{} bytes after the declared blobs", body.len() - at)
+    })?;
+    Ok((header["json"].clone(), blobs))
+}
+
+// ---- workers ---------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    Cjm,
+    Original,
+}
+
+#[derive(Debug, Clone)]
+enum Launch {
+    /// A cjm worker named by a generated manifest.
+    Native { manifest: PathBuf },
+    /// The original's worker on one of the Python test plugins.
+    Python {
+        python: PathBuf,
+        pythonpath: PathBuf,
+        class: &'static str,
+    },
+}
+
+/// A long call that runs until cancelled (60 s otherwise).
+#[derive(Debug, Clone)]
+struct Long {
+    body: Value,
+    stream: bool,
+}
+
+/// A worker under test and the calls that suit it.
+#[derive(Debug, Clone)]
+struct Profile {
+    name: String,
+    launch: Launch,
+    /// A manifest problem found while generating it.
+    manifest_error: Option<String>,
+    valid_config: Value,
+    call: Value,
+    expect: Option<Value>,
+    stream: Value,
+    /// How many data chunks `stream` yields.
+    chunks: usize,
+    /// A stream that fails after this many chunks.
+    failing_stream: Option<(Value, usize)>,
+    long: Option<Long>,
+    /// `echo` returns the request's blobs.
+    blob_echo: bool,
+}
+
+/// A private 0700 directory, removed on drop.
+struct RunDir(PathBuf);
+
+impl RunDir {
+    fn new(label: &str) -> Result<Self, String> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "cjm-conformance-{}-{}-{label}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running worker: killed (with its process group) and reaped on drop.
+struct Worker {
+    child: Child,
+    pid: u32,
+    addr: Addr,
+    token: Option<String>,
+    flavor: Flavor,
+    /// Responses of a cjm worker without `x-cjm-protocol: 1`.
+    unmarked: AtomicUsize,
+    log: PathBuf,
+    exit: Option<ExitStatus>,
+    // Last: removed after the process is gone.
+    _dir: RunDir,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.exit.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            // Its own process group (setsid): end the group, then the leader for certain.
+            if let Ok(pid) = i32::try_from(self.pid) {
+                // SAFETY: kill(2) takes no pointers.
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+            }
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if filled.is_err() {
+        // Unique enough for a test run.
+        let seed = format!("{:?}{}", Instant::now(), std::process::id());
+        for (i, b) in seed.bytes().enumerate() {
+            bytes[i % 32] ^= b;
+        }
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The child side of the hand-off, as the host does it: own session, parent-death signal,
+/// the listening socket (if any) kept open across `exec`.
+fn isolate(cmd: &mut Command, inherit_fd: Option<i32>) {
+    // SAFETY: only async-signal-safe calls (setsid, prctl, fcntl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            #[cfg(target_os = "linux")]
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(fd) = inherit_fd {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+fn log_file(dir: &Path) -> Result<(PathBuf, Stdio, Stdio), String> {
+    let path = dir.join("worker.log");
+    let f = std::fs::File::create(&path).map_err(|e| format!("cannot create the log: {e}"))?;
+    let g = f
+        .try_clone()
+        .map_err(|e| format!("cannot create the log: {e}"))?;
+    Ok((path, Stdio::from(f), Stdio::from(g)))
+}
+
+impl Worker {
+    fn start(p: &Profile) -> Result<Worker, String> {
+        match &p.launch {
+            Launch::Native { manifest } => Self::start_native(&p.name, manifest),
+            Launch::Python {
+                python,
+                pythonpath,
+                class,
+            } => {
+                let mut last = String::new();
+                for _ in 0..3 {
+                    match Self::start_python(&p.name, python, pythonpath, class) {
+                        Ok(w) => return Ok(w),
+                        Err(e) => last = e,
+                    }
+                }
+                Err(last)
+            }
+        }
+    }
+
+    fn start_native(name: &str, manifest: &Path) -> Result<Worker, String> {
+        let m: Value = std::fs::read(manifest)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .map_err(|e| format!("manifest {}: {e}", manifest.display()))?;
+        let program = m["command"]
+            .as_str()
+            .ok_or_else(|| format!("manifest {}: no `command`", manifest.display()))?;
+        let dir = RunDir::new(name)?;
+        let sock = dir.0.join("w.sock");
+        let listener = UnixListener::bind(&sock)
+            .map_err(|e| format!("cannot bind {}: {e}", sock.display()))?;
+        let fd = listener.as_raw_fd();
+        let token = random_token();
+        let (log, out, err) = log_file(&dir.0)?;
+        let mut cmd = Command::new(program);
+        cmd.env("CJM_LISTEN_FD", fd.to_string())
+            .env("CJM_LISTEN_KIND", "unix")
+            .env("CJM_AUTH_TOKEN", &token)
+            .env("CJM_HOST_PID", std::process::id().to_string())
+            .env("CJM_PLUGIN_NAME", name)
+            .env("CJM_DATA_DIR", dir.0.join("data"))
+            .env("CJM_PLUGIN_DATA_DIR", dir.0.join("data"))
+            .env("CJM_LOG", "warn")
+            .env_remove("CUDA_VISIBLE_DEVICES")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        isolate(&mut cmd, Some(fd));
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {program}: {e}"))?;
+        drop(listener);
+        let mut w = Worker {
+            pid: child.id(),
+            child,
+            addr: Addr::Unix(sock),
+            token: Some(token),
+            flavor: Flavor::Cjm,
+            unmarked: AtomicUsize::new(0),
+            log,
+            exit: None,
+            _dir: dir,
+        };
+        w.wait_ready()?;
+        Ok(w)
+    }
+
+    fn start_python(
+        name: &str,
+        python: &Path,
+        pythonpath: &Path,
+        class: &str,
+    ) -> Result<Worker, String> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let dir = RunDir::new(name)?;
+        let (log, out, err) = log_file(&dir.0)?;
+        let mut cmd = Command::new(python);
+        cmd.args(["-m", "cjm_plugin_system.core.worker", "--module"])
+            .arg("cjm_test_plugins.plugins")
+            .args(["--class", class, "--port", &port.to_string(), "--ppid"])
+            .arg(std::process::id().to_string())
+            .env("PYTHONPATH", pythonpath)
+            .env("CJM_DATA_DIR", dir.0.join("data"))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        isolate(&mut cmd, None);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", python.display()))?;
+        let mut w = Worker {
+            pid: child.id(),
+            child,
+            addr: Addr::Tcp(SocketAddr::from(([127, 0, 0, 1], port))),
+            token: None,
+            flavor: Flavor::Original,
+            unmarked: AtomicUsize::new(0),
+            log,
+            exit: None,
+            _dir: dir,
+        };
+        w.wait_ready()?;
+        Ok(w)
+    }
+
+    /// Polls `/health` until it answers (a process start has no event to wait for).
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let end = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.exit = Some(status);
+                return Err(format!(
+                    "the worker exited at start-up ({status}); log: {}",
+                    self.log_tail()
+                ));
+            }
+            let mut probe = Req::get("/health");
+            probe.timeout = Duration::from_secs(2);
+            if let Ok(r) = self.request(&probe) {
+                if r.status == 200 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > end {
+                return Err(format!(
+                    "no /health answer within {STARTUP_TIMEOUT:?}; log: {}",
+                    self.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
+        if tail.is_empty() {
+            "(empty)".into()
+        } else {
+            tail
+        }
+    }
+
+    fn request(&self, req: &Req) -> Result<Resp, String> {
+        let r = send(&self.addr, self.token.as_deref(), req)?;
+        if self.flavor == Flavor::Cjm && r.header("x-cjm-protocol") != Some("1") {
+            self.unmarked.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(r)
+    }
+
+    fn get(&self, path: &str) -> Result<Resp, String> {
+        self.request(&Req::get(path))
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Result<Resp, String> {
+        self.request(&Req::post(path).json(body))
+    }
+
+    fn is_cjm(&self) -> bool {
+        self.flavor == Flavor::Cjm
+    }
+}
+
+// ---- the checks ------------------------------------------------------------------------------
+
+/// `detail` (a string) and, for cjm workers, a well-formed `cjm_error` of `category`.
+fn error_body(w: &Worker, r: &Resp, category: Option<&str>) -> Check {
+    let v = r.json()?;
+    ensure(v["detail"].is_string(), || {
+        format!("no string `detail` in {v}")
+    })?;
+    if !w.is_cjm() {
+        return Ok(());
+    }
+    let e = &v["cjm_error"];
+    ensure(
+        e["category"].is_string() && e["message"].is_string() && e["retriable"].is_boolean(),
+        || format!("no well-formed `cjm_error` (category, message, retriable) in {v}"),
+    )?;
+    if let Some(c) = category {
+        ensure(e["category"] == c, || {
+            format!("category {} (want {c}) in {v}", e["category"])
+        })?;
+    }
+    Ok(())
+}
+
+fn is_number(v: &Value) -> bool {
+    v.is_number()
+}
+
+fn check_health(w: &Worker) -> Check {
+    let r = w.get("/health")?;
+    let v = r.ok_json()?;
+    ensure(v["status"] == "running", || {
+        format!("status is not \"running\": {v}")
+    })?;
+    ensure(v["pid"].as_u64() == Some(u64::from(w.pid)), || {
+        format!("pid {} is not the worker's {}", v["pid"], w.pid)
+    })?;
+    ensure(v["name"].is_string() && v["version"].is_string(), || {
+        format!("no string name/version: {v}")
+    })?;
+    if w.is_cjm() {
+        ensure(v["protocol"] == 1, || format!("protocol is not 1: {v}"))?;
+        let features: Vec<&str> = v["features"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        for f in FEATURES {
+            ensure(features.contains(&f), || {
+                format!("feature `{f}` missing: {v}")
+            })?;
+        }
+        ensure(v["max_concurrency"].as_u64().is_some_and(|n| n > 0), || {
+            format!("no max_concurrency: {v}")
+        })?;
+        ensure(r.header("x-cjm-protocol") == Some("1"), || {
+            "no `x-cjm-protocol: 1` header".into()
+        })?;
+    } else {
+        ensure(v.get("protocol").is_none(), || {
+            format!("an original worker that claims a protocol: {v}")
+        })?;
+    }
+    Ok(())
+}
+
+fn check_stats(w: &Worker) -> Check {
+    let v = w.get("/stats")?.ok_json()?;
+    ensure(v["pid"].as_u64() == Some(u64::from(w.pid)), || {
+        format!("pid {} is not the worker's", v["pid"])
+    })?;
+    let mut fields = vec!["cpu_percent", "memory_rss_mb"];
+    if w.is_cjm() {
+        fields.extend(["threads", "uptime_s", "calls", "errors", "in_flight"]);
+        let pids = v["descendants"].as_array();
+        ensure(
+            pids.is_some_and(|a| a.iter().all(|p| p.as_u64().is_some())),
+            || format!("`descendants` is not an array of pids: {v}"),
+        )?;
+    }
+    for f in fields {
+        ensure(is_number(&v[f]), || format!("`{f}` is not a number: {v}"))?;
+    }
+    ensure(v["memory_rss_mb"].as_f64().is_some_and(|m| m > 0.0), || {
+        format!("memory_rss_mb is not positive: {v}")
+    })
+}
+
+fn check_schema(w: &Worker) -> Check {
+    let v = w.get("/config_schema")?.ok_json()?;
+    ensure(v.is_object(), || format!("not an object: {v}"))?;
+    if w.is_cjm() {
+        ensure(
+            v.as_object().is_some_and(Map::is_empty) || v["type"] == "object",
+            || format!("neither `{{}}` nor an object schema: {v}"),
+        )?;
+    }
+    Ok(())
+}
+
+fn check_config(w: &Worker) -> Check {
+    let v = w.get("/config")?.ok_json()?;
+    ensure(v.is_object(), || format!("not an object: {v}"))
+}
+
+fn check_initialize(w: &Worker, p: &Profile) -> Check {
+    let v = w.post("/initialize", &p.valid_config)?.ok_json()?;
+    ensure(v == json!({"status": "ok"}), || format!("answer {v}"))
+}
+
+fn check_init_invalid(w: &Worker) -> Check {
+    let r = w.post("/initialize", &json!("not a configuration"))?;
+    if w.is_cjm() {
+        r.expect(422)?;
+        error_body(w, &r, Some("config"))
+    } else {
+        r.expect(400)?;
+        error_body(w, &r, None)
+    }
+}
+
+fn check_config_kept(w: &Worker, before: &Option<Value>) -> Result<Outcome, String> {
+    if !w.is_cjm() {
+        return Ok(Outcome::NotApplicable);
+    }
+    let before = before
+        .as_ref()
+        .ok_or("no /config before the rejected one")?;
+    let after = w.get("/config")?.ok_json()?;
+    ensure(&after == before, || {
+        format!("the rejected configuration changed /config: {before} -> {after}")
+    })?;
+    Ok(Outcome::Pass)
+}
+
+fn check_execute(w: &Worker, p: &Profile) -> Check {
+    let r = w.post("/execute", &p.call)?;
+    let v = r.ok_json()?;
+    if w.is_cjm() {
+        ensure(r.content_type() == "application/json", || {
+            format!("content type `{}`", r.content_type())
+        })?;
+    }
+    if let Some(want) = &p.expect {
+        ensure(&v == want, || format!("result {v} (want {want})"))?;
+    }
+    Ok(())
+}
+
+fn check_bad_json(w: &Worker) -> Check {
+    let r = w.request(&Req::post("/execute").raw("application/json", b"{\"args\": [".to_vec()))?;
+    r.expect(400)?;
+    error_body(w, &r, Some("user_input"))
+}
+
+fn check_content_type(w: &Worker, p: &Profile) -> Check {
+    let r = w.request(&Req::post("/execute").raw("text/plain", p.call.to_string().into_bytes()))?;
+    r.expect(415)?;
+    error_body(w, &r, Some("user_input"))
+}
+
+fn check_typed_errors(w: &Worker) -> Check {
+    // A call the plugin refuses: not an operation name.
+    let r = w.post("/execute", &json!({"args": [42], "kwargs": {}}))?;
+    r.expect(400)?;
+    error_body(w, &r, Some("user_input"))?;
+    let v = r.json()?;
+    ensure(v["cjm_error"]["retriable"] == false, || {
+        format!("a user error marked retriable: {v}")
+    })
+}
+
+fn check_not_found(w: &Worker) -> Check {
+    let r = w.get("/no/such/path")?;
+    r.expect(404)?;
+    error_body(w, &r, None)?;
+    let v = r.json()?;
+    ensure(v["detail"] == "Not Found", || {
+        format!("detail {}", v["detail"])
+    })
+}
+
+fn check_method(w: &Worker) -> Check {
+    let r = w.get("/execute")?;
+    r.expect(405)?;
+    error_body(w, &r, None)?;
+    let v = r.json()?;
+    ensure(v["detail"] == "Method Not Allowed", || {
+        format!("detail {}", v["detail"])
+    })?;
+    let r = w.post("/health", &json!({}))?;
+    r.expect(405)
+}
+
+/// The NDJSON lines of a stream answer: each ends with `\n` and parses.
+fn ndjson_lines(r: &Resp) -> Result<Vec<Value>, String> {
+    ensure(r.content_type() == "application/x-ndjson", || {
+        format!("content type `{}`", r.content_type())
+    })?;
+    let text = std::str::from_utf8(&r.body).map_err(|_| "the stream is not UTF-8")?;
+    ensure(text.is_empty() || text.ends_with('\n'), || {
+        "the last line does not end with \\n".into()
+    })?;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str::<Value>(l)
+                .map_err(|e| format!("line {} is not JSON ({e}): {l}", i + 1))
+        })
+        .collect()
+}
+
+fn is_control(v: &Value) -> bool {
+    v.get("$cjm").is_some()
+}
+
+fn check_ndjson(w: &Worker, p: &Profile) -> Check {
+    let r = w.post("/execute_stream", &p.stream)?;
+    r.expect(200)?;
+    let lines = ndjson_lines(&r)?;
+    let data: Vec<&Value> = lines.iter().filter(|l| !is_control(l)).collect();
+    if w.is_cjm() {
+        let last = lines.last().ok_or("an empty stream (no end line)")?;
+        let want = json!({"$cjm": {"end": {"chunks": data.len()}}});
+        ensure(last == &want, || format!("last line {last} (want {want})"))?;
+        ensure(lines.iter().filter(|l| is_control(l)).count() == 1, || {
+            "control lines besides the end line".into()
+        })?;
+    } else {
+        ensure(data.len() == lines.len(), || {
+            "an original worker sent `$cjm` lines".into()
+        })?;
+    }
+    ensure(data.len() == p.chunks, || {
+        format!("{} chunks (want {})", data.len(), p.chunks)
+    })?;
+    ensure(data.iter().all(|d| d.get("error").is_none()), || {
+        "a data chunk with `error`".into()
+    })
+}
+
+/// The last line of a failed stream: the original's `{"error": msg}`, plus the typed error for
+/// cjm workers; nothing after it.
+fn check_error_line(w: &Worker, last: &Value, category: Option<&str>) -> Check {
+    ensure(last["error"].is_string(), || {
+        format!("the last line is no error line: {last}")
+    })?;
+    if w.is_cjm() {
+        let e = &last["$cjm"]["error"];
+        ensure(
+            e["category"].is_string() && e["message"].is_string(),
+            || format!("no typed error in the error line: {last}"),
+        )?;
+        if let Some(c) = category {
+            ensure(e["category"] == c, || {
+                format!("category {} (want {c})", e["category"])
+            })?;
+        }
+    } else {
+        ensure(last.as_object().is_some_and(|o| o.len() == 1), || {
+            format!("not the original's error line: {last}")
+        })?;
+    }
+    Ok(())
+}
+
+fn check_stream_error(w: &Worker, p: &Profile) -> Result<Outcome, String> {
+    let Some((body, before)) = &p.failing_stream else {
+        return Ok(Outcome::NotApplicable);
+    };
+    let r = w.post("/execute_stream", body)?;
+    r.expect(200)?;
+    let lines = ndjson_lines(&r)?;
+    let (last, data) = lines.split_last().ok_or("an empty stream")?;
+    check_error_line(w, last, None)?;
+    ensure(data.len() == *before, || {
+        format!("{} chunks before the error (want {before})", data.len())
+    })?;
+    ensure(
+        data.iter()
+            .all(|d| !is_control(d) && d.get("error").is_none()),
+        || "a control or error line before the last".into(),
+    )?;
+    Ok(Outcome::Pass)
+}
+
+fn check_stream_reject(w: &Worker) -> Check {
+    let r = w.post("/execute_stream", &json!({"args": [42]}))?;
+    r.expect(400)?;
+    error_body(w, &r, Some("user_input"))
+}
+
+fn check_progress(w: &Worker) -> Check {
+    let v = w.get("/progress")?.ok_json()?;
+    let p = v["progress"]
+        .as_f64()
+        .ok_or_else(|| format!("no number `progress`: {v}"))?;
+    ensure((0.0..=1.0).contains(&p) || p == -1.0, || {
+        format!("progress {p} out of range")
+    })?;
+    ensure(v["message"].is_string(), || {
+        format!("no string `message`: {v}")
+    })?;
+    let v = w.request(&Req::post("/cancel"))?.ok_json()?;
+    ensure(
+        ["cancelled", "not_supported", "error"]
+            .iter()
+            .any(|s| v["status"] == *s),
+        || format!("/cancel answered {v}"),
+    )
+}
+
+/// Starts the long call on a thread; the answer comes back through the handle.
+fn start_long(
+    w: &Worker,
+    long: &Long,
+    extra: &[(&str, &str)],
+) -> std::thread::JoinHandle<Result<Resp, String>> {
+    let path = if long.stream {
+        "/execute_stream"
+    } else {
+        "/execute"
+    };
+    let mut req = Req::post(path).json(&long.body);
+    for (k, v) in extra {
+        req = req.header(k, v);
+    }
+    req.timeout = Duration::from_secs(90);
+    let (addr, token) = (w.addr.clone(), w.token.clone());
+    std::thread::spawn(move || send(&addr, token.as_deref(), &req))
+}
+
+fn join(h: std::thread::JoinHandle<Result<Resp, String>>) -> Result<Resp, String> {
+    h.join()
+        .map_err(|_| "the request thread panicked".to_string())?
+}
+
+fn check_cancel_call(w: &Worker, p: &Profile) -> Result<Outcome, String> {
+    let Some(long) = &p.long else {
+        return Ok(Outcome::NotApplicable);
+    };
+    let idle = w.get("/progress")?.ok_json()?;
+    let call = start_long(w, long, &[]);
+    // Wait for the call to report progress: then it runs in the plugin.
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = w.get("/progress")?.ok_json()?;
+        // Not the idle reading (a previous call's last progress): this call's own.
+        let moved = v["progress"] != idle["progress"] || v["message"] != idle["message"];
+        if moved && v["message"].as_str().is_some_and(|m| !m.is_empty()) {
+            break;
+        }
+        if Instant::now() > end || call.is_finished() {
+            let _ = w.request(&Req::post("/cancel"));
+            let ended = join(call).map(|r| r.text()).unwrap_or_else(|e| e);
+            return Err(format!(
+                "no progress while the call ran (last {v}); the call: {ended}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if w.is_cjm() {
+        // Control endpoints are served while a call runs.
+        w.get("/health")?.expect(200)?;
+    }
+    let cancelled_at = Instant::now();
+    let v = w.request(&Req::post("/cancel"))?.ok_json()?;
+    ensure(v == json!({"status": "cancelled"}), || {
+        format!("/cancel answered {v}")
+    })?;
+    let r = join(call)?;
+    let took = cancelled_at.elapsed();
+    ensure(took < Duration::from_secs(10), || {
+        format!("the call ended {took:?} after /cancel")
+    })?;
+    match (w.is_cjm(), long.stream) {
+        (true, false) => {
+            r.expect(409)?;
+            error_body(w, &r, Some("cancelled"))?;
+        }
+        (true, true) => {
+            r.expect(200)?;
+            let lines = ndjson_lines(&r)?;
+            let last = lines.last().ok_or("an empty stream")?;
+            check_error_line(w, last, Some("cancelled"))?;
+        }
+        (false, _) => {
+            r.expect(200)?;
+            ndjson_lines(&r)?;
+        }
+    }
+    Ok(Outcome::Pass)
+}
+
+fn check_deadline(w: &Worker, p: &Profile) -> Result<Outcome, String> {
+    let Some(long) = p.long.as_ref().filter(|l| !l.stream && w.is_cjm()) else {
+        return Ok(Outcome::NotApplicable);
+    };
+    let started = Instant::now();
+    let r = join(start_long(w, long, &[("x-cjm-timeout-ms", "300")]))?;
+    r.expect(504)?;
+    error_body(w, &r, Some("timeout"))?;
+    let took = started.elapsed();
+    ensure(took < Duration::from_secs(10), || {
+        format!("answered after {took:?}")
+    })?;
+    Ok(Outcome::Pass)
+}
+
+fn check_auth(w: &Worker) -> Check {
+    let mut req = Req::get("/health");
+    req.no_auth = true;
+    let r = w.request(&req)?;
+    r.expect(401)?;
+    error_body(w, &r, None)?;
+    let mut req = Req::get("/health").header("Authorization", "Bearer wrong-token");
+    req.no_auth = true;
+    w.request(&req)?.expect(401)?;
+    let mut req = Req::post("/execute").json(&json!({"args": ["no-such-op"]}));
+    req.no_auth = true;
+    w.request(&req)?.expect(401)?;
+    w.get("/health")?.expect(200)
+}
+
+fn check_too_large(w: &Worker) -> Check {
+    let mut req = Req::post("/execute").raw("application/json", Vec::new());
+    req.declared_len = Some(MAX_JSON_BODY + 1);
+    let r = w.request(&req)?;
+    r.expect(413)?;
+    error_body(w, &r, Some("user_input"))
+}
+
+fn check_frames(w: &Worker, p: &Profile) -> Check {
+    let frame_type = "application/vnd.cjm.frame";
+    if p.blob_echo {
+        let big: Vec<u8> = (0..(1 << 20)).map(|i: u32| (i % 251) as u8).collect();
+        let kwargs = json!({"file": {"$cjm_blob": 0}, "tail": {"$cjm_blob": 1}});
+        let body = encode_frame(
+            &json!({"args": ["echo"], "kwargs": kwargs}),
+            &[&big, b"tail"],
+        );
+        let r = w.request(&Req::post("/execute").raw(frame_type, body))?;
+        r.expect(200)?;
+        ensure(r.content_type() == frame_type, || {
+            format!("answer content type `{}`", r.content_type())
+        })?;
+        let (value, blobs) = decode_frame(&r.body)?;
+        ensure(value == kwargs, || format!("value {value} (want {kwargs})"))?;
+        ensure(
+            blobs.len() == 2 && blobs[0] == big && blobs[1] == b"tail",
+            || format!("{} blobs came back, not the ones sent", blobs.len()),
+        )?;
+    } else {
+        // A frame without blobs is the JSON call in another envelope.
+        let r = w.request(&Req::post("/execute").raw(frame_type, encode_frame(&p.call, &[])))?;
+        let v = r.ok_json()?;
+        if let Some(want) = &p.expect {
+            ensure(&v == want, || format!("result {v} (want {want})"))?;
+        }
+    }
+    // Declared lengths that do not add up are refused.
+    let mut bad = encode_frame(&p.call, &[b"abc"]);
+    bad.truncate(bad.len() - 1);
+    let r = w.request(&Req::post("/execute").raw(frame_type, bad))?;
+    r.expect(400)?;
+    error_body(w, &r, Some("user_input"))
+}
+
+fn check_cleanup(w: &Worker) -> Check {
+    let v = w.request(&Req::post("/cleanup"))?.ok_json()?;
+    ensure(v == json!({"status": "cleaned"}), || format!("answer {v}"))?;
+    w.get("/health")?.expect(200)
+}
+
+fn check_shutdown(w: &mut Worker) -> Check {
+    let pid = i32::try_from(w.pid).map_err(|_| "pid out of range")?;
+    // SAFETY: kill(2) takes no pointers.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        return Err(format!(
+            "cannot signal the worker: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let end = Instant::now() + EXIT_TIMEOUT;
+    let status = loop {
+        match w.child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() > end => {
+                return Err(format!("still running {EXIT_TIMEOUT:?} after SIGTERM"))
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(format!("cannot wait for the worker: {e}")),
+        }
+    };
+    w.exit = Some(status);
+    ensure(!Path::new(&format!("/proc/{}", w.pid)).exists(), || {
+        "the process is still there after exiting".into()
+    })?;
+    if w.is_cjm() {
+        ensure(status.code() == Some(0), || {
+            format!("{status} (want exit status 0); log: {}", w.log_tail())
+        })?;
+    }
+    Ok(())
+}
+
+fn outcome(r: Check) -> Outcome {
+    match r {
+        Ok(()) => Outcome::Pass,
+        Err(e) => Outcome::Fail(e),
+    }
+}
+
+fn cjm_only(w: &Worker, f: impl FnOnce() -> Check) -> Outcome {
+    if w.is_cjm() {
+        outcome(f())
+    } else {
+        Outcome::NotApplicable
+    }
+}
+
+/// Runs every check against one worker, in `CHECKS` order.
+fn run_suite(p: &Profile) -> Vec<Outcome> {
+    let manifest = match (&p.manifest_error, &p.launch) {
+        (Some(e), _) => Outcome::Fail(e.clone()),
+        (None, Launch::Native { .. }) => Outcome::Pass,
+        (None, Launch::Python { .. }) => Outcome::NotApplicable,
+    };
+    let mut w = match Worker::start(p) {
+        Ok(w) => w,
+        Err(e) => {
+            let mut out = vec![manifest];
+            out.extend(
+                CHECKS[1..]
+                    .iter()
+                    .map(|_| Outcome::Fail(format!("the worker did not start: {e}"))),
+            );
+            return out;
+        }
+    };
+    let w_ref = &w;
+    let mut out = vec![
+        manifest,
+        outcome(check_health(w_ref)),
+        outcome(check_stats(w_ref)),
+        outcome(check_schema(w_ref)),
+        outcome(check_config(w_ref)),
+        outcome(check_initialize(w_ref, p)),
+    ];
+    let before = w_ref.get("/config").and_then(|r| r.ok_json()).ok();
+    out.push(outcome(check_init_invalid(w_ref)));
+    out.push(check_config_kept(w_ref, &before).unwrap_or_else(Outcome::Fail));
+    out.push(outcome(check_execute(w_ref, p)));
+    out.push(cjm_only(w_ref, || check_bad_json(w_ref)));
+    out.push(cjm_only(w_ref, || check_content_type(w_ref, p)));
+    out.push(cjm_only(w_ref, || check_typed_errors(w_ref)));
+    out.push(outcome(check_not_found(w_ref)));
+    out.push(outcome(check_method(w_ref)));
+    out.push(outcome(check_ndjson(w_ref, p)));
+    out.push(check_stream_error(w_ref, p).unwrap_or_else(Outcome::Fail));
+    out.push(cjm_only(w_ref, || check_stream_reject(w_ref)));
+    out.push(outcome(check_progress(w_ref)));
+    out.push(check_cancel_call(w_ref, p).unwrap_or_else(Outcome::Fail));
+    out.push(check_deadline(w_ref, p).unwrap_or_else(Outcome::Fail));
+    out.push(cjm_only(w_ref, || check_auth(w_ref)));
+    out.push(cjm_only(w_ref, || check_too_large(w_ref)));
+    out.push(cjm_only(w_ref, || check_frames(w_ref, p)));
+    out.push(outcome(check_cleanup(w_ref)));
+    // Every answer of a cjm worker so far carried `x-cjm-protocol: 1`.
+    let unmarked = w.unmarked.load(Ordering::Relaxed);
+    if unmarked > 0 {
+        if let Some(Outcome::Pass) = out.get(1) {
+            out[1] = Outcome::Fail(format!("{unmarked} answer(s) without `x-cjm-protocol: 1`"));
+        }
+    }
+    out.push(outcome(check_shutdown(&mut w)));
+    debug_assert_eq!(out.len(), CHECKS.len());
+    out
+}
+
+// ---- profiles and manifests ------------------------------------------------------------------
+
+struct Options {
+    bin_dir: PathBuf,
+    templates: PathBuf,
+    manifests_out: Option<PathBuf>,
+    python: Option<PathBuf>,
+    pythonpath: PathBuf,
+    only: Option<Vec<String>>,
+}
+
+const USAGE: &str = "usage: conformance [--bin-dir DIR] [--templates DIR] [--manifests-out DIR] \
+                     [--python PATH] [--pythonpath DIR] [--no-python] [--only NAME[,NAME...]]";
+
+fn workspace_root() -> PathBuf {
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
+    tests.parent().unwrap_or(tests).to_path_buf()
+}
+
+fn parse_args() -> Result<Options, String> {
+    let bin_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let root = workspace_root();
+    let default_python = std::env::var_os("CJM_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/py-venv/bin/python"));
+    let mut o = Options {
+        bin_dir,
+        templates: root.join("examples/sample-plugins/manifests"),
+        manifests_out: None,
+        python: Some(default_python),
+        pythonpath: Path::new(env!("CARGO_MANIFEST_DIR")).join("python"),
+        only: None,
+    };
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        let a = a.to_string_lossy().into_owned();
+        let mut value = || {
+            args.next()
+                .map(PathBuf::from)
+                .ok_or_else(|| format!("{a} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--bin-dir" => o.bin_dir = value()?,
+            "--templates" => o.templates = value()?,
+            "--manifests-out" => o.manifests_out = Some(value()?),
+            "--python" => o.python = Some(value()?),
+            "--pythonpath" => o.pythonpath = value()?,
+            "--no-python" => o.python = None,
+            "--only" => {
+                let v = value()?;
+                o.only = Some(
+                    v.to_string_lossy()
+                        .split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect(),
+                );
+            }
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    Ok(o)
+}
+
+/// The manifest of sample `name`: its template with `{bin_dir}` replaced in `command`.
+/// Checks that it is an object naming `name` and an executable program.
+fn generate_manifest(o: &Options, name: &str) -> Result<Value, String> {
+    let template = o.templates.join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&template)
+        .map_err(|e| format!("cannot read {}: {e}", template.display()))?;
+    let mut m: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{}: not JSON: {e}", template.display()))?;
+    ensure(m["name"] == name, || {
+        format!("{}: `name` is not \"{name}\"", template.display())
+    })?;
+    let command = m["command"]
+        .as_str()
+        .ok_or_else(|| format!("{}: no string `command`", template.display()))?
+        .replace("{bin_dir}", &o.bin_dir.to_string_lossy());
+    let exe = std::fs::metadata(&command)
+        .is_ok_and(|md| md.is_file() && md.permissions().mode() & 0o111 != 0);
+    ensure(exe, || {
+        format!("{command} is not an executable file: run `cargo build -p cjm-sample-plugins`")
+    })?;
+    m["command"] = Value::String(command);
+    Ok(m)
+}
+
+fn profiles(o: &Options, manifest_dir: &Path) -> Vec<Profile> {
+    let native = |name: &str| -> (Launch, Option<String>) {
+        let path = manifest_dir.join(format!("{name}.json"));
+        let written = generate_manifest(o, name).and_then(|m| {
+            let text = serde_json::to_string_pretty(&m).map_err(|e| e.to_string())?;
+            std::fs::write(&path, text + "\n")
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            if let Some(out) = &o.manifests_out {
+                std::fs::create_dir_all(out)
+                    .and_then(|()| std::fs::copy(&path, out.join(format!("{name}.json"))))
+                    .map_err(|e| format!("cannot write to {}: {e}", out.display()))?;
+            }
+            Ok(())
+        });
+        (Launch::Native { manifest: path }, written.err())
+    };
+    let base = |name: &str, (launch, manifest_error): (Launch, Option<String>)| Profile {
+        name: name.to_owned(),
+        launch,
+        manifest_error,
+        valid_config: json!({}),
+        call: json!({}),
+        expect: None,
+        stream: json!({}),
+        chunks: 1,
+        failing_stream: None,
+        long: None,
+        blob_echo: false,
+    };
+    let mut all = Vec::new();
+
+    let mut p = base("echo", native("echo"));
+    p.call = json!({"args": ["echo"], "kwargs": {"text": "héllo", "n": [1, 2]}});
+    p.expect = Some(json!({"text": "héllo", "n": [1, 2]}));
+    p.stream = p.call.clone();
+    p.long = Some(Long {
+        body: json!({"args": ["sleep"], "kwargs": {"seconds": 60}}),
+        stream: false,
+    });
+    p.blob_echo = true;
+    all.push(p);
+
+    let mut p = base("transcriber", native("transcriber"));
+    p.valid_config = json!({"language": "de", "word_delay_ms": 1});
+    p.call = json!({"args": ["transcribe"], "kwargs": {"text": "guten tag"}});
+    p.expect = Some(json!({"text": "guten tag", "language": "de"}));
+    p.stream = json!({"args": ["transcribe"], "kwargs": {"text": "eins zwei drei"}});
+    p.chunks = 3;
+    p.long = Some(Long {
+        body: json!({"args": ["transcribe"], "kwargs": {"text": "wort ".repeat(60_000)}}),
+        stream: true,
+    });
+    all.push(p);
+
+    let mut p = base("config-rich", native("config-rich"));
+    p.valid_config = json!({"name": "conformance", "beam_size": 2, "tags": ["a", "b"], "seed": 7});
+    p.call = json!({"args": ["show"]});
+    p.expect = Some(json!({
+        "name": "conformance", "temperature": 0.7, "beam_size": 2, "verbose": false,
+        "model": "small", "tags": ["a", "b"], "seed": 7
+    }));
+    p.stream = p.call.clone();
+    all.push(p);
+
+    let mut p = base("slow", native("slow"));
+    p.call = json!({"args": ["work"], "kwargs": {"seconds": 0.05, "steps": 5}});
+    p.expect = Some(json!({"seconds": 0.05, "steps": 5}));
+    p.stream = json!({"args": ["work"], "kwargs": {"seconds": 0.03, "steps": 3}});
+    p.chunks = 4;
+    p.failing_stream = Some((
+        json!({"args": ["work"], "kwargs": {"seconds": 0.03, "steps": 3, "fail_at": 2}}),
+        2,
+    ));
+    p.long = Some(Long {
+        body: json!({"args": ["work"], "kwargs": {"seconds": 60, "steps": 600}}),
+        stream: false,
+    });
+    all.push(p);
+
+    let mut p = base("crashy", native("crashy"));
+    p.call = json!({"args": ["pid"]});
+    p.stream = p.call.clone();
+    all.push(p);
+
+    let mut p = base("resources", native("resources"));
+    p.call = json!({"args": ["info"]});
+    p.stream = p.call.clone();
+    all.push(p);
+
+    if let Some(python) = &o.python {
+        let py = |name: &str, class: &'static str| {
+            let manifest_error = (!python.is_file()).then(|| {
+                format!(
+                    "no Python at {}: run `cargo xtask test-plugins` (it creates the venv), \
+                     pass --python, or --no-python",
+                    python.display()
+                )
+            });
+            Profile {
+                launch: Launch::Python {
+                    python: python.clone(),
+                    pythonpath: o.pythonpath.clone(),
+                    class,
+                },
+                ..base(
+                    name,
+                    (
+                        Launch::Native {
+                            manifest: PathBuf::new(),
+                        },
+                        manifest_error,
+                    ),
+                )
+            }
+        };
+        let mut p = py("py-echo", "EchoPlugin");
+        p.call = json!({"args": [1, "two"], "kwargs": {"k": [3]}});
+        p.expect = Some(json!({"args": [1, "two"], "kwargs": {"k": [3]}}));
+        p.stream = p.call.clone();
+        all.push(p);
+
+        let mut p = py("py-stream", "StreamPlugin");
+        p.call = json!({"args": ["x"], "kwargs": {}});
+        p.expect = Some(json!({"args": ["x"], "kwargs": {}}));
+        p.stream = json!({"kwargs": {"text": "a b c"}});
+        p.chunks = 3;
+        p.failing_stream = Some((json!({"kwargs": {"text": "a b c d", "fail_at": 2}}), 2));
+        all.push(p);
+
+        let mut p = py("py-slow", "SlowPlugin");
+        p.call = json!({"kwargs": {"seconds": 0.05}});
+        p.expect = Some(json!({"slept": 0.05}));
+        p.stream = p.call.clone();
+        p.chunks = 2;
+        p.long = Some(Long {
+            body: json!({"kwargs": {"seconds": 60}}),
+            stream: true,
+        });
+        all.push(p);
+    }
+    if let Some(only) = &o.only {
+        all.retain(|p| only.contains(&p.name));
+    }
+    all
+}
+
+// ---- the table -------------------------------------------------------------------------------
+
+fn cell(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Pass => "pass",
+        Outcome::Fail(_) => "FAIL",
+        Outcome::NotApplicable => "n/a",
+    }
+}
+
+fn print_table(profiles: &[Profile], results: &[Vec<Outcome>]) -> (usize, usize) {
+    let first = CHECKS.iter().map(|c| c.len()).max().unwrap_or(5).max(5);
+    let widths: Vec<usize> = profiles.iter().map(|p| p.name.len().max(4)).collect();
+    let mut out = String::new();
+    let _ = write!(out, "{:first$}", "check");
+    for (p, w) in profiles.iter().zip(&widths) {
+        let _ = write!(out, "  {:w$}", p.name);
+    }
+    out.push('\n');
+    let _ = write!(out, "{}", "-".repeat(first));
+    for w in &widths {
+        let _ = write!(out, "  {}", "-".repeat(*w));
+    }
+    out.push('\n');
+    for (i, check) in CHECKS.iter().enumerate() {
+        let _ = write!(out, "{check:first$}");
+        for (r, w) in results.iter().zip(&widths) {
+            let c = r.get(i).map_or("?", cell);
+            let _ = write!(out, "  {c:w$}");
+        }
+        out.push('\n');
+    }
+    let (mut passed, mut failed) = (0, 0);
+    let mut reasons = String::new();
+    for (p, r) in profiles.iter().zip(results) {
+        // A reason shared by several checks (a worker that did not start) is told once.
+        let mut told: Vec<(&str, Vec<&str>)> = Vec::new();
+        for (check, o) in CHECKS.iter().zip(r) {
+            match o {
+                Outcome::Pass => passed += 1,
+                Outcome::Fail(why) => {
+                    failed += 1;
+                    match told.iter_mut().find(|(w, _)| *w == why.as_str()) {
+                        Some((_, checks)) => checks.push(check),
+                        None => told.push((why.as_str(), vec![check])),
+                    }
+                }
+                Outcome::NotApplicable => {}
+            }
+        }
+        for (why, checks) in told {
+            let _ = writeln!(reasons, "  {} / {}: {why}", p.name, checks.join(", "));
+        }
+    }
+    if !reasons.is_empty() {
+        out.push_str("\nfailures:\n");
+        out.push_str(&reasons);
+    }
+    print!("{out}");
+    (passed, failed)
+}
+
+fn main() -> ExitCode {
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let manifests = match RunDir::new("manifests") {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("conformance: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let profiles = profiles(&o, &manifests.0);
+    if profiles.is_empty() {
+        eprintln!("conformance: no worker selected\n{USAGE}");
+        return ExitCode::from(2);
+    }
+    println!(
+        "protocol v1 conformance: {} workers, {} checks each (workers from {})\n",
+        profiles.len(),
+        CHECKS.len(),
+        o.bin_dir.display()
+    );
+    // Workers run side by side, each in its own directory and process group.
+    let results: Vec<Vec<Outcome>> = std::thread::scope(|s| {
+        let handles: Vec<_> = profiles
+            .iter()
+            .map(|p| s.spawn(move || run_suite(p)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    CHECKS
+                        .iter()
+                        .map(|_| Outcome::Fail("the suite's thread panicked".into()))
+                        .collect()
+                })
+            })
+            .collect()
+    });
+    let (passed, failed) = print_table(&profiles, &results);
+    println!("\n{passed} passed, {failed} failed");
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
