@@ -2,6 +2,7 @@
 //!
 //! - `test`: formatting, clippy, every workspace test and doc test, and the suites that need
 //!   outside tools (installed here when missing).
+//! - `test-plugins`: the sample plugins against the protocol conformance suite.
 //! - `demo`: the demo host on the built-in sample plugins.
 //! - `bench`: the performance figures.
 //!
@@ -10,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod plugins;
 mod python;
 mod tasks;
 
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
     };
     let result = match task {
         "test" => tasks::test(rest),
+        "test-plugins" => plugins::test_plugins(rest),
         "demo" => tasks::demo(rest),
         "bench" => tasks::bench(rest),
         "-h" | "--help" | "help" => {
@@ -44,9 +47,11 @@ fn main() -> ExitCode {
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  test     fmt check, clippy -D warnings, all workspace tests and doc tests
-  demo     run the demo host on the built-in sample plugins
-  bench    print the performance figures (release build); --json for one JSON object";
+  test          fmt check, clippy -D warnings, all workspace tests and doc tests, test-plugins
+  test-plugins  build the sample plugins and run the protocol conformance suite against each
+                and against the original's Python worker (prints a table)
+  demo          run the demo host on the built-in sample plugins
+  bench         print the performance figures (release build); --json for one JSON object";
 
 /// The workspace root (the parent of this crate's directory).
 pub fn root() -> PathBuf {

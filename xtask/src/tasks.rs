@@ -29,6 +29,7 @@ pub fn test(args: &[String]) -> Result<(), String> {
     cargo(&["build", "--workspace", "--all-targets"])?;
     cargo(&["test", "--workspace", "--all-targets"])?;
     cargo(&["test", "--workspace", "--doc"])?;
+    crate::plugins::test_plugins(&[])?;
     eprintln!("\nxtask test: all suites passed");
     Ok(())
 }

@@ -1,0 +1,39 @@
+//! `cargo xtask test-plugins`: builds the sample plugins and the conformance suite, makes sure
+//! the original's Python worker is installed, then runs the suite (`tests/src/bin/conformance.rs`)
+//! against every sample worker and the Python worker. The suite prints a table and fails on
+//! any failed check; the generated sample manifests land in `target/sample-plugins/manifests`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::{cargo, root, run};
+
+/// The cargo target directory (`CARGO_TARGET_DIR`, else `target`).
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => root().join(PathBuf::from(d)),
+        _ => root().join("target"),
+    }
+}
+
+/// `cargo xtask test-plugins`.
+pub fn test_plugins(args: &[String]) -> Result<(), String> {
+    if let Some(a) = args.first() {
+        return Err(format!("`test-plugins` takes no arguments, got `{a}`"));
+    }
+    cargo(&["build", "-p", "cjm-sample-plugins"])?;
+    cargo(&["build", "-p", "cjm-tests", "--bin", "conformance"])?;
+    let python = crate::python::ensure_venv()?;
+    let target = target_dir();
+    let bin_dir = target.join("debug");
+    run(Command::new(bin_dir.join("conformance"))
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .arg("--python")
+        .arg(&python)
+        .arg("--manifests-out")
+        .arg(target.join("sample-plugins/manifests")))
+    .map_err(|e| format!("{e}\nthe protocol conformance suite failed (see the table above)"))?;
+    eprintln!("\nxtask test-plugins: every worker conforms");
+    Ok(())
+}
