@@ -446,7 +446,7 @@ impl ResourceContext {
             let allowed: Vec<(u32, i64, u64)> = view
                 .gpu_free
                 .iter()
-                .filter(|(g, _)| req.gpu.map_or(true, |p| p == **g))
+                .filter(|(g, _)| req.gpu.is_none_or(|p| p == **g))
                 .map(|(&g, &free)| (g, free, view.vram_need.get(&g).copied().unwrap_or(0)))
                 .collect();
             // Best fit: the GPU with the least free memory that still fits (ties: lowest
@@ -701,7 +701,7 @@ fn plan(view: &View, needs: &[Need]) -> Option<String> {
         }
         // The GPU needing the least reclaimed wins.
         let missing = need - free;
-        if best.as_ref().map_or(true, |(m, _)| missing < *m) {
+        if best.as_ref().is_none_or(|(m, _)| missing < *m) {
             best = Some((missing, cands[0].plugin.clone()));
         }
     }

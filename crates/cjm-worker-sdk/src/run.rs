@@ -85,6 +85,7 @@ pub fn run_worker<W: Worker>(worker: W, mut options: Options) -> ExitCode {
 
 /// Runs any [`Plugin`] as a worker program (for plugins written against the untyped trait).
 pub fn run_plugin(plugin: Arc<dyn Plugin>, options: Options) -> ExitCode {
+    crate::platform::tune_allocator();
     init_logging();
     let cmd = match CommandLine::parse(std::env::args_os().skip(1)) {
         Ok(c) => c,
