@@ -42,11 +42,23 @@ fn a_host_killed_with_sigkill_leaves_nothing_behind() {
     host.kill().expect("SIGKILL the host");
     host.wait().expect("reap the host");
     let left = wait_gone(&pids, Duration::from_secs(10));
+    let described: Vec<String> = left
+        .iter()
+        .map(|p| {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            format!(
+                "{p}: {} [{}]",
+                String::from_utf8_lossy(&cmd).replace('\0', " "),
+                stat.trim()
+            )
+        })
+        .collect();
     for &p in &left {
         // Do not leak them into the rest of the run, whatever the verdict.
         unsafe_kill(p);
     }
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(left.is_empty(), "left behind: {described:#?}");
 }
 
 fn unsafe_kill(pid: u32) {

@@ -24,7 +24,7 @@ pub fn init_logging() {
     let spec = std::env::var(env::LOG).unwrap_or_default();
     let spec = spec.trim();
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     // A plain level (the usual case) needs no directive parser: lighter at start-up.
@@ -39,6 +39,24 @@ pub fn init_logging() {
             .with_env_filter(EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new("info")))
             .try_init(),
     };
+}
+
+/// Standard error for log lines, where a failed write is dropped silently. When the host dies,
+/// the pipe it read the worker's output from breaks; `tracing-subscriber` reports a failed write
+/// with `eprintln!`, which panics on a broken pipe and would end the worker before it could shut
+/// down and end the plugin's leftover processes.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 /// Fills in what the host passes through the environment: the auth token (then removed from
