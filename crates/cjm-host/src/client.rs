@@ -232,12 +232,13 @@ impl WorkerClient {
         Ok(value.into())
     }
 
-    /// `POST /execute_stream`. The returned stream keeps `guard` alive until it ends or is
-    /// dropped; dropping it early closes the connection (and cancels an original worker's call).
+    /// `POST /execute_stream`. `on_end` runs once when the stream ends (`true` for a clean end)
+    /// or is dropped; dropping it early closes the connection (and cancels an original worker's
+    /// call). If the stream cannot start, `on_end` is dropped without being called.
     pub async fn execute_stream(
         self: &Arc<Self>,
         call: Call,
-        guard: Box<dyn Send + Sync>,
+        on_end: crate::stream::OnEnd,
     ) -> Result<ChunkStream, PluginError> {
         let req = self.execute_request(paths::EXECUTE_STREAM, &call)?;
         let ctx = call.ctx.clone();
@@ -281,7 +282,7 @@ impl WorkerClient {
             resp.into_body(),
             conn,
             ctx,
-            guard,
+            on_end,
         )))
     }
 

@@ -383,33 +383,29 @@ impl Plugin for PluginProxy {
         match &self.backend {
             Backend::Worker(slot) => {
                 let client = self.worker(slot)?;
-                let ok = Arc::clone(&tracker.ok);
-                let stream = client
-                    .execute_stream(call, Box::new(tracker))
+                let on_end = Box::new(move |ok: bool| tracker.finish(ok));
+                client
+                    .execute_stream(call, on_end)
                     .await
-                    .map_err(|e| self.explain(e))?;
-                Ok(Box::pin(stream.inspect(move |item| {
-                    if item.is_err() {
-                        ok.store(false, Ordering::Relaxed);
-                    }
-                })))
+                    .map_err(|e| self.explain(e))
             }
             Backend::InProcess(p) => {
                 let stream = p.execute_stream(call).await?;
-                // The tracker (and its permit) goes when the stream ends or is dropped.
+                // The tracker (and its slot) goes when the stream ends or is dropped.
                 let mut tracker = Some(tracker);
+                let mut failed = false;
                 Ok(Box::pin(
                     stream
                         .map(Some)
                         .chain(futures::stream::once(async { None }))
                         .filter_map(move |item| {
                             match &item {
-                                Some(Err(_)) => {
-                                    if let Some(t) = &tracker {
-                                        t.ok.store(false, Ordering::Relaxed);
+                                Some(Err(_)) => failed = true,
+                                None => {
+                                    if let Some(t) = tracker.take() {
+                                        t.finish(!failed);
                                     }
                                 }
-                                None => tracker = None,
                                 Some(Ok(_)) => {}
                             }
                             futures::future::ready(item)
@@ -505,7 +501,8 @@ impl LifecycleAware for PluginProxy {
 struct StreamTracker {
     stats: Arc<CallStats>,
     started: Instant,
-    ok: Arc<AtomicBool>,
+    /// Set by [`finish`](Self::finish); a tracker dropped without it counts as a failure.
+    ok: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -515,15 +512,19 @@ impl StreamTracker {
         Self {
             stats,
             started: Instant::now(),
-            ok: Arc::new(AtomicBool::new(true)),
+            ok: false,
             _permit: permit,
         }
+    }
+
+    /// Records the outcome and releases the slot.
+    fn finish(mut self, ok: bool) {
+        self.ok = ok;
     }
 }
 
 impl Drop for StreamTracker {
     fn drop(&mut self) {
-        self.stats
-            .end(self.started, self.ok.load(Ordering::Relaxed));
+        self.stats.end(self.started, self.ok);
     }
 }

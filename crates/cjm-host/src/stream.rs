@@ -17,6 +17,9 @@ use tokio::time::Sleep;
 use crate::client::WorkerClient;
 use crate::transport::Conn;
 
+/// What to do when a stream ends: the argument says whether it ended cleanly.
+pub type OnEnd = Box<dyn FnOnce(bool) + Send + Sync>;
+
 /// The owned future of the call's cancellation token.
 type CancelFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -27,9 +30,10 @@ pub struct NdjsonStream {
     conn: Option<Conn>,
     cancel: CancelFuture,
     deadline: Option<Pin<Box<Sleep>>>,
-    /// Released as soon as the stream ends (not when it is dropped): it holds the call's
-    /// concurrency permit.
-    guard: Option<Box<dyn Send + Sync>>,
+    /// Called once, as soon as the stream ends (with `true` for a clean end) or is dropped
+    /// unfinished (with `true`: abandoning a stream is not a failure of the plugin). It releases
+    /// the call's concurrency slot and records the outcome.
+    on_end: Option<OnEnd>,
     buf: BytesMut,
     scanned: usize,
     chunks: u64,
@@ -44,7 +48,7 @@ impl NdjsonStream {
         body: Incoming,
         conn: Conn,
         ctx: CallContext,
-        guard: Box<dyn Send + Sync>,
+        on_end: OnEnd,
     ) -> Self {
         let token = ctx.cancellation().clone();
         Self {
@@ -55,7 +59,7 @@ impl NdjsonStream {
             deadline: ctx
                 .deadline()
                 .map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
-            guard: Some(guard),
+            on_end: Some(on_end),
             buf: BytesMut::new(),
             scanned: 0,
             chunks: 0,
@@ -67,7 +71,9 @@ impl NdjsonStream {
     fn fail(&mut self, e: PluginError) -> Poll<Option<Result<Value, PluginError>>> {
         self.finished = true;
         self.conn = None;
-        self.guard = None;
+        if let Some(f) = self.on_end.take() {
+            f(false);
+        }
         Poll::Ready(Some(Err(e)))
     }
 
@@ -157,7 +163,9 @@ impl Stream for NdjsonStream {
                         ));
                     }
                     this.finished = true;
-                    this.guard = None;
+                    if let Some(f) = this.on_end.take() {
+                        f(true);
+                    }
                     if let Some(conn) = this.conn.take() {
                         this.client.transport().give_back(conn);
                     }
@@ -170,6 +178,9 @@ impl Stream for NdjsonStream {
 
 impl Drop for NdjsonStream {
     fn drop(&mut self) {
+        if let Some(f) = self.on_end.take() {
+            f(true);
+        }
         if !self.finished && tokio::runtime::Handle::try_current().is_ok() {
             // Dropping `conn` and `body` closes the connection: a cjm worker cancels the call.
             self.client.cancel_original();
