@@ -136,15 +136,24 @@ impl FromStr for PluginExecutionMode {
     type Err = UnknownVariant;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| UnknownVariant {
-                kind: "execution mode",
-                value: s.to_owned(),
-                expected: Self::ALL.map(|m| m.as_str()).join(", "),
-            })
+        parse_variant("execution mode", s, Self::ALL, Self::as_str)
     }
+}
+
+/// The variant of `all` whose serialized name is `s`.
+fn parse_variant<T: Copy, const N: usize>(
+    kind: &'static str,
+    s: &str,
+    all: [T; N],
+    name: fn(T) -> &'static str,
+) -> Result<T, UnknownVariant> {
+    all.into_iter()
+        .find(|v| name(*v) == s)
+        .ok_or_else(|| UnknownVariant {
+            kind,
+            value: s.to_owned(),
+            expected: all.map(name).join(", "),
+        })
 }
 
 /// Cloud providers a remote plugin can run on.
@@ -211,14 +220,7 @@ impl FromStr for CloudProviderType {
     type Err = UnknownVariant;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| UnknownVariant {
-                kind: "cloud provider",
-                value: s.to_owned(),
-                expected: Self::ALL.map(|m| m.as_str()).join(", "),
-            })
+        parse_variant("cloud provider", s, Self::ALL, Self::as_str)
     }
 }
 

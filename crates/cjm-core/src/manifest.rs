@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use crate::execution_mode::PluginExecutionMode;
+use crate::schema::json_kind;
 
 /// Start-up timeout when the manifest sets none: generous, because ML plugins load models for
 /// minutes.
@@ -393,17 +394,6 @@ fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_alphanumeric() || c == '_')
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 struct Checker<'a> {
     obj: &'a Map<String, Value>,
     problems: Vec<ManifestProblem>,
@@ -429,7 +419,7 @@ impl<'a> Checker<'a> {
             other => {
                 self.problem(
                     field,
-                    format!("must be a string, found {}", type_name(other)),
+                    format!("must be a string, found {}", json_kind(other)),
                 );
                 None
             }
@@ -450,7 +440,7 @@ impl<'a> Checker<'a> {
         match v.as_f64() {
             Some(x) => Some(x),
             None => {
-                self.problem(field, format!("must be a number, found {}", type_name(v)));
+                self.problem(field, format!("must be a number, found {}", json_kind(v)));
                 None
             }
         }
@@ -462,7 +452,7 @@ fn validate(value: &Value) -> Vec<ManifestProblem> {
     let Value::Object(obj) = value else {
         return vec![ManifestProblem {
             field: String::new(),
-            reason: format!("must be a JSON object, found {}", type_name(value)),
+            reason: format!("must be a JSON object, found {}", json_kind(value)),
         }];
     };
     let mut c = Checker {
@@ -483,7 +473,7 @@ fn validate(value: &Value) -> Vec<ManifestProblem> {
         ),
         Some(other) => c.problem(
             "name",
-            format!("must be a string, found {}", type_name(other)),
+            format!("must be a string, found {}", json_kind(other)),
         ),
     }
 
@@ -531,7 +521,7 @@ fn validate(value: &Value) -> Vec<ManifestProblem> {
         Some(other) => {
             c.problem(
                 "execution_mode",
-                format!("must be a string, found {}", type_name(other)),
+                format!("must be a string, found {}", json_kind(other)),
             );
             None
         }
@@ -572,14 +562,14 @@ fn validate(value: &Value) -> Vec<ManifestProblem> {
                 if !item.is_string() {
                     c.problem(
                         &format!("args[{i}]"),
-                        format!("must be a string, found {}", type_name(item)),
+                        format!("must be a string, found {}", json_kind(item)),
                     );
                 }
             }
         }
         Some(other) => c.problem(
             "args",
-            format!("must be an array of strings, found {}", type_name(other)),
+            format!("must be an array of strings, found {}", json_kind(other)),
         ),
     }
 
@@ -599,14 +589,14 @@ fn validate(value: &Value) -> Vec<ManifestProblem> {
                     Value::String(_) => {}
                     other => c.problem(
                         &field,
-                        format!("must be a string, found {}", type_name(other)),
+                        format!("must be a string, found {}", json_kind(other)),
                     ),
                 }
             }
         }
         Some(other) => c.problem(
             "env_vars",
-            format!("must be an object of strings, found {}", type_name(other)),
+            format!("must be an object of strings, found {}", json_kind(other)),
         ),
     }
 
@@ -626,14 +616,14 @@ fn validate(value: &Value) -> Vec<ManifestProblem> {
                 if !p.is_object() {
                     c.problem(
                         "config_schema.properties",
-                        format!("must be an object, found {}", type_name(p)),
+                        format!("must be an object, found {}", json_kind(p)),
                     );
                 }
             }
         }
         Some(other) => c.problem(
             "config_schema",
-            format!("must be a JSON Schema object, found {}", type_name(other)),
+            format!("must be a JSON Schema object, found {}", json_kind(other)),
         ),
     }
 
@@ -645,7 +635,7 @@ fn validate(value: &Value) -> Vec<ManifestProblem> {
                 if !v.is_boolean() {
                     c.problem(
                         "resources.requires_gpu",
-                        format!("must be true or false, found {}", type_name(v)),
+                        format!("must be true or false, found {}", json_kind(v)),
                     );
                 }
             }
@@ -666,7 +656,7 @@ fn validate(value: &Value) -> Vec<ManifestProblem> {
         }
         Some(other) => c.problem(
             "resources",
-            format!("must be an object, found {}", type_name(other)),
+            format!("must be an object, found {}", json_kind(other)),
         ),
     }
 

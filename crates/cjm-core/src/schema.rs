@@ -5,6 +5,18 @@ use serde_json::{Map, Value};
 
 use crate::error::{FieldError, PluginError};
 
+/// What kind of JSON value `v` is, for messages: `"a string"`, `"an object"`, `"null"`, …
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// A compiled configuration schema. Compile once (at discovery or load) and validate often.
 pub struct ConfigValidator {
     validator: jsonschema::Validator,

@@ -188,31 +188,7 @@ fn all_stats() -> HashMap<u32, ProcStat> {
 /// any process still in its session or process group (which catches descendants whose parent
 /// died and that were re-parented). Excludes `root` itself and zombies.
 pub fn subtree(root: u32) -> Vec<u32> {
-    let stats = all_stats();
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    for (&pid, s) in &stats {
-        children.entry(s.ppid).or_default().push(pid);
-    }
-    let mut seen = HashSet::new();
-    let mut stack = vec![root];
-    while let Some(p) = stack.pop() {
-        for &c in children.get(&p).into_iter().flatten() {
-            if seen.insert(c) {
-                stack.push(c);
-            }
-        }
-    }
-    for (&pid, s) in &stats {
-        if pid != root && (s.session == root || s.pgrp == root) {
-            seen.insert(pid);
-        }
-    }
-    let mut out: Vec<u32> = seen
-        .into_iter()
-        .filter(|p| stats.get(p).is_some_and(|s| s.state != 'Z'))
-        .collect();
-    out.sort_unstable();
-    out
+    subtrees(&[root]).remove(&root).unwrap_or_default()
 }
 
 /// [`subtree`] of each of `roots`, from one scan of `/proc`.
@@ -227,29 +203,36 @@ pub fn subtrees(roots: &[u32]) -> HashMap<u32, Vec<u32>> {
     }
     roots
         .iter()
-        .map(|&root| {
-            let mut seen = HashSet::new();
-            let mut stack = vec![root];
-            while let Some(p) = stack.pop() {
-                for &c in children.get(&p).into_iter().flatten() {
-                    if seen.insert(c) {
-                        stack.push(c);
-                    }
-                }
-            }
-            for (&pid, s) in &stats {
-                if pid != root && (s.session == root || s.pgrp == root) {
-                    seen.insert(pid);
-                }
-            }
-            let mut out: Vec<u32> = seen
-                .into_iter()
-                .filter(|p| stats.get(p).is_some_and(|s| s.state != 'Z'))
-                .collect();
-            out.sort_unstable();
-            (root, out)
-        })
+        .map(|&root| (root, subtree_in(&stats, &children, root)))
         .collect()
+}
+
+/// The live processes below `root` (by parent link, or still in its session or process group).
+fn subtree_in(
+    stats: &HashMap<u32, ProcStat>,
+    children: &HashMap<u32, Vec<u32>>,
+    root: u32,
+) -> Vec<u32> {
+    let mut seen = HashSet::new();
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        for &c in children.get(&p).into_iter().flatten() {
+            if seen.insert(c) {
+                stack.push(c);
+            }
+        }
+    }
+    for (&pid, s) in stats {
+        if pid != root && (s.session == root || s.pgrp == root) {
+            seen.insert(pid);
+        }
+    }
+    let mut out: Vec<u32> = seen
+        .into_iter()
+        .filter(|p| stats.get(p).is_some_and(|s| s.state != 'Z'))
+        .collect();
+    out.sort_unstable();
+    out
 }
 
 /// Resident memory in MB and CPU ticks of `pids` together.

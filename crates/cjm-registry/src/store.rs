@@ -275,19 +275,8 @@ fn read_config(path: &Path) -> Result<Option<Config>> {
         Value::Object(map) => Ok(Some(map)),
         other => Err(corrupt(format!(
             "expected a JSON object, found {}",
-            json_kind(&other)
+            cjm_core::schema::json_kind(&other)
         ))),
-    }
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
