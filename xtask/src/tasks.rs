@@ -27,7 +27,7 @@ pub fn test(args: &[String]) -> Result<(), String> {
     ensure_chromium()?;
     // Build everything first, so the integration tests find every worker binary.
     cargo(&["build", "--workspace", "--all-targets"])?;
-    cargo(&["test", "--workspace", "--all-targets"])?;
+    cargo(&["test", "--workspace", "--all-targets", "--no-fail-fast"])?;
     cargo(&["test", "--workspace", "--doc"])?;
     crate::plugins::test_plugins(&[])?;
     eprintln!("\nxtask test: all suites passed");

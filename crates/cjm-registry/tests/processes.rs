@@ -239,10 +239,12 @@ fn a_writer_killed_mid_write_leaves_the_old_or_the_new_file() {
         }
         let status = child.kill();
         assert!(!status.success(), "the writer was killed, not finished");
+        // The file is one whole generation (it parsed), and never older than what the writer
+        // reported. It may be newer: the writer keeps saving while its reports wait to be read.
         let after = generation(&store.load(ID).expect("valid JSON").expect("present"));
         assert!(
-            after == last_reported || after == last_reported + 1,
-            "round {round}: file holds generation {after}, last reported {last_reported}"
+            after >= last_reported,
+            "round {round}: file holds generation {after}, older than the reported {last_reported}"
         );
         last_reported = after;
     }
