@@ -348,26 +348,26 @@ impl PluginManager {
     /// Loads the discovered plugin `name` with `config` (completed with the schema's defaults
     /// and validated), waiting until its worker answers and has applied the configuration.
     pub async fn load(&self, name: &str, config: Option<Value>) -> Result<(), PluginError> {
-        let manifest = self
-            .discovered_manifest(name)
-            .ok_or_else(|| {
-                PluginError::not_loaded(name)
-                    .retriable(false)
-                    .with_plugin(name)
-            })
-            .map_err(|mut e| {
-                e.message = format!(
-                    "no plugin `{name}` was discovered (search paths: {})",
-                    self.inner
-                        .search_paths
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                e
-            })?;
+        let manifest = self.require_discovered(name)?;
         self.load_manifest(manifest, config).await
+    }
+
+    /// The discovered manifest of `name`, or a `not_loaded` error naming the search paths.
+    pub fn require_discovered(&self, name: &str) -> Result<Arc<Manifest>, PluginError> {
+        self.discovered_manifest(name).ok_or_else(|| {
+            let paths: Vec<String> = self
+                .inner
+                .search_paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            let mut e = PluginError::not_loaded(name).retriable(false);
+            e.message = format!(
+                "no plugin `{name}` was discovered (search paths: {})",
+                paths.join(", ")
+            );
+            e
+        })
     }
 
     /// Loads a plugin from a manifest that did not come from discovery.

@@ -91,18 +91,7 @@ impl Context {
     }
 
     fn manifest(&self, name: &str) -> Result<Arc<Manifest>, Failure> {
-        self.manager.discovered_manifest(name).ok_or_else(|| {
-            let paths: Vec<String> = self
-                .manager
-                .search_paths()
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect();
-            Failure::Plugin(PluginError::not_loaded(name).retriable(false)).with_message(format!(
-                "no plugin `{name}` was discovered in {}",
-                paths.join(", ")
-            ))
-        })
+        Ok(self.manager.require_discovered(name)?)
     }
 
     async fn registry(&self) -> Result<PluginRegistry, Failure> {
@@ -464,17 +453,5 @@ impl Context {
             println!("{l}");
         }
         Ok(ExitCode::SUCCESS)
-    }
-}
-
-impl Failure {
-    fn with_message(self, msg: String) -> Self {
-        match self {
-            Self::Plugin(mut e) => {
-                e.message = msg;
-                Self::Plugin(e)
-            }
-            other => other,
-        }
     }
 }
