@@ -75,20 +75,18 @@
 //!   runs [`Worker::cleanup`] and exits 0; the worker also exits when the host
 //!   (`CJM_HOST_PID`) is gone.
 //!
-//! Plugins written against the untyped [`Plugin`] trait run with [`run_plugin`]; a server can
-//! also be embedded on a thread of its own with [`Server::spawn`] (tests do this).
+//! How the worker serves is set with [`Options`] builder methods (`main!`'s `key = value`
+//! pairs). Running the process itself (the command line, the listening socket, exit statuses,
+//! the server) is in [`runtime`]: plugins written against the untyped [`Plugin`] trait run with
+//! [`runtime::run_plugin`], and a server can be embedded on a thread of its own with
+//! [`runtime::Server::spawn`] (tests do this).
 
 #![warn(missing_docs)]
 
-mod auth;
-mod listener;
 mod macros;
 mod platform;
-mod run;
+pub mod runtime;
 mod server;
-mod shutdown;
-mod stats;
-mod stream;
 mod worker;
 
 pub use cjm_core as core;
@@ -98,13 +96,7 @@ pub use cjm_core::{
     Output, Plugin, PluginError, Progress,
 };
 
-pub use listener::{CommandLine, ListenAddr, ListenError, Listener, USAGE};
-pub use run::{init_logging, options_from_env, run_plugin, run_worker, EXIT_FAILURE, EXIT_USAGE};
-pub use server::{
-    Options, Server, ServerHandle, DEFAULT_MAX_FRAME_BODY, DEFAULT_MAX_JSON_BODY,
-    DEFAULT_SHUTDOWN_GRACE,
-};
-pub use shutdown::ShutdownReason;
+pub use server::{Options, DEFAULT_MAX_FRAME_BODY, DEFAULT_MAX_JSON_BODY, DEFAULT_SHUTDOWN_GRACE};
 pub use worker::{
     chunks, Args, Command, FromCall, IntoOutput, Kwargs, NoConfig, Typed, WithBlobs, Worker,
 };

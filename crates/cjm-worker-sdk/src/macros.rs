@@ -20,7 +20,7 @@ macro_rules! main {
                 ::core::env!("CARGO_PKG_VERSION"),
             )
             $( .$option($value) )*;
-            $crate::run_worker($worker, options)
+            $crate::runtime::run_worker($worker, options)
         }
     };
 }

@@ -5,7 +5,7 @@ mod common;
 use bytes::Bytes;
 use cjm_core::wire::{self, features, HealthResponse, StatsResponse};
 use cjm_core::{ErrorCategory, PluginError};
-use cjm_worker_sdk::ShutdownReason;
+use cjm_worker_sdk::runtime::ShutdownReason;
 use common::{lines, until, TestServer};
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
@@ -554,6 +554,7 @@ async fn stats_report_the_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_is_required_when_a_token_is_set() {
     let mut s = TestServer::start_with(|o| o.auth_token("s3cret"));
+    s.client.token = Some("s3cret".into());
     let a = s.client.get("/health").await;
     let h: HealthResponse = serde_json::from_slice(&a.body).unwrap();
     assert!(h.has_feature(features::AUTH));

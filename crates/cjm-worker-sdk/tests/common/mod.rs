@@ -7,9 +7,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use cjm_worker_sdk::runtime::{ListenAddr, Listener, Server, ServerHandle, ShutdownReason};
 use cjm_worker_sdk::{
-    async_trait, chunks, CallContext, CancelOutcome, ChunkStream, Command, ErrorCategory,
-    ListenAddr, Listener, Options, PluginError, Server, ServerHandle, WithBlobs, Worker,
+    async_trait, chunks, CallContext, CancelOutcome, ChunkStream, Command, ErrorCategory, Options,
+    PluginError, Typed, WithBlobs, Worker,
 };
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -283,21 +284,19 @@ impl TestServer {
         };
         let options =
             f(Options::new("sdk-test", "1.2.3").max_concurrency(TestWorker::MAX_CONCURRENCY));
-        let token = options.auth_token.clone();
-        let plugin =
-            cjm_worker_sdk::Typed::new(worker, options.name.clone(), options.version.clone());
+        let plugin = Typed::new(worker, "sdk-test", "1.2.3");
         let handle = Server::new(Arc::new(plugin), options)
             .spawn(listener)
             .unwrap();
         Self {
             shared,
-            client: Client { path, token },
+            client: Client { path, token: None },
             handle: Some(handle),
             _dir: dir,
         }
     }
 
-    pub fn shutdown(&mut self) -> cjm_worker_sdk::ShutdownReason {
+    pub fn shutdown(&mut self) -> ShutdownReason {
         self.handle.take().unwrap().shutdown().unwrap()
     }
 }

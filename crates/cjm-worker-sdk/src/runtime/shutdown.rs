@@ -21,7 +21,7 @@ pub enum ShutdownReason {
     Interrupt,
     /// The host process (`CJM_HOST_PID`) is gone.
     HostGone,
-    /// The embedding program asked ([`ServerHandle::shutdown`](crate::ServerHandle::shutdown)).
+    /// The embedding program asked ([`ServerHandle::shutdown`](crate::runtime::ServerHandle::shutdown)).
     Requested,
 }
 

@@ -139,7 +139,7 @@ pub(crate) async fn pump(
                 token.cancel();
                 return PumpEnd::Disconnected;
             }
-            () = crate::server::sleep_until_opt(deadline) => {
+            () = super::calls::sleep_until_opt(deadline) => {
                 token.cancel();
                 break PluginError::timeout("the call's deadline passed during the stream");
             }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use cjm_core::wire::env;
 use cjm_core::Plugin;
 
-use crate::listener::{CommandLine, ListenError, Listener, USAGE};
+use super::listener::{CommandLine, ListenError, Listener, USAGE};
 use crate::server::{Options, Server};
 use crate::worker::{Typed, Worker};
 
@@ -65,19 +65,22 @@ impl std::io::Write for LogWriter {
 pub fn options_from_env(mut options: Options) -> Options {
     if let Ok(token) = std::env::var(env::AUTH_TOKEN) {
         if !token.is_empty() {
-            options.auth_token = Some(token);
+            options = options.auth_token(token);
         }
     }
     std::env::remove_var(env::AUTH_TOKEN);
     if let Ok(pid) = std::env::var(env::HOST_PID) {
         match pid.trim().parse::<u32>() {
-            Ok(p) if p > 0 => options.host_pid = Some(p),
+            Ok(p) if p > 0 => options = options.host_pid(p),
             _ => tracing::warn!("ignoring {}={pid:?}: not a pid", env::HOST_PID),
         }
     }
     if let Ok(n) = std::env::var(env::MAX_CONCURRENCY) {
         match n.trim().parse::<u32>() {
-            Ok(n) if n > 0 => options.max_concurrency = options.max_concurrency.min(n),
+            Ok(n) if n > 0 => {
+                let own = options.max_concurrency;
+                options = options.max_concurrency(own.min(n));
+            }
             _ => tracing::warn!(
                 "ignoring {}={n:?}: not a positive number",
                 env::MAX_CONCURRENCY
@@ -95,8 +98,8 @@ fn usage_error(e: &ListenError) -> ExitCode {
 
 /// Runs a typed [`Worker`] as a worker program: what [`main!`](crate::main) expands to.
 /// The concurrency limit is `W::MAX_CONCURRENCY` (capped by `CJM_MAX_CONCURRENCY`).
-pub fn run_worker<W: Worker>(worker: W, mut options: Options) -> ExitCode {
-    options.max_concurrency = W::MAX_CONCURRENCY.max(1);
+pub fn run_worker<W: Worker>(worker: W, options: Options) -> ExitCode {
+    let options = options.max_concurrency(W::MAX_CONCURRENCY);
     let plugin = Typed::new(worker, options.name.clone(), options.version.clone());
     run_plugin(Arc::new(plugin), options)
 }

@@ -1,0 +1,128 @@
+//! The accept loop: connections on the listening socket are served by hyper (one task each,
+//! every request through [`route::handle`]) until the shutdown signal; then the graceful
+//! shutdown (stop accepting, let calls finish for the grace period, cancel the rest, run the
+//! plugin's cleanup).
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::route;
+use super::state::{lock, State};
+use crate::runtime::{Listener, ShutdownReason};
+
+/// How long cancelled calls get to answer during shutdown.
+const AFTER_CANCEL_WAIT: Duration = Duration::from_millis(250);
+
+enum TokioListener {
+    Unix(tokio::net::UnixListener),
+    Tcp(tokio::net::TcpListener),
+}
+
+enum Accepted {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+/// Serves until `shutdown` resolves, then shuts down gracefully: stops accepting, lets
+/// in-flight calls finish for the grace period, cancels the rest, runs the plugin's cleanup.
+pub(super) async fn serve(
+    state: Arc<State>,
+    listener: Listener,
+    grace: Duration,
+    shutdown: impl Future<Output = ShutdownReason>,
+) -> std::io::Result<ShutdownReason> {
+    let describe = listener.describe();
+    // Keep `listener` (it removes a socket file it created when dropped); serve a clone.
+    let tl = match &listener {
+        Listener::Unix { listener: l, .. } => {
+            let l = l.try_clone()?;
+            l.set_nonblocking(true)?;
+            TokioListener::Unix(tokio::net::UnixListener::from_std(l)?)
+        }
+        Listener::Tcp(l) => {
+            let l = l.try_clone()?;
+            l.set_nonblocking(true)?;
+            TokioListener::Tcp(tokio::net::TcpListener::from_std(l)?)
+        }
+    };
+    tracing::info!(
+        "worker `{}` {} listening on {describe}",
+        state.plugin.name(),
+        state.plugin.version()
+    );
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    let reason = loop {
+        let accepted = tokio::select! {
+            reason = &mut shutdown => break reason,
+            a = async {
+                match &tl {
+                    TokioListener::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+                    TokioListener::Tcp(l) => l.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+                }
+            } => a,
+        };
+        match accepted {
+            Ok(Accepted::Unix(s)) => serve_connection(s, &state, &graceful),
+            Ok(Accepted::Tcp(s)) => {
+                let _ = s.set_nodelay(true);
+                serve_connection(s, &state, &graceful);
+            }
+            Err(e) => {
+                // Out of descriptors and the like: pause instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    tracing::info!("shutting down ({reason}): no longer accepting");
+    drop(tl);
+    drop(listener);
+    let drain = graceful.shutdown();
+    tokio::pin!(drain);
+    if tokio::time::timeout(grace, &mut drain).await.is_err() {
+        let n = lock(&state.calls).len();
+        tracing::warn!("{n} call(s) still running after {grace:?}: cancelling them");
+        state.cancel_all();
+        if tokio::time::timeout(AFTER_CANCEL_WAIT, &mut drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after cancelling; closing them");
+        }
+    }
+    if state.cleaned.load(Ordering::Relaxed) {
+        tracing::debug!("cleanup already done through /cleanup");
+    } else {
+        let p = Arc::clone(&state.plugin);
+        match state.on_plugin(async move { p.cleanup().await }).await {
+            Ok(()) => tracing::info!("plugin cleaned up"),
+            Err(e) => tracing::error!("plugin cleanup failed: {e}"),
+        }
+    }
+    Ok(reason)
+}
+
+/// Serves one connection (HTTP/1.1, keep-alive) on a task of its own, watched by `graceful`.
+fn serve_connection<I>(io: I, state: &Arc<State>, graceful: &GracefulShutdown)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let st = Arc::clone(state);
+    let service = service_fn(move |req| route::handle(Arc::clone(&st), req));
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("connection ended: {e}");
+        }
+    });
+}

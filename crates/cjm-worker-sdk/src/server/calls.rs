@@ -1,0 +1,244 @@
+//! `/execute` and `/execute_stream`. Both start the same way ([`begin`]): decode the request,
+//! register the call (its token for `/cancel`, its progress cell for `/progress`), arm the
+//! disconnect guard; then the plugin side ([`Runner::invoke`]) waits for a concurrency permit
+//! and runs the plugin's method on the plugin runtime, while the request side
+//! ([`Waiter::first_answer`]) waits for its answer until the deadline. They differ only in what
+//! the answer is: the whole result, or the stream's start (the chunks follow as NDJSON).
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use cjm_core::wire::content_types;
+use cjm_core::{Call, CallContext, CancellationToken, Plugin, PluginError, ProgressCell};
+use futures::FutureExt;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tokio_util::sync::DropGuard;
+
+use super::decode::read_call;
+use super::respond::{error, output, respond};
+use super::state::{lock, panicked, shutting_down, State};
+use super::stats::RunningGuard;
+use super::stream::{self, Body, PumpEnd};
+
+/// `POST /execute`: the plugin's result, whole (JSON, or a frame with blobs).
+pub(super) async fn execute(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let (call, waiter, runner) = match begin(&state, req).await {
+        Ok(started) => started,
+        Err(refused) => return refused,
+    };
+    let task = state.plugin_rt.spawn(async move {
+        let result = runner
+            .invoke(|p| async move { p.execute(call).await })
+            .await
+            .map(|(out, _slot)| out);
+        runner.state.stats.finished(result.is_ok());
+        result
+    });
+    let result = waiter.first_answer(task).await;
+    waiter.disconnect.disarm();
+    match result {
+        Ok(out) => output(out),
+        Err(e) => {
+            tracing::debug!("call failed: {e}");
+            error(&e)
+        }
+    }
+}
+
+/// `POST /execute_stream`: `200` once the plugin's stream has started, then one NDJSON line
+/// per chunk and an end (or error) line; a call that fails to start answers a typed error.
+pub(super) async fn execute_stream(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let (call, waiter, runner) = match begin(&state, req).await {
+        Ok(started) => started,
+        Err(refused) => return refused,
+    };
+    let (tx, rx) = mpsc::channel(stream::STREAM_BUFFER);
+    let (start_tx, start_rx) = oneshot::channel::<Result<(), PluginError>>();
+    drop(state.plugin_rt.spawn(async move {
+        let started = runner
+            .invoke(|p| async move { p.execute_stream(call).await })
+            .await;
+        let (chunks, _slot) = match started {
+            Ok(s) => s,
+            Err(e) => {
+                runner.state.stats.finished(false);
+                let _ = start_tx.send(Err(e));
+                return;
+            }
+        };
+        if start_tx.send(Ok(())).is_err() {
+            runner.token.cancel();
+            runner.state.stats.finished(false);
+            return;
+        }
+        let end = stream::pump(chunks, tx, runner.token.clone(), runner.deadline).await;
+        runner.state.stats.finished(end == PumpEnd::Completed);
+    }));
+    match waiter.first_answer(start_rx).await {
+        Ok(()) => respond(
+            StatusCode::OK,
+            content_types::NDJSON,
+            Body::Stream {
+                rx,
+                _guard: waiter.disconnect,
+            },
+        ),
+        Err(e) => {
+            waiter.disconnect.disarm();
+            error(&e)
+        }
+    }
+}
+
+/// The common start of both call endpoints: decodes the request (a refusal counts as a failed
+/// call and is the answer) and registers the call. Gives the call, the request side and the
+/// plugin side.
+async fn begin(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+) -> Result<(Call, Waiter, Runner), Response<Body>> {
+    let r = match read_call(state, req).await {
+        Ok(r) => r,
+        Err(rejection) => {
+            state.stats.finished(false);
+            return Err(rejection.into_response());
+        }
+    };
+    let received = Instant::now();
+    let token = CancellationToken::new();
+    let cell = ProgressCell::default();
+    *lock(&state.latest) = cell.clone();
+    let ctx = CallContext::new()
+        .with_cancel(token.clone())
+        .with_progress(cell)
+        .with_deadline(r.deadline.map(Instant::into_std));
+    let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+    lock(&state.calls).insert(id, token.clone());
+    state.cleaned.store(false, Ordering::Relaxed);
+    let call = Call {
+        args: r.req.args,
+        kwargs: r.req.kwargs,
+        blobs: r.blobs,
+        ctx,
+    };
+    let waiter = Waiter {
+        // Dropped with the request future when the client goes away: cancels the call.
+        disconnect: token.clone().drop_guard(),
+        token: token.clone(),
+        deadline: r.deadline,
+        received,
+    };
+    let runner = Runner {
+        state: Arc::clone(state),
+        token,
+        deadline: r.deadline,
+        _registration: Registration {
+            state: Arc::clone(state),
+            id,
+        },
+    };
+    Ok((call, waiter, runner))
+}
+
+/// The request side of a call.
+struct Waiter {
+    token: CancellationToken,
+    deadline: Option<Instant>,
+    /// When the request was read: the deadline's reference in its error message.
+    received: Instant,
+    /// Cancels the call when dropped; disarmed once the answer is built (or moved into the
+    /// stream body, which the client's going away drops).
+    disconnect: DropGuard,
+}
+
+impl Waiter {
+    /// Waits for the plugin side's first answer (the result, or the stream's start) until the
+    /// deadline, which cancels the call.
+    async fn first_answer<T, E>(
+        &self,
+        answer: impl Future<Output = Result<Result<T, PluginError>, E>>,
+    ) -> Result<T, PluginError> {
+        tokio::select! {
+            r = answer => r.unwrap_or_else(|_| Err(shutting_down())),
+            () = sleep_until_opt(self.deadline) => {
+                self.token.cancel();
+                Err(deadline_passed(self.deadline, self.received))
+            }
+        }
+    }
+}
+
+/// The plugin side of a call, moved onto the plugin runtime; the call stays registered until it
+/// is dropped.
+struct Runner {
+    state: Arc<State>,
+    token: CancellationToken,
+    deadline: Option<Instant>,
+    _registration: Registration,
+}
+
+/// A running call's hold on a concurrency permit and on the `in_flight` count.
+struct Slot {
+    _running: RunningGuard,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Runner {
+    /// Waits for a concurrency permit (a cancelled call stops waiting), then runs `method` on
+    /// the plugin; a panic becomes a `fatal` error. The [`Slot`] returned with the result keeps
+    /// the permit for as long as the caller holds it.
+    async fn invoke<T, F, Fut>(&self, method: F) -> Result<(T, Slot), PluginError>
+    where
+        F: FnOnce(Arc<dyn Plugin>) -> Fut,
+        Fut: Future<Output = Result<T, PluginError>>,
+    {
+        let permit = tokio::select! {
+            biased;
+            () = self.token.cancelled() => {
+                return Err(PluginError::cancelled("the call was cancelled while queued"));
+            }
+            p = Arc::clone(&self.state.permits).acquire_owned() => {
+                p.map_err(|_| shutting_down())?
+            }
+        };
+        let slot = Slot {
+            _running: self.state.stats.running(),
+            _permit: permit,
+        };
+        let fut = method(Arc::clone(&self.state.plugin));
+        match AssertUnwindSafe(fut).catch_unwind().await {
+            Ok(r) => r.map(|v| (v, slot)),
+            Err(payload) => Err(panicked(payload.as_ref())),
+        }
+    }
+}
+
+/// Removes a call from the registry when dropped.
+struct Registration {
+    state: Arc<State>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        lock(&self.state.calls).remove(&self.id);
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+pub(super) async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn deadline_passed(deadline: Option<Instant>, started: Instant) -> PluginError {
+    let ms = deadline.map_or(0, |d| d.saturating_duration_since(started).as_millis());
+    PluginError::timeout(format!("the call's deadline passed ({ms} ms)"))
+}

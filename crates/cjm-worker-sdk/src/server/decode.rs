@@ -1,0 +1,192 @@
+//! Request decoding: the content type, a body read under its size limit, and a call's request
+//! (`ExecuteRequest` from JSON or a frame, blobs, the `x-cjm-timeout-ms` deadline). What is
+//! refused here never reaches the plugin.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use cjm_core::wire::{self, content_types, headers as wire_headers, ExecuteRequest};
+use cjm_core::PluginError;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::respond::error_with;
+use super::state::State;
+use super::stream::Body;
+
+/// How a request body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BodyKind {
+    Json,
+    Frame,
+}
+
+/// A request refused before it reaches the plugin: the status and the typed error.
+#[derive(Debug)]
+pub(super) struct Rejection {
+    status: StatusCode,
+    error: PluginError,
+}
+
+impl Rejection {
+    fn new(status: StatusCode, error: PluginError) -> Self {
+        Self { status, error }
+    }
+
+    pub(super) fn into_response(self) -> Response<Body> {
+        error_with(self.status, &self.error)
+    }
+}
+
+/// The body's encoding from `Content-Type` (none: JSON); `frames`: whether a frame is taken.
+pub(super) fn body_kind(req: &Request<Incoming>, frames: bool) -> Result<BodyKind, Rejection> {
+    let Some(ct) = req.headers().get(CONTENT_TYPE) else {
+        return Ok(BodyKind::Json);
+    };
+    let mime = ct
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime == content_types::JSON || mime.ends_with("+json") {
+        Ok(BodyKind::Json)
+    } else if frames && mime == content_types::FRAME {
+        Ok(BodyKind::Frame)
+    } else {
+        let accepted = if frames {
+            format!("{} or {}", content_types::JSON, content_types::FRAME)
+        } else {
+            content_types::JSON.to_owned()
+        };
+        Err(Rejection::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            PluginError::user_input(format!(
+                "unsupported content type `{mime}`: expected {accepted}"
+            )),
+        ))
+    }
+}
+
+fn too_large(limit: u64) -> Rejection {
+    Rejection::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        PluginError::user_input(format!(
+            "the request body exceeds the limit of {limit} bytes"
+        )),
+    )
+}
+
+/// Reads the whole body, refusing more than `limit` bytes (at once when Content-Length says
+/// so).
+pub(super) async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Bytes, Rejection> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    let mut body = req.into_body();
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            Rejection::new(
+                StatusCode::BAD_REQUEST,
+                PluginError::user_input(format!("could not read the request body: {e}")),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let so_far = first.as_ref().map_or(0, Bytes::len) + buf.len();
+        if (so_far + data.len()) as u64 > limit {
+            return Err(too_large(limit));
+        }
+        // The common single-chunk body is kept as it came, without a copy.
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            None => buf.extend_from_slice(&data),
+            Some(f) => {
+                let want = declared.map_or(0, |n| usize::try_from(n).unwrap_or(0));
+                buf.reserve(want.max(f.len() + data.len()));
+                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| buf.freeze()))
+}
+
+/// A `400` with `msg`.
+pub(super) fn bad_request(msg: String) -> Rejection {
+    Rejection::new(StatusCode::BAD_REQUEST, PluginError::user_input(msg))
+}
+
+/// True for an empty or all-whitespace body (read as `{}`).
+pub(super) fn is_blank(b: &[u8]) -> bool {
+    b.iter().all(u8::is_ascii_whitespace)
+}
+
+/// A call's request: arguments, blobs and deadline.
+pub(super) struct CallRequest {
+    pub(super) req: ExecuteRequest,
+    pub(super) blobs: Vec<Bytes>,
+    pub(super) deadline: Option<Instant>,
+}
+
+/// Decodes the request of `/execute` or `/execute_stream`.
+pub(super) async fn read_call(
+    state: &State,
+    req: Request<Incoming>,
+) -> Result<CallRequest, Rejection> {
+    let deadline = match req.headers().get(wire_headers::TIMEOUT_MS) {
+        None => None,
+        Some(v) => {
+            let ms = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    bad_request(format!(
+                        "{} must be a whole number of milliseconds",
+                        wire_headers::TIMEOUT_MS
+                    ))
+                })?;
+            Some(Instant::now() + Duration::from_millis(ms))
+        }
+    };
+    let kind = body_kind(&req, true)?;
+    let limit = match kind {
+        BodyKind::Json => state.max_json_body,
+        BodyKind::Frame => state.max_frame_body,
+    };
+    let body = read_body(req, limit).await?;
+    let (req, blobs) = match kind {
+        BodyKind::Json if is_blank(&body) => (ExecuteRequest::default(), Vec::new()),
+        BodyKind::Json => {
+            let r = serde_json::from_slice::<ExecuteRequest>(&body)
+                .map_err(|e| bad_request(format!("malformed JSON body: {e}")))?;
+            (r, Vec::new())
+        }
+        BodyKind::Frame => {
+            let (json, blobs) = wire::decode_frame(body)
+                .map_err(|e| bad_request(format!("malformed frame: {e}")))?;
+            let r = serde_json::from_value::<ExecuteRequest>(json)
+                .map_err(|e| bad_request(format!("malformed frame JSON: {e}")))?;
+            (r, blobs)
+        }
+    };
+    Ok(CallRequest {
+        req,
+        blobs,
+        deadline,
+    })
+}
