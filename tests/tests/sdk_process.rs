@@ -1,169 +1,58 @@
 //! The SDK's worker as a real process: socket inheritance, `--listen`, the missing-socket
 //! message, SIGTERM's graceful shutdown with cleanup, and the host's death ending the worker.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use cjm_tests::http::{send, Addr, Req, Resp};
+use cjm_tests::process::{
+    hand_over_listener, running, sigterm, wait_exit_of, worker_command, ChildGuard, KillOnDrop,
+    LISTEN_FD,
+};
+use cjm_tests::scratch_dir;
 use serde_json::{json, Value};
+use tempfile::TempDir;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_sdk-test-worker");
 
-/// A child process that is killed and reaped when dropped, whatever the test's outcome.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// `GET path`, answered.
+fn get(addr: &Addr, path: &str, token: Option<&str>) -> Resp {
+    send(addr, token, &Req::get(path)).unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
-/// A whole HTTP/1.1 answer, read from a `Connection: close` exchange.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
+/// `POST /execute` with `body`, answered.
+fn execute(addr: &Addr, token: Option<&str>, body: Value) -> Resp {
+    send(addr, token, &Req::post("/execute").json(&body))
+        .unwrap_or_else(|e| panic!("POST /execute: {e}"))
 }
 
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
+/// The JSON body, or a failed test.
+fn json_of(r: &Resp) -> Value {
+    r.json().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Where a worker listens.
-#[derive(Clone)]
-enum Addr {
-    Unix(PathBuf),
-    Tcp(std::net::SocketAddr),
-}
-
-/// One request over a fresh connection; the worker closes it after answering.
-fn request(addr: &Addr, method: &str, path: &str, token: Option<&str>, body: &str) -> Answer {
-    let mut text = format!(
-        "{method} {path} HTTP/1.1\r\nhost: worker\r\nconnection: close\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    if let Some(t) = token {
-        text.push_str(&format!("authorization: Bearer {t}\r\n"));
-    }
-    text.push_str("\r\n");
-    text.push_str(body);
-    let mut raw = Vec::new();
-    match addr {
-        Addr::Unix(p) => {
-            let mut s = UnixStream::connect(p).expect("connect");
-            s.write_all(text.as_bytes()).expect("write");
-            s.read_to_end(&mut raw).expect("read");
-        }
-        Addr::Tcp(a) => {
-            let mut s = std::net::TcpStream::connect(a).expect("connect");
-            s.write_all(text.as_bytes()).expect("write");
-            s.read_to_end(&mut raw).expect("read");
-        }
-    }
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&raw)));
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    Answer {
-        status,
-        head,
-        body: raw[split + 4..].to_vec(),
-    }
-}
-
-fn get(addr: &Addr, path: &str, token: Option<&str>) -> Answer {
-    request(addr, "GET", path, token, "")
-}
-
-/// Makes `fd` the child's descriptor 3 (without close-on-exec).
-fn inherit_as_fd3(cmd: &mut Command, fd: RawFd) {
-    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
-    // functions (dup2, fcntl) on descriptors that are open in the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            if fd == 3 {
-                let flags = libc::fcntl(3, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-/// A worker started as the host starts it: listening socket as fd 3, token, env.
-fn spawn_inherited(listen_fd: RawFd, kind: &str, env: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(WORKER);
-    cmd.env("CJM_LISTEN_FD", "3")
-        .env("CJM_LISTEN_KIND", kind)
-        .env("CJM_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+/// A worker started as the host starts it: listening socket handed over, token, env.
+fn spawn_inherited(
+    listener: &impl std::os::fd::AsRawFd,
+    kind: &str,
+    env: &[(&str, &str)],
+) -> ChildGuard {
+    let mut cmd = worker_command(WORKER, listener, kind);
+    cmd.env("CJM_LOG", "warn").stdout(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    inherit_as_fd3(&mut cmd, listen_fd);
-    Proc(cmd.spawn().expect("spawn the worker"))
-}
-
-/// Waits (blocking, up to `limit`) for the exit of `pid`, which need not be our child.
-fn wait_exit_of(pid: u32, limit: Duration) -> bool {
-    // SAFETY: pidfd_open returns a new descriptor or -1; we own and close it.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return true; // Already gone.
-    }
-    let fd = fd as RawFd;
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd; the timeout bounds the wait.
-    let n = unsafe { libc::poll(&mut pfd, 1, limit.as_millis() as libc::c_int) };
-    // SAFETY: closing the descriptor we opened.
-    unsafe { libc::close(fd) };
-    n == 1
-}
-
-/// True while `pid` runs (exists and is not a zombie).
-fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|t| {
-            let i = t.rfind(')')?;
-            t[i + 1..]
-                .split_whitespace()
-                .next()
-                .map(|s| s != "Z" && s != "X")
-        })
-        .unwrap_or(false)
+    ChildGuard(cmd.spawn().expect("spawn the worker"))
 }
 
 /// Waits for an in-flight call to report progress `message` (a readiness signal: the call is
 /// running inside the worker).
 fn until_progress(addr: &Addr, token: Option<&str>, message: &str) {
     for _ in 0..10_000 {
-        if get(addr, "/progress", token).json()["message"] == message {
+        if json_of(&get(addr, "/progress", token))["message"] == message {
             return;
         }
         std::thread::yield_now();
@@ -171,9 +60,32 @@ fn until_progress(addr: &Addr, token: Option<&str>, message: &str) {
     panic!("the call never reported {message:?}");
 }
 
-fn sigterm(pid: u32) {
-    // SAFETY: sending a signal to our own child.
-    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) }, 0);
+/// A worker on an inherited Unix socket in a scratch directory, told to write its marker file
+/// there (`SDK_TEST_MARKER`).
+struct UnixWorker {
+    proc: ChildGuard,
+    addr: Addr,
+    marker: PathBuf,
+    // Last: removed after the process is gone.
+    _dir: TempDir,
+}
+
+fn unix_worker(env: &[(&str, &str)]) -> UnixWorker {
+    let dir = scratch_dir("sdk-process").unwrap();
+    let path = dir.path().join("w.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let marker = dir.path().join("marker");
+    let mut env = env.to_vec();
+    env.push(("SDK_TEST_MARKER", marker.to_str().unwrap()));
+    let proc = spawn_inherited(&listener, "unix", &env);
+    // The worker has its own copy; the socket already accepts, so there is nothing to wait for.
+    drop(listener);
+    UnixWorker {
+        proc,
+        addr: Addr::Unix(path),
+        marker,
+        _dir: dir,
+    }
 }
 
 fn marker_text(p: &Path) -> String {
@@ -182,57 +94,35 @@ fn marker_text(p: &Path) -> String {
 
 #[test]
 fn an_inherited_unix_socket_with_auth_and_a_concurrency_cap() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("w.sock");
-    let listener = UnixListener::bind(&path).unwrap();
-    let marker = dir.path().join("marker");
-    let mut w = spawn_inherited(
-        listener.as_raw_fd(),
-        "unix",
-        &[
-            ("CJM_AUTH_TOKEN", "t0ken"),
-            ("CJM_MAX_CONCURRENCY", "1"),
-            ("SDK_TEST_MARKER", marker.to_str().unwrap()),
-        ],
-    );
-    // The worker has its own copy; the socket already accepts, so there is nothing to wait for.
-    drop(listener);
-    let addr = Addr::Unix(path.clone());
+    let mut uw = unix_worker(&[("CJM_AUTH_TOKEN", "t0ken"), ("CJM_MAX_CONCURRENCY", "1")]);
+    let (w, addr, marker) = (&mut uw.proc, uw.addr.clone(), uw.marker.clone());
     let a = get(&addr, "/health", Some("t0ken"));
     assert_eq!(a.status, 200, "{a:?}");
-    assert!(a.head.to_ascii_lowercase().contains("x-cjm-protocol: 1"));
-    let h = a.json();
-    assert_eq!(h["pid"], w.0.id());
+    assert_eq!(a.header("x-cjm-protocol"), Some("1"));
+    let h = json_of(&a);
+    assert_eq!(h["pid"], w.id());
     assert_eq!(h["name"], "sdk-test-worker");
     assert_eq!(h["max_concurrency"], 1, "min(plugin's 4, host's 1)");
     assert!(h["features"].as_array().unwrap().contains(&json!("auth")));
     assert_eq!(get(&addr, "/health", None).status, 401);
     assert_eq!(get(&addr, "/health", Some("nope")).status, 401);
-    let a = request(
+    let a = execute(
         &addr,
-        "POST",
-        "/execute",
         Some("t0ken"),
-        r#"{"args": ["echo"], "kwargs": {"k": "v"}}"#,
+        json!({"args": ["echo"], "kwargs": {"k": "v"}}),
     );
-    assert_eq!(a.json(), json!({"k": "v"}));
+    assert_eq!(json_of(&a), json!({"k": "v"}));
     // Programs the plugin starts inherit neither the token nor the listening socket.
-    let a = request(
-        &addr,
-        "POST",
-        "/execute",
-        Some("t0ken"),
-        r#"{"args": ["spawn_child"]}"#,
-    );
-    let child = a.json().as_u64().expect("child pid") as u32;
+    let a = execute(&addr, Some("t0ken"), json!({"args": ["spawn_child"]}));
+    let child = json_of(&a).as_u64().expect("child pid") as u32;
     let environ = std::fs::read(format!("/proc/{child}/environ")).unwrap();
     let environ = String::from_utf8_lossy(&environ);
     assert!(!environ.contains("CJM_AUTH_TOKEN"), "{environ}");
     assert!(!environ.contains("CJM_LISTEN_FD"), "{environ}");
-    assert!(!Path::new(&format!("/proc/{child}/fd/3")).exists());
+    assert!(!Path::new(&format!("/proc/{child}/fd/{LISTEN_FD}")).exists());
 
-    sigterm(w.0.id());
-    let status = w.0.wait().unwrap();
+    sigterm(w.id()).expect("SIGTERM");
+    let status = w.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     assert_eq!(marker_text(&marker), "cleanup\n");
     // The worker ended its child on the way out.
@@ -243,13 +133,13 @@ fn an_inherited_unix_socket_with_auth_and_a_concurrency_cap() {
 fn an_inherited_tcp_socket() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = Addr::Tcp(listener.local_addr().unwrap());
-    let mut w = spawn_inherited(listener.as_raw_fd(), "tcp", &[]);
+    let mut w = spawn_inherited(&listener, "tcp", &[]);
     drop(listener);
-    let h = get(&addr, "/health", None).json();
-    assert_eq!(h["pid"], w.0.id());
+    let h = json_of(&get(&addr, "/health", None));
+    assert_eq!(h["pid"], w.id());
     assert!(!h["features"].as_array().unwrap().contains(&json!("auth")));
-    sigterm(w.0.id());
-    assert_eq!(w.0.wait().unwrap().code(), Some(0));
+    sigterm(w.id()).expect("SIGTERM");
+    assert_eq!(w.wait().unwrap().code(), Some(0));
 }
 
 #[test]
@@ -273,9 +163,9 @@ fn without_a_socket_the_worker_explains_and_exits_2() {
 
 #[test]
 fn listen_flag_for_runs_by_hand() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch_dir("sdk-process").unwrap();
     let path = dir.path().join("hand.sock");
-    let mut w = Proc(
+    let mut w = ChildGuard(
         Command::new(WORKER)
             .arg("--listen")
             .arg(format!("unix:{}", path.display()))
@@ -287,7 +177,7 @@ fn listen_flag_for_runs_by_hand() {
             .unwrap(),
     );
     // Readiness: the log line the worker writes once it listens.
-    let mut err = BufReader::new(w.0.stderr.take().unwrap());
+    let mut err = BufReader::new(w.stderr.take().unwrap());
     let mut line = String::new();
     loop {
         line.clear();
@@ -301,83 +191,49 @@ fn listen_flag_for_runs_by_hand() {
     }
     let addr = Addr::Unix(path.clone());
     assert_eq!(get(&addr, "/health", None).status, 200);
-    sigterm(w.0.id());
-    assert_eq!(w.0.wait().unwrap().code(), Some(0));
+    sigterm(w.id()).expect("SIGTERM");
+    assert_eq!(w.wait().unwrap().code(), Some(0));
     assert!(!path.exists(), "the socket file is removed on exit");
 }
 
 #[test]
 fn sigterm_lets_a_running_call_finish_then_cleans_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("w.sock");
-    let listener = UnixListener::bind(&path).unwrap();
-    let marker = dir.path().join("marker");
-    let mut w = spawn_inherited(
-        listener.as_raw_fd(),
-        "unix",
-        &[
-            ("SDK_TEST_MARKER", marker.to_str().unwrap()),
-            ("SDK_TEST_GRACE_MS", "60000"),
-        ],
-    );
-    drop(listener);
-    let addr = Addr::Unix(path);
+    let mut uw = unix_worker(&[("SDK_TEST_GRACE_MS", "60000")]);
+    let (w, addr, marker) = (&mut uw.proc, uw.addr.clone(), uw.marker.clone());
     let a2 = addr.clone();
     let call = std::thread::spawn(move || {
-        request(
+        execute(
             &a2,
-            "POST",
-            "/execute",
             None,
-            r#"{"args": ["sleep_ms"], "kwargs": {"ms": 300}}"#,
+            json!({"args": ["sleep_ms"], "kwargs": {"ms": 300}}),
         )
     });
     until_progress(&addr, None, "sleeping");
-    sigterm(w.0.id());
+    sigterm(w.id()).expect("SIGTERM");
     let a = call.join().unwrap();
-    assert_eq!((a.status, a.json()), (200, json!({"slept_ms": 300})));
-    assert_eq!(w.0.wait().unwrap().code(), Some(0));
+    assert_eq!((a.status, json_of(&a)), (200, json!({"slept_ms": 300})));
+    assert_eq!(w.wait().unwrap().code(), Some(0));
     assert_eq!(marker_text(&marker), "cleanup\n");
 }
 
 #[test]
 fn sigterm_cancels_calls_still_running_after_the_grace_period() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("w.sock");
-    let listener = UnixListener::bind(&path).unwrap();
-    let marker = dir.path().join("marker");
-    let mut w = spawn_inherited(
-        listener.as_raw_fd(),
-        "unix",
-        &[
-            ("SDK_TEST_MARKER", marker.to_str().unwrap()),
-            ("SDK_TEST_GRACE_MS", "100"),
-        ],
-    );
-    drop(listener);
-    let addr = Addr::Unix(path);
+    let mut uw = unix_worker(&[("SDK_TEST_GRACE_MS", "100")]);
+    let (w, addr, marker) = (&mut uw.proc, uw.addr.clone(), uw.marker.clone());
     let a2 = addr.clone();
-    let call = std::thread::spawn(move || {
-        request(
-            &a2,
-            "POST",
-            "/execute",
-            None,
-            r#"{"args": ["wait_cancel"]}"#,
-        )
-    });
+    let call = std::thread::spawn(move || execute(&a2, None, json!({"args": ["wait_cancel"]})));
     until_progress(&addr, None, "halfway");
-    sigterm(w.0.id());
+    sigterm(w.id()).expect("SIGTERM");
     let a = call.join().unwrap();
     assert_eq!(a.status, 409, "{a:?}");
-    assert_eq!(a.json()["cjm_error"]["category"], "cancelled");
-    assert_eq!(w.0.wait().unwrap().code(), Some(0));
+    assert_eq!(json_of(&a)["cjm_error"]["category"], "cancelled");
+    assert_eq!(w.wait().unwrap().code(), Some(0));
     assert_eq!(marker_text(&marker), "cleanup\n");
 }
 
 #[test]
 fn the_death_of_the_host_ends_the_worker_and_its_children() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch_dir("sdk-process").unwrap();
     let path = dir.path().join("w.sock");
     let listener = UnixListener::bind(&path).unwrap();
     let marker = dir.path().join("marker");
@@ -387,47 +243,31 @@ fn the_death_of_the_host_ends_the_worker_and_its_children() {
     cmd.arg("-c")
         .arg(r#"CJM_HOST_PID=$$ "$0" & echo $!; exec cat"#)
         .arg(WORKER)
-        .env("CJM_LISTEN_FD", "3")
-        .env("CJM_LISTEN_KIND", "unix")
         .env("SDK_TEST_MARKER", &marker)
         .env("CJM_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
-    inherit_as_fd3(&mut cmd, listener.as_raw_fd());
-    let mut host = Proc(cmd.spawn().unwrap());
+    hand_over_listener(&mut cmd, &listener, "unix");
+    let mut host = ChildGuard(cmd.spawn().unwrap());
     drop(listener);
     let mut line = String::new();
-    BufReader::new(host.0.stdout.take().unwrap())
+    BufReader::new(host.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     let worker: u32 = line.trim().parse().expect("the worker's pid");
     // Whatever happens below, do not leave the worker behind.
-    struct KillOnDrop(u32);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            // SAFETY: a plain kill of a pid this test started (through the shell).
-            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
-        }
-    }
     let _guard = KillOnDrop(worker);
 
     let addr = Addr::Unix(path);
-    assert_eq!(get(&addr, "/health", None).json()["pid"], worker);
-    let child = request(
-        &addr,
-        "POST",
-        "/execute",
-        None,
-        r#"{"args": ["spawn_child"]}"#,
-    )
-    .json();
+    assert_eq!(json_of(&get(&addr, "/health", None))["pid"], worker);
+    let child = json_of(&execute(&addr, None, json!({"args": ["spawn_child"]})));
     let child = child.as_u64().expect("child pid") as u32;
     let _child_guard = KillOnDrop(child);
     assert!(running(child));
 
     // The host dies without a word.
-    host.0.kill().unwrap();
-    host.0.wait().unwrap();
+    host.kill().unwrap();
+    host.wait().unwrap();
     assert!(
         wait_exit_of(worker, Duration::from_secs(20)),
         "the worker outlived its host"

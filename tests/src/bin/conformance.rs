@@ -25,21 +25,23 @@
 //! `N passed, M failed`; exits 1 on any failure, 2 on a usage error.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use cjm_tests::http::{send, Addr, Req, Resp};
+use cjm_tests::process::{
+    own_session, sigterm, wait_child, wait_healthy, worker_command, ChildGuard,
+};
+use cjm_tests::scratch_dir;
 use serde_json::{json, Map, Value};
+use tempfile::TempDir;
 
-/// The bound on any one request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The bound on a worker's start-up (first `/health` answer).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The bound on a worker's exit after `SIGTERM`.
@@ -101,281 +103,6 @@ fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Check {
         Ok(())
     } else {
         Err(msg())
-    }
-}
-
-// ---- raw HTTP/1.1 ---------------------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-enum Addr {
-    Unix(PathBuf),
-    Tcp(SocketAddr),
-}
-
-enum Conn {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
-impl Conn {
-    fn open(addr: &Addr, timeout: Duration) -> std::io::Result<Self> {
-        let conn = match addr {
-            Addr::Unix(p) => Conn::Unix(UnixStream::connect(p)?),
-            Addr::Tcp(a) => Conn::Tcp(TcpStream::connect_timeout(a, timeout)?),
-        };
-        match &conn {
-            Conn::Unix(s) => {
-                s.set_read_timeout(Some(timeout))?;
-                s.set_write_timeout(Some(timeout))?;
-            }
-            Conn::Tcp(s) => {
-                s.set_read_timeout(Some(timeout))?;
-                s.set_write_timeout(Some(timeout))?;
-            }
-        }
-        Ok(conn)
-    }
-}
-
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Conn::Unix(s) => s.read(buf),
-            Conn::Tcp(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Conn::Unix(s) => s.write(buf),
-            Conn::Tcp(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Conn::Unix(s) => s.flush(),
-            Conn::Tcp(s) => s.flush(),
-        }
-    }
-}
-
-/// A request as it goes on the wire.
-#[derive(Debug, Clone)]
-struct Req {
-    method: &'static str,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// A `Content-Length` to declare instead of the body's (the body is then not sent).
-    declared_len: Option<u64>,
-    /// Leave out the worker's bearer token.
-    no_auth: bool,
-    timeout: Duration,
-}
-
-impl Req {
-    fn new(method: &'static str, path: &str) -> Self {
-        Self {
-            method,
-            path: path.to_owned(),
-            headers: Vec::new(),
-            body: Vec::new(),
-            declared_len: None,
-            no_auth: false,
-            timeout: REQUEST_TIMEOUT,
-        }
-    }
-    fn get(path: &str) -> Self {
-        Self::new("GET", path)
-    }
-    fn post(path: &str) -> Self {
-        Self::new("POST", path)
-    }
-    fn json(self, v: &Value) -> Self {
-        self.raw("application/json", v.to_string().into_bytes())
-    }
-    fn raw(mut self, content_type: &str, body: Vec<u8>) -> Self {
-        self.headers
-            .push(("Content-Type".into(), content_type.to_owned()));
-        self.body = body;
-        self
-    }
-    fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_owned(), value.to_owned()));
-        self
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn content_type(&self) -> String {
-        self.header("content-type")
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase()
-    }
-
-    fn text(&self) -> String {
-        let s = String::from_utf8_lossy(&self.body);
-        if s.chars().count() > 300 {
-            format!("{}…", s.chars().take(300).collect::<String>())
-        } else {
-            s.into_owned()
-        }
-    }
-
-    fn json(&self) -> Result<Value, String> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| format!("the body is not JSON ({e}): {}", self.text()))
-    }
-
-    /// The JSON body of a `200` answer.
-    fn ok_json(&self) -> Result<Value, String> {
-        ensure(self.status == 200, || {
-            format!("status {} (want 200): {}", self.status, self.text())
-        })?;
-        self.json()
-    }
-
-    /// The status must be `status`.
-    fn expect(&self, status: u16) -> Check {
-        ensure(self.status == status, || {
-            format!("status {} (want {status}): {}", self.status, self.text())
-        })
-    }
-}
-
-fn send(addr: &Addr, token: Option<&str>, req: &Req) -> Result<Resp, String> {
-    let mut conn = Conn::open(addr, req.timeout).map_err(|e| format!("cannot connect: {e}"))?;
-    let mut head = format!(
-        "{} {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n",
-        req.method, req.path
-    );
-    if let (Some(t), false) = (token, req.no_auth) {
-        let _ = write!(head, "Authorization: Bearer {t}\r\n");
-    }
-    for (k, v) in &req.headers {
-        let _ = write!(head, "{k}: {v}\r\n");
-    }
-    let len = req.declared_len.unwrap_or(req.body.len() as u64);
-    if req.method != "GET" || len > 0 {
-        let _ = write!(head, "Content-Length: {len}\r\n");
-    }
-    head.push_str("\r\n");
-    // A worker may answer (and close) before it has read the body: keep going to read that.
-    let wrote = conn.write_all(head.as_bytes()).and_then(|()| {
-        if req.declared_len.is_none() {
-            conn.write_all(&req.body)
-        } else {
-            Ok(())
-        }
-    });
-    let mut raw = Vec::new();
-    let read = conn.read_to_end(&mut raw);
-    if raw.is_empty() {
-        return Err(match (wrote, read) {
-            (_, Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                format!("no answer within {:?}", req.timeout)
-            }
-            (_, Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                format!("no answer within {:?}", req.timeout)
-            }
-            (Err(e), _) => format!("cannot send the request: {e}"),
-            (_, Err(e)) => format!("cannot read the answer: {e}"),
-            _ => "the connection closed without an answer".into(),
-        });
-    }
-    if let Err(e) = read {
-        if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut {
-            return Err(format!("the answer did not end within {:?}", req.timeout));
-        }
-    }
-    parse_response(&raw)
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn parse_response(raw: &[u8]) -> Result<Resp, String> {
-    let end = find(raw, b"\r\n\r\n").ok_or("the answer has no complete head")?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "the answer's head is not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or("");
-    let status = parts
-        .next()
-        .and_then(|s| s.parse::<u16>().ok())
-        .filter(|_| version.starts_with("HTTP/1."))
-        .ok_or_else(|| format!("bad status line `{status_line}`"))?;
-    let mut headers = Vec::new();
-    for line in lines {
-        let (k, v) = line
-            .split_once(':')
-            .ok_or_else(|| format!("bad header line `{line}`"))?;
-        headers.push((k.trim().to_owned(), v.trim().to_owned()));
-    }
-    let mut resp = Resp {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    let rest = &raw[end + 4..];
-    let chunked = resp
-        .header("transfer-encoding")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-    resp.body = if chunked {
-        dechunk(rest)?
-    } else if let Some(n) = resp.header("content-length") {
-        let n: usize = n.parse().map_err(|_| format!("bad Content-Length `{n}`"))?;
-        ensure(rest.len() == n, || {
-            format!("Content-Length says {n} bytes, {} came", rest.len())
-        })?;
-        rest.to_vec()
-    } else {
-        rest.to_vec()
-    };
-    Ok(resp)
-}
-
-/// Decodes a chunked body, refusing a truncated one (no last chunk).
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let eol = find(rest, b"\r\n").ok_or("a chunked body ends without its last chunk")?;
-        let size_text = std::str::from_utf8(&rest[..eol]).map_err(|_| "bad chunk size")?;
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size `{size_text}`"))?;
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        ensure(rest.len() >= size + 2, || "a chunk is cut short".into())?;
-        out.extend_from_slice(&rest[..size]);
-        ensure(&rest[size..size + 2] == b"\r\n", || {
-            "a chunk does not end with CRLF".into()
-        })?;
-        rest = &rest[size + 2..];
     }
 }
 
@@ -469,34 +196,9 @@ struct Profile {
     blob_echo: bool,
 }
 
-/// A private 0700 directory, removed on drop.
-struct RunDir(PathBuf);
-
-impl RunDir {
-    fn new(label: &str) -> Result<Self, String> {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "cjm-conformance-{}-{}-{label}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A running worker: killed (with its process group) and reaped on drop.
 struct Worker {
-    child: Child,
+    child: ChildGuard,
     pid: u32,
     addr: Addr,
     token: Option<String>,
@@ -504,25 +206,14 @@ struct Worker {
     /// Responses of a cjm worker without `x-cjm-protocol: 1`.
     unmarked: AtomicUsize,
     log: PathBuf,
-    exit: Option<ExitStatus>,
     // Last: removed after the process is gone.
-    _dir: RunDir,
+    _dir: TempDir,
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if self.exit.is_none() && matches!(self.child.try_wait(), Ok(None)) {
-            // Its own process group (setsid): end the group, then the leader for certain.
-            if let Ok(pid) = i32::try_from(self.pid) {
-                // SAFETY: kill(2) takes no pointers.
-                unsafe {
-                    libc::kill(-pid, libc::SIGKILL);
-                }
-            }
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
+/// A private directory for one worker (or the manifests), removed with what is in it.
+fn run_dir(label: &str) -> Result<TempDir, String> {
+    scratch_dir(&format!("conformance-{label}"))
+        .map_err(|e| format!("cannot create a scratch dir: {e}"))
 }
 
 fn random_token() -> String {
@@ -536,30 +227,6 @@ fn random_token() -> String {
         }
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The child side of the hand-off, as the host does it: own session, parent-death signal,
-/// the listening socket (if any) kept open across `exec`.
-fn isolate(cmd: &mut Command, inherit_fd: Option<i32>) {
-    // SAFETY: only async-signal-safe calls (setsid, prctl, fcntl) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            #[cfg(target_os = "linux")]
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some(fd) = inherit_fd {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
 }
 
 fn log_file(dir: &Path) -> Result<(PathBuf, Stdio, Stdio), String> {
@@ -600,40 +267,35 @@ impl Worker {
         let program = m["command"]
             .as_str()
             .ok_or_else(|| format!("manifest {}: no `command`", manifest.display()))?;
-        let dir = RunDir::new(name)?;
-        let sock = dir.0.join("w.sock");
+        let dir = run_dir(name)?;
+        let sock = dir.path().join("w.sock");
         let listener = UnixListener::bind(&sock)
             .map_err(|e| format!("cannot bind {}: {e}", sock.display()))?;
-        let fd = listener.as_raw_fd();
         let token = random_token();
-        let (log, out, err) = log_file(&dir.0)?;
-        let mut cmd = Command::new(program);
-        cmd.env("CJM_LISTEN_FD", fd.to_string())
-            .env("CJM_LISTEN_KIND", "unix")
-            .env("CJM_AUTH_TOKEN", &token)
+        let (log, out, err) = log_file(dir.path())?;
+        let mut cmd = worker_command(program, &listener, "unix");
+        cmd.env("CJM_AUTH_TOKEN", &token)
             .env("CJM_HOST_PID", std::process::id().to_string())
             .env("CJM_PLUGIN_NAME", name)
-            .env("CJM_DATA_DIR", dir.0.join("data"))
-            .env("CJM_PLUGIN_DATA_DIR", dir.0.join("data"))
+            .env("CJM_DATA_DIR", dir.path().join("data"))
+            .env("CJM_PLUGIN_DATA_DIR", dir.path().join("data"))
             .env("CJM_LOG", "warn")
             .env_remove("CUDA_VISIBLE_DEVICES")
-            .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        isolate(&mut cmd, Some(fd));
+        own_session(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {program}: {e}"))?;
         drop(listener);
         let mut w = Worker {
             pid: child.id(),
-            child,
+            child: ChildGuard(child),
             addr: Addr::Unix(sock),
             token: Some(token),
             flavor: Flavor::Cjm,
             unmarked: AtomicUsize::new(0),
             log,
-            exit: None,
             _dir: dir,
         };
         w.wait_ready()?;
@@ -650,63 +312,45 @@ impl Worker {
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("no free port: {e}"))?
             .port();
-        let dir = RunDir::new(name)?;
-        let (log, out, err) = log_file(&dir.0)?;
+        let dir = run_dir(name)?;
+        let (log, out, err) = log_file(dir.path())?;
         let mut cmd = Command::new(python);
         cmd.args(["-m", "cjm_plugin_system.core.worker", "--module"])
             .arg("cjm_test_plugins.plugins")
             .args(["--class", class, "--port", &port.to_string(), "--ppid"])
             .arg(std::process::id().to_string())
             .env("PYTHONPATH", pythonpath)
-            .env("CJM_DATA_DIR", dir.0.join("data"))
+            .env("CJM_DATA_DIR", dir.path().join("data"))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        isolate(&mut cmd, None);
+        own_session(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", python.display()))?;
         let mut w = Worker {
             pid: child.id(),
-            child,
+            child: ChildGuard(child),
             addr: Addr::Tcp(SocketAddr::from(([127, 0, 0, 1], port))),
             token: None,
             flavor: Flavor::Original,
             unmarked: AtomicUsize::new(0),
             log,
-            exit: None,
             _dir: dir,
         };
         w.wait_ready()?;
         Ok(w)
     }
 
-    /// Polls `/health` until it answers (a process start has no event to wait for).
+    /// Waits for the first `200` from `/health`.
     fn wait_ready(&mut self) -> Result<(), String> {
-        let end = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.exit = Some(status);
-                return Err(format!(
-                    "the worker exited at start-up ({status}); log: {}",
-                    self.log_tail()
-                ));
-            }
-            let mut probe = Req::get("/health");
-            probe.timeout = Duration::from_secs(2);
-            if let Ok(r) = self.request(&probe) {
-                if r.status == 200 {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > end {
-                return Err(format!(
-                    "no /health answer within {STARTUP_TIMEOUT:?}; log: {}",
-                    self.log_tail()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_healthy(
+            &mut self.child,
+            &self.addr,
+            self.token.as_deref(),
+            STARTUP_TIMEOUT,
+        )
+        .map_err(|e| format!("{e}; log: {}", self.log_tail()))
     }
 
     fn log_tail(&self) -> String {
@@ -1215,26 +859,10 @@ fn check_cleanup(w: &Worker) -> Check {
 }
 
 fn check_shutdown(w: &mut Worker) -> Check {
-    let pid = i32::try_from(w.pid).map_err(|_| "pid out of range")?;
-    // SAFETY: kill(2) takes no pointers.
-    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-        return Err(format!(
-            "cannot signal the worker: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    let end = Instant::now() + EXIT_TIMEOUT;
-    let status = loop {
-        match w.child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() > end => {
-                return Err(format!("still running {EXIT_TIMEOUT:?} after SIGTERM"))
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(format!("cannot wait for the worker: {e}")),
-        }
-    };
-    w.exit = Some(status);
+    sigterm(w.pid).map_err(|e| format!("cannot signal the worker: {e}"))?;
+    let status = wait_child(&mut w.child, EXIT_TIMEOUT)
+        .map_err(|e| format!("cannot wait for the worker: {e}"))?
+        .ok_or_else(|| format!("still running {EXIT_TIMEOUT:?} after SIGTERM"))?;
     ensure(!Path::new(&format!("/proc/{}", w.pid)).exists(), || {
         "the process is still there after exiting".into()
     })?;
@@ -1628,14 +1256,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let manifests = match RunDir::new("manifests") {
+    let manifests = match run_dir("manifests") {
         Ok(d) => d,
         Err(e) => {
             eprintln!("conformance: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let profiles = profiles(&o, &manifests.0);
+    let profiles = profiles(&o, manifests.path());
     if profiles.is_empty() {
         eprintln!("conformance: no worker selected\n{USAGE}");
         return ExitCode::from(2);
