@@ -180,3 +180,69 @@ fn config_is_persisted_validated_and_used_by_call() {
     let logs = cjm(&s, &["logs", "t", "--lines", "100"]);
     assert!(text(&logs.stdout).contains("--- Starting t"));
 }
+
+/// Issue 13 point 12: huge, NaN or negative timeouts are usage errors naming the flag (1e300 and
+/// 1e19 used to panic with exit 101), and a call stopped by the user's own `--timeout` does not
+/// suggest retrying it.
+#[test]
+fn timeout_flag_is_checked_and_own_timeout_is_not_retriable() {
+    let s = scratch();
+    for bad in ["1e300", "1e19", "NaN", "-1", "0", "inf", "4e9"] {
+        let out = cjm(&s, &["call", "t", &format!("--timeout={bad}")]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert!(err.starts_with("cjm: --timeout: "), "{bad}: {err}");
+        assert!(!err.contains("panicked"), "{bad}: {err}");
+    }
+    let out = cjm(
+        &s,
+        &["call", "t", "--args", r#"["sleep"]"#, "--timeout", "0.2"],
+    );
+    assert_eq!(out.status.code(), Some(14));
+    let err = text(&out.stderr);
+    assert!(!err.contains("retrying may succeed"), "{err}");
+    assert!(err.contains("--timeout given passed"), "{err}");
+}
+
+/// Issue 13 point 4: text from manifests, file names and logs reaches the terminal with its
+/// control characters escaped, never raw.
+#[test]
+fn terminal_escapes_in_plugin_text_are_printed_escaped() {
+    const EVIL: &str = "\x1b]0;pwned\x07\x1b[2J";
+    let s = scratch();
+    s.worker_manifest("t", json!({"description": format!("desc {EVIL}")}));
+    s.write(
+        &format!("z{EVIL}.json"),
+        r#"{"name": "bad name", "command": "x"}"#,
+    );
+    let raw = |o: &Output| {
+        let all = [o.stdout.as_slice(), o.stderr.as_slice()].concat();
+        all.contains(&0x1b) || all.contains(&0x07)
+    };
+
+    let list = cjm(&s, &["list"]);
+    assert!(list.status.success());
+    assert!(!raw(&list), "{:?}", text(&list.stdout));
+    assert!(text(&list.stdout).contains("z\\x1b]0;pwned\\x07\\x1b[2J.json"));
+
+    let list_json = cjm(&s, &["list", "--json"]);
+    assert!(!raw(&list_json));
+    let v: Value = serde_json::from_slice(&list_json.stdout).unwrap();
+    assert_eq!(v["plugins"][0]["description"], format!("desc {EVIL}"));
+
+    let validate = cjm(&s, &["validate"]);
+    assert!(!raw(&validate), "{:?}", text(&validate.stdout));
+
+    let info = cjm(&s, &["info", "t"]);
+    assert!(info.status.success(), "{}", text(&info.stderr));
+    assert!(!raw(&info), "{:?}", text(&info.stdout));
+    assert!(text(&info.stdout).contains("desc \\x1b]0;pwned\\x07\\x1b[2J"));
+
+    let log = s.data().join("logs").join("t.log");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    std::fs::write(&log, format!("line {EVIL}\n")).unwrap();
+    let logs = cjm(&s, &["logs", "t"]);
+    assert!(logs.status.success());
+    assert!(!raw(&logs), "{:?}", text(&logs.stdout));
+    assert!(text(&logs.stdout).contains("line \\x1b]0;pwned"));
+}
