@@ -246,3 +246,56 @@ fn terminal_escapes_in_plugin_text_are_printed_escaped() {
     assert!(!raw(&logs), "{:?}", text(&logs.stdout));
     assert!(text(&logs.stdout).contains("line \\x1b]0;pwned"));
 }
+
+/// Issue 13 point 13 (part): a saved configuration that fails validation is reported with its
+/// file, the field and the way out, and the way out works.
+#[test]
+fn invalid_saved_config_names_its_file_field_and_fix() {
+    let s = scratch();
+    let file = s.data().join("configs").join("test.t.json");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, r#"{"greeting": "hi", "level": 99}"#).unwrap();
+    let out = cjm(&s, &["call", "t", "--args", r#"["greet"]"#]);
+    assert_eq!(out.status.code(), Some(11), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    assert!(err.contains("field level"), "{err}");
+    assert!(err.contains("`cjm config t --unset level`"), "{err}");
+    let fix = cjm(&s, &["config", "t", "--unset", "level"]);
+    assert!(fix.status.success(), "{}", text(&fix.stderr));
+    let out = cjm(
+        &s,
+        &[
+            "call",
+            "t",
+            "--args",
+            r#"["greet"]"#,
+            "--kwargs",
+            r#"{"name":"Al"}"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        json!("hi Al")
+    );
+}
+
+/// Issue 13 point 10: a call only reads configurations, so it creates no `configs/` directory
+/// (which made every call fail in a read-only data dir).
+#[test]
+fn a_call_creates_no_config_directory() {
+    let s = scratch();
+    std::fs::create_dir_all(s.data()).unwrap();
+    let out = cjm(&s, &["call", "t", "--args", r#"["greet"]"#]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = cjm(&s, &["config", "t"]);
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    assert!(
+        !s.data().join("configs").exists(),
+        "a read-only command created configs/"
+    );
+    let saved = cjm(&s, &["config", "t", "--set", r#"{"level": 2}"#]);
+    assert!(saved.status.success(), "{}", text(&saved.stderr));
+    assert!(s.data().join("configs").join("test.t.json").is_file());
+}

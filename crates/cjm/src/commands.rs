@@ -84,6 +84,36 @@ fn timeout_duration(secs: f64) -> Result<Duration, Failure> {
     Ok(d)
 }
 
+/// A saved configuration that cannot be used, as a config error that names the file, each
+/// invalid field and the way out.
+fn saved_config_error(name: &str, e: cjm_registry::RegistryError) -> PluginError {
+    let fields = e.field_errors().to_vec();
+    let file = match &e {
+        cjm_registry::RegistryError::SavedInvalid { file, .. }
+        | cjm_registry::RegistryError::Corrupt { file, .. } => Some(file.clone()),
+        _ => None,
+    };
+    let Some(file) = file else {
+        return PluginError::config(e.to_string(), fields);
+    };
+    let mut keys: Vec<&str> = fields
+        .iter()
+        .filter_map(|f| f.field.split('/').next())
+        .filter(|k| !k.is_empty())
+        .collect();
+    keys.dedup();
+    let unset: String = keys.iter().map(|k| format!(" --unset {k}")).collect();
+    let way_out = if unset.is_empty() {
+        format!("edit {}", file.display())
+    } else {
+        format!(
+            "run `cjm config {name}{unset}` to drop the invalid keys, or edit {}",
+            file.display()
+        )
+    };
+    PluginError::config(format!("{e}; to fix it, {way_out}"), fields)
+}
+
 struct Context {
     manager: PluginManager,
     data_dir: PathBuf,
@@ -277,9 +307,9 @@ impl Context {
         }
         let reg = self.registry().await?;
         let id = unique_id(&m.category, &m.name);
-        reg.load_plugin_config(&id)
+        reg.load_valid_plugin_config(&id)
             .map(|c| c.map(Value::Object))
-            .map_err(|e| Failure::Plugin(PluginError::config(e.to_string(), vec![])))
+            .map_err(|e| Failure::Plugin(saved_config_error(&m.name, e)))
     }
 
     async fn load(&self, name: &str, config: Option<Value>) -> Result<(), Failure> {
