@@ -299,3 +299,73 @@ fn a_call_creates_no_config_directory() {
     assert!(saved.status.success(), "{}", text(&saved.stderr));
     assert!(s.data().join("configs").join("test.t.json").is_file());
 }
+
+/// Issue 13 point 8: `cjm validate` used to hang on a FIFO named `x.json` and take gigabytes on
+/// a link to `/dev/zero`; as arguments and in a search path they are now errors naming the path.
+#[test]
+fn validate_refuses_fifos_and_devices_by_name() {
+    let s = scratch();
+    let fifo = s.manifests().join("x.json");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let zero = s.manifests().join("zero.json");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let run = |args: Vec<String>| {
+        let child = Command::new(cjm_bin())
+            .arg("--search-path")
+            .arg(s.manifests())
+            .arg("--data-dir")
+            .arg(s.data())
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(out) => out,
+            Err(_) => {
+                // SAFETY: `pid` is our own child, not yet reaped (its waiter has not returned).
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                panic!("cjm {args:?} hung");
+            }
+        }
+    };
+    for args in [
+        vec!["validate".to_owned()],
+        vec!["validate".to_owned(), common::path_str(&fifo)],
+        vec!["validate".to_owned(), common::path_str(&zero)],
+    ] {
+        let out = run(args.clone());
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        let stdout = text(&out.stdout);
+        if args.len() == 1 || args[1].ends_with("x.json") {
+            assert!(
+                stdout.contains(&format!(
+                    "{}: cannot read the file: it is not a regular file",
+                    fifo.display()
+                )),
+                "{args:?}: {stdout}"
+            );
+        }
+        if args.len() == 1 || args[1].ends_with("zero.json") {
+            assert!(
+                stdout.contains(&format!(
+                    "{}: cannot read the file: it is not a regular file",
+                    zero.display()
+                )),
+                "{args:?}: {stdout}"
+            );
+        }
+    }
+    let list = cjm(&s, &["list"]);
+    assert!(list.status.success());
+    assert!(text(&list.stdout).contains(&format!("{}: cannot read the file", fifo.display())));
+}
