@@ -300,6 +300,32 @@ fn a_call_creates_no_config_directory() {
     assert!(s.data().join("configs").join("test.t.json").is_file());
 }
 
+/// `cjm args`, killed (and the test failed) if it runs past a minute: for commands that used to
+/// hang.
+fn cjm_bounded(s: &Scratch, args: &[String]) -> Output {
+    let child = Command::new(cjm_bin())
+        .arg("--search-path")
+        .arg(s.manifests())
+        .arg("--data-dir")
+        .arg(s.data())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(out) => out,
+        Err(_) => {
+            // SAFETY: `pid` is our own child, not yet reaped (its waiter has not returned).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("cjm {args:?} hung");
+        }
+    }
+}
+
 /// Issue 13 point 8: `cjm validate` used to hang on a FIFO named `x.json` and take gigabytes on
 /// a link to `/dev/zero`; as arguments and in a search path they are now errors naming the path.
 #[test]
@@ -310,29 +336,7 @@ fn validate_refuses_fifos_and_devices_by_name() {
     assert!(made.success());
     let zero = s.manifests().join("zero.json");
     std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
-    let run = |args: Vec<String>| {
-        let child = Command::new(cjm_bin())
-            .arg("--search-path")
-            .arg(s.manifests())
-            .arg("--data-dir")
-            .arg(s.data())
-            .args(&args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
-        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
-            Ok(out) => out,
-            Err(_) => {
-                // SAFETY: `pid` is our own child, not yet reaped (its waiter has not returned).
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                panic!("cjm {args:?} hung");
-            }
-        }
-    };
+    let run = |args: Vec<String>| cjm_bounded(&s, &args);
     for args in [
         vec!["validate".to_owned()],
         vec!["validate".to_owned(), common::path_str(&fifo)],
@@ -368,4 +372,134 @@ fn validate_refuses_fifos_and_devices_by_name() {
     let list = cjm(&s, &["list"]);
     assert!(list.status.success());
     assert!(text(&list.stdout).contains(&format!("{}: cannot read the file", fifo.display())));
+}
+
+/// The status code of `GET path` sent to `addr` with the given headers.
+fn http_status(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// Issue 13 point 1: `cjm ui` on a non-loopback address refuses to start without a token, and
+/// with one keeps the Host guard and asks every request for the token.
+#[test]
+fn ui_off_loopback_needs_a_token_and_keeps_the_host_guard() {
+    use std::io::BufRead;
+    let s = scratch();
+    let refused = cjm_bounded(&s, &["ui".into(), "--addr".into(), "0.0.0.0:0".into()]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("--token-file"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    let token = "t0ken-for-the-test-0123456789";
+    let token_file = s.dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(cjm_bin())
+        .arg("--search-path")
+        .arg(s.manifests())
+        .arg("--data-dir")
+        .arg(s.data())
+        .args([
+            "-v",
+            "ui",
+            "--addr",
+            &format!("0.0.0.0:{port}"),
+            "--token-file",
+        ])
+        .arg(&token_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Ready once it logs that it listens (the socket is bound by then).
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let ready = lines.any(|l| l.is_ok_and(|l| l.contains("settings page listening")));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let results = ready.then(|| {
+        let host = format!("127.0.0.1:{port}");
+        let bearer = format!("Bearer {token}");
+        [
+            http_status(
+                addr,
+                "/",
+                &[("Host", "evil.com"), ("Authorization", &bearer)],
+            ),
+            http_status(addr, "/", &[("Host", &host)]),
+            http_status(addr, "/", &[("Host", &host), ("Authorization", &bearer)]),
+            http_status(addr, &format!("/?token={token}"), &[("Host", &host)]),
+        ]
+    });
+    // SAFETY: our own child, not yet waited for.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert!(ready, "cjm ui never said it was listening");
+    assert_eq!(results, Some([403, 401, 200, 303]));
+    assert!(status.success(), "{status:?}");
+}
+
+/// Issue 13 point 10 with a truly read-only data dir (0555, no `configs/`): as root, permissions
+/// are ignored, so the command runs as `nobody` through `setpriv` where that exists.
+#[test]
+fn a_call_works_in_a_read_only_data_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file());
+    let Some(setpriv) = setpriv.filter(|_| root) else {
+        eprintln!("skipped: needs root and setpriv to drop to an unprivileged user");
+        return;
+    };
+    let s = scratch();
+    std::fs::create_dir_all(s.data()).unwrap();
+    for dir in [s.dir.path().to_path_buf(), s.manifests(), s.data()] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    for f in std::fs::read_dir(s.manifests()).unwrap() {
+        std::fs::set_permissions(f.unwrap().path(), std::fs::Permissions::from_mode(0o444))
+            .unwrap();
+    }
+    let out = Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(cjm_bin())
+        .arg("--search-path")
+        .arg(s.manifests())
+        .arg("--data-dir")
+        .arg(s.data())
+        .args([
+            "call",
+            "t",
+            "--args",
+            r#"["greet"]"#,
+            "--kwargs",
+            r#"{"name":"Ro"}"#,
+        ])
+        .output()
+        .unwrap();
+    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        json!("hello Ro")
+    );
+    assert!(!s.data().join("configs").exists());
 }

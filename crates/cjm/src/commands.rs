@@ -58,7 +58,15 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Info { name, json } => ctx.info(&name, json).await,
         Command::Config { name, set, unset } => ctx.config(&name, set, unset).await,
         Command::Logs { name, lines } => ctx.logs(&name, lines),
-        Command::Ui { addr } => Ok(crate::ui::run(&ctx.manager, &ctx.data_dir, addr).await?),
+        Command::Ui {
+            addr,
+            allow_hosts,
+            token_file,
+        } => {
+            let access = crate::ui::access(addr, allow_hosts, token_file.as_deref())
+                .map_err(Failure::Usage)?;
+            Ok(crate::ui::run(&ctx.manager, &ctx.data_dir, addr, access).await?)
+        }
     }
 }
 
