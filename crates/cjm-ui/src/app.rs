@@ -726,7 +726,15 @@ async fn load(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Re
     let Some(plugin) = state.registry.plugin(&id) else {
         return unknown_plugin(&id);
     };
-    let error = match state.registry.effective_plugin_config(&id) {
+    // A saved file that fails the schema is named, with its fields, before the worker starts.
+    let config = state
+        .registry
+        .load_valid_plugin_config(&id)
+        .and_then(|_| state.registry.effective_plugin_config(&id));
+    let error = match config {
+        Err(e @ RegistryError::SavedInvalid { .. }) => Some(format!(
+            "Cannot load: {e}. Correct the configuration below and save it, or edit the file."
+        )),
         Err(e) => Some(e.to_string()),
         Ok(cfg) => match state
             .manager

@@ -459,6 +459,22 @@ async fn status_of_an_unloaded_plugin_and_a_failed_load() {
     assert!(select_text(&frag, "#plugin-status .alert-error")[0].starts_with("Cannot unload"));
 }
 
+/// Issue 13 point 13 (part): Load with a saved file that fails the schema names the file and
+/// the field instead of a bare "invalid configuration".
+#[tokio::test]
+async fn a_load_with_an_invalid_saved_file_names_it() {
+    let app = app().await;
+    let file = app.state.registry().config_dir().join("speech.alpha.json");
+    std::fs::create_dir_all(file.parent().expect("dir")).expect("mkdir");
+    std::fs::write(&file, r#"{"level": 99}"#).expect("write");
+    let (status, _, frag) = send(&app, post("/plugins/speech.alpha/load", "")).await;
+    assert_eq!(status, StatusCode::OK);
+    let alert = &select_text(&frag, "#plugin-status .alert-error")[0];
+    assert!(alert.contains(&file.display().to_string()), "{alert}");
+    assert!(alert.contains("level"), "{alert}");
+    assert!(alert.contains("Correct the configuration below"), "{alert}");
+}
+
 #[tokio::test]
 async fn assets_are_embedded_and_style_every_class_used() {
     let app = app().await;
