@@ -1,5 +1,8 @@
 //! The command line, declared with clap.
 
+// The doc comments are `--help` text, where `<data-dir>` is a placeholder, not HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
