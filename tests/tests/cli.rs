@@ -180,3 +180,326 @@ fn config_is_persisted_validated_and_used_by_call() {
     let logs = cjm(&s, &["logs", "t", "--lines", "100"]);
     assert!(text(&logs.stdout).contains("--- Starting t"));
 }
+
+/// Issue 13 point 12: huge, NaN or negative timeouts are usage errors naming the flag (1e300 and
+/// 1e19 used to panic with exit 101), and a call stopped by the user's own `--timeout` does not
+/// suggest retrying it.
+#[test]
+fn timeout_flag_is_checked_and_own_timeout_is_not_retriable() {
+    let s = scratch();
+    for bad in ["1e300", "1e19", "NaN", "-1", "0", "inf", "4e9"] {
+        let out = cjm(&s, &["call", "t", &format!("--timeout={bad}")]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert!(err.starts_with("cjm: --timeout: "), "{bad}: {err}");
+        assert!(!err.contains("panicked"), "{bad}: {err}");
+    }
+    let out = cjm(
+        &s,
+        &["call", "t", "--args", r#"["sleep"]"#, "--timeout", "0.2"],
+    );
+    assert_eq!(out.status.code(), Some(14));
+    let err = text(&out.stderr);
+    assert!(!err.contains("retrying may succeed"), "{err}");
+    assert!(err.contains("--timeout given passed"), "{err}");
+}
+
+/// Issue 13 point 4: text from manifests, file names and logs reaches the terminal with its
+/// control characters escaped, never raw.
+#[test]
+fn terminal_escapes_in_plugin_text_are_printed_escaped() {
+    const EVIL: &str = "\x1b]0;pwned\x07\x1b[2J";
+    let s = scratch();
+    s.worker_manifest("t", json!({"description": format!("desc {EVIL}")}));
+    s.write(
+        &format!("z{EVIL}.json"),
+        r#"{"name": "bad name", "command": "x"}"#,
+    );
+    let raw = |o: &Output| {
+        let all = [o.stdout.as_slice(), o.stderr.as_slice()].concat();
+        all.contains(&0x1b) || all.contains(&0x07)
+    };
+
+    let list = cjm(&s, &["list"]);
+    assert!(list.status.success());
+    assert!(!raw(&list), "{:?}", text(&list.stdout));
+    assert!(text(&list.stdout).contains("z\\x1b]0;pwned\\x07\\x1b[2J.json"));
+
+    let list_json = cjm(&s, &["list", "--json"]);
+    assert!(!raw(&list_json));
+    let v: Value = serde_json::from_slice(&list_json.stdout).unwrap();
+    assert_eq!(v["plugins"][0]["description"], format!("desc {EVIL}"));
+
+    let validate = cjm(&s, &["validate"]);
+    assert!(!raw(&validate), "{:?}", text(&validate.stdout));
+
+    let info = cjm(&s, &["info", "t"]);
+    assert!(info.status.success(), "{}", text(&info.stderr));
+    assert!(!raw(&info), "{:?}", text(&info.stdout));
+    assert!(text(&info.stdout).contains("desc \\x1b]0;pwned\\x07\\x1b[2J"));
+
+    let log = s.data().join("logs").join("t.log");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    std::fs::write(&log, format!("line {EVIL}\n")).unwrap();
+    let logs = cjm(&s, &["logs", "t"]);
+    assert!(logs.status.success());
+    assert!(!raw(&logs), "{:?}", text(&logs.stdout));
+    assert!(text(&logs.stdout).contains("line \\x1b]0;pwned"));
+}
+
+/// Issue 13 point 13 (part): a saved configuration that fails validation is reported with its
+/// file, the field and the way out, and the way out works.
+#[test]
+fn invalid_saved_config_names_its_file_field_and_fix() {
+    let s = scratch();
+    let file = s.data().join("configs").join("test.t.json");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, r#"{"greeting": "hi", "level": 99}"#).unwrap();
+    let out = cjm(&s, &["call", "t", "--args", r#"["greet"]"#]);
+    assert_eq!(out.status.code(), Some(11), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    assert!(err.contains("field level"), "{err}");
+    assert!(err.contains("`cjm config t --unset level`"), "{err}");
+    let fix = cjm(&s, &["config", "t", "--unset", "level"]);
+    assert!(fix.status.success(), "{}", text(&fix.stderr));
+    let out = cjm(
+        &s,
+        &[
+            "call",
+            "t",
+            "--args",
+            r#"["greet"]"#,
+            "--kwargs",
+            r#"{"name":"Al"}"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        json!("hi Al")
+    );
+}
+
+/// Issue 13 point 10: a call only reads configurations, so it creates no `configs/` directory
+/// (which made every call fail in a read-only data dir).
+#[test]
+fn a_call_creates_no_config_directory() {
+    let s = scratch();
+    std::fs::create_dir_all(s.data()).unwrap();
+    let out = cjm(&s, &["call", "t", "--args", r#"["greet"]"#]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = cjm(&s, &["config", "t"]);
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    assert!(
+        !s.data().join("configs").exists(),
+        "a read-only command created configs/"
+    );
+    let saved = cjm(&s, &["config", "t", "--set", r#"{"level": 2}"#]);
+    assert!(saved.status.success(), "{}", text(&saved.stderr));
+    assert!(s.data().join("configs").join("test.t.json").is_file());
+}
+
+/// `cjm args`, killed (and the test failed) if it runs past a minute: for commands that used to
+/// hang.
+fn cjm_bounded(s: &Scratch, args: &[String]) -> Output {
+    let child = Command::new(cjm_bin())
+        .arg("--search-path")
+        .arg(s.manifests())
+        .arg("--data-dir")
+        .arg(s.data())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(out) => out,
+        Err(_) => {
+            // SAFETY: `pid` is our own child, not yet reaped (its waiter has not returned).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("cjm {args:?} hung");
+        }
+    }
+}
+
+/// Issue 13 point 8: `cjm validate` used to hang on a FIFO named `x.json` and take gigabytes on
+/// a link to `/dev/zero`; as arguments and in a search path they are now errors naming the path.
+#[test]
+fn validate_refuses_fifos_and_devices_by_name() {
+    let s = scratch();
+    let fifo = s.manifests().join("x.json");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let zero = s.manifests().join("zero.json");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let run = |args: Vec<String>| cjm_bounded(&s, &args);
+    for args in [
+        vec!["validate".to_owned()],
+        vec!["validate".to_owned(), common::path_str(&fifo)],
+        vec!["validate".to_owned(), common::path_str(&zero)],
+    ] {
+        let out = run(args.clone());
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        let stdout = text(&out.stdout);
+        if args.len() == 1 || args[1].ends_with("x.json") {
+            assert!(
+                stdout.contains(&format!(
+                    "{}: cannot read the file: it is not a regular file",
+                    fifo.display()
+                )),
+                "{args:?}: {stdout}"
+            );
+        }
+        if args.len() == 1 || args[1].ends_with("zero.json") {
+            assert!(
+                stdout.contains(&format!(
+                    "{}: cannot read the file: it is not a regular file",
+                    zero.display()
+                )),
+                "{args:?}: {stdout}"
+            );
+        }
+    }
+    let list = cjm(&s, &["list"]);
+    assert!(list.status.success());
+    assert!(text(&list.stdout).contains(&format!("{}: cannot read the file", fifo.display())));
+}
+
+/// The status code of `GET path` sent to `addr` with the given headers.
+fn http_status(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// Issue 13 point 1: `cjm ui` on a non-loopback address refuses to start without a token, and
+/// with one keeps the Host guard and asks every request for the token.
+#[test]
+fn ui_off_loopback_needs_a_token_and_keeps_the_host_guard() {
+    use std::io::BufRead;
+    let s = scratch();
+    let refused = cjm_bounded(&s, &["ui".into(), "--addr".into(), "0.0.0.0:0".into()]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("--token-file"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    let token = "t0ken-for-the-test-0123456789";
+    let token_file = s.dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(cjm_bin())
+        .arg("--search-path")
+        .arg(s.manifests())
+        .arg("--data-dir")
+        .arg(s.data())
+        .args([
+            "-v",
+            "ui",
+            "--addr",
+            &format!("0.0.0.0:{port}"),
+            "--token-file",
+        ])
+        .arg(&token_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Ready once it logs that it listens (the socket is bound by then).
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let ready = lines.any(|l| l.is_ok_and(|l| l.contains("settings page listening")));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let results = ready.then(|| {
+        let host = format!("127.0.0.1:{port}");
+        let bearer = format!("Bearer {token}");
+        [
+            http_status(
+                addr,
+                "/",
+                &[("Host", "evil.com"), ("Authorization", &bearer)],
+            ),
+            http_status(addr, "/", &[("Host", &host)]),
+            http_status(addr, "/", &[("Host", &host), ("Authorization", &bearer)]),
+            http_status(addr, &format!("/?token={token}"), &[("Host", &host)]),
+        ]
+    });
+    // SAFETY: our own child, not yet waited for.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert!(ready, "cjm ui never said it was listening");
+    assert_eq!(results, Some([403, 401, 200, 303]));
+    assert!(status.success(), "{status:?}");
+}
+
+/// Issue 13 point 10 with a truly read-only data dir (0555, no `configs/`): as root, permissions
+/// are ignored, so the command runs as `nobody` through `setpriv` where that exists.
+#[test]
+fn a_call_works_in_a_read_only_data_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file());
+    let Some(setpriv) = setpriv.filter(|_| root) else {
+        eprintln!("skipped: needs root and setpriv to drop to an unprivileged user");
+        return;
+    };
+    let s = scratch();
+    std::fs::create_dir_all(s.data()).unwrap();
+    for dir in [s.dir.path().to_path_buf(), s.manifests(), s.data()] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    for f in std::fs::read_dir(s.manifests()).unwrap() {
+        std::fs::set_permissions(f.unwrap().path(), std::fs::Permissions::from_mode(0o444))
+            .unwrap();
+    }
+    let out = Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(cjm_bin())
+        .arg("--search-path")
+        .arg(s.manifests())
+        .arg("--data-dir")
+        .arg(s.data())
+        .args([
+            "call",
+            "t",
+            "--args",
+            r#"["greet"]"#,
+            "--kwargs",
+            r#"{"name":"Ro"}"#,
+        ])
+        .output()
+        .unwrap();
+    std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        json!("hello Ro")
+    );
+    assert!(!s.data().join("configs").exists());
+}

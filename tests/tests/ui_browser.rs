@@ -424,7 +424,8 @@ fn settings_page_in_a_real_browser() {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(cjm_ui::serve_listener(state, listener, async {
+    let access = cjm_ui::Access::new(addr);
+    let server = rt.spawn(cjm_ui::serve_listener(state, listener, access, async {
         let _ = stop_rx.await;
     }));
     let base = format!("http://{addr}");

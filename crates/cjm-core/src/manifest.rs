@@ -210,6 +210,54 @@ pub struct ManifestError {
     pub problems: Vec<ManifestProblem>,
 }
 
+/// The largest manifest file read (1 MiB); real manifests are a few KiB.
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// The text of the manifest file at `path`, or why it cannot be read. The file type is checked
+/// before opening (opening a FIFO would block until a writer comes) and again on the opened
+/// file (in case the path was swapped in between); at most [`MAX_MANIFEST_BYTES`] are read.
+fn read_manifest_file(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    fn kind(t: std::fs::FileType) -> &'static str {
+        if t.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file (a FIFO, socket or device)"
+        }
+    }
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "cannot read the file: it is {}",
+            kind(meta.file_type())
+        ));
+    }
+    let too_big = || {
+        format!("cannot read the file: it is larger than the {MAX_MANIFEST_BYTES}-byte limit for manifests")
+    };
+    if meta.len() > MAX_MANIFEST_BYTES {
+        return Err(too_big());
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    let opened = file
+        .metadata()
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if !opened.is_file() {
+        return Err(format!(
+            "cannot read the file: it is {}",
+            kind(opened.file_type())
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(opened.len()).unwrap_or(0).min(1 << 20));
+    file.take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes).map_err(|e| format!("cannot read the file: not UTF-8 text: {e}"))
+}
+
 impl fmt::Display for ManifestError {
     /// One `file: field: reason` line per problem.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -257,12 +305,17 @@ impl Manifest {
     }
 
     /// Reads, parses and validates the manifest at `path`.
+    ///
+    /// Only regular files (a symbolic link to one is fine) of at most [`MAX_MANIFEST_BYTES`]
+    /// are read: a FIFO, a device such as `/dev/zero`, a directory or an oversized file is an
+    /// error naming the file, so that a stray `x.json` can neither hang discovery nor exhaust
+    /// memory.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+        let text = read_manifest_file(path).map_err(|reason| ManifestError {
             file: Some(path.to_path_buf()),
             problems: vec![ManifestProblem {
                 field: String::new(),
-                reason: format!("cannot read the file: {e}"),
+                reason,
             }],
         })?;
         Self::parse(&text, Some(path))

@@ -67,7 +67,9 @@ pub fn discover(search_paths: &[PathBuf], interface: Option<&str>) -> Discovery 
         };
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json") && p.is_file())
+            // Directories named `*.json` are skipped; anything else (a FIFO, a device, a broken
+            // link) is reported by `Manifest::load`, which reads regular files only.
+            .filter(|p| p.extension().is_some_and(|x| x == "json") && !p.is_dir())
             .collect();
         files.sort();
         for file in files {
@@ -201,5 +203,62 @@ mod tests {
         assert_eq!(d.invalid[0].problems[0].field, "interface");
         assert!(d.invalid[0].problems[0].reason.contains("\"llm\""));
         assert_eq!(d.invalid[1].problems[0].field, "config_schema");
+    }
+
+    /// Issue 13 point 8: a FIFO named `*.json` used to hang discovery, and a link to
+    /// `/dev/zero` to eat memory; both, and an oversized file, are now reported by path.
+    #[test]
+    fn fifos_devices_and_huge_files_are_reported_not_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("m");
+        write(&dir, "good.json", r#"{"name":"good","command":"/bin/x"}"#);
+        let fifo = dir.join("fifo.json");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let zero = dir.join("zero.json");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let huge = dir.join("huge.json");
+        std::fs::File::create(&huge)
+            .unwrap()
+            .set_len(cjm_core::manifest::MAX_MANIFEST_BYTES + 1)
+            .unwrap();
+        std::fs::create_dir(dir.join("folder.json")).unwrap();
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let paths = vec![dir.clone()];
+        std::thread::spawn(move || tx.send(discover(&paths, None)));
+        let found = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("discovery hung");
+
+        assert_eq!(found.plugins.len(), 1);
+        assert_eq!(found.plugins[0].manifest.name, "good");
+        let reason = |f: &Path| {
+            found
+                .invalid
+                .iter()
+                .find(|e| e.file.as_deref() == Some(f))
+                .map(|e| e.problems[0].reason.clone())
+                .unwrap_or_else(|| panic!("{} not reported: {:?}", f.display(), found.invalid))
+        };
+        assert!(
+            reason(&fifo).contains("not a regular file"),
+            "{}",
+            reason(&fifo)
+        );
+        assert!(
+            reason(&zero).contains("not a regular file"),
+            "{}",
+            reason(&zero)
+        );
+        assert!(
+            reason(&huge).contains("1048576-byte limit"),
+            "{}",
+            reason(&huge)
+        );
+        assert_eq!(found.invalid.len(), 3, "{:?}", found.invalid);
     }
 }

@@ -80,6 +80,22 @@ pub enum RegistryError {
         source: Box<PluginError>,
     },
 
+    /// A saved configuration file no longer satisfies the plugin's schema (edited by hand, or
+    /// saved for another version of the plugin). [`field_errors`] lists each invalid field;
+    /// fix or remove them in `file`.
+    ///
+    /// [`field_errors`]: RegistryError::field_errors
+    #[error("the saved configuration of `{id}` in {} is invalid: {source}", file.display())]
+    SavedInvalid {
+        /// The plugin's unique id.
+        id: String,
+        /// The saved configuration file.
+        file: PathBuf,
+        /// A config error carrying one [`FieldError`] per invalid field.
+        #[source]
+        source: Box<PluginError>,
+    },
+
     /// The plugin's own configuration schema does not compile, so no configuration can be
     /// validated (and none is saved).
     #[error("the configuration schema of `{id}` is invalid: {source}")]
@@ -132,13 +148,13 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
-    /// The invalid fields of an [`Invalid`](Self::Invalid) or
-    /// [`InvalidSchema`](Self::InvalidSchema) error; empty for every other error.
+    /// The invalid fields of an [`Invalid`](Self::Invalid),
+    /// [`SavedInvalid`](Self::SavedInvalid) or [`InvalidSchema`](Self::InvalidSchema) error; empty for every other error.
     pub fn field_errors(&self) -> &[FieldError] {
         match self {
-            Self::Invalid { source, .. } | Self::InvalidSchema { source, .. } => {
-                &source.details.fields
-            }
+            Self::Invalid { source, .. }
+            | Self::SavedInvalid { source, .. }
+            | Self::InvalidSchema { source, .. } => &source.details.fields,
             _ => &[],
         }
     }

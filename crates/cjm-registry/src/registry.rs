@@ -126,7 +126,8 @@ impl std::fmt::Debug for PluginRegistry {
 }
 
 impl PluginRegistry {
-    /// A registry whose configurations live in `config_dir` (created if missing).
+    /// A registry whose configurations live in `config_dir` (created by the first save; reads
+    /// create nothing).
     pub fn new(config_dir: impl AsRef<Path>) -> Result<Self> {
         Ok(Self::with_store(ConfigStore::new(config_dir)?))
     }
@@ -445,6 +446,26 @@ impl PluginRegistry {
     /// when it is corrupt or unreadable. Works for unregistered (but canonical) ids too.
     pub fn load_plugin_config(&self, id: &str) -> Result<Option<Config>> {
         self.store.load(id)
+    }
+
+    /// The saved configuration of the registered plugin `id`, checked against its schema:
+    /// `Ok(None)` when none is saved; [`RegistryError::SavedInvalid`] naming the file and each
+    /// invalid field when the saved file no longer satisfies the schema (edited by hand, or
+    /// saved for an older version of the plugin).
+    pub fn load_valid_plugin_config(&self, id: &str) -> Result<Option<Config>> {
+        let validator = self.validator(id)?;
+        let Some(config) = self.store.load(id)? else {
+            return Ok(None);
+        };
+        match validate(&validator, id, &config) {
+            Ok(()) => Ok(Some(config)),
+            Err(RegistryError::Invalid { source, .. }) => Err(RegistryError::SavedInvalid {
+                id: id.to_owned(),
+                file: self.store.path_of(id)?,
+                source,
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// The configuration `id` runs with: its schema's defaults overlaid with the saved

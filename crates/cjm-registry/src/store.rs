@@ -20,9 +20,15 @@
 //!   through `fs4`), so read-modify-write cycles of several threads or processes serialise.
 //! - **Missing versus corrupt**: a missing file is "no saved configuration" (`Ok(None)`); a file
 //!   that is not a JSON object, or cannot be read, is an error naming the file.
-//! - **Self-healing directory**: the directory is re-created when it has disappeared.
+//! - **Reads write nothing**: opening a store and reading from it never creates the directory
+//!   (a read-only data dir without `configs/` reads as "nothing saved"); the first write
+//!   creates it, and re-creates it when it has disappeared.
 //! - **Permissions**: a new file is created readable by its owner only (`0600` on Unix:
-//!   configurations may hold API keys); rewriting an existing file keeps its permissions.
+//!   configurations may hold API keys); rewriting an existing regular file keeps its
+//!   permissions.
+//! - **Symbolic links are never followed when writing**: a configuration file that is a
+//!   symbolic link is replaced by a regular `0600` file (the rename replaces the link itself);
+//!   the link's target is neither written nor used for the new file's permissions.
 //!
 //! The store does not validate against schemas; [`PluginRegistry`](crate::PluginRegistry) does
 //! that before it calls the store.
@@ -49,13 +55,12 @@ pub struct ConfigStore {
 }
 
 impl ConfigStore {
-    /// A store in `dir`, which is created (with its parents) if missing.
+    /// A store in `dir`. Nothing is created until the first write, which creates `dir` with
+    /// its parents; until then reads find no configuration.
     pub fn new(dir: impl AsRef<Path>) -> Result<Self> {
-        let store = Self {
+        Ok(Self {
             dir: dir.as_ref().to_path_buf(),
-        };
-        store.ensure_dir()?;
-        Ok(store)
+        })
     }
 
     /// A store in [`default_config_dir`].
@@ -285,9 +290,17 @@ fn write_atomic(dir: &Path, path: &Path, file_name: &str, bytes: &[u8]) -> Resul
     let prefix = format!(".{file_name}.");
     let mut builder = tempfile::Builder::new();
     builder.prefix(&prefix).suffix(".tmp").rand_bytes(8);
-    // Keep the permissions of a file being replaced (people may have tightened or loosened them).
-    if let Ok(meta) = fs::metadata(path) {
-        builder.permissions(meta.permissions());
+    // Keep the permissions of a regular file being replaced (people may have tightened or
+    // loosened them). Never those of a symbolic link's target: the link is replaced by a new
+    // private file, and the target is left alone.
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_file() => {
+            builder.permissions(meta.permissions());
+        }
+        Ok(meta) if meta.file_type().is_symlink() => {
+            tracing::warn!(file = %path.display(), "the configuration file is a symbolic link; replacing the link with a regular file");
+        }
+        _ => {}
     }
     let mut tmp = builder
         .tempfile_in(dir)
@@ -379,6 +392,8 @@ mod tests {
     fn store() -> (tempfile::TempDir, ConfigStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = ConfigStore::new(dir.path().join("configs")).unwrap();
+        // Most tests put files in the directory themselves; a first save would create it.
+        fs::create_dir_all(store.dir()).unwrap();
         (dir, store)
     }
 
@@ -515,6 +530,7 @@ mod tests {
     fn traversal_attempts_touch_nothing() {
         let root = tempfile::tempdir().unwrap();
         let s = ConfigStore::new(root.path().join("configs")).unwrap();
+        fs::create_dir_all(s.dir()).unwrap();
         let victim = root.path().join("victim.json");
         fs::write(&victim, "{}").unwrap();
         for id in [
@@ -603,6 +619,52 @@ mod tests {
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o640
         );
+    }
+
+    /// Issue 13 point 3: saving over a symbolic link used to give the new file the link
+    /// target's mode (0644 from `/etc/passwd`).
+    #[cfg(unix)]
+    #[test]
+    fn saving_over_a_symlink_replaces_the_link_and_leaves_the_target_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let (d, s) = store();
+        let target = d.path().join("elsewhere.txt");
+        fs::write(&target, "root:x:0:0\n").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::create_dir_all(s.dir()).unwrap();
+        let path = s.path_of("c.p").unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+
+        s.save("c.p", &obj(json!({"a": 1}))).unwrap();
+
+        assert_eq!(fs::read_to_string(&target).unwrap(), "root:x:0:0\n");
+        assert_eq!(
+            fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_file(), "the link itself was replaced");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(s.load("c.p").unwrap().unwrap(), obj(json!({"a": 1})));
+    }
+
+    /// Issue 13 point 10: opening and reading a store creates nothing (a read-only data dir
+    /// without `configs/` made every `cjm call` fail); the first write creates the directory.
+    #[test]
+    fn reads_create_nothing_and_the_first_write_creates_the_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("data").join("configs");
+        let s = ConfigStore::new(&dir).unwrap();
+        assert_eq!(s.load("c.p").unwrap(), None);
+        assert!(!s.exists("c.p").unwrap());
+        assert!(s.ids().unwrap().is_empty());
+        assert!(!s.delete("c.p").unwrap());
+        assert!(
+            !d.path().join("data").exists(),
+            "a read created a directory"
+        );
+        s.save("c.p", &Config::new()).unwrap();
+        assert!(dir.is_dir());
     }
 
     #[test]

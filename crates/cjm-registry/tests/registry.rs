@@ -40,6 +40,8 @@ fn obj(v: Value) -> Config {
 fn registry() -> (tempfile::TempDir, PluginRegistry) {
     let dir = tempfile::tempdir().expect("temp dir");
     let reg = PluginRegistry::new(dir.path().join("configs")).expect("registry");
+    // Tests write files into the directory themselves; only a save would create it.
+    std::fs::create_dir_all(reg.config_dir()).expect("mkdir");
     (dir, reg)
 }
 
@@ -617,7 +619,10 @@ fn the_registry_is_usable_from_sync_code_and_shareable() {
     let dir = tempfile::tempdir().unwrap();
     // Any path-like type works (the original required a Path object).
     let reg = PluginRegistry::new(dir.path().join("a").join("b").to_str().unwrap()).unwrap();
-    assert!(reg.config_dir().is_dir(), "created with its parents");
+    assert!(
+        !reg.config_dir().exists(),
+        "nothing is created before a write"
+    );
     reg.add_plugin_manager(
         "c",
         Arc::new(StaticSource::new([manifest("p", json!({}))])),
@@ -626,6 +631,7 @@ fn the_registry_is_usable_from_sync_code_and_shareable() {
     .unwrap();
     reg.save_plugin_config("c.p", &obj(json!({"k": "v"})))
         .unwrap();
+    assert!(reg.config_dir().is_dir(), "created with its parents");
     // Another registry over the same directory (another process, say) sees it.
     let other = PluginRegistry::new(dir.path().join("a/b")).unwrap();
     other

@@ -15,8 +15,21 @@
 //! | POST | `/plugins/{id}/load`, `/plugins/{id}/unload` | a new status panel |
 //! | GET | `/static/htmx.min.js`, `/static/app.css` | the embedded assets |
 //!
-//! Requests are refused (403) when their `Host` is not this machine's loopback or bound address
-//! (DNS rebinding), and `POST`s without htmx's `HX-Request` header (cross-site form posts).
+//! # Who may use it ([`Access`])
+//!
+//! - **Host guard, always**: a request whose `Host` is not an accepted name is refused (403), so
+//!   a web page on another site cannot reach the app through DNS rebinding. Accepted: the bound
+//!   IP address; for a loopback bind, `localhost` and every loopback address; for an
+//!   unspecified bind (`0.0.0.0`, `::`), any IP-address literal (rebinding needs a name); and
+//!   the names the operator adds ([`Access::allow_host`], `cjm ui --allow-host NAME`).
+//! - **Token off loopback**: the app refuses to serve a non-loopback address without a token
+//!   ([`Access::with_token`], `cjm ui --token-file FILE`). With a token, every request must
+//!   carry it: `Authorization: Bearer TOKEN`, or the `cjm_ui_token` cookie. A browser gets the
+//!   cookie by opening `/?token=TOKEN` once: the app answers with a redirect to the same URL
+//!   without the token and sets the cookie `HttpOnly; SameSite=Strict; Path=/`. Requests
+//!   without it get 401. Tokens are compared in constant time.
+//! - **Changes from the page only**: `POST`s without htmx's `HX-Request` header (cross-site form
+//!   posts) are refused (403).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -45,6 +58,7 @@ use crate::page::{render_category_panel, render_error, render_page, url_encode, 
 use crate::schema_fields::schema_fields;
 use crate::status::{render_live_status, render_status_panel, LiveStatus, StatusUrls};
 use crate::{assets, ids};
+use subtle::ConstantTimeEq;
 
 /// What the app works on: the registry (configurations, metadata) and the host's plugin
 /// manager (loading, live status). Cheap to clone.
@@ -88,10 +102,106 @@ impl AppState {
     }
 }
 
-/// The app's routes, with the request guards, for `bound` (the address served, used to accept
-/// its `Host`).
-pub fn router(state: AppState, bound: SocketAddr) -> Router {
-    Router::new()
+/// The name of the cookie that carries the access token.
+pub const TOKEN_COOKIE: &str = "cjm_ui_token";
+
+/// The shortest token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Who may use the settings app: the accepted `Host` names and the access token. See the
+/// [module docs](self).
+#[derive(Clone)]
+pub struct Access {
+    bound: SocketAddr,
+    hosts: Vec<String>,
+    token: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("bound", &self.bound)
+            .field("hosts", &self.hosts)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+impl Access {
+    /// Access for an app served on `bound` (its port is not checked): its own address and,
+    /// for a loopback address, the loopback names; no token.
+    pub fn new(bound: SocketAddr) -> Self {
+        Self {
+            bound,
+            hosts: Vec::new(),
+            token: None,
+        }
+    }
+
+    /// Also accepts requests whose `Host` is `name` (a DNS name or address, without port).
+    pub fn allow_host(mut self, name: impl Into<String>) -> Self {
+        self.hosts.push(name.into().to_ascii_lowercase());
+        self
+    }
+
+    /// Requires `token` (surrounding white space ignored) on every request. It must be at least
+    /// [`MIN_TOKEN_LEN`] characters of `A-Z a-z 0-9 - . _ ~ + / =` (it travels in a cookie and
+    /// a URL).
+    pub fn with_token(mut self, token: &str) -> Result<Self, UiError> {
+        let token = token.trim();
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || "-._~+/=".contains(c);
+        if token.len() < MIN_TOKEN_LEN || !token.chars().all(ok_char) {
+            return Err(UiError::BadToken {
+                reason: format!(
+                    "it must be at least {MIN_TOKEN_LEN} characters of A-Z a-z 0-9 - . _ ~ + / ="
+                ),
+            });
+        }
+        self.token = Some(Arc::from(token));
+        Ok(self)
+    }
+
+    /// Refuses a non-loopback address without a token ([`UiError::TokenRequired`]).
+    pub fn check(&self) -> Result<(), UiError> {
+        if self.token.is_none() && !self.bound.ip().is_loopback() {
+            return Err(UiError::TokenRequired { addr: self.bound });
+        }
+        Ok(())
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        let name = match host.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or_default(),
+            None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+        };
+        if name.is_empty() {
+            return false;
+        }
+        if self.hosts.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+            return true;
+        }
+        let bound = self.bound.ip();
+        match name.parse::<IpAddr>() {
+            Ok(ip) => {
+                ip == bound || bound.is_unspecified() || (bound.is_loopback() && ip.is_loopback())
+            }
+            Err(_) => bound.is_loopback() && name.eq_ignore_ascii_case("localhost"),
+        }
+    }
+
+    fn token_matches(&self, given: &str) -> bool {
+        self.token
+            .as_ref()
+            .is_some_and(|t| bool::from(t.as_bytes().ct_eq(given.as_bytes())))
+    }
+}
+
+/// The app's routes, with the request guards of `access`. Refuses a non-loopback address
+/// without a token ([`UiError::TokenRequired`]).
+pub fn router(state: AppState, access: Access) -> Result<Router, UiError> {
+    access.check()?;
+    let access = Arc::new(access);
+    Ok(Router::new()
         .route("/", get(index))
         .route("/category/{category}", get(category))
         .route("/plugins/details", get(details))
@@ -105,17 +215,23 @@ pub fn router(state: AppState, bound: SocketAddr) -> Router {
         .route("/static/htmx.min.js", get(htmx_js))
         .route("/static/app.css", get(app_css))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
-            guard(bound, req, next)
+            guard(Arc::clone(&access), req, next)
         }))
-        .with_state(state)
+        .with_state(state))
 }
 
-/// Serves the settings app on `addr` until Ctrl-C.
-pub async fn serve(state: AppState, addr: SocketAddr) -> Result<(), UiError> {
+/// Serves the settings app on `addr` until Ctrl-C, for `access` (whose address is replaced by
+/// `addr`). A non-loopback address without a token is refused before anything is bound.
+pub async fn serve(state: AppState, addr: SocketAddr, access: Access) -> Result<(), UiError> {
+    let access = Access {
+        bound: addr,
+        ..access
+    };
+    access.check()?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| UiError::Bind { addr, source })?;
-    serve_listener(state, listener, async {
+    serve_listener(state, listener, access, async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::warn!(error = %e, "cannot wait for Ctrl-C; serving until killed");
             std::future::pending::<()>().await;
@@ -124,15 +240,18 @@ pub async fn serve(state: AppState, addr: SocketAddr) -> Result<(), UiError> {
     .await
 }
 
-/// Serves the settings app on `listener` until `shutdown` completes.
+/// Serves the settings app on `listener` until `shutdown` completes, for `access` (whose
+/// address is replaced by the listener's).
 pub async fn serve_listener(
     state: AppState,
     listener: TcpListener,
+    access: Access,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), UiError> {
     let bound = listener.local_addr().map_err(UiError::Serve)?;
+    let app = router(state, Access { bound, ..access })?;
     tracing::info!(%bound, "settings page listening on http://{bound}/");
-    axum::serve(listener, router(state, bound))
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(UiError::Serve)
@@ -140,32 +259,72 @@ pub async fn serve_listener(
 
 // ----- guards ---------------------------------------------------------------------------------
 
-fn host_allowed(host: &str, bound: SocketAddr) -> bool {
-    if bound.ip().is_unspecified() {
-        return true;
+/// The token a request carries: `Authorization: Bearer`, else the cookie.
+fn request_token(req: &Request) -> Option<&str> {
+    let headers = req.headers();
+    if let Some(bearer) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+    {
+        return Some(bearer.trim());
     }
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or_default(),
-        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
-    };
-    if name.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    name.parse::<IpAddr>()
-        .is_ok_and(|ip| ip.is_loopback() || ip == bound.ip())
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(';'))
+        .find_map(|c| c.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='))
 }
 
-async fn guard(bound: SocketAddr, req: Request, next: Next) -> Response {
+/// For `GET /path?token=T&rest`: `T`, and the URL without it.
+fn query_token(req: &Request) -> Option<(String, String)> {
+    let query = req.uri().query()?;
+    let mut token = None;
+    let mut rest = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        if k == "token" {
+            token = Some(v.into_owned());
+        } else {
+            rest.append_pair(&k, &v);
+        }
+    }
+    let rest = rest.finish();
+    let path = req.uri().path();
+    let url = if rest.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{rest}")
+    };
+    token.map(|t| (t, url))
+}
+
+async fn guard(access: Arc<Access>, req: Request, next: Next) -> Response {
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default();
-    if !host_allowed(host, bound) {
+    if !access.host_allowed(host) {
         tracing::warn!(host, "request refused: unexpected Host");
         return failure(
             StatusCode::FORBIDDEN,
             "This page answers only to its own address.",
+        );
+    }
+    if access.token.is_some() && !request_token(&req).is_some_and(|t| access.token_matches(t)) {
+        if req.method() == Method::GET {
+            if let Some((token, url)) = query_token(&req) {
+                if access.token_matches(&token) {
+                    return token_cookie_redirect(&token, &url);
+                }
+            }
+        }
+        tracing::warn!(path = %req.uri().path(), "request refused: no valid access token");
+        return failure(
+            StatusCode::UNAUTHORIZED,
+            "This page needs its access token: open it once as /?token=TOKEN, with the token \
+             from the file given to `cjm ui --token-file`.",
         );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -181,6 +340,25 @@ async fn guard(bound: SocketAddr, req: Request, next: Next) -> Response {
         }
     }
     next.run(req).await
+}
+
+/// Sets the token cookie and sends the browser to `url` (the same page without the token, so it
+/// stays out of the history and the address bar).
+fn token_cookie_redirect(token: &str, url: &str) -> Response {
+    let cookie = format!("{TOKEN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
+    let (Ok(cookie), Ok(location)) = (HeaderValue::from_str(&cookie), HeaderValue::from_str(url))
+    else {
+        return failure(StatusCode::BAD_REQUEST, "Malformed address.");
+    };
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::SET_COOKIE, cookie),
+            (header::LOCATION, location),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+    )
+        .into_response()
 }
 
 // ----- responses -------------------------------------------------------------------------------
@@ -548,7 +726,15 @@ async fn load(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Re
     let Some(plugin) = state.registry.plugin(&id) else {
         return unknown_plugin(&id);
     };
-    let error = match state.registry.effective_plugin_config(&id) {
+    // A saved file that fails the schema is named, with its fields, before the worker starts.
+    let config = state
+        .registry
+        .load_valid_plugin_config(&id)
+        .and_then(|_| state.registry.effective_plugin_config(&id));
+    let error = match config {
+        Err(e @ RegistryError::SavedInvalid { .. }) => Some(format!(
+            "Cannot load: {e}. Correct the configuration below and save it, or edit the file."
+        )),
         Err(e) => Some(e.to_string()),
         Ok(cfg) => match state
             .manager
@@ -582,9 +768,13 @@ async fn unload(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> 
 mod tests {
     use super::*;
 
+    fn access(bound: &str) -> Access {
+        Access::new(bound.parse().unwrap())
+    }
+
     #[test]
     fn hosts() {
-        let bound: SocketAddr = "127.0.0.1:8765".parse().unwrap();
+        let local = access("127.0.0.1:8765");
         for ok in [
             "127.0.0.1:8765",
             "localhost:8765",
@@ -592,7 +782,7 @@ mod tests {
             "[::1]:8765",
             "127.0.0.2",
         ] {
-            assert!(host_allowed(ok, bound), "{ok}");
+            assert!(local.host_allowed(ok), "{ok}");
         }
         for bad in [
             "evil.example:8765",
@@ -600,11 +790,47 @@ mod tests {
             "10.0.0.1:8765",
             "localhost.evil.example",
         ] {
-            assert!(!host_allowed(bad, bound), "{bad}");
+            assert!(!local.host_allowed(bad), "{bad}");
         }
-        let any: SocketAddr = "0.0.0.0:80".parse().unwrap();
-        assert!(host_allowed("anything", any));
-        let lan: SocketAddr = "192.168.1.5:80".parse().unwrap();
-        assert!(host_allowed("192.168.1.5", lan));
+        // Issue 13 point 1: an unspecified bind used to accept every Host.
+        let any = access("0.0.0.0:80");
+        assert!(!any.host_allowed("evil.com"));
+        assert!(!any.host_allowed("localhost"));
+        assert!(any.host_allowed("192.168.1.5:80"));
+        assert!(any.host_allowed("[fe80::1]:80"));
+        let named = any.allow_host("Box.LAN");
+        assert!(named.host_allowed("box.lan:80"));
+        assert!(!named.host_allowed("evil.com"));
+        let lan = access("192.168.1.5:80");
+        assert!(lan.host_allowed("192.168.1.5"));
+        assert!(!lan.host_allowed("127.0.0.1"));
+        assert!(!lan.host_allowed("localhost"));
+    }
+
+    #[test]
+    fn non_loopback_needs_a_token_of_some_length() {
+        assert!(access("127.0.0.1:1").check().is_ok());
+        assert!(matches!(
+            access("0.0.0.0:1").check(),
+            Err(UiError::TokenRequired { .. })
+        ));
+        assert!(matches!(
+            access("0.0.0.0:1").with_token("short"),
+            Err(UiError::BadToken { .. })
+        ));
+        assert!(matches!(
+            access("0.0.0.0:1").with_token("has spaces and ; semicolons!"),
+            Err(UiError::BadToken { .. })
+        ));
+        let with = access("0.0.0.0:1")
+            .with_token("0123456789abcdef\n")
+            .unwrap();
+        assert!(with.check().is_ok());
+        assert!(with.token_matches("0123456789abcdef"));
+        assert!(!with.token_matches("0123456789abcdeX"));
+        assert!(
+            !format!("{with:?}").contains("0123"),
+            "the token stays out of logs"
+        );
     }
 }

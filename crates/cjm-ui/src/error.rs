@@ -18,6 +18,22 @@ pub enum UiError {
     /// The server failed while running.
     #[error("the settings server failed: {0}")]
     Serve(#[source] std::io::Error),
+    /// A non-loopback address was asked for without an access token.
+    #[error(
+        "refusing to serve the settings page on {addr} without an access token: any machine that \
+         can reach it could change configurations and load plugins. Give a token \
+         (`cjm ui --token-file FILE`), or listen on a loopback address such as 127.0.0.1"
+    )]
+    TokenRequired {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
+    /// The access token is unusable.
+    #[error("unusable access token: {reason}")]
+    BadToken {
+        /// Why.
+        reason: String,
+    },
     /// The registry could not be built.
     #[error(transparent)]
     Registry(#[from] cjm_registry::RegistryError),

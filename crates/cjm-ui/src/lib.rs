@@ -35,7 +35,7 @@ pub mod page;
 pub mod schema_fields;
 pub mod status;
 
-pub use app::{router, serve, serve_listener, AppState};
+pub use app::{router, serve, serve_listener, Access, AppState};
 pub use cjm_core as core;
 pub use components::{
     execution_mode_badge_html, render_comparison_table, render_dropdown_selector,

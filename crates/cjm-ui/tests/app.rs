@@ -9,7 +9,7 @@ use axum::http::{header, Request, StatusCode};
 use cjm_core::Manifest;
 use cjm_host::PluginManager;
 use cjm_registry::{PluginRegistry, StaticSource};
-use cjm_ui::{assets, router, AppState};
+use cjm_ui::{assets, router, Access, AppState};
 use http_body_util::BodyExt;
 use scraper::{Html, Selector};
 use serde_json::{json, Value};
@@ -62,7 +62,16 @@ const BOUND: &str = "127.0.0.1:8765";
 
 async fn send(app: &App, req: Request<Body>) -> (StatusCode, Vec<(String, String)>, String) {
     let bound: SocketAddr = BOUND.parse().expect("addr");
-    let resp = router(app.state.clone(), bound)
+    send_to(app, Access::new(bound), req).await
+}
+
+async fn send_to(
+    app: &App,
+    access: Access,
+    req: Request<Body>,
+) -> (StatusCode, Vec<(String, String)>, String) {
+    let resp = router(app.state.clone(), access)
+        .expect("router")
         .oneshot(req)
         .await
         .expect("infallible");
@@ -285,6 +294,124 @@ async fn config_errors_next_to_fields_then_save_and_apply() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+const TOKEN: &str = "s3cret-token-0123456789";
+
+fn header_of<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Issue 13 point 1: on `0.0.0.0` the Host guard used to be off (`Host: evil.com` got 200 and a
+/// load went through without any credential). The guard stays on, and a non-loopback address
+/// needs a token.
+#[tokio::test]
+async fn unspecified_bind_keeps_the_host_guard_and_requires_a_token() {
+    let app = app().await;
+    let any: SocketAddr = "0.0.0.0:8765".parse().expect("addr");
+    assert!(
+        matches!(
+            router(app.state.clone(), Access::new(any)),
+            Err(cjm_ui::UiError::TokenRequired { .. })
+        ),
+        "no token, no server"
+    );
+    let access = Access::new(any).with_token(TOKEN).expect("token");
+    let req = |host: &str, auth: Option<&str>| {
+        let mut r = Request::post("/plugins/speech.alpha/load")
+            .header(header::HOST, host)
+            .header("hx-request", "true");
+        if let Some(a) = auth {
+            r = r.header(header::AUTHORIZATION, a);
+        }
+        r.body(Body::empty()).expect("request")
+    };
+    let bearer = format!("Bearer {TOKEN}");
+    let (status, _, _) = send_to(&app, access.clone(), req("evil.com", Some(&bearer))).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "evil Host, even with the token"
+    );
+    let (status, _, _) = send_to(&app, access.clone(), req("192.168.1.5:8765", None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "no token");
+    let wrong = format!("Bearer {TOKEN}x");
+    let (status, _, _) = send_to(&app, access.clone(), req("192.168.1.5:8765", Some(&wrong))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "wrong token");
+    let get = |path: &str, cookie: Option<&str>| {
+        let mut r = Request::get(path).header(header::HOST, "192.168.1.5:8765");
+        if let Some(c) = cookie {
+            r = r.header(header::COOKIE, c);
+        }
+        r.body(Body::empty()).expect("request")
+    };
+    let (status, _, _) = send_to(&app, access.clone(), get("/", None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = send_to(
+        &app,
+        access.clone(),
+        Request::get("/")
+            .header(header::HOST, "192.168.1.5:8765")
+            .header(header::AUTHORIZATION, &bearer)
+            .body(Body::empty())
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "bearer token");
+
+    // A browser: `?token=` once sets the cookie and redirects to the URL without the token.
+    let (status, headers, _) = send_to(
+        &app,
+        access.clone(),
+        get(&format!("/?category=speech&token={TOKEN}"), None),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(header_of(&headers, "location"), Some("/?category=speech"));
+    let cookie = header_of(&headers, "set-cookie").expect("cookie");
+    assert_eq!(
+        cookie,
+        format!("cjm_ui_token={TOKEN}; HttpOnly; SameSite=Strict; Path=/")
+    );
+    let (status, _, _) = send_to(
+        &app,
+        access.clone(),
+        get("/?token=wrong-token-0123456789", None),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a wrong token sets nothing"
+    );
+    let (status, _, html) = send_to(
+        &app,
+        access.clone(),
+        get(
+            "/?category=speech",
+            Some(&format!("other=1; cjm_ui_token={TOKEN}")),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    let (status, _, _) = send_to(&app, access.clone(), get("/", Some("cjm_ui_token=nope"))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let named = access.allow_host("box.lan");
+    for (host, want) in [
+        ("box.lan:8765", StatusCode::OK),
+        ("other.lan:8765", StatusCode::FORBIDDEN),
+    ] {
+        let req = Request::get("/")
+            .header(header::HOST, host)
+            .header(header::COOKIE, format!("cjm_ui_token={TOKEN}"))
+            .body(Body::empty())
+            .expect("request");
+        assert_eq!(send_to(&app, named.clone(), req).await.0, want, "{host}");
+    }
+}
+
 #[tokio::test]
 async fn guards_refuse_foreign_hosts_and_cross_site_posts() {
     let app = app().await;
@@ -330,6 +457,22 @@ async fn status_of_an_unloaded_plugin_and_a_failed_load() {
     assert!(select_text(&frag, "#plugin-status .alert-error")[0].starts_with("Cannot load"));
     let (_, _, frag) = send(&app, post("/plugins/speech.alpha/unload", "")).await;
     assert!(select_text(&frag, "#plugin-status .alert-error")[0].starts_with("Cannot unload"));
+}
+
+/// Issue 13 point 13 (part): Load with a saved file that fails the schema names the file and
+/// the field instead of a bare "invalid configuration".
+#[tokio::test]
+async fn a_load_with_an_invalid_saved_file_names_it() {
+    let app = app().await;
+    let file = app.state.registry().config_dir().join("speech.alpha.json");
+    std::fs::create_dir_all(file.parent().expect("dir")).expect("mkdir");
+    std::fs::write(&file, r#"{"level": 99}"#).expect("write");
+    let (status, _, frag) = send(&app, post("/plugins/speech.alpha/load", "")).await;
+    assert_eq!(status, StatusCode::OK);
+    let alert = &select_text(&frag, "#plugin-status .alert-error")[0];
+    assert!(alert.contains(&file.display().to_string()), "{alert}");
+    assert!(alert.contains("level"), "{alert}");
+    assert!(alert.contains("Correct the configuration below"), "{alert}");
 }
 
 #[tokio::test]

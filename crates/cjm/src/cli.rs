@@ -1,5 +1,8 @@
 //! The command line, declared with clap.
 
+// The doc comments are `--help` text, where `<data-dir>` is a placeholder, not HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -116,9 +119,17 @@ pub enum Command {
     /// Serve the settings web page: categories, plugin details and comparison, configuration
     /// (validated, saved, hot-applied to loaded plugins), Load/Unload and live status.
     Ui {
-        /// The address to listen on.
+        /// The address to listen on. A non-loopback address needs --token-file.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8765")]
         addr: std::net::SocketAddr,
+        /// Also answer requests whose Host is NAME (repeatable; the bound address and, on
+        /// loopback, localhost are always accepted).
+        #[arg(long = "allow-host", value_name = "NAME")]
+        allow_hosts: Vec<String>,
+        /// Require the access token in FILE (at least 16 characters) on every request; a
+        /// browser passes it once as /?token=TOKEN and keeps it in a cookie.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
     /// Show the end of a plugin's log.
     Logs {

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use serde_json::{json, Map, Value};
 
 use crate::cli::{CallArgs, Cli, Command, SchedulerKind};
-use crate::output::{self, note, report};
+use crate::output::{self, note, report, say, tell};
 
 /// Exit code for a bad command line.
 const USAGE: u8 = 2;
@@ -33,14 +33,16 @@ impl From<PluginError> for Failure {
 
 /// Runs the command and returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
+    let own_timeout =
+        matches!(&cli.command, Command::Call(a) | Command::Stream(a) if a.timeout.is_some());
     match dispatch(cli).await {
         Ok(code) => code,
         Err(Failure::Usage(msg)) => {
-            eprintln!("cjm: {msg}");
+            tell!("cjm: {msg}");
             ExitCode::from(USAGE)
         }
         Err(Failure::Plugin(e)) => {
-            report(&e);
+            report(&e, own_timeout);
             ExitCode::from(e.category.exit_code() as u8)
         }
     }
@@ -56,8 +58,68 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Info { name, json } => ctx.info(&name, json).await,
         Command::Config { name, set, unset } => ctx.config(&name, set, unset).await,
         Command::Logs { name, lines } => ctx.logs(&name, lines),
-        Command::Ui { addr } => Ok(crate::ui::run(&ctx.manager, &ctx.data_dir, addr).await?),
+        Command::Ui {
+            addr,
+            allow_hosts,
+            token_file,
+        } => {
+            let access = crate::ui::access(addr, allow_hosts, token_file.as_deref())
+                .map_err(Failure::Usage)?;
+            Ok(crate::ui::run(&ctx.manager, &ctx.data_dir, addr, access).await?)
+        }
     }
+}
+
+/// The longest `--timeout` accepted: 100 years, far below what `Instant` arithmetic overflows at.
+const MAX_TIMEOUT_SECS: f64 = 100.0 * 365.25 * 86_400.0;
+
+/// The `--timeout` seconds as a duration: positive, finite and representable, else a usage
+/// error naming the flag (1e300 used to panic).
+fn timeout_duration(secs: f64) -> Result<Duration, Failure> {
+    let bad = |why: &str| Failure::Usage(format!("--timeout: {why}, got {secs}"));
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(bad("must be a positive number of seconds"));
+    }
+    if secs > MAX_TIMEOUT_SECS {
+        return Err(bad(&format!(
+            "at most {MAX_TIMEOUT_SECS} seconds (100 years) is accepted"
+        )));
+    }
+    let d = Duration::try_from_secs_f64(secs).map_err(|_| bad("not a representable duration"))?;
+    if d.is_zero() {
+        return Err(bad("must be at least one nanosecond"));
+    }
+    Ok(d)
+}
+
+/// A saved configuration that cannot be used, as a config error that names the file, each
+/// invalid field and the way out.
+fn saved_config_error(name: &str, e: cjm_registry::RegistryError) -> PluginError {
+    let fields = e.field_errors().to_vec();
+    let file = match &e {
+        cjm_registry::RegistryError::SavedInvalid { file, .. }
+        | cjm_registry::RegistryError::Corrupt { file, .. } => Some(file.clone()),
+        _ => None,
+    };
+    let Some(file) = file else {
+        return PluginError::config(e.to_string(), fields);
+    };
+    let mut keys: Vec<&str> = fields
+        .iter()
+        .filter_map(|f| f.field.split('/').next())
+        .filter(|k| !k.is_empty())
+        .collect();
+    keys.dedup();
+    let unset: String = keys.iter().map(|k| format!(" --unset {k}")).collect();
+    let way_out = if unset.is_empty() {
+        format!("edit {}", file.display())
+    } else {
+        format!(
+            "run `cjm config {name}{unset}` to drop the invalid keys, or edit {}",
+            file.display()
+        )
+    };
+    PluginError::config(format!("{e}; to fix it, {way_out}"), fields)
 }
 
 struct Context {
@@ -145,17 +207,17 @@ impl Context {
             .map(|e| json!({"file": e.file, "problems": e.problems}))
             .collect();
         if as_json {
-            println!(
+            say!(
                 "{}",
                 output::json(&json!({"plugins": plugins, "invalid": invalid}))
             );
             return Ok(ExitCode::SUCCESS);
         }
         if plugins.is_empty() {
-            println!("no plugins found in {}", self.search_paths_text());
+            say!("no plugins found in {}", self.search_paths_text());
         }
         for p in &plugins {
-            println!(
+            say!(
                 "{:<24} {:<10} {:<16} {:<12} {}",
                 p["name"].as_str().unwrap_or_default(),
                 p["version"].as_str().unwrap_or_default(),
@@ -164,14 +226,14 @@ impl Context {
                 p["manifest"].as_str().unwrap_or_default()
             );
             for s in p["shadowed"].as_array().into_iter().flatten() {
-                println!("{:<24} shadows {}", "", s.as_str().unwrap_or_default());
+                say!("{:<24} shadows {}", "", s.as_str().unwrap_or_default());
             }
         }
         let errors = self.manager.invalid_manifests();
         if !errors.is_empty() {
-            println!("\ninvalid manifests:");
+            say!("\ninvalid manifests:");
             for e in errors {
-                println!("{e}");
+                say!("{e}");
             }
         }
         Ok(ExitCode::SUCCESS)
@@ -206,7 +268,7 @@ impl Context {
                         files.extend(f);
                     }
                     Err(e) => {
-                        println!("{}: cannot read the directory: {e}", root.display());
+                        say!("{}: cannot read the directory: {e}", root.display());
                         bad += 1;
                     }
                 }
@@ -220,12 +282,12 @@ impl Context {
                     if let Some(Err(e)) =
                         m.config_schema.as_ref().map(cjm_core::ConfigValidator::new)
                     {
-                        println!("{}: config_schema: {}", f.display(), e.message);
+                        say!("{}: config_schema: {}", f.display(), e.message);
                         bad += 1;
                     }
                 }
                 Err(e) => {
-                    println!("{e}");
+                    say!("{e}");
                     bad += 1;
                 }
             }
@@ -253,9 +315,9 @@ impl Context {
         }
         let reg = self.registry().await?;
         let id = unique_id(&m.category, &m.name);
-        reg.load_plugin_config(&id)
+        reg.load_valid_plugin_config(&id)
             .map(|c| c.map(Value::Object))
-            .map_err(|e| Failure::Plugin(PluginError::config(e.to_string(), vec![])))
+            .map_err(|e| Failure::Plugin(saved_config_error(&m.name, e)))
     }
 
     async fn load(&self, name: &str, config: Option<Value>) -> Result<(), Failure> {
@@ -290,35 +352,27 @@ impl Context {
             Some(Value::Object(m)) => m,
             Some(_) => return Err(Failure::Usage("--kwargs: expected a JSON object".into())),
         };
-        let timeout = match a.timeout {
-            Some(t) if !(t.is_finite() && t > 0.0) => {
-                return Err(Failure::Usage(format!(
-                    "--timeout: must be a positive number of seconds, got {t}"
-                )))
-            }
-            Some(t) => Some(Duration::from_secs_f64(t)),
-            None => None,
-        };
+        let timeout = a.timeout.map(timeout_duration).transpose()?;
         let m = self.manifest(&a.name)?;
         let config = self.load_config(&m, a.config.as_deref()).await?;
         self.load(&a.name, config).await?;
         let cancel = CancellationToken::new();
         let ctx = CallContext::new()
             .with_cancel(cancel.clone())
-            .with_deadline(timeout.map(|t| Instant::now() + t));
+            .with_deadline(timeout.and_then(|t| Instant::now().checked_add(t)));
         let call = Call::new(args).with_kwargs(kwargs).with_ctx(ctx);
         let work = async {
             if stream {
                 let mut s = self.manager.execute_stream(&a.name, call).await?;
                 let mut out = std::io::stdout().lock();
                 while let Some(chunk) = s.next().await {
-                    let _ = writeln!(out, "{}", chunk?);
+                    let _ = writeln!(out, "{}", output::json_line(&chunk?));
                     let _ = out.flush();
                 }
                 Ok(())
             } else {
                 let out = self.manager.execute(&a.name, call).await?;
-                println!("{}", output::json(&out.value));
+                say!("{}", output::json(&out.value));
                 if !out.blobs.is_empty() {
                     note(&format!(
                         "({} binary payload(s) not shown)",
@@ -360,22 +414,22 @@ impl Context {
             "stats": stats?,
         });
         if as_json {
-            println!("{}", output::json(&info));
+            say!("{}", output::json(&info));
         } else {
-            println!(
+            say!(
                 "{} {} ({})",
                 m.name,
                 m.version,
                 m.effective_execution_mode().label()
             );
             if !m.description.is_empty() {
-                println!("  {}", m.description);
+                say!("  {}", m.description);
             }
-            println!("  category:   {}", m.category);
+            say!("  category:   {}", m.category);
             if let Some(p) = &m.path {
-                println!("  manifest:   {}", p.display());
+                say!("  manifest:   {}", p.display());
             }
-            println!(
+            say!(
                 "  config:     {}{}",
                 info["config"],
                 if saved.is_some() {
@@ -384,9 +438,9 @@ impl Context {
                     " (defaults)"
                 }
             );
-            println!("  schema:     {}", info["config_schema"]);
+            say!("  schema:     {}", info["config_schema"]);
             let s = &info["stats"];
-            println!(
+            say!(
                 "  health:     started and answered; RSS {:.1} MB, state {}",
                 s["worker"]["memory_rss_mb"].as_f64().unwrap_or(0.0),
                 s["state"].as_str().unwrap_or("?")
@@ -415,10 +469,10 @@ impl Context {
         if set.is_none() && unset.is_empty() {
             let saved = reg.load_plugin_config(&id).map_err(to_plugin_error)?;
             match saved {
-                Some(c) => println!("{}", output::json(&Value::Object(c))),
+                Some(c) => say!("{}", output::json(&Value::Object(c))),
                 None => {
                     note("no saved configuration; the schema's defaults apply:");
-                    println!("{}", output::json(&Value::Object(m.config_defaults())));
+                    say!("{}", output::json(&Value::Object(m.config_defaults())));
                 }
             }
             return Ok(ExitCode::SUCCESS);
@@ -440,7 +494,7 @@ impl Context {
             .save_plugin_config(&id, &current)
             .map_err(to_plugin_error)?;
         note(&format!("saved {}", path.display()));
-        println!("{}", output::json(&Value::Object(current)));
+        say!("{}", output::json(&Value::Object(current)));
         Ok(ExitCode::SUCCESS)
     }
 
@@ -450,7 +504,7 @@ impl Context {
             return Err(PluginError::not_loaded(name).into());
         }
         for l in log {
-            println!("{l}");
+            say!("{l}");
         }
         Ok(ExitCode::SUCCESS)
     }
