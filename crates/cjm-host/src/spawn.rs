@@ -227,8 +227,8 @@ fn launch(
         spec.manifest.name,
         humantime_now()
     ));
-    let mut spawned = platform::spawn(cmd, fd, death_signal, &mut resources.container)
-        .map_err(|e| {
+    let mut spawned =
+        platform::spawn(cmd, fd, death_signal, &mut resources.container).map_err(|e| {
             PluginError::fatal(format!("cannot start the worker `{what}`: {e}")).retriable(false)
         })?;
     let mut pumps = Vec::new();
@@ -273,9 +273,8 @@ async fn start_native(
         socket: Some(path.clone()),
         container: container(spec, &format!("w{seq}"))?,
     };
-    platform::make_private(&path).map_err(|e| {
-        PluginError::fatal(format!("cannot restrict {}: {e}", path.display()))
-    })?;
+    platform::make_private(&path)
+        .map_err(|e| PluginError::fatal(format!("cannot restrict {}: {e}", path.display())))?;
     let token = new_token()?;
     let program = resolve_program(m, command);
     let mut cmd = base_command(spec, &program);
@@ -349,9 +348,8 @@ async fn start_python(
     .arg("--ppid")
     .arg(std::process::id().to_string())
     .env("PYTHONUNBUFFERED", "1");
-    let (spawned, pumps, resources) =
-        launch(spec, cmd, None, python, platform::SIGKILL, resources)
-            .map_err(StartError::Failed)?;
+    let (spawned, pumps, resources) = launch(spec, cmd, None, python, platform::SIGKILL, resources)
+        .map_err(StartError::Failed)?;
     let transport = Transport::new(
         Endpoint::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
         None,
