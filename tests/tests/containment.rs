@@ -52,15 +52,23 @@ fn family_pids(report: &Value) -> Vec<u32> {
     for (name, fam) in plugins {
         let get = |k: &str| fam[k].as_u64().unwrap_or_else(|| panic!("{name}: {fam}")) as u32;
         let (worker, child, daemon) = (get("worker"), get("child"), get("daemon"));
-        let session = std::fs::read_to_string(format!("/proc/{daemon}/stat"))
-            .ok()
-            .and_then(|t| {
-                let rest = t[t.rfind(')')? + 1..].to_owned();
-                rest.split_whitespace().nth(3)?.parse::<u32>().ok()
-            });
-        assert!(
-            session.is_some() && session != Some(worker),
-            "{name}: the daemon {daemon} should be in its own session, not {worker}'s"
+        // `setsid` may still be on its way to exec: a bounded wait for the new session.
+        let session_of = |p: u32| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|t| {
+                    let rest = t[t.rfind(')')? + 1..].to_owned();
+                    rest.split_whitespace().nth(3)?.parse::<u32>().ok()
+                })
+        };
+        let end = Instant::now() + Duration::from_secs(2);
+        while session_of(daemon) != Some(daemon) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            session_of(daemon),
+            Some(daemon),
+            "{name}: the daemon {daemon} should lead its own session (worker {worker})"
         );
         pids.extend([worker, child, daemon]);
     }
@@ -363,4 +371,68 @@ async fn an_environment_variable_too_long_for_exec_is_named() {
     let m2 = s2.manager();
     m2.load("fits", None).await.unwrap();
     m2.unload_all().await;
+}
+
+/// The pids of one plugin in a harness report: (worker, child, daemon).
+fn family_of(report: &Value, name: &str) -> (u32, u32, u32) {
+    let f = &report["plugins"][name];
+    let get = |k: &str| f[k].as_u64().unwrap_or_else(|| panic!("{name}: {f}")) as u32;
+    (get("worker"), get("child"), get("daemon"))
+}
+
+#[test]
+fn fallback_without_cgroups_unload_still_ends_setsid_daemons() {
+    let s = Scratch::new();
+    family_manifests(&s);
+    let groups = PathBuf::from("groups");
+    let mut h = Harness::start(&s, "", &[("CJM_CONTAINMENT", &groups)]).expect("harness");
+    let pids = family_pids(&h.report);
+    assert!(
+        host_cgroups_of(h.child.id()).is_empty(),
+        "the fallback made a cgroup"
+    );
+    writeln!(h.child.stdin.as_mut().unwrap(), "unload").unwrap();
+    let mut line = String::new();
+    h.out.read_line(&mut line).unwrap();
+    assert!(line.contains("unloaded"), "{line}");
+    // The workers are child subreapers: the daemons were re-parented to them, so the
+    // teardown's tree walk saw them.
+    let left = wait_gone(&pids, Duration::from_secs(2));
+    let described = reap_and_describe(&left);
+    assert!(left.is_empty(), "left after unload: {described:#?}");
+}
+
+#[test]
+fn fallback_without_cgroups_host_sigkill_leaves_at_most_the_python_daemon() {
+    let s = Scratch::new();
+    family_manifests(&s);
+    let groups = PathBuf::from("groups");
+    let mut h = Harness::start(&s, "", &[("CJM_CONTAINMENT", &groups)]).expect("harness");
+    let pids = family_pids(&h.report);
+    let (_, _, py_daemon) = family_of(&h.report, "py-family");
+    let dir = h.runtime_dir();
+    h.child.kill().expect("SIGKILL the host");
+    h.child.wait().expect("reap the host");
+    let must_go: Vec<u32> = pids.iter().copied().filter(|&p| p != py_daemon).collect();
+    let left = wait_gone(&must_go, Duration::from_secs(2));
+    let described = reap_and_describe(&left);
+    // The documented limit of the fallback: a Python worker is SIGKILLed by its parent-death
+    // signal before anything can walk its tree, so its setsid daemon may survive.
+    let daemon_left = alive(py_daemon);
+    reap_and_describe(&[py_daemon]);
+    eprintln!(
+        "fallback: {} of {} processes left 2 s after SIGKILL (Python daemon survived: {daemon_left})",
+        left.len() + usize::from(daemon_left),
+        pids.len()
+    );
+    assert!(
+        left.is_empty(),
+        "left behind: {described:#?} of {}",
+        h.report
+    );
+    let end = Instant::now() + Duration::from_secs(2);
+    while dir.exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!dir.exists(), "the watchdog left {}", dir.display());
 }

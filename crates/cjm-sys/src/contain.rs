@@ -20,12 +20,19 @@
 //! **Fallback** (no writable cgroup v2): every worker leads its own process group and is a
 //! child subreaper (`PR_SET_CHILD_SUBREAPER`), so an orphaned descendant is re-parented to the
 //! worker and stays visible in its process tree; teardown kills the group and the tree seen
-//! just before. The watchdog is told each worker's process group and kills those groups when
-//! the host dies. What the fallback cannot catch: a descendant that left the worker's process
-//! group (`setsid`, `setpgid`) when its worker dies *before* the teardown looks (it is
-//! re-parented to `init` then), and such a descendant of a worker when the host is killed
-//! (the native SDK's worker ends its own tree on the parent-death signal; a Python worker is
-//! `SIGKILL`ed and cannot).
+//! just before. The watchdog is told each worker's process group (the worker's pid); when the
+//! host dies it stops those groups, kills each worker's tree by parent links (which, thanks to
+//! the subreaper flag, still holds its `setsid` descendants), then the groups. What the
+//! fallback cannot catch: a descendant that left the worker's process group (`setsid`,
+//! `setpgid`) once its worker has died — it is re-parented to `init` and no longer linked to
+//! anything of ours. That happens when a worker crashes on its own, and when the host is
+//! `SIGKILL`ed for a Python worker, whose parent-death signal is `SIGKILL` (it dies before the
+//! watchdog can look). A native worker's parent-death signal is `SIGTERM`, so it is alive
+//! when the watchdog walks its tree. Orphans re-parented to a worker stay zombies until it
+//! exits (the SDK reaps them at shutdown; a Python worker does not).
+//!
+//! The environment variable [`MODE_VAR`] set to `groups` forces the fallback (to test it, or
+//! where cgroups must not be touched); it is read once per [`Containment::start`].
 //!
 //! Stale state of dead hosts (cgroups named after a pid that no longer exists) is swept when
 //! a new host starts; a live host's is never touched. Pids are per pid namespace: hosts in
@@ -40,6 +47,9 @@ use std::time::Duration;
 
 use crate::cgroup::{self, Cgroup};
 use crate::child::{self, ChildSetup};
+
+/// The environment variable that forces the fallback when set to `groups`.
+pub const MODE_VAR: &str = "CJM_CONTAINMENT";
 
 /// How long teardown waits for a killed cgroup to empty.
 pub const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -57,6 +67,13 @@ pub enum Mode {
 /// directory (or empty). Lines `+PGID` / `-PGID` on standard input register and forget
 /// process groups; end-of-file means the host is gone.
 const WATCHDOG: &str = r#"trap '' HUP INT TERM PIPE
+killtree() {
+  for t in /proc/$1/task/*/children; do
+    [ -r "$t" ] || continue
+    for c in $(cat "$t" 2>/dev/null); do killtree "$c"; done
+  done
+  kill -KILL "$1" 2>/dev/null
+}
 groups=""
 while IFS= read -r line; do
   case "$line" in
@@ -66,7 +83,9 @@ while IFS= read -r line; do
              groups=$keep ;;
   esac
 done
-for g in $groups; do kill -KILL -- "-$g" 2>/dev/null; done
+for g in $groups; do kill -s STOP -- "-$g" 2>/dev/null; done
+for g in $groups; do killtree "$g"; done
+for g in $groups; do kill -s KILL -- "-$g" 2>/dev/null; done
 if [ -n "$1" ] && [ -d "$1" ]; then
   if [ -e "$1/cgroup.kill" ]; then echo 1 > "$1/cgroup.kill"; fi
   n=0
@@ -96,7 +115,12 @@ impl Containment {
     /// cgroup if it can, and starts the watchdog, which removes `runtime_dir` (if given) when
     /// the host dies. Logs once which mode is in use.
     pub fn start(runtime_dir: Option<&Path>) -> io::Result<Self> {
-        let host_cgroup = create_host_cgroup();
+        let forced = std::env::var_os(MODE_VAR).is_some_and(|v| v == "groups");
+        Self::start_with(runtime_dir, forced)
+    }
+
+    fn start_with(runtime_dir: Option<&Path>, forced: bool) -> io::Result<Self> {
+        let host_cgroup = if forced { None } else { create_host_cgroup() };
         let mode = if host_cgroup.is_some() {
             Mode::Cgroup
         } else {
@@ -104,6 +128,7 @@ impl Containment {
         };
         match &host_cgroup {
             Some(cg) => tracing::info!(cgroup = %cg.path().display(), "worker containment: one cgroup per worker (cgroup.kill)"),
+            None if forced => tracing::info!("worker containment: process groups and the subreaper flag ({MODE_VAR}=groups)"),
             None => tracing::warn!("worker containment: no writable cgroup v2; falling back to process groups and the subreaper flag (a setsid descendant can outlive its worker)"),
         }
         let (reader, writer) = io::pipe()?;
@@ -421,6 +446,44 @@ mod containment_tests {
         drop(w);
         drop(c);
         assert!(!host.path().exists());
+    }
+
+    #[test]
+    fn the_fallback_watchdog_kills_registered_groups_and_their_trees() {
+        let c = Containment::start_with(None, true).unwrap();
+        assert_eq!(c.mode(), Mode::ProcessGroups);
+        let mut w = c.worker("w2").unwrap();
+        assert!(w.cgroup().is_none());
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", FAMILY]).stdout(Stdio::piped());
+        let setup = w.setup(ChildSetup {
+            new_session: true,
+            ..Default::default()
+        });
+        assert!(setup.subreaper && setup.cgroup_procs.is_none());
+        child::prepare(&mut cmd, setup);
+        let mut sh = cmd.spawn().unwrap();
+        w.started(sh.id());
+        let mut line = String::new();
+        io::BufReader::new(sh.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let pids = crate::proc::parse_children(&line);
+        assert_eq!(pids.len(), 2, "{line:?}");
+        // The daemon's parent exited: re-parented to the subreaper, i.e. still in the tree.
+        assert_eq!(crate::proc::stat(pids[1]).unwrap().ppid, sh.id());
+        // The host "dies": only the pipe closes.
+        std::mem::forget(w);
+        let mut c = c;
+        let mut wd = c.watchdog_child.take().unwrap();
+        if let Ok(mut g) = c.watchdog.lock() {
+            g.take();
+        }
+        assert!(wd.wait().unwrap().success());
+        let _ = sh.wait();
+        for p in pids {
+            assert!(!crate::proc::is_alive(p), "{p} survived");
+        }
     }
 
     #[test]
