@@ -401,7 +401,7 @@ mod containment_tests {
     const FAMILY: &str = "sleep 100 & c=$!; \
         setsid sh -c 'sleep 100 & echo $! > \"$0\"' /tmp/cjm-sys-gc-$$ & \
         while [ ! -s /tmp/cjm-sys-gc-$$ ]; do :; done; \
-        echo $c $(cat /tmp/cjm-sys-gc-$$); rm -f /tmp/cjm-sys-gc-$$; wait";
+        g=$(cat /tmp/cjm-sys-gc-$$); rm -f /tmp/cjm-sys-gc-$$; echo $c $g; wait";
 
     #[test]
     fn ending_a_worker_container_kills_setsid_grandchildren() {

@@ -415,8 +415,8 @@ mod tests {
             "sleep 100 & a=$!; sh -c 'sleep 100 & echo $!; wait' > /tmp/cjm-sys-gc-$$ & b=$!; \
              (sleep 100 & echo $! > /tmp/cjm-sys-orphan-$$) ; \
              while [ ! -s /tmp/cjm-sys-gc-$$ ] || [ ! -s /tmp/cjm-sys-orphan-$$ ]; do :; done; \
-             echo $a $b $(cat /tmp/cjm-sys-gc-$$) $(cat /tmp/cjm-sys-orphan-$$); \
-             rm -f /tmp/cjm-sys-gc-$$ /tmp/cjm-sys-orphan-$$; wait",
+             g=$(cat /tmp/cjm-sys-gc-$$); o=$(cat /tmp/cjm-sys-orphan-$$); \
+             rm -f /tmp/cjm-sys-gc-$$ /tmp/cjm-sys-orphan-$$; echo $a $b $g $o; wait",
         );
         let root = sh.id();
         assert_eq!(pids.len(), 4, "{pids:?}");
