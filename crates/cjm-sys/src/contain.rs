@@ -481,6 +481,11 @@ mod containment_tests {
         }
         assert!(wd.wait().unwrap().success());
         let _ = sh.wait();
+        // SIGKILL is sent, not yet necessarily delivered: a bounded poll for "gone".
+        let end = std::time::Instant::now() + Duration::from_secs(2);
+        while pids.iter().any(|&p| crate::proc::is_alive(p)) && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         for p in pids {
             assert!(!crate::proc::is_alive(p), "{p} survived");
         }
