@@ -251,13 +251,52 @@ fn create_host_cgroup() -> Option<Cgroup> {
         std::process::id(),
         r.iter().map(|b| format!("{b:02x}")).collect::<String>()
     );
-    match Cgroup::create(&parent, &name) {
-        Ok(cg) => Some(cg),
+    let cg = match Cgroup::create(&parent, &name) {
+        Ok(cg) => cg,
         Err(e) => {
             tracing::debug!(error = %e, "no cgroup for the workers");
+            return None;
+        }
+    };
+    // Creating a cgroup is not enough: moving a process needs write access to our own
+    // cgroup's `cgroup.procs` too. Try it once with a process that exits at once.
+    match probe(&cg) {
+        Ok(()) => Some(cg),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot move processes into a cgroup");
+            let _ = cg.kill_and_remove(KILL_WAIT);
             None
         }
     }
+}
+
+/// Starts `/bin/sh -c :` inside a child cgroup of `host`, then removes that cgroup.
+fn probe(host: &Cgroup) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let cg = Cgroup::create(host.path(), "probe")?;
+    let result = cg.open_procs().and_then(|procs| {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", ":"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        child::prepare(
+            &mut cmd,
+            ChildSetup {
+                cgroup_procs: Some(procs.as_raw_fd()),
+                ..Default::default()
+            },
+        );
+        let status = cmd.status()?;
+        drop(procs);
+        if status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("the probe {status}")))
+        }
+    });
+    let removed = cg.kill_and_remove(KILL_WAIT);
+    result.and(removed)
 }
 
 /// The host pid in a name `cjm-<pid>-<anything>`.
