@@ -118,19 +118,10 @@ impl ManagerBuilder {
         let search_paths = self
             .search_paths
             .unwrap_or_else(|| discovery::default_search_paths(&data_dir));
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|p| p.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
-        let runtime_dir = tempfile::Builder::new()
-            .prefix(&format!("cjm-{}-", crate::platform::uid()))
-            .tempdir_in(&base)
-            .map_err(|e| {
-                PluginError::fatal(format!(
-                    "cannot create the runtime directory in {}: {e}",
-                    base.display()
-                ))
-            })?;
+        // Private (0700), swept of dead hosts' leftovers, with the workers' containment.
+        let runtime_dir = Arc::new(crate::platform::Runtime::create().map_err(|e| {
+            PluginError::fatal(format!("cannot set up the runtime directory: {e}"))
+        })?);
         let monitor = self
             .monitor
             .unwrap_or_else(|| Arc::new(HostMonitor::new()) as Arc<dyn SystemMonitor>);
@@ -178,7 +169,7 @@ struct Inner {
     resources: ResourceContext,
     supervisor: SupervisorOptions,
     log_cap: u64,
-    runtime_dir: tempfile::TempDir,
+    runtime_dir: Arc<crate::platform::Runtime>,
     discovery: RwLock<Discovery>,
     loaded: RwLock<BTreeMap<String, Arc<PluginProxy>>>,
     /// Plugins being loaded right now, so two concurrent loads of one name cannot both spawn.
@@ -434,7 +425,7 @@ impl PluginManager {
             manifest: Arc::clone(&manifest),
             data_dir: self.inner.data_dir.clone(),
             models_dir: self.inner.models_dir.clone(),
-            runtime_dir: self.inner.runtime_dir.path().to_path_buf(),
+            runtime: Arc::downgrade(&self.inner.runtime_dir),
             log: PluginLog::open(&self.inner.logs_dir, &name, self.inner.log_cap),
             max_concurrency: limit,
             gpu: grant.gpu,

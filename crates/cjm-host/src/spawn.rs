@@ -7,11 +7,12 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use cjm_core::wire::env;
-use cjm_core::{Manifest, PluginError, WorkerSpec};
+use cjm_core::{FieldError, Manifest, PluginError, WorkerSpec};
+use cjm_sys::contain::WorkerContainer;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -29,8 +30,8 @@ pub struct LaunchSpec {
     pub data_dir: PathBuf,
     /// Where models live, if configured.
     pub models_dir: Option<PathBuf>,
-    /// The private runtime directory for sockets.
-    pub runtime_dir: PathBuf,
+    /// The host's runtime directory (sockets) and containment; gone once the manager is.
+    pub runtime: Weak<platform::Runtime>,
     /// The plugin's log.
     pub log: Arc<PluginLog>,
     /// The most calls the host sends at once (told to the worker).
@@ -47,6 +48,40 @@ pub struct Started {
     pub pid: u32,
     /// Resolves when the worker has exited.
     pub exit: oneshot::Receiver<io::Result<ExitStatus>>,
+    /// Its cgroup and socket, released once it has ended.
+    pub resources: Option<WorkerResources>,
+}
+
+/// What one worker start holds besides its process: its container (cgroup) and its socket
+/// file. Dropping it kills whatever is left in the container, removes the cgroup and the
+/// socket; [`release`](Self::release) does that off the async threads.
+#[derive(Debug)]
+pub struct WorkerResources {
+    container: WorkerContainer,
+    socket: Option<PathBuf>,
+}
+
+impl WorkerResources {
+    /// Kills what is left of the worker's processes (all of them in cgroup mode) and removes
+    /// its cgroup and socket, waiting until that is done.
+    pub async fn release(self) {
+        let _ = tokio::task::spawn_blocking(move || drop(self)).await;
+    }
+}
+
+impl Drop for WorkerResources {
+    fn drop(&mut self) {
+        if let Err(e) = self.container.end() {
+            tracing::warn!(error = %e, "cannot end a worker's cgroup");
+        }
+        if let Some(p) = self.socket.take() {
+            if let Err(e) = std::fs::remove_file(&p) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(socket = %p.display(), error = %e, "cannot remove a worker socket");
+                }
+            }
+        }
+    }
 }
 
 /// How many times an original worker is retried when its port was taken in between.
@@ -66,7 +101,7 @@ pub async fn start(spec: &LaunchSpec, seq: u64) -> Result<Started, PluginError> 
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                match start_python(spec, python_path, module, class).await {
+                match start_python(spec, seq, attempt, python_path, module, class).await {
                     Err(StartError::PortTaken) if attempt < PORT_RETRIES => {
                         tracing::info!(plugin = %m.name, attempt, "the worker's port was taken; retrying with another");
                     }
@@ -100,6 +135,52 @@ fn resolve_program(m: &Manifest, command: &str) -> PathBuf {
     }
 }
 
+/// Refuses an environment variable or argument longer than `exec` accepts
+/// (`MAX_ARG_STRLEN`), naming the manifest file and the variable: the kernel's own error,
+/// "Argument list too long", names neither.
+fn check_exec_limits(m: &Manifest, args: &[String]) -> Result<(), PluginError> {
+    let limit = platform::max_arg_len();
+    let file = m
+        .path
+        .as_ref()
+        .map_or_else(|| "the manifest".to_owned(), |p| p.display().to_string());
+    let too_long = |field: String, what: String, len: usize| {
+        PluginError::config(
+            format!(
+                "{file}: {what} is {len} bytes; a process environment entry or argument may \
+                 have at most {} bytes",
+                limit - 1
+            ),
+            vec![FieldError {
+                field,
+                reason: format!("longer than {} bytes", limit - 1),
+            }],
+        )
+        .retriable(false)
+    };
+    for (k, v) in &m.env_vars {
+        // `NAME=value` and its NUL.
+        let len = k.len() + 1 + v.len();
+        if len + 1 > limit {
+            return Err(too_long(
+                format!("env_vars.{k}"),
+                format!("the environment variable {k} (env_vars)"),
+                len,
+            ));
+        }
+    }
+    for (i, a) in args.iter().enumerate() {
+        if a.len() + 1 > limit {
+            return Err(too_long(
+                format!("args.{i}"),
+                format!("argument {i} (args)"),
+                a.len(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn base_command(spec: &LaunchSpec, program: &Path) -> Command {
     let m = &spec.manifest;
     let mut cmd = Command::new(program);
@@ -125,22 +206,31 @@ fn base_command(spec: &LaunchSpec, program: &Path) -> Command {
     cmd
 }
 
-/// Spawns `cmd` and starts capturing its output.
+/// The host's runtime, or an error if the manager is gone.
+fn runtime(spec: &LaunchSpec) -> Result<Arc<platform::Runtime>, PluginError> {
+    spec.runtime
+        .upgrade()
+        .ok_or_else(|| PluginError::fatal("the plugin manager is shutting down"))
+}
+
+/// Spawns `cmd` in a fresh container and starts capturing its output.
 fn launch(
     spec: &LaunchSpec,
     cmd: Command,
     fd: Option<i32>,
     what: &str,
     death_signal: libc::c_int,
-) -> Result<(platform::Spawned, Vec<JoinHandle<()>>), PluginError> {
+    mut resources: WorkerResources,
+) -> Result<(platform::Spawned, Vec<JoinHandle<()>>, WorkerResources), PluginError> {
     spec.log.line(&format!(
         "--- Starting {} at {} ---",
         spec.manifest.name,
         humantime_now()
     ));
-    let mut spawned = platform::spawn(cmd, fd, death_signal).map_err(|e| {
-        PluginError::fatal(format!("cannot start the worker `{what}`: {e}")).retriable(false)
-    })?;
+    let mut spawned =
+        platform::spawn(cmd, fd, death_signal, &mut resources.container).map_err(|e| {
+            PluginError::fatal(format!("cannot start the worker `{what}`: {e}")).retriable(false)
+        })?;
     let mut pumps = Vec::new();
     if let Some(out) = spawned.stdout.take() {
         if let Ok(out) = tokio::process::ChildStdout::from_std(out) {
@@ -152,7 +242,14 @@ fn launch(
             pumps.push(tokio::spawn(Arc::clone(&spec.log).pump(err, "stderr")));
         }
     }
-    Ok((spawned, pumps))
+    Ok((spawned, pumps, resources))
+}
+
+/// A fresh container named `name` for one start.
+fn container(spec: &LaunchSpec, name: &str) -> Result<WorkerContainer, PluginError> {
+    runtime(spec)?
+        .container(name)
+        .map_err(|e| PluginError::fatal(format!("cannot contain the worker: {e}")))
 }
 
 async fn start_native(
@@ -162,7 +259,8 @@ async fn start_native(
     args: &[String],
 ) -> Result<Started, PluginError> {
     let m = &spec.manifest;
-    let path = spec.runtime_dir.join(format!("w{seq}.sock"));
+    check_exec_limits(m, args)?;
+    let path = runtime(spec)?.path().join(format!("w{seq}.sock"));
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(|e| {
         PluginError::fatal(format!(
@@ -170,6 +268,13 @@ async fn start_native(
             path.display()
         ))
     })?;
+    // From here on the socket file is removed when the start fails or the worker ends.
+    let resources = WorkerResources {
+        socket: Some(path.clone()),
+        container: container(spec, &format!("w{seq}"))?,
+    };
+    platform::make_private(&path)
+        .map_err(|e| PluginError::fatal(format!("cannot restrict {}: {e}", path.display())))?;
     let token = new_token()?;
     let program = resolve_program(m, command);
     let mut cmd = base_command(spec, &program);
@@ -179,17 +284,18 @@ async fn start_native(
         .env(env::AUTH_TOKEN, &token)
         .env(env::MAX_CONCURRENCY, spec.max_concurrency.to_string());
     // SIGTERM on host death: a cjm worker then shuts down and takes its process group along.
-    let (spawned, pumps) = launch(
+    let (spawned, pumps, resources) = launch(
         spec,
         cmd,
         Some(listener.as_raw_fd()),
         &program.display().to_string(),
         platform::SIGTERM,
+        resources,
     )?;
     // The worker has its own copy; closing ours makes connects fail fast once it is gone.
     drop(listener);
     let transport = Transport::new(Endpoint::Unix(path), Some(&token));
-    ready(spec, spawned, pumps, transport)
+    ready(spec, spawned, pumps, transport, resources)
         .await
         .map_err(|e| match e {
             StartError::Failed(e) => e,
@@ -201,10 +307,23 @@ async fn start_native(
 
 async fn start_python(
     spec: &LaunchSpec,
+    seq: u64,
+    attempt: usize,
     python: &str,
     module: &str,
     class: &str,
 ) -> Result<Started, StartError> {
+    check_exec_limits(&spec.manifest, &[]).map_err(StartError::Failed)?;
+    // Each attempt gets its own cgroup: w<seq>, then w<seq>-<attempt> for retries.
+    let name = if attempt <= 1 {
+        format!("w{seq}")
+    } else {
+        format!("w{seq}-{attempt}")
+    };
+    let resources = WorkerResources {
+        socket: None,
+        container: container(spec, &name).map_err(StartError::Failed)?,
+    };
     let port = {
         let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| {
             StartError::Failed(PluginError::transient(format!(
@@ -229,13 +348,13 @@ async fn start_python(
     .arg("--ppid")
     .arg(std::process::id().to_string())
     .env("PYTHONUNBUFFERED", "1");
-    let (spawned, pumps) =
-        launch(spec, cmd, None, python, platform::SIGKILL).map_err(StartError::Failed)?;
+    let (spawned, pumps, resources) = launch(spec, cmd, None, python, platform::SIGKILL, resources)
+        .map_err(StartError::Failed)?;
     let transport = Transport::new(
         Endpoint::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
         None,
     );
-    ready(spec, spawned, pumps, transport).await
+    ready(spec, spawned, pumps, transport, resources).await
 }
 
 /// Waits for readiness. A cjm worker's socket already listens, so the first `/health` request
@@ -246,6 +365,7 @@ async fn ready(
     mut spawned: platform::Spawned,
     pumps: Vec<JoinHandle<()>>,
     transport: Transport,
+    resources: WorkerResources,
 ) -> Result<Started, StartError> {
     let m = &spec.manifest;
     let pid = spawned.pid;
@@ -279,6 +399,8 @@ async fn ready(
             Err(e) => Err(e),
         },
         status = &mut spawned.exit => {
+            // Leftover descendants would keep the output pipes open: end them first.
+            resources.release().await;
             finish_pumps(pumps).await;
             return Err(exit_error(spec, status));
         }
@@ -289,6 +411,7 @@ async fn ready(
                 // Something else answers on that port.
                 platform::kill_group(pid, platform::SIGKILL);
                 let _ = spawned.exit.await;
+                resources.release().await;
                 return Err(StartError::PortTaken);
             }
             tracing::debug!(plugin = %m.name, pid, ms = started_at.elapsed().as_secs_f64() * 1e3, "worker ready");
@@ -296,6 +419,7 @@ async fn ready(
                 client: Arc::new(client),
                 pid,
                 exit: spawned.exit,
+                resources: Some(resources),
             })
         }
         Err(mut e) => {
@@ -303,11 +427,13 @@ async fn ready(
             // exit status when the process is ending anyway.
             let exited = tokio::time::timeout(Duration::from_millis(500), &mut spawned.exit).await;
             if let Ok(status) = exited {
+                resources.release().await;
                 finish_pumps(pumps).await;
                 return Err(exit_error(spec, status));
             }
             platform::kill_group(pid, platform::SIGKILL);
             let _ = spawned.exit.await;
+            resources.release().await;
             finish_pumps(pumps).await;
             e.details.last_log_lines = spec.log.recent(10);
             Err(StartError::Failed(e))

@@ -172,6 +172,7 @@ impl WorkerSlot {
                 status = &mut started.exit => status,
                 done = stop_rx.recv() => {
                     self.teardown(&started.client, started.pid, &mut started.exit).await;
+                    release(&mut started).await;
                     self.finish(PluginState::Stopped);
                     if let Some(done) = done { let _ = done.send(()); }
                     return;
@@ -186,6 +187,9 @@ impl WorkerSlot {
                 *g = Some(described.clone());
             }
             sweep(started.pid, &[]);
+            // Takes what the dead worker left (its cgroup, its socket) with it; `started`
+            // keeps an empty shell until a restart replaces it.
+            release(&mut started).await;
             if self.stopping.load(Ordering::SeqCst) {
                 self.finish(PluginState::Stopped);
                 return self.idle_until_stopped(stop_rx).await;
@@ -323,6 +327,14 @@ fn sweep(pid: u32, snapshot: &[u32]) {
     }
 }
 
+/// Ends what is left of a worker that has exited: its cgroup (every process in it) and its
+/// socket file.
+async fn release(started: &mut Started) {
+    if let Some(r) = started.resources.take() {
+        r.release().await;
+    }
+}
+
 fn describe(status: &Result<io::Result<ExitStatus>, oneshot::error::RecvError>) -> (String, bool) {
     match status {
         Ok(Ok(s)) => (platform::describe_exit(s), s.success()),
@@ -344,6 +356,8 @@ async fn start_and_configure(
     let result = tokio::select! {
         r = init => r,
         status = &mut started.exit => {
+            sweep(started.pid, &[]);
+            release(&mut started).await;
             let (described, _) = describe(&status);
             let mut e = PluginError::fatal(format!("the worker {described} while applying its configuration"));
             e.details.exit_status = Some(described);
@@ -359,9 +373,10 @@ async fn start_and_configure(
             .is_err()
         {
             platform::kill_group(pid, platform::SIGKILL);
-            let _ = started.exit.await;
+            let _ = (&mut started.exit).await;
         }
         sweep(pid, &[]);
+        release(&mut started).await;
         return Err(e.with_plugin(&spec.manifest.name));
     }
     Ok(started)

@@ -126,6 +126,21 @@ class ChildPlugin(_Base):
         return {"child": p.pid, "worker": os.getpid()}
 
 
+class FamilyPlugin(_Base):
+    """Starts a plain child and a double-forked grandchild in its own session."""
+
+    plugin_name = "py-family"
+
+    def execute(self, *args, **kwargs):
+        child = subprocess.Popen(["sleep", "1000"])
+        self.children.append(child)
+        out = subprocess.run(
+            ["sh", "-c", "setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $!"],
+            capture_output=True, text=True, check=True,
+        )
+        return {"worker": os.getpid(), "child": child.pid, "daemon": int(out.stdout.strip())}
+
+
 class ConfigPlugin(_Base):
     """A configuration schema, validated by the plugin too."""
 

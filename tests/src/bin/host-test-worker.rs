@@ -111,6 +111,30 @@ impl Worker for TestWorker {
                 std::mem::forget(child);
                 Ok(plain(json!(pid)))
             }
+            "spawn_family" => {
+                // A plain child, and a grandchild in its own session whose parent (the shell)
+                // exits at once: the double-forked daemon that escapes process groups.
+                let child = std::process::Command::new("sleep")
+                    .arg("1000")
+                    .spawn()
+                    .map_err(|e| PluginError::fatal(e.to_string()))?;
+                let pid = child.id();
+                std::mem::forget(child);
+                let out = std::process::Command::new("sh")
+                    .args([
+                        "-c",
+                        "setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $!",
+                    ])
+                    .output()
+                    .map_err(|e| PluginError::fatal(e.to_string()))?;
+                let daemon: u32 = String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .map_err(|e| PluginError::fatal(format!("no daemon pid: {e}")))?;
+                Ok(plain(
+                    json!({"worker": std::process::id(), "child": pid, "daemon": daemon}),
+                ))
+            }
             "blob" => {
                 let total: usize = call.blobs.iter().map(|b| b.len()).sum();
                 Ok(WithBlobs {

@@ -1,0 +1,30 @@
+//! # cjm-sys
+//!
+//! The Linux process plumbing shared by the cjm host (`cjm-host`) and the worker SDK
+//! (`cjm-worker-sdk`), in one place so that it is written, reviewed and tested once. `cjm-core`
+//! stays free of processes; everything here is about them:
+//!
+//! - [`proc`]: `/proc` parsing (`stat`, `children`, `meminfo`, CPU times), process-tree walks,
+//!   page size, clock ticks, ids. The parsers take text, so hostile input is unit-tested.
+//! - [`signal`]: signals to processes and process groups, TERM-then-KILL, exit descriptions.
+//! - [`fd`]: handing a listening socket over to a child by number, pidfds.
+//! - [`child`]: what happens in a worker between `fork` and `exec` (session, parent-death
+//!   signal, inherited descriptor, cgroup, subreaper).
+//! - [`cgroup`]: cgroup v2 discovery, creation, `cgroup.kill`, waiting until empty, removal.
+//! - [`contain`]: the containment design that keeps every worker descendant from outliving
+//!   the host (per-worker cgroups plus a watchdog, or a process-group fallback). Its module
+//!   docs are the reference for what is guaranteed.
+//! - [`rundir`]: the private runtime directory (0700, checked) and the sweep of dead hosts'.
+//!
+//! `unsafe` lives only here (each block says why it is sound) and in nothing that takes
+//! pointers from callers. Linux is the platform.
+
+#![warn(missing_docs)]
+
+pub mod cgroup;
+pub mod child;
+pub mod contain;
+pub mod fd;
+pub mod proc;
+pub mod rundir;
+pub mod signal;
