@@ -13,6 +13,7 @@
 
 pub mod error;
 pub mod execution_mode;
+pub mod generation;
 pub mod manifest;
 pub mod metadata;
 pub mod plugin;
@@ -23,6 +24,7 @@ pub mod wire;
 
 pub use error::{ErrorCategory, ErrorDetails, FieldError, PluginError, ResourceShortfall};
 pub use execution_mode::{CloudProviderType, PluginExecutionMode, UnknownVariant};
+pub use generation::WorkerGeneration;
 pub use manifest::{
     is_valid_plugin_name, Manifest, ManifestError, ManifestProblem, Resources, RestartPolicy,
     WorkerSpec,
