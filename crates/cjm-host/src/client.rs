@@ -21,6 +21,10 @@ use crate::transport::{FullResponse, ReqBody, Transport};
 /// Timeout of control requests (`/health`, `/stats`, `/progress`, `/cancel`, `/config`).
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Bound on `POST /initialize` when the caller gives none (models can take minutes to load,
+/// but a worker that stops answering must not hold a start or a save forever).
+pub const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// A connected, identified worker.
 #[derive(Debug)]
 pub struct WorkerClient {
@@ -133,8 +137,8 @@ impl WorkerClient {
         decode(&resp, paths::CANCEL)
     }
 
-    /// `POST /initialize` with `config`, waiting as long as it takes (models load for minutes)
-    /// unless `deadline` is given.
+    /// `POST /initialize` with `config`, until `deadline` (default: [`INITIALIZE_TIMEOUT`] from
+    /// now).
     pub async fn initialize(
         &self,
         config: &Value,
@@ -142,7 +146,8 @@ impl WorkerClient {
     ) -> Result<(), PluginError> {
         let body = serde_json::to_vec(config).map_err(internal)?;
         let req = self.post_json(paths::INITIALIZE, body.into(), None)?;
-        let resp = self.transport.call(req, deadline).await?;
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + INITIALIZE_TIMEOUT);
+        let resp = self.transport.call(req, Some(deadline)).await?;
         check(&resp).map(drop).map_err(|mut e| {
             // An original worker answers any refusal with a bare 400 `{"detail": ...}`.
             if self.flavor() == WorkerFlavor::Original {
@@ -232,14 +237,9 @@ impl WorkerClient {
         Ok(value.into())
     }
 
-    /// `POST /execute_stream`. `on_end` runs once when the stream ends (`true` for a clean end)
-    /// or is dropped; dropping it early closes the connection (and cancels an original worker's
-    /// call). If the stream cannot start, `on_end` is dropped without being called.
-    pub async fn execute_stream(
-        self: &Arc<Self>,
-        call: Call,
-        on_end: crate::stream::OnEnd,
-    ) -> Result<ChunkStream, PluginError> {
+    /// `POST /execute_stream`. Dropping the stream early closes the connection (and cancels an
+    /// original worker's call).
+    pub async fn execute_stream(self: &Arc<Self>, call: Call) -> Result<ChunkStream, PluginError> {
         let req = self.execute_request(paths::EXECUTE_STREAM, &call)?;
         let ctx = call.ctx.clone();
         let start = async {
@@ -282,7 +282,6 @@ impl WorkerClient {
             resp.into_body(),
             conn,
             ctx,
-            on_end,
         )))
     }
 
