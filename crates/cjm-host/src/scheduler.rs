@@ -241,6 +241,12 @@ impl std::fmt::Debug for ResourceContext {
     }
 }
 
+/// A megabyte figure as a signed one for free-memory arithmetic: values beyond `i64::MAX` (no
+/// machine has them; a manifest may still say so) saturate instead of wrapping negative.
+fn mb(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 fn short(resource: &str, needed: u64, available: i64) -> ResourceShortfall {
     ResourceShortfall {
         resource: resource.into(),
@@ -353,9 +359,9 @@ impl ResourceContext {
         let mut gpu_free: BTreeMap<u32, i64> = snap
             .gpus
             .iter()
-            .map(|g| (g.index, g.free_mb as i64 + g.used_by(&released) as i64))
+            .map(|g| (g.index, mb(g.free_mb).saturating_add(mb(g.used_by(&released)))))
             .collect();
-        let mut ram_avail = (snap.ram_total_mb > 0).then_some(snap.ram_available_mb as i64);
+        let mut ram_avail = (snap.ram_total_mb > 0).then_some(mb(snap.ram_available_mb));
         let mut vram_need = BTreeMap::new();
         let mut ram_need = req.ram_mb();
         let mut holders = Vec::new();
@@ -385,7 +391,7 @@ impl ResourceContext {
                 let reserved = r.filter(|r| r.gpu == Some(g)).map_or(0, |r| r.vram_mb);
                 // What is reserved but not yet in use is not free for anyone else.
                 if let Some(free) = gpu_free.get_mut(&g) {
-                    *free -= reserved.saturating_sub(u) as i64;
+                    *free = free.saturating_sub(mb(reserved.saturating_sub(u)));
                 }
                 let frees = reserved.max(u);
                 let placed_here = r.is_some_and(|r| r.gpu == Some(g));
@@ -395,7 +401,7 @@ impl ResourceContext {
             }
             let ram_reserved = r.map_or(0, |r| r.ram_mb);
             if let Some(avail) = ram_avail.as_mut() {
-                *avail -= ram_reserved.saturating_sub(rss) as i64;
+                *avail = avail.saturating_sub(mb(ram_reserved.saturating_sub(rss)));
             }
             holders.push(Holder {
                 plugin: p.clone(),
@@ -413,10 +419,10 @@ impl ResourceContext {
                 continue;
             }
             if let Some(free) = r.gpu.and_then(|g| gpu_free.get_mut(&g)) {
-                *free -= r.vram_mb as i64;
+                *free = free.saturating_sub(mb(r.vram_mb));
             }
             if let Some(avail) = ram_avail.as_mut() {
-                *avail -= r.ram_mb as i64;
+                *avail = avail.saturating_sub(mb(r.ram_mb));
             }
         }
         for g in snap.gpus.iter() {
@@ -455,7 +461,7 @@ impl ResourceContext {
             let fit = if req.vram_mb() > 0 {
                 allowed
                     .iter()
-                    .filter(|(_, free, need)| *free >= *need as i64)
+                    .filter(|(_, free, need)| *free >= mb(*need))
                     .min_by_key(|(g, free, _)| (*free, *g))
             } else {
                 allowed
@@ -494,7 +500,7 @@ impl ResourceContext {
             gpu = req.gpu;
         }
         if let Some(avail) = view.ram_avail {
-            if view.ram_need > 0 && avail < view.ram_need as i64 && !best_effort {
+            if view.ram_need > 0 && avail < mb(view.ram_need) && !best_effort {
                 shortfalls.push(short("system_ram_mb", view.ram_need, avail));
                 needs.push(Need::Ram);
             }
@@ -693,14 +699,16 @@ fn plan(view: &View, needs: &[Need]) -> Option<String> {
         .collect();
     for g in gpus {
         let free = view.gpu_free.get(&g).copied().unwrap_or(0);
-        let need = view.vram_need.get(&g).copied().unwrap_or(0) as i64;
+        let need = mb(view.vram_need.get(&g).copied().unwrap_or(0));
         let cands = candidates(view, Need::Vram(g));
-        let reclaim: i64 = cands.iter().map(|c| c.frees_mb as i64).sum();
-        if free + reclaim < need || cands.is_empty() {
+        let reclaim = cands
+            .iter()
+            .fold(0i64, |sum, c| sum.saturating_add(mb(c.frees_mb)));
+        if free.saturating_add(reclaim) < need || cands.is_empty() {
             continue;
         }
         // The GPU needing the least reclaimed wins.
-        let missing = need - free;
+        let missing = need.saturating_sub(free);
         if best.as_ref().is_none_or(|(m, _)| missing < *m) {
             best = Some((missing, cands[0].plugin.clone()));
         }
@@ -711,8 +719,10 @@ fn plan(view: &View, needs: &[Need]) -> Option<String> {
     if needs.contains(&Need::Ram) {
         let avail = view.ram_avail.unwrap_or(0);
         let cands = candidates(view, Need::Ram);
-        let reclaim: i64 = cands.iter().map(|c| c.frees_mb as i64).sum();
-        if avail + reclaim >= view.ram_need as i64 {
+        let reclaim = cands
+            .iter()
+            .fold(0i64, |sum, c| sum.saturating_add(mb(c.frees_mb)));
+        if avail.saturating_add(reclaim) >= mb(view.ram_need) {
             return cands.first().map(|c| c.plugin.clone());
         }
     }
@@ -1128,5 +1138,32 @@ mod tests {
             .await
             .expect("admitted");
         assert_eq!(grant.gpu, None);
+    }
+
+    #[tokio::test]
+    async fn needs_beyond_i64_are_refused_not_wrapped() {
+        // 1e19 MB does not fit in an i64: a wrapping cast made it negative, and admitted.
+        let huge = 10_000_000_000_000_000_000u64;
+        let monitor = Arc::new(FakeMonitor::with(
+            64_000,
+            64_000,
+            vec![GpuReading::new(0, 8000, 8000)],
+        ));
+        let ctx = ResourceContext::new(monitor, Arc::new(NoPlugins));
+        let ram = Resources {
+            min_system_ram_mb: Some(huge),
+            ..Resources::default()
+        };
+        let err = SafetyScheduler::new()
+            .admit(&Admission::new("p", &ram, Phase::Load), &ctx)
+            .await
+            .expect_err("1e19 MB of RAM is refused");
+        assert_eq!(err.category, cjm_core::ErrorCategory::Resource);
+        let err = SafetyScheduler::new()
+            .admit(&Admission::new("p", &vram(huge), Phase::Load), &ctx)
+            .await
+            .expect_err("1e19 MB of VRAM is refused");
+        assert_eq!(err.category, cjm_core::ErrorCategory::Resource);
+        assert!(ctx.ledger().reservations().is_empty());
     }
 }
