@@ -359,7 +359,12 @@ impl ResourceContext {
         let mut gpu_free: BTreeMap<u32, i64> = snap
             .gpus
             .iter()
-            .map(|g| (g.index, mb(g.free_mb).saturating_add(mb(g.used_by(&released)))))
+            .map(|g| {
+                (
+                    g.index,
+                    mb(g.free_mb).saturating_add(mb(g.used_by(&released))),
+                )
+            })
             .collect();
         let mut ram_avail = (snap.ram_total_mb > 0).then_some(mb(snap.ram_available_mb));
         let mut vram_need = BTreeMap::new();
