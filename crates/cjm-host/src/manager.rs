@@ -707,7 +707,8 @@ impl PluginManager {
     }
 
     /// Unloads `name`: `/cleanup` (bounded), `SIGTERM` to its process group, a grace period,
-    /// `SIGKILL`, then a sweep of descendants that escaped the group.
+    /// `SIGKILL`, then a sweep of descendants that escaped the group. Dropping the future does
+    /// not interrupt the teardown.
     pub async fn unload(&self, name: &str) -> Result<(), PluginError> {
         let proxy = self
             .inner
@@ -716,22 +717,32 @@ impl PluginManager {
             .map_err(|_| poisoned())?
             .remove(name)
             .ok_or_else(|| PluginError::not_loaded(name))?;
-        stop(&proxy).await;
-        self.inner.resources.release(name);
+        // Awaiting the teardown's own task is not the teardown: dropping this future leaves
+        // it running to the end, reservation returned, instead of a half-stopped worker.
+        let _ = self.teardown(proxy).await;
         tracing::info!(plugin = name, "unloaded");
         Ok(())
     }
 
-    /// Unloads every plugin in parallel. Idempotent.
+    /// Stops a plugin already out of the loaded map and returns its reservation, in a task of
+    /// its own.
+    fn teardown(&self, proxy: Arc<PluginProxy>) -> tokio::task::JoinHandle<()> {
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            stop(&proxy).await;
+            inner.resources.release(&proxy.manifest().name);
+        })
+    }
+
+    /// Unloads every plugin in parallel. Idempotent; cancel-safe like
+    /// [`unload`](Self::unload).
     pub async fn unload_all(&self) {
         let all: Vec<Arc<PluginProxy>> = match self.inner.loaded.write() {
             Ok(mut g) => std::mem::take(&mut *g).into_values().collect(),
             Err(_) => return,
         };
-        futures::future::join_all(all.iter().map(|p| stop(p))).await;
-        for p in &all {
-            self.inner.resources.release(&p.manifest().name);
-        }
+        let tasks: Vec<_> = all.into_iter().map(|p| self.teardown(p)).collect();
+        futures::future::join_all(tasks).await;
     }
 
     /// Unloads and loads `name` again (a new process), with its current configuration unless
