@@ -398,3 +398,49 @@ async fn a_worker_that_exits_mid_call_reports_its_status_every_time() {
     m.unload_all().await;
     assert!(wait_gone(&[pid], Duration::from_secs(10)).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_settings_save_on_a_stopped_worker_returns_a_timeout() {
+    use cjm_registry::{HostCategorySource, PluginRegistry, RegistryError};
+
+    let s = Scratch::new();
+    s.worker_manifest("w", json!({}));
+    let m = PluginManager::builder()
+        .search_paths([s.manifests()])
+        .data_dir(s.data())
+        .config_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    m.load("w", None).await.unwrap();
+    // What the settings page's Save calls: validate, write, apply to the loaded worker.
+    let registry = PluginRegistry::new(s.dir.path().join("configs")).unwrap();
+    registry
+        .register_plugin_manager(
+            "test",
+            Arc::new(HostCategorySource::new(m.clone(), "test")),
+            None,
+            true,
+        )
+        .await
+        .unwrap();
+    let pid = m.pid("w").unwrap();
+    signal(pid, libc::SIGSTOP);
+
+    let mut config = cjm_registry::Config::new();
+    config.insert("greeting".into(), json!("bye"));
+    let save = registry.save_and_apply_plugin_config("test.w", &config);
+    let err = tokio::time::timeout(Duration::from_secs(20), save)
+        .await
+        .expect("Save must not hang")
+        .unwrap_err();
+    match err {
+        RegistryError::Apply { source, .. } => {
+            assert_eq!(source.category, ErrorCategory::Timeout, "{source}")
+        }
+        other => panic!("expected an apply error, got {other}"),
+    }
+
+    signal(pid, libc::SIGCONT);
+    m.unload_all().await;
+    assert!(wait_gone(&[pid], Duration::from_secs(10)).is_empty());
+}
