@@ -363,24 +363,19 @@ impl PluginProxy {
             Backend::InProcess(p) => {
                 tokio::time::timeout_at(deadline.into(), p.initialize(full.clone()))
                     .await
-                    .unwrap_or_else(|_| {
-                        Err(PluginError::timeout(
-                            "the plugin did not apply the configuration in time",
-                        ))
-                    })
-                    .map_err(|e| e.with_plugin(&self.manifest.name))
+                    .unwrap_or_else(|_| Err(PluginError::timeout("the deadline passed")))
             }
         };
-        if let Err(e) = &result {
+        let result = result.map_err(|mut e| {
             if e.category == ErrorCategory::Timeout {
-                let mut e = e.clone();
                 e.message = format!(
-                    "the plugin did not apply the configuration in time; the previous one stays in force ({})",
+                    "the plugin did not apply the configuration in time; the previous one stays \
+                     in force ({})",
                     e.message
                 );
-                return Err(e.with_plugin(&self.manifest.name));
             }
-        }
+            e.with_plugin(&self.manifest.name)
+        });
         result?;
         if let Ok(mut g) = self.config.write() {
             *g = full;
