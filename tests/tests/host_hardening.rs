@@ -241,6 +241,21 @@ async fn a_dropped_call_is_settled_and_counted_as_cancelled() {
         tokio::task::yield_now().await;
     }
     assert_eq!(m.state("w"), Some(PluginState::Busy));
+    // A second call waits for the only slot; dropped there, it leaves nothing behind.
+    let m3 = m.clone();
+    let waiting = tokio::spawn(async move { m3.execute("w", Call::new(vec![json!("pid")])).await });
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while sched.open.load(Ordering::SeqCst) != 2 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the second call was never admitted"
+        );
+        tokio::task::yield_now().await;
+    }
+    waiting.abort();
+    assert!(waiting.await.unwrap_err().is_cancelled());
+    assert_eq!(sched.open.load(Ordering::SeqCst), 1);
+    assert_eq!(m.stats("w").await.unwrap().in_flight, 1);
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
 
