@@ -205,22 +205,9 @@ impl WorkerClient {
     /// worker is also sent `POST /cancel`.
     pub async fn execute(self: &Arc<Self>, call: Call) -> Result<Output, PluginError> {
         let req = self.execute_request(paths::EXECUTE, &call)?;
-        let ctx = call.ctx.clone();
-        let work = self.transport.call(req, ctx.deadline());
-        let resp = tokio::select! {
-            r = work => r,
-            _ = ctx.cancellation().cancelled() => {
-                self.cancel_original();
-                return Err(PluginError::cancelled("the call was cancelled"));
-            }
-        };
-        let resp = match resp {
-            Err(e) if e.category == cjm_core::ErrorCategory::Timeout => {
-                self.cancel_original();
-                return Err(e);
-            }
-            r => r?,
-        };
+        let resp = self
+            .until_cancelled_or_late(&call.ctx, self.transport.call(req, None))
+            .await?;
         check(&resp)?;
         if resp
             .content_type
@@ -241,7 +228,6 @@ impl WorkerClient {
     /// original worker's call).
     pub async fn execute_stream(self: &Arc<Self>, call: Call) -> Result<ChunkStream, PluginError> {
         let req = self.execute_request(paths::EXECUTE_STREAM, &call)?;
-        let ctx = call.ctx.clone();
         let start = async {
             let (resp, conn) = self.transport.send(req).await?;
             if !resp.status().is_success() {
@@ -254,35 +240,48 @@ impl WorkerClient {
             }
             Ok((resp, conn))
         };
-        let started = tokio::select! {
-            r = async {
-                match ctx.deadline() {
-                    Some(d) => tokio::time::timeout_at(d.into(), start).await.unwrap_or_else(|_| {
-                        Err(PluginError::timeout("the call's deadline passed"))
-                    }),
-                    None => start.await,
-                }
-            } => r,
-            _ = ctx.cancellation().cancelled() => Err(PluginError::cancelled("the call was cancelled")),
-        };
-        let (resp, conn) = match started {
-            Ok(x) => x,
-            Err(e) => {
-                if matches!(
-                    e.category,
-                    cjm_core::ErrorCategory::Cancelled | cjm_core::ErrorCategory::Timeout
-                ) {
-                    self.cancel_original();
-                }
-                return Err(e);
-            }
-        };
+        let ctx = call.ctx.clone();
+        let (resp, conn) = self.until_cancelled_or_late(&ctx, start).await?;
         Ok(Box::pin(NdjsonStream::new(
             Arc::clone(self),
             resp.into_body(),
             conn,
             ctx,
         )))
+    }
+
+    /// The one start of `/execute` and `/execute_stream`: `work` until the call's token is
+    /// cancelled or its deadline passes, whichever comes first. Abandoning `work` closes its
+    /// connection (a cjm worker then cancels the call); an original worker is also sent
+    /// `POST /cancel`.
+    async fn until_cancelled_or_late<T>(
+        self: &Arc<Self>,
+        ctx: &cjm_core::CallContext,
+        work: impl std::future::Future<Output = Result<T, PluginError>>,
+    ) -> Result<T, PluginError> {
+        let bounded = async {
+            match ctx.deadline() {
+                Some(d) => tokio::time::timeout_at(d.into(), work)
+                    .await
+                    .unwrap_or_else(|_| Err(PluginError::timeout("the call's deadline passed"))),
+                None => work.await,
+            }
+        };
+        let result = tokio::select! {
+            r = bounded => r,
+            _ = ctx.cancellation().cancelled() => {
+                Err(PluginError::cancelled("the call was cancelled"))
+            }
+        };
+        if let Err(e) = &result {
+            if matches!(
+                e.category,
+                cjm_core::ErrorCategory::Cancelled | cjm_core::ErrorCategory::Timeout
+            ) {
+                self.cancel_original();
+            }
+        }
+        result
     }
 
     /// For original workers, which do not notice a dropped connection: `POST /cancel` in the
