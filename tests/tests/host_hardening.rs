@@ -459,3 +459,40 @@ async fn the_settings_save_on_a_stopped_worker_returns_a_timeout() {
     m.unload_all().await;
     assert!(wait_gone(&[pid], Duration::from_secs(10)).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_exits_mid_stream_reports_its_status() {
+    let s = Scratch::new();
+    s.worker_manifest("w", json!({"max_concurrency": 2}));
+    let m = s.manager();
+    m.load("w", None).await.unwrap();
+    let pid = m.pid("w").unwrap();
+    let mut stream = m
+        .execute_stream(
+            "w",
+            Call::new(vec![])
+                .kwarg("n", json!(1000))
+                .kwarg("delay_ms", json!(20)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stream.next().await.unwrap().unwrap(), json!({"i": 0}));
+    // The worker exits while the stream runs.
+    let exit = m
+        .execute("w", Call::new(vec![json!("exit")]).kwarg("code", json!(7)))
+        .await
+        .unwrap_err();
+    assert!(exit.details.exit_status.unwrap_or_default().contains('7'));
+    let err = loop {
+        match stream.next().await {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => break e,
+            None => panic!("the stream ended cleanly although its worker died"),
+        }
+    };
+    let status = err.details.exit_status.clone().unwrap_or_default();
+    assert!(status.contains('7'), "no exit status in {err:?}");
+    drop(stream);
+    m.unload_all().await;
+    assert!(wait_gone(&[pid], Duration::from_secs(10)).is_empty());
+}

@@ -12,6 +12,7 @@ use cjm_core::{
     Call, CallContext, CancelOutcome, ChunkStream, ConfigValidator, ErrorCategory, Manifest,
     Output, Plugin, PluginError, Progress,
 };
+use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -397,13 +398,28 @@ impl PluginProxy {
         }
     }
 
-    /// Starts one call as a stream (admitted and counted by the caller).
-    pub(crate) async fn run_stream(&self, call: Call) -> Result<ChunkStream, PluginError> {
+    /// Starts one call as a stream (admitted and counted by the caller). A failure mid-stream
+    /// is explained like a failed call: a worker that died says how.
+    pub(crate) async fn run_stream(
+        self: &Arc<Self>,
+        call: Call,
+    ) -> Result<ChunkStream, PluginError> {
         match &self.backend {
             Backend::Worker(slot) => {
                 let pid = Some(slot.pid());
                 match self.worker(slot)?.execute_stream(call).await {
-                    Ok(s) => Ok(s),
+                    Ok(s) => {
+                        let me = Arc::clone(self);
+                        Ok(Box::pin(s.then(move |item| {
+                            let me = Arc::clone(&me);
+                            async move {
+                                match item {
+                                    Err(e) => Err(me.explain(e, pid).await),
+                                    ok => ok,
+                                }
+                            }
+                        })))
+                    }
                     Err(e) => Err(self.explain(e, pid).await),
                 }
             }
