@@ -216,7 +216,7 @@ impl PluginProxy {
     /// last log lines.
     async fn explain(&self, e: PluginError, pid: Option<u32>) -> PluginError {
         let e = e.with_plugin(&self.manifest.name);
-        if e.category != ErrorCategory::Transient {
+        if !crate::transport::is_connection_failure(&e) {
             return e;
         }
         let Backend::Worker(slot) = &self.backend else {

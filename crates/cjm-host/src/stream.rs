@@ -143,10 +143,7 @@ impl Stream for NdjsonStream {
                         continue;
                     }
                     if this.client.flavor() == WorkerFlavor::Cjm && !this.saw_end {
-                        return this.fail(PluginError::transient(
-                            "the stream ended without its end line: the worker died or closed \
-                             the connection",
-                        ));
+                        return this.fail(crate::transport::ended_early());
                     }
                     this.finished = true;
                     if let Some(conn) = this.conn.take() {
