@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::monitor::{SystemMonitor, SystemSnapshot};
 
-use super::*;
+use super::{Admission, Grant, Ledger, Phase, Reservation};
 
 /// One loaded plugin as the scheduler sees it.
 #[derive(Debug, Clone)]
@@ -77,7 +77,7 @@ struct Holder {
     ram: u64,
 }
 
-/// Readings, the ledger and eviction, for [`Scheduler`]s. One per manager.
+/// Readings, the ledger and eviction, for [`Scheduler`](super::Scheduler)s. One per manager.
 pub struct ResourceContext {
     monitor: Arc<dyn SystemMonitor>,
     ledger: Ledger,

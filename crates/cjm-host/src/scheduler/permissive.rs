@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use cjm_core::PluginError;
 
-use super::*;
+use super::{Admission, Grant, ResourceContext, Scheduler};
 
 /// Admits everything (the default, as in the original). Loads are still placed on the GPU
 /// that fits best, and reserved.

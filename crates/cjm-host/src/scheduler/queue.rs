@@ -11,7 +11,7 @@ use cjm_core::error::ResourceShortfall;
 use cjm_core::PluginError;
 use tokio::sync::{watch, Notify};
 
-use super::*;
+use super::{refusal, Admission, Grant, Phase, ResourceContext, Scheduler};
 
 /// Waits until the declared minimum fits, up to a timeout, re-checking at every poll
 /// interval and at once whenever a reservation is released, a call finishes or the monitor

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use cjm_core::PluginError;
 
-use super::*;
+use super::{refusal, Admission, Grant, ResourceContext, Scheduler};
 
 /// Refuses a load or call whose declared minimum does not fit (VRAM on one GPU, system RAM),
 /// after evicting idle plugins when that can free enough (on by default).
