@@ -286,7 +286,7 @@ async fn two_hundred_load_cycles_and_restarts_leave_only_live_sockets() {
     // Restarts after crashes: the dead worker's socket goes with it.
     m.load("a", None).await.unwrap();
     for _ in 0..3 {
-        let mut states = m.proxy("a").unwrap().watch_state().unwrap();
+        let mut states = m.watch_state("a").unwrap();
         states.borrow_and_update();
         let _ = m.execute("a", Call::new(vec![json!("exit")])).await;
         states.changed().await.unwrap();

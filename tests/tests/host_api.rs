@@ -82,9 +82,9 @@ async fn in_process_plugins_use_the_same_api() {
         .collect()
         .await;
     assert_eq!(chunks.len(), 1);
-    // The proxy is a `Plugin` like any other.
-    let p = m.plugin("counter").unwrap();
-    assert_eq!((p.name(), p.version()), ("counter", "2.0.0"));
+    // Seen through the manager like any other plugin.
+    let p = m.loaded_manifest("counter").unwrap();
+    assert_eq!((p.name.as_str(), p.version.as_str()), ("counter", "2.0.0"));
     let stats = m.stats("counter").await.unwrap();
     assert_eq!(stats.calls, 3);
     assert_eq!(stats.pid, None);

@@ -304,7 +304,7 @@ async fn a_crash_is_noticed_at_once_and_the_worker_restarts_with_its_config() {
         .await
         .unwrap();
     let pid1 = m.stats("c").await.unwrap().pid.unwrap();
-    let mut states = m.proxy("c").unwrap().watch_state().unwrap();
+    let mut states = m.watch_state("c").unwrap();
     states.borrow_and_update();
     let err = m
         .execute("c", op("exit").kwarg("code", json!(9)))
@@ -395,9 +395,8 @@ async fn cancel_and_deadline() {
     let m2 = m.clone();
     let task = tokio::spawn(async move { m2.execute("slow", call).await });
     // Wait until the call is running on the worker (its progress says so), then cancel.
-    let proxy = m.proxy("slow").unwrap();
     loop {
-        let p = cjm_host::Plugin::progress(&*proxy).await.unwrap();
+        let p = m.progress("slow").await.unwrap();
         if p.message == "sleeping" {
             break;
         }

@@ -156,17 +156,16 @@ async fn long_calls_are_not_mistaken_for_death_and_progress_and_cancel_work() {
         stream.next().await.unwrap().unwrap(),
         json!({"started": true})
     );
-    let proxy = m.proxy("py-slow").unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let p = cjm_host::Plugin::progress(&*proxy).await.unwrap();
+        let p = m.progress("py-slow").await.unwrap();
         if p.message.starts_with("step") {
             break;
         }
         assert!(Instant::now() < deadline, "no progress reported");
         tokio::task::yield_now().await;
     }
-    let outcome = cjm_host::Plugin::cancel(&*proxy).await.unwrap();
+    let outcome = m.cancel("py-slow").await.unwrap();
     assert_eq!(outcome, cjm_host::CancelOutcome::Cancelled);
     let last = stream.next().await.unwrap().unwrap();
     assert!(last.get("cancelled_at").is_some(), "{last}");
@@ -219,7 +218,7 @@ async fn plugin_exceptions_crashes_and_restarts() {
     assert_eq!(err.message, "bad input: ('x',)");
 
     let pid = m.stats("py-crashing").await.unwrap().pid.unwrap();
-    let mut states = m.proxy("py-crashing").unwrap().watch_state().unwrap();
+    let mut states = m.watch_state("py-crashing").unwrap();
     states.borrow_and_update();
     let err = m
         .execute("py-crashing", call(json!([]), json!({"what": "crash"})))

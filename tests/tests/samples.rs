@@ -247,17 +247,16 @@ async fn slow_reports_progress_streams_and_honours_cancel() {
     // Progress while it works, then /cancel.
     let m2 = m.clone();
     let task = tokio::spawn(async move { m2.execute("slow", work(60.0, 600)).await });
-    let proxy = m.proxy("slow").unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let p = cjm_host::Plugin::progress(&*proxy).await.unwrap();
+        let p = m.progress("slow").await.unwrap();
         if p.message.ends_with("of 600") && p.progress > 0.0 {
             break;
         }
         assert!(Instant::now() < deadline, "no progress reported: {p:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let outcome = cjm_host::Plugin::cancel(&*proxy).await.unwrap();
+    let outcome = m.cancel("slow").await.unwrap();
     assert_eq!(outcome, CancelOutcome::Cancelled);
     let err = task.await.unwrap().unwrap_err();
     assert_eq!(err.category, ErrorCategory::Cancelled);
@@ -278,7 +277,7 @@ async fn crashy_exit_restarts_panic_is_survived_hang_times_out() {
     let pid1 = pid_of(m.execute("crashy", op("pid")).await.unwrap().value);
 
     // exit: the call fails as transient and the worker is restarted.
-    let mut states = m.proxy("crashy").unwrap().watch_state().unwrap();
+    let mut states = m.watch_state("crashy").unwrap();
     states.borrow_and_update();
     let err = m
         .execute("crashy", op("exit").kwarg("code", json!(7)))

@@ -7,9 +7,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cjm_host::testing::FakeMonitor;
 use cjm_host::{
-    BlockingPluginManager, Call, CallContext, CancellationToken, ErrorCategory, FakeMonitor,
-    GpuReading, PluginError, PluginManager, QueueScheduler, SafetyScheduler, Scheduler,
+    BlockingPluginManager, Call, CallContext, CancellationToken, ErrorCategory, GpuReading,
+    PluginError, PluginManager, QueueScheduler, SafetyScheduler, Scheduler,
 };
 use common::Scratch;
 use futures::StreamExt;
@@ -59,7 +60,7 @@ fn echo() -> Call {
 
 /// The worker's `CUDA_VISIBLE_DEVICES`, from its environment.
 fn visible_devices(m: &PluginManager, name: &str) -> Option<String> {
-    let pid = m.proxy(name).ok()?.pid()?;
+    let pid = m.pid(name)?;
     let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
     env.split(|&b| b == 0)
         .filter_map(|kv| std::str::from_utf8(kv).ok())
@@ -134,7 +135,7 @@ async fn safety_refuses_with_what_was_needed_and_available() {
         e.message
     );
     // Once the plugin's own worker holds the memory, it counts towards its minimum.
-    let pid = m.proxy("ok").expect("proxy").pid().expect("pid");
+    let pid = m.pid("ok").expect("pid");
     mon.update(|s| {
         s.gpus[0].processes = vec![cjm_host::GpuProcess { pid, used_mb: 3500 }];
     });
@@ -281,7 +282,7 @@ async fn eviction_unloads_the_least_recently_used_idle_plugin() {
     m.load("recent", None).await.expect("load");
     // `old` was never called; `recent` was.
     m.execute("recent", echo()).await.expect("call");
-    let old_pid = m.proxy("old").expect("proxy").pid().expect("pid");
+    let old_pid = m.pid("old").expect("pid");
 
     // 10 000 - 2 × 4000 reserved = 2000 free: one must go.
     m.load("new", None).await.expect("load after eviction");
@@ -387,7 +388,7 @@ async fn the_ledger_prevents_double_booking() {
     assert_eq!(shortfall(&refused, "gpu_vram_mb"), (6000.0, 2000.0));
     // The winner's worker now really uses its memory: the readings show it, and the ledger
     // no longer counts it twice.
-    let pid = m.proxy(ok).expect("proxy").pid().expect("pid");
+    let pid = m.pid(ok).expect("pid");
     mon.update(|s| {
         s.gpus[0].free_mb = 2000;
         s.gpus[0].processes = vec![cjm_host::GpuProcess { pid, used_mb: 6000 }];

@@ -66,7 +66,7 @@ async fn the_real_monitor_reads_ram_and_admits_by_it() {
         let usage = m.resource_usage("gpu").await.expect("usage");
         eprintln!("placed: {usage:?} (first GPU: {} {})", gpu.index, gpu.name);
         assert!(usage.gpu.is_some());
-        let pid = m.proxy("gpu").expect("proxy").pid().expect("pid");
+        let pid = m.pid("gpu").expect("pid");
         let env = std::fs::read_to_string(format!("/proc/{pid}/environ")).unwrap_or_default();
         let visible = env
             .split('\0')

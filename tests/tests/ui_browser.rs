@@ -520,11 +520,7 @@ fn settings_page_in_a_real_browser() {
         .live
         .expect("live facts of a loaded plugin");
     assert_eq!(live.state, "ready");
-    let pid = manager
-        .proxy("t")
-        .expect("proxy")
-        .pid()
-        .expect("worker pid");
+    let pid = manager.pid("t").expect("worker pid");
     assert_eq!(live.pids.first(), Some(&pid));
 
     // An invalid value, submitted with Enter: the error appears next to the field.

@@ -22,6 +22,10 @@ pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest accepted plugin name.
 pub const MAX_NAME_LEN: usize = 64;
 
+/// The largest resource figure a manifest may declare, in MB (2^40 MB = 1 EiB): anything
+/// beyond is a typo or an attack, and would overflow the scheduler's arithmetic.
+pub(crate) const MAX_RESOURCE_MB: f64 = 1_099_511_627_776.0;
+
 /// What to do when a worker exits on its own.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -700,8 +704,16 @@ fn validate(value: &Value) -> Vec<ManifestProblem> {
                 let field = format!("resources.{key}");
                 if let Some(v) = res.get(key).filter(|v| !v.is_null()) {
                     if let Some(x) = c.number(&field, v) {
-                        if x < 0.0 {
+                        if !x.is_finite() || x < 0.0 {
                             c.problem(&field, format!("must not be negative, found {x}"));
+                        } else if x > MAX_RESOURCE_MB {
+                            c.problem(
+                                &field,
+                                format!(
+                                    "{x} MB is beyond any machine (at most {MAX_RESOURCE_MB} MB, \
+                                     1 EiB)"
+                                ),
+                            );
                         }
                     }
                 }

@@ -8,11 +8,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 
-use cjm_core::{Call, Manifest, ManifestError, Output, Plugin, PluginError};
+use cjm_core::{
+    Call, CancelOutcome, Manifest, ManifestError, Output, Plugin, PluginError, Progress,
+};
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::manager::{LoadResults, ManagerBuilder, PluginManager};
+use crate::manager::{CallOptions, LoadResults, ManagerBuilder, PluginManager};
 use crate::state::PluginState;
 use crate::stats::PluginStats;
 
@@ -117,6 +119,31 @@ impl BlockingPluginManager {
     /// See [`PluginManager::execute`].
     pub fn execute(&self, name: &str, call: Call) -> Result<Output, PluginError> {
         self.run(self.manager.execute(name, call))
+    }
+
+    /// See [`PluginManager::execute_with`].
+    pub fn execute_with(
+        &self,
+        name: &str,
+        call: Call,
+        opts: CallOptions,
+    ) -> Result<Output, PluginError> {
+        self.run(self.manager.execute_with(name, call, opts))
+    }
+
+    /// See [`PluginManager::progress`].
+    pub fn progress(&self, name: &str) -> Result<Progress, PluginError> {
+        self.run(self.manager.progress(name))
+    }
+
+    /// See [`PluginManager::cancel`].
+    pub fn cancel(&self, name: &str) -> Result<CancelOutcome, PluginError> {
+        self.run(self.manager.cancel(name))
+    }
+
+    /// See [`PluginManager::pid`].
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.manager.pid(name)
     }
 
     /// See [`PluginManager::execute_stream`]: the chunks as a blocking iterator.

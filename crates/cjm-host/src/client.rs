@@ -21,6 +21,10 @@ use crate::transport::{FullResponse, ReqBody, Transport};
 /// Timeout of control requests (`/health`, `/stats`, `/progress`, `/cancel`, `/config`).
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Bound on `POST /initialize` when the caller gives none (models can take minutes to load,
+/// but a worker that stops answering must not hold a start or a save forever).
+pub const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// A connected, identified worker.
 #[derive(Debug)]
 pub struct WorkerClient {
@@ -133,8 +137,8 @@ impl WorkerClient {
         decode(&resp, paths::CANCEL)
     }
 
-    /// `POST /initialize` with `config`, waiting as long as it takes (models load for minutes)
-    /// unless `deadline` is given.
+    /// `POST /initialize` with `config`, until `deadline` (default: [`INITIALIZE_TIMEOUT`] from
+    /// now).
     pub async fn initialize(
         &self,
         config: &Value,
@@ -142,7 +146,8 @@ impl WorkerClient {
     ) -> Result<(), PluginError> {
         let body = serde_json::to_vec(config).map_err(internal)?;
         let req = self.post_json(paths::INITIALIZE, body.into(), None)?;
-        let resp = self.transport.call(req, deadline).await?;
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + INITIALIZE_TIMEOUT);
+        let resp = self.transport.call(req, Some(deadline)).await?;
         check(&resp).map(drop).map_err(|mut e| {
             // An original worker answers any refusal with a bare 400 `{"detail": ...}`.
             if self.flavor() == WorkerFlavor::Original {
@@ -200,22 +205,9 @@ impl WorkerClient {
     /// worker is also sent `POST /cancel`.
     pub async fn execute(self: &Arc<Self>, call: Call) -> Result<Output, PluginError> {
         let req = self.execute_request(paths::EXECUTE, &call)?;
-        let ctx = call.ctx.clone();
-        let work = self.transport.call(req, ctx.deadline());
-        let resp = tokio::select! {
-            r = work => r,
-            _ = ctx.cancellation().cancelled() => {
-                self.cancel_original();
-                return Err(PluginError::cancelled("the call was cancelled"));
-            }
-        };
-        let resp = match resp {
-            Err(e) if e.category == cjm_core::ErrorCategory::Timeout => {
-                self.cancel_original();
-                return Err(e);
-            }
-            r => r?,
-        };
+        let resp = self
+            .until_cancelled_or_late(&call.ctx, self.transport.call(req, None))
+            .await?;
         check(&resp)?;
         if resp
             .content_type
@@ -232,16 +224,10 @@ impl WorkerClient {
         Ok(value.into())
     }
 
-    /// `POST /execute_stream`. `on_end` runs once when the stream ends (`true` for a clean end)
-    /// or is dropped; dropping it early closes the connection (and cancels an original worker's
-    /// call). If the stream cannot start, `on_end` is dropped without being called.
-    pub async fn execute_stream(
-        self: &Arc<Self>,
-        call: Call,
-        on_end: crate::stream::OnEnd,
-    ) -> Result<ChunkStream, PluginError> {
+    /// `POST /execute_stream`. Dropping the stream early closes the connection (and cancels an
+    /// original worker's call).
+    pub async fn execute_stream(self: &Arc<Self>, call: Call) -> Result<ChunkStream, PluginError> {
         let req = self.execute_request(paths::EXECUTE_STREAM, &call)?;
-        let ctx = call.ctx.clone();
         let start = async {
             let (resp, conn) = self.transport.send(req).await?;
             if !resp.status().is_success() {
@@ -254,36 +240,48 @@ impl WorkerClient {
             }
             Ok((resp, conn))
         };
-        let started = tokio::select! {
-            r = async {
-                match ctx.deadline() {
-                    Some(d) => tokio::time::timeout_at(d.into(), start).await.unwrap_or_else(|_| {
-                        Err(PluginError::timeout("the call's deadline passed"))
-                    }),
-                    None => start.await,
-                }
-            } => r,
-            _ = ctx.cancellation().cancelled() => Err(PluginError::cancelled("the call was cancelled")),
-        };
-        let (resp, conn) = match started {
-            Ok(x) => x,
-            Err(e) => {
-                if matches!(
-                    e.category,
-                    cjm_core::ErrorCategory::Cancelled | cjm_core::ErrorCategory::Timeout
-                ) {
-                    self.cancel_original();
-                }
-                return Err(e);
-            }
-        };
+        let ctx = call.ctx.clone();
+        let (resp, conn) = self.until_cancelled_or_late(&ctx, start).await?;
         Ok(Box::pin(NdjsonStream::new(
             Arc::clone(self),
             resp.into_body(),
             conn,
             ctx,
-            on_end,
         )))
+    }
+
+    /// The one start of `/execute` and `/execute_stream`: `work` until the call's token is
+    /// cancelled or its deadline passes, whichever comes first. Abandoning `work` closes its
+    /// connection (a cjm worker then cancels the call); an original worker is also sent
+    /// `POST /cancel`.
+    async fn until_cancelled_or_late<T>(
+        self: &Arc<Self>,
+        ctx: &cjm_core::CallContext,
+        work: impl std::future::Future<Output = Result<T, PluginError>>,
+    ) -> Result<T, PluginError> {
+        let bounded = async {
+            match ctx.deadline() {
+                Some(d) => tokio::time::timeout_at(d.into(), work)
+                    .await
+                    .unwrap_or_else(|_| Err(PluginError::timeout("the call's deadline passed"))),
+                None => work.await,
+            }
+        };
+        let result = tokio::select! {
+            r = bounded => r,
+            _ = ctx.cancellation().cancelled() => {
+                Err(PluginError::cancelled("the call was cancelled"))
+            }
+        };
+        if let Err(e) = &result {
+            if matches!(
+                e.category,
+                cjm_core::ErrorCategory::Cancelled | cjm_core::ErrorCategory::Timeout
+            ) {
+                self.cancel_original();
+            }
+        }
+        result
     }
 
     /// For original workers, which do not notice a dropped connection: `POST /cancel` in the

@@ -20,8 +20,30 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The path of one call: [`PluginManager::execute`] → [`PluginProxy`] (the `Plugin` impl) →
-//! `client` (typed endpoints) → `transport` (pooled HTTP/1.1 over a Unix socket) → the worker.
+//! The path of one call: [`PluginManager::execute`] (lookup, deadline, [`Scheduler`]
+//! admission, a concurrency slot, one guard that settles the call's accounting however it
+//! ends) → the crate-private proxy → `client` (typed endpoints) → `transport` (pooled HTTP/1.1
+//! over a Unix socket) → the worker.
+//!
+//! ## Deadlines
+//!
+//! Every call has a deadline: its own ([`CallContext`]), else [`CallOptions::timeout`], else
+//! the manifest's `call_timeout_secs`, else the manager's
+//! [`call_timeout`](ManagerBuilder::call_timeout) ([`DEFAULT_CALL_TIMEOUT`], 10 minutes), so a
+//! worker that stops answering cannot keep a call (and the plugin's `busy` state) forever.
+//! Control requests are bounded too: `/health`, `/stats`, `/progress`, `/cancel` and
+//! `/config_schema` by 5 s, `/cleanup` by [`SupervisorOptions::cleanup_timeout`], a
+//! configuration update by [`config_timeout`](ManagerBuilder::config_timeout)
+//! ([`DEFAULT_CONFIG_TIMEOUT`]), and the configuration applied at start by 10 minutes.
+//!
+//! ## Cancel-safety
+//!
+//! Dropping any future of the manager is safe: a dropped load leaves no name marked as
+//! loading, no scheduler reservation and no running worker; a dropped call or stream is
+//! cancelled on the worker, releases its slot and counts as cancelled.
+//!
+//! Scheduler implementors find the admission types ([`scheduler::Admission`],
+//! [`scheduler::ResourceContext`], the ledger, eviction) in [`scheduler`].
 
 #![warn(missing_docs)]
 
@@ -34,7 +56,7 @@ mod manager;
 mod monitor;
 mod platform;
 mod proxy;
-mod scheduler;
+pub mod scheduler;
 mod spawn;
 mod state;
 mod stats;
@@ -48,16 +70,22 @@ pub use cjm_core::{
     Output, Plugin, PluginError, Progress,
 };
 pub use discovery::{default_data_dir, default_search_paths, DiscoveredPlugin};
-pub use manager::{LoadResults, ManagerBuilder, PluginManager, DEFAULT_NATIVE_CONCURRENCY};
+pub use manager::{
+    CallOptions, LoadResults, ManagerBuilder, PluginManager, DEFAULT_CALL_TIMEOUT,
+    DEFAULT_CONFIG_TIMEOUT, DEFAULT_NATIVE_CONCURRENCY,
+};
 pub use monitor::{
-    FakeMonitor, GpuProcess, GpuReading, HostMonitor, PluginResourceUsage, SystemMonitor,
-    SystemSnapshot,
+    GpuProcess, GpuReading, HostMonitor, PluginResourceUsage, SystemMonitor, SystemSnapshot,
 };
-pub use proxy::PluginProxy;
-pub use scheduler::{
-    Admission, EvictionCandidate, Grant, Ledger, PermissiveScheduler, Phase, QueueScheduler,
-    Reservation, ResourceContext, SafetyScheduler, Scheduler,
-};
+pub use scheduler::{PermissiveScheduler, QueueScheduler, SafetyScheduler, Scheduler};
 pub use state::PluginState;
 pub use stats::PluginStats;
 pub use supervisor::SupervisorOptions;
+
+/// Test support (the `testing` cargo feature): a monitor whose readings a test sets, and a
+/// hook awaited at each stage of a load.
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::manager::{LoadHook, LoadStage};
+    pub use crate::monitor::FakeMonitor;
+}

@@ -5,13 +5,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cjm_core::{
-    Call, ChunkStream, ConfigValidator, Manifest, ManifestError, Output, Plugin, PluginError,
-    PluginExecutionMode, WorkerSpec,
+    Call, CancelOutcome, ChunkStream, ConfigValidator, Manifest, ManifestError, Output, Plugin,
+    PluginError, PluginExecutionMode, Progress, WorkerSpec,
 };
 use serde_json::{json, Value};
+use tokio::sync::{oneshot, watch};
 
 use crate::discovery::{self, DiscoveredPlugin, Discovery};
 use crate::logs::{self, PluginLog};
@@ -23,11 +24,72 @@ use crate::scheduler::{
 };
 use crate::spawn::LaunchSpec;
 use crate::state::PluginState;
-use crate::stats::PluginStats;
+use crate::stats::{CallGuard, Outcome, PluginStats};
+use crate::stream::GuardedStream;
 use crate::supervisor::{SupervisorOptions, WorkerSlot};
 
 /// Calls in flight at once for a native worker whose manifest sets no limit.
 pub const DEFAULT_NATIVE_CONCURRENCY: u32 = 64;
+
+/// The deadline of a call that sets none, whose manifest sets no `call_timeout_secs` either
+/// (see [`ManagerBuilder::call_timeout`]). A worker that stops answering cannot keep a call,
+/// and the plugin's `busy` state, forever.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long a configuration update ([`PluginManager::update_config`]) may take by default
+/// (see [`ManagerBuilder::config_timeout`]).
+pub const DEFAULT_CONFIG_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Options of one call: its queueing priority and its timeout.
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = cjm_host::CallOptions::new().priority(5).timeout(Duration::from_secs(30));
+/// assert_eq!(opts.priority, 5);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    /// If the scheduler queues the call, calls of higher priority go first (default 0).
+    pub priority: i32,
+    /// The call's timeout, counted from its start (admission included). Without one the
+    /// call's own deadline holds, else the manifest's `call_timeout_secs`, else the manager's
+    /// [`call_timeout`](ManagerBuilder::call_timeout). With one, the earlier of it and the
+    /// call's own deadline holds.
+    pub timeout: Option<Duration>,
+}
+
+impl CallOptions {
+    /// Priority 0, no timeout of its own.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the queueing priority.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets the timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// A point in a load where the `testing` feature's hook is awaited.
+#[cfg_attr(not(feature = "testing"), allow(dead_code, unreachable_pub))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadStage {
+    /// The scheduler admitted the load (its reservation is written); no worker yet.
+    Admitted,
+    /// The worker is started and configured; the plugin is not in the loaded map yet.
+    WorkerStarted,
+}
+
+/// The `testing` feature's load hook: awaited at each [`LoadStage`].
+#[cfg(feature = "testing")]
+pub type LoadHook = Arc<dyn Fn(LoadStage) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
 /// Each plugin's outcome of [`PluginManager::load_all`], in discovery order.
 pub type LoadResults = Vec<(String, Result<(), PluginError>)>;
@@ -43,6 +105,22 @@ pub struct ManagerBuilder {
     monitor: Option<Arc<dyn SystemMonitor>>,
     supervisor: SupervisorOptions,
     log_cap: u64,
+    call_timeout: Duration,
+    config_timeout: Duration,
+    #[cfg(feature = "testing")]
+    load_hook: Option<HookCell>,
+}
+
+/// The load hook, printable.
+#[cfg(feature = "testing")]
+#[derive(Clone)]
+struct HookCell(LoadHook);
+
+#[cfg(feature = "testing")]
+impl std::fmt::Debug for HookCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoadHook")
+    }
 }
 
 impl Default for ManagerBuilder {
@@ -56,6 +134,10 @@ impl Default for ManagerBuilder {
             monitor: None,
             supervisor: SupervisorOptions::default(),
             log_cap: logs::DEFAULT_LOG_CAP,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            config_timeout: DEFAULT_CONFIG_TIMEOUT,
+            #[cfg(feature = "testing")]
+            load_hook: None,
         }
     }
 }
@@ -93,7 +175,7 @@ impl ManagerBuilder {
     }
 
     /// The source of system readings (default: [`HostMonitor`], /proc and NVML; tests pass a
-    /// [`crate::FakeMonitor`]).
+    /// `cjm_host::testing::FakeMonitor` with the `testing` feature).
     pub fn monitor(mut self, monitor: Arc<dyn SystemMonitor>) -> Self {
         self.monitor = Some(monitor);
         self
@@ -108,6 +190,28 @@ impl ManagerBuilder {
     /// Size at which a plugin's log file is rotated.
     pub fn log_cap(mut self, bytes: u64) -> Self {
         self.log_cap = bytes;
+        self
+    }
+
+    /// The deadline of calls that set none and whose manifest sets no `call_timeout_secs`
+    /// (default [`DEFAULT_CALL_TIMEOUT`]). `Duration::MAX` means no deadline.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// The bound on applying a configuration to a loaded plugin (default
+    /// [`DEFAULT_CONFIG_TIMEOUT`]); past it the update fails with a `timeout` error and the
+    /// previous configuration stays in force.
+    pub fn config_timeout(mut self, timeout: Duration) -> Self {
+        self.config_timeout = timeout;
+        self
+    }
+
+    /// Test hook: awaited at each stage of a load, so a test can drop the load there.
+    #[cfg(feature = "testing")]
+    pub fn load_hook(mut self, hook: LoadHook) -> Self {
+        self.load_hook = Some(HookCell(hook));
         self
     }
 
@@ -136,6 +240,10 @@ impl ManagerBuilder {
                 scheduler: self.scheduler,
                 supervisor: self.supervisor,
                 log_cap: self.log_cap,
+                call_timeout: self.call_timeout,
+                config_timeout: self.config_timeout,
+                #[cfg(feature = "testing")]
+                load_hook: self.load_hook,
                 runtime_dir,
                 discovery: RwLock::new(Discovery::default()),
                 loaded: RwLock::new(BTreeMap::new()),
@@ -169,6 +277,10 @@ struct Inner {
     resources: ResourceContext,
     supervisor: SupervisorOptions,
     log_cap: u64,
+    call_timeout: Duration,
+    config_timeout: Duration,
+    #[cfg(feature = "testing")]
+    load_hook: Option<HookCell>,
     runtime_dir: Arc<crate::platform::Runtime>,
     discovery: RwLock<Discovery>,
     loaded: RwLock<BTreeMap<String, Arc<PluginProxy>>>,
@@ -362,33 +474,39 @@ impl PluginManager {
     }
 
     /// Loads a plugin from a manifest that did not come from discovery.
+    ///
+    /// Cancel-safe: dropping the future at any point unmarks the name, returns the scheduler's
+    /// reservation and stops a worker that was started for it (a start under way finishes in
+    /// the background, bounded by the start-up timeout, and is then stopped).
     pub async fn load_manifest(
         &self,
         manifest: Arc<Manifest>,
         config: Option<Value>,
     ) -> Result<(), PluginError> {
-        let name = manifest.name.clone();
-        self.reserve(&name)?;
-        let result = self.spawn_proxy(Arc::clone(&manifest), config).await;
-        match result {
-            Ok(proxy) => {
-                self.insert(&name, Arc::new(proxy));
-                Ok(())
-            }
-            Err(e) => {
-                // Whatever the scheduler reserved for this load goes back.
-                self.inner.resources.release(&name);
-                self.release(&name);
-                Err(e)
-            }
+        let pending = self.claim(&manifest.name)?;
+        let (proxy, reservation, worker) = self.start_worker(manifest, config).await?;
+        self.insert(pending, Arc::new(proxy));
+        reservation.commit();
+        worker.hand_over();
+        Ok(())
+    }
+
+    /// Awaits the test hook of `stage`, if one is set.
+    #[cfg(feature = "testing")]
+    async fn stage(&self, stage: LoadStage) {
+        if let Some(HookCell(hook)) = &self.inner.load_hook {
+            hook(stage).await;
         }
     }
 
-    async fn spawn_proxy(
+    #[cfg(not(feature = "testing"))]
+    async fn stage(&self, _stage: LoadStage) {}
+
+    async fn start_worker(
         &self,
         manifest: Arc<Manifest>,
         config: Option<Value>,
-    ) -> Result<PluginProxy, PluginError> {
+    ) -> Result<(PluginProxy, ReservationGuard, StartedWorker), PluginError> {
         let name = manifest.name.clone();
         if matches!(manifest.worker(), WorkerSpec::InProcess) {
             return Err(PluginError::user_input(format!(
@@ -409,7 +527,14 @@ impl PluginManager {
         } else {
             DEFAULT_NATIVE_CONCURRENCY
         });
-        // Placement: the scheduler picks the GPU (and reserves) before the worker starts.
+        // Placement: the scheduler picks the GPU (and reserves) before the worker starts. The
+        // guard exists before admission, so a load dropped while the scheduler decides (or
+        // evicts) leaves no reservation behind.
+        let reservation = ReservationGuard {
+            inner: Arc::clone(&self.inner),
+            name: name.clone(),
+            armed: true,
+        };
         let mut load = Admission::new(&name, &manifest.resources, Phase::Load);
         load.gpu = pinned_gpu(&manifest);
         let grant: Grant = self
@@ -421,6 +546,7 @@ impl PluginManager {
         if let Some(g) = grant.gpu {
             tracing::info!(plugin = %name, gpu = g, "placed on GPU");
         }
+        self.stage(LoadStage::Admitted).await;
         let spec = LaunchSpec {
             manifest: Arc::clone(&manifest),
             data_dir: self.inner.data_dir.clone(),
@@ -431,13 +557,15 @@ impl PluginManager {
             gpu: grant.gpu,
         };
         let config = Arc::new(RwLock::new(full));
-        let slot = WorkerSlot::start(
+        let worker = StartedWorker::start(
             spec,
             self.inner.supervisor.clone(),
             Arc::clone(&config),
             Arc::clone(&self.inner.seq),
         )
         .await?;
+        self.stage(LoadStage::WorkerStarted).await;
+        let slot = worker.slot();
         let client = slot.client();
         let limit = client
             .as_ref()
@@ -463,15 +591,12 @@ impl PluginManager {
         };
         let proxy = PluginProxy::new(
             manifest,
-            Backend::Worker(Arc::clone(&slot)),
+            Backend::Worker(Arc::clone(slot)),
             schema,
             config,
             limit,
-        );
-        if proxy.is_err() {
-            slot.stop().await;
-        }
-        proxy
+        )?;
+        Ok((proxy, reservation, worker))
     }
 
     /// Registers an in-process plugin under `category`; it is called through the same API as
@@ -493,7 +618,7 @@ impl PluginManager {
             None,
         )
         .map_err(|e| PluginError::user_input(e.to_string()).with_plugin(&name))?;
-        self.reserve(&name)?;
+        let pending = self.claim(&name)?;
         let result = async {
             let validator = if schema.as_object().is_some_and(|o| !o.is_empty()) {
                 Some(ConfigValidator::new(&schema)?)
@@ -511,16 +636,9 @@ impl PluginManager {
             )
         }
         .await;
-        match result {
-            Ok(p) => {
-                self.insert(&name, Arc::new(p));
-                Ok(())
-            }
-            Err(e) => {
-                self.release(&name);
-                Err(e.with_plugin(&name))
-            }
-        }
+        let proxy = result.map_err(|e| e.with_plugin(&name))?;
+        self.insert(pending, Arc::new(proxy));
+        Ok(())
     }
 
     /// Loads every discovered plugin at once (start-up costs the slowest spawn, not the sum),
@@ -545,8 +663,9 @@ impl PluginManager {
         futures::future::join_all(jobs).await
     }
 
-    /// Marks `name` as being loaded; fails if it is loaded already.
-    fn reserve(&self, name: &str) -> Result<(), PluginError> {
+    /// Marks `name` as being loaded (until the returned guard goes); fails if it is loaded
+    /// or being loaded already.
+    fn claim(&self, name: &str) -> Result<PendingLoad, PluginError> {
         let loaded = self.inner.loaded.read().map_err(|_| poisoned())?;
         if loaded.contains_key(name) {
             return Err(PluginError::user_input(format!(
@@ -562,25 +681,25 @@ impl PluginManager {
             ))
             .with_plugin(name));
         }
-        Ok(())
+        Ok(PendingLoad {
+            inner: Arc::clone(&self.inner),
+            name: name.to_owned(),
+        })
     }
 
-    fn release(&self, name: &str) {
-        if let Ok(mut pending) = self.inner.pending.lock() {
-            pending.remove(name);
-        }
-    }
-
-    fn insert(&self, name: &str, proxy: Arc<PluginProxy>) {
+    /// Puts the plugin in the loaded map, then unmarks its name (so it is always in one of
+    /// the two).
+    fn insert(&self, pending: PendingLoad, proxy: Arc<PluginProxy>) {
         if let Ok(mut g) = self.inner.loaded.write() {
-            g.insert(name.to_owned(), proxy);
+            g.insert(pending.name.clone(), proxy);
         }
-        self.release(name);
-        tracing::info!(plugin = name, "loaded");
+        tracing::info!(plugin = %pending.name, "loaded");
+        drop(pending);
     }
 
     /// Unloads `name`: `/cleanup` (bounded), `SIGTERM` to its process group, a grace period,
-    /// `SIGKILL`, then a sweep of descendants that escaped the group.
+    /// `SIGKILL`, then a sweep of descendants that escaped the group. Dropping the future does
+    /// not interrupt the teardown.
     pub async fn unload(&self, name: &str) -> Result<(), PluginError> {
         let proxy = self
             .inner
@@ -589,22 +708,32 @@ impl PluginManager {
             .map_err(|_| poisoned())?
             .remove(name)
             .ok_or_else(|| PluginError::not_loaded(name))?;
-        stop(&proxy).await;
-        self.inner.resources.release(name);
+        // Awaiting the teardown's own task is not the teardown: dropping this future leaves
+        // it running to the end, reservation returned, instead of a half-stopped worker.
+        let _ = self.teardown(proxy).await;
         tracing::info!(plugin = name, "unloaded");
         Ok(())
     }
 
-    /// Unloads every plugin in parallel. Idempotent.
+    /// Stops a plugin already out of the loaded map and returns its reservation, in a task of
+    /// its own.
+    fn teardown(&self, proxy: Arc<PluginProxy>) -> tokio::task::JoinHandle<()> {
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            stop(&proxy).await;
+            inner.resources.release(&proxy.manifest().name);
+        })
+    }
+
+    /// Unloads every plugin in parallel. Idempotent; cancel-safe like
+    /// [`unload`](Self::unload).
     pub async fn unload_all(&self) {
         let all: Vec<Arc<PluginProxy>> = match self.inner.loaded.write() {
             Ok(mut g) => std::mem::take(&mut *g).into_values().collect(),
             Err(_) => return,
         };
-        futures::future::join_all(all.iter().map(|p| stop(p))).await;
-        for p in &all {
-            self.inner.resources.release(&p.manifest().name);
-        }
+        let tasks: Vec<_> = all.into_iter().map(|p| self.teardown(p)).collect();
+        futures::future::join_all(tasks).await;
     }
 
     /// Unloads and loads `name` again (a new process), with its current configuration unless
@@ -631,7 +760,7 @@ impl PluginManager {
     // ---- lookups ---------------------------------------------------------------------------
 
     /// The loaded plugin `name`, as its proxy.
-    pub fn proxy(&self, name: &str) -> Result<Arc<PluginProxy>, PluginError> {
+    pub(crate) fn proxy(&self, name: &str) -> Result<Arc<PluginProxy>, PluginError> {
         self.inner
             .loaded
             .read()
@@ -641,10 +770,38 @@ impl PluginManager {
             .ok_or_else(|| PluginError::not_loaded(name))
     }
 
-    /// The loaded plugin `name` as a [`Plugin`]: callers cannot tell a worker from an
-    /// in-process plugin.
-    pub fn plugin(&self, name: &str) -> Option<Arc<dyn Plugin>> {
-        self.proxy(name).ok().map(|p| p as Arc<dyn Plugin>)
+    /// Whether `name` is loaded.
+    pub fn is_loaded(&self, name: &str) -> bool {
+        self.proxy(name).is_ok()
+    }
+
+    /// The manifest `name` was loaded from.
+    pub fn loaded_manifest(&self, name: &str) -> Option<Arc<Manifest>> {
+        self.proxy(name).ok().map(|p| Arc::clone(p.manifest()))
+    }
+
+    /// The pid of the worker of `name` (the last one, if it is down; `None` when not loaded
+    /// or in-process).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.proxy(name).ok().and_then(|p| p.pid())
+    }
+
+    /// The worker of `name` and every process below it (empty when it is not running, not
+    /// loaded or in-process).
+    pub fn process_tree(&self, name: &str) -> Vec<u32> {
+        self.proxy(name)
+            .map(|p| p.process_tree())
+            .unwrap_or_default()
+    }
+
+    /// The log file of the worker of `name` (`None` when not loaded or in-process).
+    pub fn log_file(&self, name: &str) -> Option<PathBuf> {
+        self.proxy(name).ok().and_then(|p| p.log_file())
+    }
+
+    /// The most calls `name` runs at once.
+    pub fn max_concurrency(&self, name: &str) -> Result<u32, PluginError> {
+        Ok(self.proxy(name)?.max_concurrency())
     }
 
     /// Names of the loaded plugins, sorted.
@@ -684,6 +841,12 @@ impl PluginManager {
     /// The state of `name` (`None` when not loaded).
     pub fn state(&self, name: &str) -> Option<PluginState> {
         self.proxy(name).ok().map(|p| p.state())
+    }
+
+    /// State changes of the worker of `name` (`None` when not loaded or in-process). The
+    /// receiver sees the worker's own states (`ready`, `crashed`, `restarting`, …), not `busy`.
+    pub fn watch_state(&self, name: &str) -> Option<watch::Receiver<PluginState>> {
+        self.proxy(name).ok().and_then(|p| p.watch_state())
     }
 
     /// Waits until the state of `name` satisfies `pred`, or `timeout` passes. Returns the
@@ -747,67 +910,102 @@ impl PluginManager {
             .map_err(|e| e.with_plugin(name))
     }
 
-    /// Runs one call.
-    pub async fn execute(&self, name: &str, call: Call) -> Result<Output, PluginError> {
-        self.execute_with_priority(name, call, 0).await
+    /// The call's deadline: see [`CallOptions::timeout`].
+    fn with_deadline(&self, proxy: &PluginProxy, mut call: Call, opts: &CallOptions) -> Call {
+        let own = call.ctx.deadline();
+        let timeout = match (own, opts.timeout) {
+            (_, Some(t)) => Some(t),
+            (Some(_), None) => None,
+            (None, None) => Some(
+                proxy
+                    .manifest()
+                    .call_timeout()
+                    .unwrap_or(self.inner.call_timeout),
+            ),
+        };
+        let by_timeout = timeout.and_then(|t| Instant::now().checked_add(t));
+        let deadline = match (own, by_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if deadline != own {
+            call.ctx = call.ctx.clone().with_deadline(deadline);
+        }
+        call
     }
 
-    /// Runs one call; if the scheduler queues it, calls of higher `priority` go first.
-    pub async fn execute_with_priority(
+    /// The one start of every call: lookup, enabled check, deadline, scheduler admission,
+    /// then a concurrency slot. The returned guard owns the call's accounting from here on.
+    async fn begin(
         &self,
         name: &str,
         call: Call,
-        priority: i32,
-    ) -> Result<Output, PluginError> {
+        opts: &CallOptions,
+    ) -> Result<(Arc<PluginProxy>, Call, CallGuard), PluginError> {
         let proxy = self.proxy(name)?;
         if !proxy.is_enabled() {
             return Err(PluginError::disabled(name));
         }
-        self.admit(&proxy, &call, priority).await?;
-        let sched = &self.inner.scheduler;
-        sched.on_start(name);
-        let r = proxy.execute(call).await;
-        sched.on_finish(name);
-        r
+        let call = self.with_deadline(&proxy, call, opts);
+        self.admit(&proxy, &call, opts.priority).await?;
+        let mut guard = CallGuard::admitted(Arc::clone(&self.inner.scheduler), name);
+        let permit = proxy.permit(&call.ctx).await?;
+        guard.running(Arc::clone(proxy.call_stats()), permit);
+        Ok((proxy, call, guard))
+    }
+
+    /// Runs one call with the default [`CallOptions`].
+    pub async fn execute(&self, name: &str, call: Call) -> Result<Output, PluginError> {
+        self.execute_with(name, call, CallOptions::default()).await
+    }
+
+    /// Runs one call. Dropping the future cancels it (the worker is told) and settles its
+    /// accounting: it counts as cancelled.
+    pub async fn execute_with(
+        &self,
+        name: &str,
+        call: Call,
+        opts: CallOptions,
+    ) -> Result<Output, PluginError> {
+        let (proxy, call, guard) = self.begin(name, call, &opts).await?;
+        let result = proxy.run(call).await;
+        guard.finish(Outcome::of(&result));
+        result
+    }
+
+    /// Runs one call as a stream, with the default [`CallOptions`].
+    pub async fn execute_stream(&self, name: &str, call: Call) -> Result<ChunkStream, PluginError> {
+        self.execute_stream_with(name, call, CallOptions::default())
+            .await
     }
 
     /// Runs one call as a stream. The stream's failure is an `Err` item, never a data chunk.
-    /// Dropping the stream cancels the call on the worker.
-    pub async fn execute_stream(&self, name: &str, call: Call) -> Result<ChunkStream, PluginError> {
-        self.execute_stream_with_priority(name, call, 0).await
-    }
-
-    /// [`execute_stream`](Self::execute_stream) with a queueing priority (higher goes first).
-    pub async fn execute_stream_with_priority(
+    /// Dropping the stream cancels the call on the worker; it then counts as cancelled. The
+    /// timeout covers the whole stream.
+    pub async fn execute_stream_with(
         &self,
         name: &str,
         call: Call,
-        priority: i32,
+        opts: CallOptions,
     ) -> Result<ChunkStream, PluginError> {
-        let proxy = self.proxy(name)?;
-        if !proxy.is_enabled() {
-            return Err(PluginError::disabled(name));
-        }
-        self.admit(&proxy, &call, priority).await?;
-        let sched = Arc::clone(&self.inner.scheduler);
-        sched.on_start(name);
-        let stream = proxy.execute_stream(call).await;
-        match stream {
-            Ok(s) => {
-                let done = FinishOnDrop {
-                    sched,
-                    name: name.to_owned(),
-                };
-                Ok(Box::pin(futures::StreamExt::map(s, move |item| {
-                    let _keep = &done;
-                    item
-                })))
-            }
+        let (proxy, call, guard) = self.begin(name, call, &opts).await?;
+        match proxy.run_stream(call).await {
+            Ok(stream) => Ok(Box::pin(GuardedStream::new(stream, guard))),
             Err(e) => {
-                sched.on_finish(name);
+                guard.finish(Outcome::of_error(&e));
                 Err(e)
             }
         }
+    }
+
+    /// The progress of what `name` is doing now (`GET /progress`, bounded).
+    pub async fn progress(&self, name: &str) -> Result<Progress, PluginError> {
+        self.proxy(name)?.progress().await
+    }
+
+    /// Asks `name` to cancel what it is doing (`POST /cancel`, bounded).
+    pub async fn cancel(&self, name: &str) -> Result<CancelOutcome, PluginError> {
+        self.proxy(name)?.cancel().await
     }
 
     // ---- configuration -----------------------------------------------------------------------
@@ -839,8 +1037,14 @@ impl PluginManager {
     /// Validates and applies `config` to the running plugin (`/initialize`). If the plugin
     /// rejects it, the previous configuration stays in force. The new configuration is also
     /// what a restart re-applies.
+    ///
+    /// Bounded by the manager's [`config_timeout`](ManagerBuilder::config_timeout): a worker
+    /// that does not answer in time gives a `timeout` error.
     pub async fn update_config(&self, name: &str, config: Value) -> Result<(), PluginError> {
-        self.proxy(name)?.initialize(config).await
+        let deadline = Instant::now()
+            .checked_add(self.inner.config_timeout)
+            .unwrap_or_else(|| Instant::now() + DEFAULT_CONFIG_TIMEOUT);
+        self.proxy(name)?.initialize(config, deadline).await
     }
 
     /// Accepts calls for `name` again.
@@ -953,14 +1157,96 @@ fn is_idle(p: &PluginProxy) -> bool {
         )
 }
 
-struct FinishOnDrop {
-    sched: Arc<dyn Scheduler>,
+/// A name marked as being loaded; unmarked when the guard goes, however the load ends.
+struct PendingLoad {
+    inner: Arc<Inner>,
     name: String,
 }
 
-impl Drop for FinishOnDrop {
+impl Drop for PendingLoad {
     fn drop(&mut self) {
-        self.sched.on_finish(&self.name);
+        if let Ok(mut pending) = self.inner.pending.lock() {
+            pending.remove(&self.name);
+        }
+    }
+}
+
+/// The scheduler's reservation for a load in progress: returned when the guard goes, unless
+/// the load was [committed](Self::commit).
+struct ReservationGuard {
+    inner: Arc<Inner>,
+    name: String,
+    armed: bool,
+}
+
+impl ReservationGuard {
+    /// The plugin is loaded: the reservation now belongs to it (unload returns it).
+    fn commit(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ReservationGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.resources.release(&self.name);
+        }
+    }
+}
+
+/// A started worker that is not in the loaded map yet: stopped when the guard goes, unless
+/// [handed over](Self::hand_over).
+struct StartedWorker {
+    slot: Arc<WorkerSlot>,
+    armed: bool,
+}
+
+impl StartedWorker {
+    /// Starts a worker in a task of its own, so that dropping the caller never drops a start
+    /// half-way (which would leave a process nobody owns): if the caller is gone when the
+    /// start ends, the guard that could not be delivered stops the worker.
+    async fn start(
+        spec: LaunchSpec,
+        opts: SupervisorOptions,
+        config: Arc<RwLock<Value>>,
+        seq: Arc<AtomicU64>,
+    ) -> Result<Self, PluginError> {
+        let name = spec.manifest.name.clone();
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let started = WorkerSlot::start(spec, opts, config, seq)
+                .await
+                .map(|slot| StartedWorker { slot, armed: true });
+            // An undelivered guard (the load was dropped) is dropped here: it stops the worker.
+            let _ = tx.send(started);
+        });
+        rx.await.map_err(|_| {
+            PluginError::fatal("the worker's start task ended without an answer").with_plugin(&name)
+        })?
+    }
+
+    fn slot(&self) -> &Arc<WorkerSlot> {
+        &self.slot
+    }
+
+    /// The worker now belongs to the loaded map.
+    fn hand_over(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for StartedWorker {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let slot = Arc::clone(&self.slot);
+        tracing::info!(plugin = %slot.spec().manifest.name, "load abandoned: stopping its worker");
+        slot.kill_now();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            // Ends the supervisor task (the process is already being killed).
+            rt.spawn(async move { slot.stop().await });
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! System readings for the scheduler, the UI and metrics: RAM, CPU load and NVIDIA GPUs.
 //!
 //! [`HostMonitor`] (the default) reads RAM and CPU load from `/proc` and GPUs through NVML
-//! loaded at run time (no NVIDIA driver: no GPUs, not an error). [`FakeMonitor`] returns
-//! readings a test sets, and tells waiting schedulers when they change.
+//! loaded at run time (no NVIDIA driver: no GPUs, not an error). `FakeMonitor` (the `testing`
+//! feature's `cjm_host::testing::FakeMonitor`) returns readings a test sets, and tells waiting
+//! schedulers when they change.
 
 use std::sync::Mutex;
 
@@ -193,18 +194,21 @@ impl SystemMonitor for HostMonitor {
 /// Readings set by a test. Each [`set`](Self::set) or [`update`](Self::update) wakes queued
 /// calls so they re-check at once. Process RAM is what [`set_process_ram`](Self::set_process_ram)
 /// says (0 by default), never `/proc`.
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug)]
 pub struct FakeMonitor {
     state: Mutex<FakeState>,
     changes: watch::Sender<u64>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Default)]
 struct FakeState {
     snapshot: SystemSnapshot,
     process_ram: Vec<(u32, u64)>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl FakeMonitor {
     /// A monitor reporting `snapshot`.
     pub fn new(snapshot: SystemSnapshot) -> Self {
@@ -250,6 +254,7 @@ impl FakeMonitor {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl SystemMonitor for FakeMonitor {
     fn snapshot(&self) -> SystemSnapshot {
         self.state

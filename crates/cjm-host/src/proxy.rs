@@ -1,18 +1,19 @@
-//! [`PluginProxy`]: the one [`Plugin`] every loaded plugin is seen through, whether it runs in
-//! a worker process or in this process. It validates configuration, enforces the enabled flag,
-//! the per-plugin concurrency limit and the default deadline, and counts every call.
+//! `PluginProxy` (crate-private): how the manager reaches one loaded plugin, whether it runs in
+//! a worker process or in this process. It validates configuration, holds the enabled flag,
+//! the per-plugin concurrency slots and the call counters, and turns a lost connection into
+//! "the worker crashed" with its exit status. Admission and accounting of calls are the
+//! manager's (`PluginManager::execute*` and [`crate::stats::CallGuard`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use cjm_core::{
-    Call, CallContext, CancelOutcome, ChunkStream, ConfigValidator, ErrorCategory, LifecycleAware,
-    Manifest, Output, Plugin, PluginError, PluginExecutionMode, Progress,
+    Call, CallContext, CancelOutcome, ChunkStream, ConfigValidator, ErrorCategory, Manifest,
+    Output, Plugin, PluginError, Progress,
 };
 use futures::StreamExt;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::client::WorkerClient;
@@ -30,8 +31,12 @@ pub(crate) enum Backend {
     InProcess(Arc<dyn Plugin>),
 }
 
+/// How long a failed call waits for the supervisor to report the worker's exit, so that the
+/// error carries the exit status.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
+
 /// A loaded plugin.
-pub struct PluginProxy {
+pub(crate) struct PluginProxy {
     manifest: Arc<Manifest>,
     backend: Backend,
     validator: Option<ConfigValidator>,
@@ -40,7 +45,6 @@ pub struct PluginProxy {
     enabled: AtomicBool,
     limit: Arc<Semaphore>,
     max_concurrency: u32,
-    call_timeout: Option<Duration>,
     stats: Arc<CallStats>,
     cpu_sample: Mutex<Option<(u64, Instant)>>,
 }
@@ -83,7 +87,6 @@ impl PluginProxy {
             None
         };
         Ok(Self {
-            call_timeout: manifest.call_timeout(),
             manifest,
             backend,
             validator,
@@ -111,17 +114,17 @@ impl PluginProxy {
     }
 
     /// The manifest.
-    pub fn manifest(&self) -> &Arc<Manifest> {
+    pub(crate) fn manifest(&self) -> &Arc<Manifest> {
         &self.manifest
     }
 
     /// The configuration in force.
-    pub fn config(&self) -> Value {
+    pub(crate) fn config(&self) -> Value {
         self.config.read().map(|g| g.clone()).unwrap_or(Value::Null)
     }
 
     /// The configuration schema (`{}` when none).
-    pub fn schema(&self) -> &Value {
+    pub(crate) fn schema(&self) -> &Value {
         &self.schema
     }
 
@@ -130,17 +133,17 @@ impl PluginProxy {
     }
 
     /// Whether calls are accepted.
-    pub fn is_enabled(&self) -> bool {
+    pub(crate) fn is_enabled(&self) -> bool {
         self.enabled.load(Ordering::Relaxed)
     }
 
     /// Accepts or refuses calls; the worker keeps running either way.
-    pub fn set_enabled(&self, on: bool) {
+    pub(crate) fn set_enabled(&self, on: bool) {
         self.enabled.store(on, Ordering::Relaxed);
     }
 
     /// The plugin's state; `busy` while calls run.
-    pub fn state(&self) -> PluginState {
+    pub(crate) fn state(&self) -> PluginState {
         let base = match &self.backend {
             Backend::Worker(slot) => slot.state(),
             Backend::InProcess(_) => PluginState::Ready,
@@ -153,7 +156,7 @@ impl PluginProxy {
     }
 
     /// State changes, for worker plugins (`None` in-process).
-    pub fn watch_state(&self) -> Option<tokio::sync::watch::Receiver<PluginState>> {
+    pub(crate) fn watch_state(&self) -> Option<tokio::sync::watch::Receiver<PluginState>> {
         match &self.backend {
             Backend::Worker(slot) => Some(slot.watch_state()),
             Backend::InProcess(_) => None,
@@ -161,7 +164,7 @@ impl PluginProxy {
     }
 
     /// The worker's pid (none in-process or before the first start).
-    pub fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         match &self.backend {
             Backend::Worker(slot) => Some(slot.pid()),
             Backend::InProcess(_) => None,
@@ -174,16 +177,8 @@ impl PluginProxy {
     }
 
     /// The most calls in flight at once.
-    pub fn max_concurrency(&self) -> u32 {
+    pub(crate) fn max_concurrency(&self) -> u32 {
         self.max_concurrency
-    }
-
-    fn check_enabled(&self) -> Result<(), PluginError> {
-        if self.is_enabled() {
-            Ok(())
-        } else {
-            Err(PluginError::disabled(&self.manifest.name))
-        }
     }
 
     /// The worker client, or the error that says why there is none.
@@ -214,25 +209,47 @@ impl PluginProxy {
         e.with_plugin(name)
     }
 
-    /// Turns a lost connection into "the worker crashed" when that is what happened.
-    fn explain(&self, e: PluginError) -> PluginError {
+    /// Turns a lost connection into "the worker crashed" when that is what happened. The
+    /// connection usually drops a moment before the supervisor has reaped the worker, so this
+    /// waits (at most [`EXIT_WAIT`], on the supervisor's state signal) until the worker that
+    /// served the call (`pid`) is known to be gone; the error then carries its exit status and
+    /// last log lines.
+    async fn explain(&self, e: PluginError, pid: Option<u32>) -> PluginError {
         let e = e.with_plugin(&self.manifest.name);
-        if e.category != ErrorCategory::Transient {
+        if !crate::transport::is_connection_failure(&e) {
             return e;
         }
-        match &self.backend {
-            Backend::Worker(slot) if !slot.state().is_serving() || slot.client().is_none() => {
-                let mut d = self.down_error(slot);
-                d.message = format!("the call failed: {}", d.message);
-                d
+        let Backend::Worker(slot) = &self.backend else {
+            return e;
+        };
+        let gone = |state: PluginState| !state.is_serving() || Some(slot.pid()) != pid;
+        let mut states = slot.watch_state();
+        let wait = async {
+            loop {
+                if gone(*states.borrow_and_update()) {
+                    return true;
+                }
+                if states.changed().await.is_err() {
+                    return gone(slot.state());
+                }
             }
-            _ => e,
+        };
+        let gone = tokio::time::timeout(EXIT_WAIT, wait).await.unwrap_or(false);
+        if gone || slot.client().is_none() {
+            let mut d = self.down_error(slot);
+            d.message = format!("the call failed: {}", d.message);
+            d
+        } else {
+            e
         }
     }
 
     /// A concurrency slot; waiting for one ends early if the call is cancelled or its
     /// deadline passes.
-    async fn permit(&self, ctx: &CallContext) -> Result<OwnedSemaphorePermit, PluginError> {
+    pub(crate) async fn permit(
+        &self,
+        ctx: &CallContext,
+    ) -> Result<OwnedSemaphorePermit, PluginError> {
         let acquire = Arc::clone(&self.limit).acquire_owned();
         let deadline = async {
             match ctx.deadline() {
@@ -252,17 +269,8 @@ impl PluginProxy {
         }
     }
 
-    fn with_default_deadline(&self, mut call: Call) -> Call {
-        if call.ctx.deadline().is_none() {
-            if let Some(t) = self.call_timeout {
-                call.ctx = call.ctx.clone().with_deadline(Some(Instant::now() + t));
-            }
-        }
-        call
-    }
-
     /// Host-side statistics, with the worker's own `/stats` when it answers.
-    pub async fn stats(&self) -> PluginStats {
+    pub(crate) async fn stats(&self) -> PluginStats {
         let (calls, errors, p50, p99) = self.stats.summary();
         let (pid, restarts, last_exit, uptime, worker) = match &self.backend {
             Backend::Worker(slot) => {
@@ -290,6 +298,7 @@ impl PluginProxy {
             restarts,
             calls,
             errors,
+            cancelled: self.stats.cancelled(),
             in_flight: self.stats.in_flight(),
             latency_p50_us: p50,
             latency_p99_us: p99,
@@ -333,134 +342,119 @@ impl PluginProxy {
     }
 }
 
-#[async_trait]
-impl Plugin for PluginProxy {
-    fn name(&self) -> &str {
-        &self.manifest.name
-    }
-
-    fn version(&self) -> &str {
-        &self.manifest.version
-    }
-
-    /// Validates `config` (completed with the schema's defaults) and applies it hot; if the
-    /// plugin rejects it, the previous configuration stays in force.
-    async fn initialize(&self, config: Value) -> Result<(), PluginError> {
+impl PluginProxy {
+    /// Validates `config` (completed with the schema's defaults) and applies it hot, bounded by
+    /// `deadline`; if the plugin rejects it (or does not answer in time), the previous
+    /// configuration stays in force.
+    pub(crate) async fn initialize(
+        &self,
+        config: Value,
+        deadline: Instant,
+    ) -> Result<(), PluginError> {
         let full = Self::prepare_config(&self.schema, self.validator.as_ref(), Some(config))
             .map_err(|e| e.with_plugin(&self.manifest.name))?;
-        match &self.backend {
-            Backend::Worker(slot) => self.worker(slot)?.initialize(&full, None).await,
-            Backend::InProcess(p) => p.initialize(full.clone()).await,
-        }
-        .map_err(|e| self.explain(e))?;
+        let result = match &self.backend {
+            Backend::Worker(slot) => {
+                let pid = Some(slot.pid());
+                match self.worker(slot)?.initialize(&full, Some(deadline)).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(self.explain(e, pid).await),
+                }
+            }
+            Backend::InProcess(p) => {
+                tokio::time::timeout_at(deadline.into(), p.initialize(full.clone()))
+                    .await
+                    .unwrap_or_else(|_| Err(PluginError::timeout("the deadline passed")))
+            }
+        };
+        let result = result.map_err(|mut e| {
+            if e.category == ErrorCategory::Timeout {
+                e.message = format!(
+                    "the plugin did not apply the configuration in time; the previous one stays \
+                     in force ({})",
+                    e.message
+                );
+            }
+            e.with_plugin(&self.manifest.name)
+        });
+        result?;
         if let Ok(mut g) = self.config.write() {
             *g = full;
         }
         Ok(())
     }
 
-    async fn execute(&self, call: Call) -> Result<Output, PluginError> {
-        self.check_enabled()?;
-        let call = self.with_default_deadline(call);
-        let _permit = self.permit(&call.ctx).await?;
-        let guard = self.stats.begin();
-        let result = match &self.backend {
-            Backend::Worker(slot) => match self.worker(slot) {
-                Ok(c) => c.execute(call).await.map_err(|e| self.explain(e)),
-                Err(e) => Err(e),
-            },
+    /// Runs one call (admitted and counted by the caller).
+    pub(crate) async fn run(&self, call: Call) -> Result<Output, PluginError> {
+        match &self.backend {
+            Backend::Worker(slot) => {
+                let pid = Some(slot.pid());
+                match self.worker(slot)?.execute(call).await {
+                    Ok(out) => Ok(out),
+                    Err(e) => Err(self.explain(e, pid).await),
+                }
+            }
             Backend::InProcess(p) => p.execute(call).await,
-        };
-        guard.finish(result.is_ok());
-        result
+        }
     }
 
-    async fn execute_stream(&self, call: Call) -> Result<ChunkStream, PluginError> {
-        self.check_enabled()?;
-        let call = self.with_default_deadline(call);
-        let permit = self.permit(&call.ctx).await?;
-        let tracker = StreamTracker::new(Arc::clone(&self.stats), permit);
+    /// Starts one call as a stream (admitted and counted by the caller). A failure mid-stream
+    /// is explained like a failed call: a worker that died says how.
+    pub(crate) async fn run_stream(
+        self: &Arc<Self>,
+        call: Call,
+    ) -> Result<ChunkStream, PluginError> {
         match &self.backend {
             Backend::Worker(slot) => {
-                let client = self.worker(slot)?;
-                let on_end = Box::new(move |ok: bool| tracker.finish(ok));
-                client
-                    .execute_stream(call, on_end)
-                    .await
-                    .map_err(|e| self.explain(e))
-            }
-            Backend::InProcess(p) => {
-                let stream = p.execute_stream(call).await?;
-                // The tracker (and its slot) goes when the stream ends or is dropped.
-                let mut tracker = Some(tracker);
-                let mut failed = false;
-                Ok(Box::pin(
-                    stream
-                        .map(Some)
-                        .chain(futures::stream::once(async { None }))
-                        .filter_map(move |item| {
-                            match &item {
-                                Some(Err(_)) => failed = true,
-                                None => {
-                                    if let Some(t) = tracker.take() {
-                                        t.finish(!failed);
-                                    }
+                let pid = Some(slot.pid());
+                match self.worker(slot)?.execute_stream(call).await {
+                    Ok(s) => {
+                        let me = Arc::clone(self);
+                        Ok(Box::pin(s.then(move |item| {
+                            let me = Arc::clone(&me);
+                            async move {
+                                match item {
+                                    Err(e) => Err(me.explain(e, pid).await),
+                                    ok => ok,
                                 }
-                                Some(Ok(_)) => {}
                             }
-                            futures::future::ready(item)
-                        }),
-                ))
+                        })))
+                    }
+                    Err(e) => Err(self.explain(e, pid).await),
+                }
             }
+            Backend::InProcess(p) => p.execute_stream(call).await,
         }
     }
 
-    async fn config_schema(&self) -> Result<Value, PluginError> {
-        Ok(self.schema.clone())
-    }
-
-    async fn current_config(&self) -> Result<Value, PluginError> {
-        Ok(self.config())
-    }
-
-    async fn cleanup(&self) -> Result<(), PluginError> {
-        match &self.backend {
-            Backend::Worker(slot) => {
-                self.worker(slot)?
-                    .cleanup(Instant::now() + Duration::from_secs(30))
-                    .await
-            }
-            Backend::InProcess(p) => p.cleanup().await,
-        }
-    }
-
-    async fn cancel(&self) -> Result<CancelOutcome, PluginError> {
+    /// Cancels what the plugin is doing (`POST /cancel`).
+    pub(crate) async fn cancel(&self) -> Result<CancelOutcome, PluginError> {
         match &self.backend {
             Backend::Worker(slot) => self.worker(slot)?.cancel().await,
             Backend::InProcess(p) => p.cancel().await,
         }
+        .map_err(|e| e.with_plugin(&self.manifest.name))
     }
 
-    async fn progress(&self) -> Result<Progress, PluginError> {
+    /// The plugin's progress (`GET /progress`).
+    pub(crate) async fn progress(&self) -> Result<Progress, PluginError> {
         match &self.backend {
             Backend::Worker(slot) => self.worker(slot)?.progress().await,
             Backend::InProcess(p) => p.progress().await,
         }
+        .map_err(|e| e.with_plugin(&self.manifest.name))
     }
 
-    fn lifecycle(&self) -> Option<&dyn LifecycleAware> {
-        Some(self)
-    }
-}
-
-#[async_trait]
-impl LifecycleAware for PluginProxy {
-    fn execution_mode(&self) -> PluginExecutionMode {
-        self.manifest.effective_execution_mode()
+    /// The worker's log file (none in-process).
+    pub(crate) fn log_file(&self) -> Option<std::path::PathBuf> {
+        match &self.backend {
+            Backend::Worker(slot) => Some(slot.spec().log.path().to_path_buf()),
+            Backend::InProcess(_) => None,
+        }
     }
 
-    /// The worker and every process below it.
-    fn child_pids(&self) -> Vec<u32> {
+    /// The worker and every process below it (empty when it is not running or in-process).
+    pub(crate) fn process_tree(&self) -> Vec<u32> {
         match &self.backend {
             Backend::Worker(slot) if slot.client().is_some() => {
                 let mut v = vec![slot.pid()];
@@ -469,62 +463,5 @@ impl LifecycleAware for PluginProxy {
             }
             _ => Vec::new(),
         }
-    }
-
-    fn managed_resources(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        if let Backend::Worker(slot) = &self.backend {
-            if let Some(c) = slot.client() {
-                m.insert(
-                    "endpoint".into(),
-                    Value::String(c.transport().endpoint().to_string()),
-                );
-            }
-            m.insert(
-                "log_file".into(),
-                Value::String(slot.spec().log.path().display().to_string()),
-            );
-        }
-        m
-    }
-
-    async fn force_cleanup(&self) -> Result<(), PluginError> {
-        if let Backend::Worker(slot) = &self.backend {
-            slot.kill_now();
-        }
-        Ok(())
-    }
-}
-
-/// Counts a stream as one call from its start until it ends or is dropped, and holds its
-/// concurrency permit that long.
-struct StreamTracker {
-    stats: Arc<CallStats>,
-    started: Instant,
-    /// Set by [`finish`](Self::finish); a tracker dropped without it counts as a failure.
-    ok: bool,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl StreamTracker {
-    fn new(stats: Arc<CallStats>, permit: OwnedSemaphorePermit) -> Self {
-        stats.start();
-        Self {
-            stats,
-            started: Instant::now(),
-            ok: false,
-            _permit: permit,
-        }
-    }
-
-    /// Records the outcome and releases the slot.
-    fn finish(mut self, ok: bool) {
-        self.ok = ok;
-    }
-}
-
-impl Drop for StreamTracker {
-    fn drop(&mut self) {
-        self.stats.end(self.started, self.ok);
     }
 }

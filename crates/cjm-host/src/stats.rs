@@ -1,11 +1,14 @@
 //! Host-side call statistics: counts, in-flight, last executed, latency percentiles.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use cjm_core::wire::StatsResponse;
 use serde::{Deserialize, Serialize};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::scheduler::Scheduler;
 
 use crate::state::PluginState;
 
@@ -17,6 +20,7 @@ const WINDOW: usize = 1024;
 pub struct CallStats {
     calls: AtomicU64,
     errors: AtomicU64,
+    cancelled: AtomicU64,
     in_flight: AtomicU64,
     last_executed_ms: AtomicU64,
     latencies: Mutex<Ring>,
@@ -33,6 +37,7 @@ impl Default for CallStats {
         Self {
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             last_executed_ms: AtomicU64::new(0),
             latencies: Mutex::new(Ring {
@@ -43,49 +48,94 @@ impl Default for CallStats {
     }
 }
 
-/// A call in progress; [`finish`](CallGuard::finish) records its outcome. Dropped unfinished,
-/// it counts as an error.
-#[derive(Debug)]
-pub struct CallGuard<'a> {
-    stats: &'a CallStats,
-    started: Instant,
-    done: bool,
+/// How a call ended, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// It succeeded.
+    Ok,
+    /// It failed.
+    Failed,
+    /// It was cancelled or abandoned (a dropped call future or stream).
+    Cancelled,
 }
 
-impl CallGuard<'_> {
-    /// Records the outcome.
-    pub fn finish(mut self, ok: bool) {
-        self.record(ok);
-    }
-
-    fn record(&mut self, ok: bool) {
-        if self.done {
-            return;
+impl Outcome {
+    /// The outcome of a finished call: a `cancelled` error is a cancellation, not a failure.
+    pub(crate) fn of<T>(result: &Result<T, cjm_core::PluginError>) -> Self {
+        match result {
+            Ok(_) => Self::Ok,
+            Err(e) => Self::of_error(e),
         }
-        self.done = true;
-        self.stats.end(self.started, ok);
+    }
+
+    /// The outcome of a call that failed with `e`.
+    pub(crate) fn of_error(e: &cjm_core::PluginError) -> Self {
+        if e.category == cjm_core::ErrorCategory::Cancelled {
+            Self::Cancelled
+        } else {
+            Self::Failed
+        }
     }
 }
 
-impl Drop for CallGuard<'_> {
+/// The one owner of a call's accounting: the scheduler's `on_start`/`on_finish` pair, the
+/// plugin's concurrency slot and its call counters. Whatever happens to the call (it ends, its
+/// future is dropped at any await, its stream is dropped half-read), dropping the guard
+/// settles everything exactly once; a guard dropped without [`finish`](Self::finish) counts
+/// the call as cancelled.
+pub(crate) struct CallGuard {
+    scheduler: Arc<dyn Scheduler>,
+    plugin: String,
+    running: Option<(Arc<CallStats>, Instant, OwnedSemaphorePermit)>,
+    outcome: Outcome,
+}
+
+impl std::fmt::Debug for CallGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallGuard")
+            .field("plugin", &self.plugin)
+            .field("running", &self.running.is_some())
+            .finish()
+    }
+}
+
+impl CallGuard {
+    /// Calls the scheduler's `on_start`; `on_finish` follows when the guard goes.
+    pub(crate) fn admitted(scheduler: Arc<dyn Scheduler>, plugin: &str) -> Self {
+        scheduler.on_start(plugin);
+        Self {
+            scheduler,
+            plugin: plugin.to_owned(),
+            running: None,
+            outcome: Outcome::Cancelled,
+        }
+    }
+
+    /// The call got its concurrency slot and starts now: it counts as in flight.
+    pub(crate) fn running(&mut self, stats: Arc<CallStats>, permit: OwnedSemaphorePermit) {
+        stats.start();
+        self.running = Some((stats, Instant::now(), permit));
+    }
+
+    /// Records how the call ended and releases everything.
+    pub(crate) fn finish(mut self, outcome: Outcome) {
+        self.outcome = outcome;
+    }
+}
+
+impl Drop for CallGuard {
     fn drop(&mut self) {
-        self.record(false);
+        if let Some((stats, started, permit)) = self.running.take() {
+            stats.end(started, self.outcome);
+            drop(permit);
+        }
+        self.scheduler.on_finish(&self.plugin);
     }
 }
 
 impl CallStats {
-    /// Starts counting a call.
-    pub fn begin(&self) -> CallGuard<'_> {
-        self.start();
-        CallGuard {
-            stats: self,
-            started: Instant::now(),
-            done: false,
-        }
-    }
-
-    /// Marks the start of a call (for owners that cannot hold a borrow, like streams).
-    pub fn start(&self) {
+    /// Marks the start of a call.
+    fn start(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -95,11 +145,17 @@ impl CallStats {
     }
 
     /// Marks the end of a call started at `started`.
-    pub fn end(&self, started: Instant, ok: bool) {
+    fn end(&self, started: Instant, outcome: Outcome) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.calls.fetch_add(1, Ordering::Relaxed);
-        if !ok {
-            self.errors.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Outcome::Ok => {}
+            Outcome::Failed => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Cancelled => {
+                self.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
         }
         let us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
         if let Ok(mut r) = self.latencies.lock() {
@@ -126,6 +182,11 @@ impl CallStats {
     /// Restores the last-executed time (after a reload).
     pub fn set_last_executed_ms(&self, ms: u64) {
         self.last_executed_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Calls cancelled or abandoned so far.
+    pub fn cancelled(&self) -> u64 {
+        self.cancelled.load(Ordering::Relaxed)
     }
 
     /// `(calls, errors, p50 µs, p99 µs)` over the recent window.
@@ -161,6 +222,10 @@ pub struct PluginStats {
     pub calls: u64,
     /// Calls that failed.
     pub errors: u64,
+    /// Calls cancelled or abandoned by the caller (a dropped call future or stream); counted
+    /// in `calls`, not in `errors`.
+    #[serde(default)]
+    pub cancelled: u64,
     /// Calls running.
     pub in_flight: u64,
     /// Median latency of recent calls, µs.

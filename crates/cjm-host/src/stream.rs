@@ -14,11 +14,11 @@ use hyper::body::{Body, Incoming};
 use serde_json::Value;
 use tokio::time::Sleep;
 
-use crate::client::WorkerClient;
-use crate::transport::Conn;
+use cjm_core::ChunkStream;
 
-/// What to do when a stream ends: the argument says whether it ended cleanly.
-pub type OnEnd = Box<dyn FnOnce(bool) + Send + Sync>;
+use crate::client::WorkerClient;
+use crate::stats::{CallGuard, Outcome};
+use crate::transport::Conn;
 
 /// The owned future of the call's cancellation token.
 type CancelFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -30,10 +30,6 @@ pub struct NdjsonStream {
     conn: Option<Conn>,
     cancel: CancelFuture,
     deadline: Option<Pin<Box<Sleep>>>,
-    /// Called once, as soon as the stream ends (with `true` for a clean end) or is dropped
-    /// unfinished (with `true`: abandoning a stream is not a failure of the plugin). It releases
-    /// the call's concurrency slot and records the outcome.
-    on_end: Option<OnEnd>,
     buf: BytesMut,
     scanned: usize,
     chunks: u64,
@@ -43,13 +39,7 @@ pub struct NdjsonStream {
 
 impl NdjsonStream {
     /// Reads `body`; `conn` goes back to the pool after a clean end.
-    pub fn new(
-        client: Arc<WorkerClient>,
-        body: Incoming,
-        conn: Conn,
-        ctx: CallContext,
-        on_end: OnEnd,
-    ) -> Self {
+    pub fn new(client: Arc<WorkerClient>, body: Incoming, conn: Conn, ctx: CallContext) -> Self {
         let token = ctx.cancellation().clone();
         Self {
             client,
@@ -59,7 +49,6 @@ impl NdjsonStream {
             deadline: ctx
                 .deadline()
                 .map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
-            on_end: Some(on_end),
             buf: BytesMut::new(),
             scanned: 0,
             chunks: 0,
@@ -71,9 +60,6 @@ impl NdjsonStream {
     fn fail(&mut self, e: PluginError) -> Poll<Option<Result<Value, PluginError>>> {
         self.finished = true;
         self.conn = None;
-        if let Some(f) = self.on_end.take() {
-            f(false);
-        }
         Poll::Ready(Some(Err(e)))
     }
 
@@ -157,15 +143,9 @@ impl Stream for NdjsonStream {
                         continue;
                     }
                     if this.client.flavor() == WorkerFlavor::Cjm && !this.saw_end {
-                        return this.fail(PluginError::transient(
-                            "the stream ended without its end line: the worker died or closed \
-                             the connection",
-                        ));
+                        return this.fail(crate::transport::ended_early());
                     }
                     this.finished = true;
-                    if let Some(f) = this.on_end.take() {
-                        f(true);
-                    }
                     if let Some(conn) = this.conn.take() {
                         this.client.transport().give_back(conn);
                     }
@@ -178,12 +158,47 @@ impl Stream for NdjsonStream {
 
 impl Drop for NdjsonStream {
     fn drop(&mut self) {
-        if let Some(f) = self.on_end.take() {
-            f(true);
-        }
         if !self.finished && tokio::runtime::Handle::try_current().is_ok() {
             // Dropping `conn` and `body` closes the connection: a cjm worker cancels the call.
             self.client.cancel_original();
         }
+    }
+}
+
+/// A call's stream with its accounting: the [`CallGuard`] is settled at the stream's end (as a
+/// success), at its first error item (as that error), or when the stream is dropped before
+/// either (as a cancellation: abandoning a stream is neither a success nor a failure of the
+/// plugin).
+pub(crate) struct GuardedStream {
+    inner: ChunkStream,
+    guard: Option<CallGuard>,
+}
+
+impl GuardedStream {
+    pub(crate) fn new(inner: ChunkStream, guard: CallGuard) -> Self {
+        Self {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Stream for GuardedStream {
+    type Item = Result<Value, PluginError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let item = std::task::ready!(this.inner.as_mut().poll_next(cx));
+        let outcome = match &item {
+            Some(Ok(_)) => None,
+            Some(Err(e)) => Some(Outcome::of_error(e)),
+            None => Some(Outcome::Ok),
+        };
+        if let Some(outcome) = outcome {
+            if let Some(g) = this.guard.take() {
+                g.finish(outcome);
+            }
+        }
+        Poll::Ready(item)
     }
 }

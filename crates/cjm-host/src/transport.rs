@@ -171,7 +171,7 @@ impl Transport {
                 None => {
                     return self.connect().await.map_err(|e| {
                         PluginError::transient(format!(
-                            "cannot connect to the worker at {}: {e}",
+                            "{CANNOT_CONNECT} at {}: {e}",
                             self.endpoint
                         ))
                     })
@@ -239,7 +239,26 @@ impl Transport {
 
 /// A transport failure after the connection was made: the worker went away mid-call.
 pub fn lost(e: hyper::Error) -> PluginError {
-    PluginError::transient(format!("the connection to the worker was lost: {e}"))
+    PluginError::transient(format!("{LOST}: {e}"))
+}
+
+/// The start of the message of every error that says the connection to the worker could not
+/// be made or was lost, as opposed to an error the worker sent.
+const LOST: &str = "the connection to the worker was lost";
+const CANNOT_CONNECT: &str = "cannot connect to the worker";
+
+/// A stream that ended without its end line.
+pub(crate) fn ended_early() -> PluginError {
+    PluginError::transient(format!(
+        "{LOST}: the stream ended without its end line (the worker died or closed the connection)"
+    ))
+}
+
+/// Whether `e` is a failed or lost connection (made by this module), not an error the worker
+/// sent: only then can the worker's exit explain it.
+pub(crate) fn is_connection_failure(e: &PluginError) -> bool {
+    e.category == cjm_core::ErrorCategory::Transient
+        && (e.message.starts_with(LOST) || e.message.starts_with(CANNOT_CONNECT))
 }
 
 async fn handshake<I>(io: I) -> io::Result<Conn>

@@ -7,7 +7,7 @@
 //!   wants (it lists every plugin of a source under the category it is registered as).
 
 use async_trait::async_trait;
-use cjm_core::{Manifest, Plugin, PluginError};
+use cjm_core::{Manifest, PluginError};
 use cjm_host::PluginManager;
 use serde_json::Value;
 
@@ -15,12 +15,9 @@ use crate::source::{LiveFacts, PluginSource};
 
 /// Live facts about the loaded plugin `name`, or `None` when it is not loaded.
 async fn host_live_facts(manager: &PluginManager, name: &str) -> Option<LiveFacts> {
-    let proxy = manager.proxy(name).ok()?;
-    let stats = proxy.stats().await;
-    let mut pids = proxy
-        .lifecycle()
-        .map(|l| l.child_pids())
-        .unwrap_or_default();
+    let manifest = manager.loaded_manifest(name)?;
+    let stats = manager.stats(name).await.ok()?;
+    let mut pids = manager.process_tree(name);
     if pids.is_empty() {
         pids.extend(stats.pid);
     }
@@ -28,7 +25,7 @@ async fn host_live_facts(manager: &PluginManager, name: &str) -> Option<LiveFact
         state: stats.state.as_str().to_owned(),
         pids,
         restarts: stats.restarts,
-        execution_mode: proxy.lifecycle().map(|l| l.execution_mode()),
+        execution_mode: Some(manifest.effective_execution_mode()),
         container_id: None,
         remote_resource: None,
     })
@@ -40,7 +37,7 @@ async fn host_apply(
     name: &str,
     config: Value,
 ) -> Result<bool, PluginError> {
-    if manager.proxy(name).is_err() {
+    if !manager.is_loaded(name) {
         return Ok(false);
     }
     manager.update_config(name, config).await?;

@@ -310,6 +310,22 @@ fn bad_manifests() -> Vec<BadCase> {
             )],
         ),
         (
+            "ram beyond any machine",
+            ok(json!({"resources": {"min_system_ram_mb": 1e19}})),
+            vec![(
+                "resources.min_system_ram_mb",
+                "10000000000000000000 MB is beyond any machine (at most 1099511627776 MB, 1 EiB)",
+            )],
+        ),
+        (
+            "vram beyond any machine",
+            ok(json!({"resources": {"min_gpu_vram_mb": 1099511627777u64}})),
+            vec![(
+                "resources.min_gpu_vram_mb",
+                "1099511627777 MB is beyond any machine (at most 1099511627776 MB, 1 EiB)",
+            )],
+        ),
+        (
             "ram as string",
             ok(json!({"resources": {"min_system_ram_mb": "8GB"}})),
             vec![(

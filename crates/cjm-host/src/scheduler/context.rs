@@ -1,163 +1,20 @@
-//! Admission of plugins and calls against resources.
-//!
-//! The manager asks its [`Scheduler`] twice: when a plugin loads ([`Phase::Load`], before its
-//! worker spawns: the grant says which GPU it goes to, and a reservation for its declared
-//! minimum is written into the [`Ledger`]), and before every call ([`Phase::Call`]) on the
-//! sync, async and streaming paths alike. Policies decide with a [`ResourceContext`]: the
-//! monitor's readings net of other plugins' reservations, eviction candidates, and eviction.
-//!
-//! Three policies come with the host: [`PermissiveScheduler`] (the default: places, never
-//! refuses), [`SafetyScheduler`] (refuses what does not fit, after evicting idle plugins when
-//! that can free enough) and [`QueueScheduler`] (waits until it fits: bounded, cancellable,
-//! fair by priority then arrival).
+//! [`ResourceContext`]: what policies decide with — the monitor's readings net of other
+//! plugins' reservations, eviction candidates, eviction, and the grant methods that write the
+//! ledger.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cjm_core::error::ResourceShortfall;
-use cjm_core::{CancellationToken, PluginError, Resources};
+use cjm_core::PluginError;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use crate::monitor::{SystemMonitor, SystemSnapshot};
 
-/// When the scheduler is asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// The plugin is being loaded; its worker has not started. The grant places it.
-    Load,
-    /// A call is about to run on the loaded plugin.
-    Call,
-}
-
-/// What a load or a call asks for.
-#[derive(Debug, Clone)]
-pub struct Admission<'a> {
-    /// The plugin.
-    pub plugin: &'a str,
-    /// Its declared resources.
-    pub resources: &'a Resources,
-    /// Load or call.
-    pub phase: Phase,
-    /// At [`Phase::Call`], the GPU the plugin was placed on; at [`Phase::Load`], a GPU the
-    /// manifest pins (`CUDA_VISIBLE_DEVICES` set to one index in its `env_vars`).
-    pub gpu: Option<u32>,
-    /// Higher goes first when calls queue (default 0).
-    pub priority: i32,
-    /// Cancels a wait (the call's cancellation token).
-    pub cancel: Option<CancellationToken>,
-    /// No wait goes past this instant (the call's deadline).
-    pub deadline: Option<Instant>,
-}
-
-impl<'a> Admission<'a> {
-    /// A call of `plugin` with these resources, priority 0, no GPU, no cancellation.
-    pub fn new(plugin: &'a str, resources: &'a Resources, phase: Phase) -> Self {
-        Self {
-            plugin,
-            resources,
-            phase,
-            gpu: None,
-            priority: 0,
-            cancel: None,
-            deadline: None,
-        }
-    }
-
-    /// VRAM needed on one GPU, MB.
-    pub fn vram_mb(&self) -> u64 {
-        self.resources.min_gpu_vram_mb.unwrap_or(0)
-    }
-
-    /// System RAM needed, MB.
-    pub fn ram_mb(&self) -> u64 {
-        self.resources.min_system_ram_mb.unwrap_or(0)
-    }
-
-    /// True if the plugin needs a GPU (declared, or a VRAM minimum).
-    pub fn needs_gpu(&self) -> bool {
-        self.resources.requires_gpu || self.vram_mb() > 0
-    }
-
-    /// True if anything is declared that the scheduler can check.
-    pub fn has_needs(&self) -> bool {
-        self.needs_gpu() || self.ram_mb() > 0
-    }
-}
-
-/// A scheduler's yes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Grant {
-    /// The GPU the plugin is (to be) placed on: its worker starts with
-    /// `CUDA_VISIBLE_DEVICES` set to it.
-    pub gpu: Option<u32>,
-}
-
-/// A resource allocation policy. Write your own with the [`ResourceContext`] helpers:
-/// [`try_grant`](ResourceContext::try_grant) (check and reserve),
-/// [`try_grant_evicting`](ResourceContext::try_grant_evicting),
-/// [`grant_anyway`](ResourceContext::grant_anyway), [`changed`](ResourceContext::changed).
-#[async_trait]
-pub trait Scheduler: Send + Sync + std::fmt::Debug {
-    /// Admits the load or call, or refuses it with a `resource` error saying what was needed
-    /// and what was available. May wait (a queueing policy). At [`Phase::Load`] an `Ok` must
-    /// come from a `ResourceContext` grant method, which records the reservation.
-    async fn admit(
-        &self,
-        request: &Admission<'_>,
-        ctx: &ResourceContext,
-    ) -> Result<Grant, PluginError>;
-
-    /// A call has started.
-    fn on_start(&self, _plugin: &str) {}
-
-    /// A call has finished.
-    fn on_finish(&self, _plugin: &str) {}
-}
-
-// ---- the ledger ---------------------------------------------------------------------------
-
-/// What one loaded plugin holds: its declared minimum, on the GPU it was placed on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reservation {
-    /// The plugin.
-    pub plugin: String,
-    /// Its GPU.
-    pub gpu: Option<u32>,
-    /// VRAM reserved on that GPU, MB.
-    pub vram_mb: u64,
-    /// System RAM reserved, MB.
-    pub ram_mb: u64,
-}
-
-/// Reservations by plugin. A reservation counts against free memory for every other plugin's
-/// admission, less what the plugin's own processes already use (that is in the readings), so
-/// two admissions never count the same free memory.
-#[derive(Debug, Default)]
-pub struct Ledger {
-    entries: Mutex<BTreeMap<String, Reservation>>,
-}
-
-impl Ledger {
-    /// Every reservation, by plugin name.
-    pub fn reservations(&self) -> Vec<Reservation> {
-        self.entries
-            .lock()
-            .map(|g| g.values().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// The reservation of `plugin`.
-    pub fn get(&self, plugin: &str) -> Option<Reservation> {
-        self.entries.lock().ok()?.get(plugin).cloned()
-    }
-}
-
-// ---- the context ---------------------------------------------------------------------------
+use super::{Admission, Grant, Ledger, Phase, Reservation};
 
 /// One loaded plugin as the scheduler sees it.
 #[derive(Debug, Clone)]
@@ -220,7 +77,7 @@ struct Holder {
     ram: u64,
 }
 
-/// Readings, the ledger and eviction, for [`Scheduler`]s. One per manager.
+/// Readings, the ledger and eviction, for [`Scheduler`](super::Scheduler)s. One per manager.
 pub struct ResourceContext {
     monitor: Arc<dyn SystemMonitor>,
     ledger: Ledger,
@@ -239,6 +96,12 @@ impl std::fmt::Debug for ResourceContext {
             .field("ledger", &self.ledger)
             .finish()
     }
+}
+
+/// A megabyte figure as a signed one for free-memory arithmetic: values beyond `i64::MAX` (no
+/// machine has them; a manifest may still say so) saturate instead of wrapping negative.
+fn mb(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 fn short(resource: &str, needed: u64, available: i64) -> ResourceShortfall {
@@ -302,7 +165,7 @@ impl ResourceContext {
 
     /// Subscribes to the same changes as [`changed`](Self::changed), so a waiter can
     /// subscribe before checking and miss nothing.
-    fn subscribe(&self) -> (watch::Receiver<u64>, Option<watch::Receiver<u64>>) {
+    pub(super) fn subscribe(&self) -> (watch::Receiver<u64>, Option<watch::Receiver<u64>>) {
         (self.changes.subscribe(), self.monitor.subscribe())
     }
 
@@ -353,9 +216,14 @@ impl ResourceContext {
         let mut gpu_free: BTreeMap<u32, i64> = snap
             .gpus
             .iter()
-            .map(|g| (g.index, g.free_mb as i64 + g.used_by(&released) as i64))
+            .map(|g| {
+                (
+                    g.index,
+                    mb(g.free_mb).saturating_add(mb(g.used_by(&released))),
+                )
+            })
             .collect();
-        let mut ram_avail = (snap.ram_total_mb > 0).then_some(snap.ram_available_mb as i64);
+        let mut ram_avail = (snap.ram_total_mb > 0).then_some(mb(snap.ram_available_mb));
         let mut vram_need = BTreeMap::new();
         let mut ram_need = req.ram_mb();
         let mut holders = Vec::new();
@@ -385,7 +253,7 @@ impl ResourceContext {
                 let reserved = r.filter(|r| r.gpu == Some(g)).map_or(0, |r| r.vram_mb);
                 // What is reserved but not yet in use is not free for anyone else.
                 if let Some(free) = gpu_free.get_mut(&g) {
-                    *free -= reserved.saturating_sub(u) as i64;
+                    *free = free.saturating_sub(mb(reserved.saturating_sub(u)));
                 }
                 let frees = reserved.max(u);
                 let placed_here = r.is_some_and(|r| r.gpu == Some(g));
@@ -395,7 +263,7 @@ impl ResourceContext {
             }
             let ram_reserved = r.map_or(0, |r| r.ram_mb);
             if let Some(avail) = ram_avail.as_mut() {
-                *avail -= ram_reserved.saturating_sub(rss) as i64;
+                *avail = avail.saturating_sub(mb(ram_reserved.saturating_sub(rss)));
             }
             holders.push(Holder {
                 plugin: p.clone(),
@@ -413,10 +281,10 @@ impl ResourceContext {
                 continue;
             }
             if let Some(free) = r.gpu.and_then(|g| gpu_free.get_mut(&g)) {
-                *free -= r.vram_mb as i64;
+                *free = free.saturating_sub(mb(r.vram_mb));
             }
             if let Some(avail) = ram_avail.as_mut() {
-                *avail -= r.ram_mb as i64;
+                *avail = avail.saturating_sub(mb(r.ram_mb));
             }
         }
         for g in snap.gpus.iter() {
@@ -455,7 +323,7 @@ impl ResourceContext {
             let fit = if req.vram_mb() > 0 {
                 allowed
                     .iter()
-                    .filter(|(_, free, need)| *free >= *need as i64)
+                    .filter(|(_, free, need)| *free >= mb(*need))
                     .min_by_key(|(g, free, _)| (*free, *g))
             } else {
                 allowed
@@ -494,7 +362,7 @@ impl ResourceContext {
             gpu = req.gpu;
         }
         if let Some(avail) = view.ram_avail {
-            if view.ram_need > 0 && avail < view.ram_need as i64 && !best_effort {
+            if view.ram_need > 0 && avail < mb(view.ram_need) && !best_effort {
                 shortfalls.push(short("system_ram_mb", view.ram_need, avail));
                 needs.push(Need::Ram);
             }
@@ -693,14 +561,16 @@ fn plan(view: &View, needs: &[Need]) -> Option<String> {
         .collect();
     for g in gpus {
         let free = view.gpu_free.get(&g).copied().unwrap_or(0);
-        let need = view.vram_need.get(&g).copied().unwrap_or(0) as i64;
+        let need = mb(view.vram_need.get(&g).copied().unwrap_or(0));
         let cands = candidates(view, Need::Vram(g));
-        let reclaim: i64 = cands.iter().map(|c| c.frees_mb as i64).sum();
-        if free + reclaim < need || cands.is_empty() {
+        let reclaim = cands
+            .iter()
+            .fold(0i64, |sum, c| sum.saturating_add(mb(c.frees_mb)));
+        if free.saturating_add(reclaim) < need || cands.is_empty() {
             continue;
         }
         // The GPU needing the least reclaimed wins.
-        let missing = need - free;
+        let missing = need.saturating_sub(free);
         if best.as_ref().is_none_or(|(m, _)| missing < *m) {
             best = Some((missing, cands[0].plugin.clone()));
         }
@@ -711,8 +581,10 @@ fn plan(view: &View, needs: &[Need]) -> Option<String> {
     if needs.contains(&Need::Ram) {
         let avail = view.ram_avail.unwrap_or(0);
         let cands = candidates(view, Need::Ram);
-        let reclaim: i64 = cands.iter().map(|c| c.frees_mb as i64).sum();
-        if avail + reclaim >= view.ram_need as i64 {
+        let reclaim = cands
+            .iter()
+            .fold(0i64, |sum, c| sum.saturating_add(mb(c.frees_mb)));
+        if avail.saturating_add(reclaim) >= mb(view.ram_need) {
             return cands.first().map(|c| c.plugin.clone());
         }
     }
@@ -724,7 +596,7 @@ fn gpus_short(needs: &[Need]) -> bool {
 }
 
 /// The `resource` error for `req`.
-fn refusal(
+pub(super) fn refusal(
     req: &Admission<'_>,
     shortfalls: &[ResourceShortfall],
     evicted: &[String],
@@ -761,372 +633,4 @@ fn refusal(
         msg.push_str("; evicting idle plugins could not free enough");
     }
     PluginError::resource(msg, shortfalls.to_vec()).with_plugin(req.plugin)
-}
-
-// ---- policies ------------------------------------------------------------------------------
-
-/// Admits everything (the default, as in the original). Loads are still placed on the GPU
-/// that fits best, and reserved.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PermissiveScheduler;
-
-#[async_trait]
-impl Scheduler for PermissiveScheduler {
-    async fn admit(
-        &self,
-        request: &Admission<'_>,
-        ctx: &ResourceContext,
-    ) -> Result<Grant, PluginError> {
-        Ok(ctx.grant_anyway(request).await)
-    }
-}
-
-/// Refuses a load or call whose declared minimum does not fit (VRAM on one GPU, system RAM),
-/// after evicting idle plugins when that can free enough (on by default).
-#[derive(Debug, Clone, Copy)]
-pub struct SafetyScheduler {
-    evict: bool,
-}
-
-impl Default for SafetyScheduler {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl SafetyScheduler {
-    /// With eviction.
-    pub fn new() -> Self {
-        Self { evict: true }
-    }
-
-    /// Whether idle plugins may be evicted to make room.
-    pub fn evict(mut self, on: bool) -> Self {
-        self.evict = on;
-        self
-    }
-}
-
-#[async_trait]
-impl Scheduler for SafetyScheduler {
-    async fn admit(
-        &self,
-        request: &Admission<'_>,
-        ctx: &ResourceContext,
-    ) -> Result<Grant, PluginError> {
-        if self.evict {
-            ctx.try_grant_evicting(request).await
-        } else {
-            ctx.try_grant(request)
-                .await
-                .map_err(|s| refusal(request, &s, &[], false))
-        }
-    }
-}
-
-/// Waits until the declared minimum fits, up to a timeout, re-checking at every poll
-/// interval and at once whenever a reservation is released, a call finishes or the monitor
-/// announces new readings. Waiters go in order of priority, then arrival: only the first
-/// one checks. A wait ends early when the call is cancelled or its deadline passes.
-#[derive(Debug)]
-pub struct QueueScheduler {
-    timeout: Duration,
-    poll: Duration,
-    evict: bool,
-    queue: Mutex<QueueState>,
-    wake: Notify,
-    len: watch::Sender<usize>,
-}
-
-#[derive(Debug, Default)]
-struct QueueState {
-    waiting: BTreeSet<(Reverse<i32>, u64)>,
-    next: u64,
-}
-
-/// The original's defaults: wait up to 300 s, re-check every 2 s.
-impl Default for QueueScheduler {
-    fn default() -> Self {
-        Self::new(Duration::from_secs(300), Duration::from_secs(2))
-    }
-}
-
-impl QueueScheduler {
-    /// Waits up to `timeout`, re-checking every `poll` (at least 1 ms). Eviction is on.
-    pub fn new(timeout: Duration, poll: Duration) -> Self {
-        Self {
-            timeout,
-            poll: poll.max(Duration::from_millis(1)),
-            evict: true,
-            queue: Mutex::new(QueueState::default()),
-            wake: Notify::new(),
-            len: watch::channel(0).0,
-        }
-    }
-
-    /// Whether idle plugins may be evicted to make room.
-    pub fn evict(mut self, on: bool) -> Self {
-        self.evict = on;
-        self
-    }
-
-    /// Loads and calls waiting now.
-    pub fn queued(&self) -> usize {
-        *self.len.borrow()
-    }
-
-    /// The number waiting, as it changes (for a UI, or a test waiting until a call queues).
-    pub fn watch_queued(&self) -> watch::Receiver<usize> {
-        self.len.subscribe()
-    }
-
-    fn enqueue(&self, priority: i32) -> (Reverse<i32>, u64) {
-        let mut g = match self.queue.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        let ticket = (Reverse(priority), g.next);
-        g.next += 1;
-        g.waiting.insert(ticket);
-        let n = g.waiting.len();
-        drop(g);
-        self.len.send_replace(n);
-        ticket
-    }
-
-    fn leave(&self, ticket: (Reverse<i32>, u64)) {
-        let n = match self.queue.lock() {
-            Ok(mut g) => {
-                g.waiting.remove(&ticket);
-                g.waiting.len()
-            }
-            Err(p) => {
-                let mut g = p.into_inner();
-                g.waiting.remove(&ticket);
-                g.waiting.len()
-            }
-        };
-        self.len.send_replace(n);
-        self.wake.notify_waiters();
-    }
-
-    fn is_first(&self, ticket: (Reverse<i32>, u64)) -> bool {
-        self.queue
-            .lock()
-            .map(|g| g.waiting.first() == Some(&ticket))
-            .unwrap_or(true)
-    }
-
-    async fn attempt(
-        &self,
-        request: &Admission<'_>,
-        ctx: &ResourceContext,
-    ) -> Result<Grant, Vec<ResourceShortfall>> {
-        if self.evict {
-            ctx.try_grant_evicting(request)
-                .await
-                .map_err(|e| e.details.resources.clone())
-        } else {
-            ctx.try_grant(request).await
-        }
-    }
-}
-
-/// Leaves the queue however the wait ends (the future may be dropped).
-struct Ticket<'a> {
-    queue: &'a QueueScheduler,
-    ticket: (Reverse<i32>, u64),
-}
-
-impl Drop for Ticket<'_> {
-    fn drop(&mut self) {
-        self.queue.leave(self.ticket);
-    }
-}
-
-#[async_trait]
-impl Scheduler for QueueScheduler {
-    async fn admit(
-        &self,
-        request: &Admission<'_>,
-        ctx: &ResourceContext,
-    ) -> Result<Grant, PluginError> {
-        if !request.has_needs() {
-            return ctx
-                .try_grant(request)
-                .await
-                .map_err(|s| refusal(request, &s, &[], false));
-        }
-        let started = Instant::now();
-        let mut end = started + self.timeout;
-        if let Some(d) = request.deadline {
-            end = end.min(d);
-        }
-        let ticket = Ticket {
-            queue: self,
-            ticket: self.enqueue(request.priority),
-        };
-        let mut last = Vec::new();
-        loop {
-            // Subscribe before checking, so a change in between is not missed.
-            let woken = self.wake.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            let (mut ledger, mut monitor) = ctx.subscribe();
-            ledger.borrow_and_update();
-            if let Some(m) = monitor.as_mut() {
-                m.borrow_and_update();
-            }
-            if request.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
-                return Err(cancelled(request, started));
-            }
-            if self.is_first(ticket.ticket) {
-                match self.attempt(request, ctx).await {
-                    // A waiter of higher priority arrived during the check: it goes first.
-                    Ok(_) if !self.is_first(ticket.ticket) => {
-                        if request.phase == Phase::Load {
-                            ctx.release(request.plugin);
-                        }
-                        continue;
-                    }
-                    Ok(grant) => {
-                        drop(ticket);
-                        if started.elapsed() > self.poll {
-                            tracing::info!(plugin = request.plugin, waited = ?started.elapsed(), "admitted after queueing");
-                        }
-                        return Ok(grant);
-                    }
-                    Err(s) => last = s,
-                }
-            }
-            let monitor_changed = async {
-                match monitor.as_mut() {
-                    Some(m) => {
-                        let _ = m.changed().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            let cancel = async {
-                match &request.cancel {
-                    Some(c) => c.cancelled().await,
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                _ = cancel => return Err(cancelled(request, started)),
-                _ = tokio::time::sleep_until(end.into()) => {
-                    drop(ticket);
-                    let mut e = refusal(request, &last, &[], false);
-                    e.message = format!(
-                        "{} (waited {:.1} s in the queue)",
-                        e.message,
-                        started.elapsed().as_secs_f64()
-                    );
-                    return Err(e.retriable(true));
-                }
-                _ = tokio::time::sleep(self.poll) => {}
-                _ = &mut woken => {}
-                _ = ledger.changed() => {}
-                _ = monitor_changed => {}
-            }
-        }
-    }
-
-    fn on_finish(&self, _plugin: &str) {
-        self.wake.notify_waiters();
-    }
-}
-
-fn cancelled(request: &Admission<'_>, started: Instant) -> PluginError {
-    PluginError::cancelled(format!(
-        "cancelled after {:.1} s waiting for resources",
-        started.elapsed().as_secs_f64()
-    ))
-    .with_plugin(request.plugin)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::monitor::{FakeMonitor, GpuReading};
-
-    /// A manager with no plugins loaded.
-    struct NoPlugins;
-
-    #[async_trait]
-    impl Host for NoPlugins {
-        fn plugins(&self) -> Vec<HostPlugin> {
-            Vec::new()
-        }
-        async fn evict(&self, name: &str) -> Result<Vec<u32>, PluginError> {
-            Err(PluginError::not_loaded(name))
-        }
-    }
-
-    fn vram(mb: u64) -> Resources {
-        Resources {
-            requires_gpu: true,
-            min_gpu_vram_mb: Some(mb),
-            ..Resources::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn queued_loads_go_by_priority_then_arrival() {
-        let monitor = Arc::new(FakeMonitor::with(
-            64_000,
-            64_000,
-            vec![GpuReading::new(0, 8000, 0)],
-        ));
-        let ctx = Arc::new(ResourceContext::new(monitor.clone(), Arc::new(NoPlugins)));
-        let queue = Arc::new(QueueScheduler::new(
-            Duration::from_secs(600),
-            Duration::from_secs(600),
-        ));
-        let mut queued = queue.watch_queued();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let res = vram(6000);
-        let mut tasks = Vec::new();
-        // Arrival order: low, high, low2 (each waits until it is queued before the next).
-        for (i, (name, priority)) in [("low", 0), ("high", 5), ("low2", 0)].iter().enumerate() {
-            let (ctx, queue, tx, res) = (ctx.clone(), queue.clone(), tx.clone(), res.clone());
-            let (name, priority) = (name.to_string(), *priority);
-            tasks.push(tokio::spawn(async move {
-                let mut req = Admission::new(&name, &res, Phase::Load);
-                req.priority = priority;
-                let grant = queue.admit(&req, &ctx).await;
-                let _ = tx.send(name.clone());
-                grant
-            }));
-            queued
-                .wait_for(|&n| n == i + 1)
-                .await
-                .expect("the queue is alive");
-        }
-        // Room for one: the highest priority goes first although it came second.
-        monitor.update(|s| s.gpus[0].free_mb = 6000);
-        assert_eq!(rx.recv().await.as_deref(), Some("high"));
-        ctx.release("high");
-        assert_eq!(rx.recv().await.as_deref(), Some("low"));
-        ctx.release("low");
-        assert_eq!(rx.recv().await.as_deref(), Some("low2"));
-        for t in tasks {
-            let grant = t.await.expect("task").expect("admitted");
-            assert_eq!(grant.gpu, Some(0));
-        }
-        assert_eq!(queue.queued(), 0);
-    }
-
-    #[tokio::test]
-    async fn no_gpu_readings_leave_the_gpu_unchecked_and_unplaced() {
-        let monitor = Arc::new(FakeMonitor::with(1000, 1000, vec![]));
-        let ctx = ResourceContext::new(monitor, Arc::new(NoPlugins));
-        let res = vram(6000);
-        let grant = SafetyScheduler::new()
-            .admit(&Admission::new("p", &res, Phase::Load), &ctx)
-            .await
-            .expect("admitted");
-        assert_eq!(grant.gpu, None);
-    }
 }
