@@ -68,6 +68,8 @@ pub fn fuzz(args: &[String]) -> Result<(), String> {
         "--test",
         "prop_*",
         "--no-fail-fast",
+        "--",
+        "--nocapture",
     ])
     .env("PROPTEST_CASES", cases.to_string());
     run(&mut cmd)?;

@@ -68,7 +68,12 @@ fn error() -> impl Strategy<Value = PluginError> {
 
 /// A chunk a cjm worker may send (the SDK refuses reserved ones).
 fn chunk() -> impl Strategy<Value = Value> {
-    common::json().prop_filter("not reserved", |v| !cjm_core::wire::is_reserved_chunk(v))
+    common::json().prop_map(|mut v| {
+        if let Value::Object(o) = &mut v {
+            o.remove(cjm_core::wire::STREAM_CONTROL_KEY);
+        }
+        v
+    })
 }
 
 /// One line of a body: the lines a worker writes, and the ones a broken worker might.
