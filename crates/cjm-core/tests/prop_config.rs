@@ -100,7 +100,7 @@ fn check(
                 for f in &fields {
                     let h = head(f);
                     prop_assert!(
-                        obj.contains_key(&h) || props.iter().any(|p| *p == h),
+                        obj.contains_key(&h) || props.contains(&h),
                         "field {:?} is neither a key of {} nor a property",
                         f,
                         config

@@ -74,7 +74,7 @@ struct Req {
     timeout: Option<String>,
     body: Vec<u8>,
     /// The call this body encodes, when it is a well-formed one (JSON or frame).
-    call: Option<(ExecuteRequest, Vec<usize>)>,
+    call: Option<GoodCall>,
 }
 
 fn frame(json: &Value, blobs: &[Bytes]) -> Vec<u8> {
@@ -120,8 +120,14 @@ fn blobs() -> impl Strategy<Value = Vec<Bytes>> {
     )
 }
 
+/// A well-formed call: the request and its blobs' lengths.
+type GoodCall = (ExecuteRequest, Vec<usize>);
+
+/// A body, the call it encodes when it is a well-formed one, and whether it is a frame.
+type Body = (Vec<u8>, Option<GoodCall>, bool);
+
 /// A body and, when it is a well-formed call, that call.
-fn body() -> impl Strategy<Value = (Vec<u8>, Option<(ExecuteRequest, Vec<usize>)>, bool)> {
+fn body() -> impl Strategy<Value = Body> {
     prop_oneof![
         // Any bytes.
         2 => prop::collection::vec(any::<u8>(), 0..200).prop_map(|b| (b, None, false)),
