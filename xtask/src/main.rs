@@ -5,6 +5,7 @@
 //! - `test-plugins`: the sample plugins against the protocol conformance suite.
 //! - `demo`: the demo host on the built-in sample plugins.
 //! - `bench`: the performance figures.
+//! - `fuzz`: every property test with at least 100 000 cases each.
 //!
 //! Written with the standard library only, so it builds in seconds on a fresh machine.
 
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
         "test-plugins" => plugins::test_plugins(rest),
         "demo" => tasks::demo(rest),
         "bench" => tasks::bench(rest),
+        "fuzz" => tasks::fuzz(rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(())
@@ -51,7 +53,9 @@ tasks:
   test-plugins  build the sample plugins and run the protocol conformance suite against each
                 and against the original's Python worker (prints a table)
   demo          run the demo host on the built-in sample plugins
-  bench         print the performance figures (release build); --json for one JSON object";
+  bench         print the performance figures (release build); --json for one JSON object
+  fuzz          every property test (tests/prop_*.rs) with 100 000 cases each (--cases N for
+                more), optimized with overflow checks on (profile `fuzz`)";
 
 /// The workspace root (the parent of this crate's directory).
 pub fn root() -> PathBuf {

@@ -34,6 +34,52 @@ pub fn test(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// Fewest cases per property in a `cargo xtask fuzz` run.
+const FUZZ_CASES: u64 = 100_000;
+
+/// `cargo xtask fuzz [--cases N]`: the property tests (`tests/prop_*.rs` of cjm-core and
+/// cjm-worker-sdk) with `PROPTEST_CASES` set, built with the `fuzz` profile (optimized, with
+/// debug assertions and overflow checks, so arithmetic overflow is a failure as in tests).
+pub fn fuzz(args: &[String]) -> Result<(), String> {
+    let cases = match args {
+        [] => FUZZ_CASES,
+        [flag, n] if flag == "--cases" => n
+            .parse::<u64>()
+            .ok()
+            .filter(|&n| n >= FUZZ_CASES)
+            .ok_or_else(|| format!("--cases takes a number of at least {FUZZ_CASES}, got `{n}`"))?,
+        other => {
+            return Err(format!(
+                "`fuzz` takes only --cases N, got `{}`",
+                other.join(" ")
+            ))
+        }
+    };
+    let started = std::time::Instant::now();
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args([
+        "test",
+        "--profile",
+        "fuzz",
+        "-p",
+        "cjm-core",
+        "-p",
+        "cjm-worker-sdk",
+        "--test",
+        "prop_*",
+        "--no-fail-fast",
+        "--",
+        "--nocapture",
+    ])
+    .env("PROPTEST_CASES", cases.to_string());
+    run(&mut cmd)?;
+    eprintln!(
+        "\nxtask fuzz: every property passed {cases} cases in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// `cargo xtask demo`: builds the sample plugins and the demo host, then runs the host.
 pub fn demo(args: &[String]) -> Result<(), String> {
     if let Some(a) = args.first() {

@@ -338,6 +338,10 @@ impl Manifest {
         // `null` means "absent" for every known optional field.
         if let Value::Object(obj) = &mut value {
             obj.retain(|k, v| !(v.is_null() && KNOWN_FIELDS.contains(&k.as_str())));
+            // ... and for the declared resources (validation already skips them).
+            if let Some(Value::Object(res)) = obj.get_mut("resources") {
+                res.retain(|k, v| !(v.is_null() && RESOURCE_FIELDS.contains(&k.as_str())));
+            }
         }
         let mut manifest: Manifest = serde_json::from_value(value).map_err(|e| {
             err(vec![ManifestProblem {
@@ -435,6 +439,13 @@ const KNOWN_FIELDS: &[&str] = &[
     "max_concurrency",
     "startup_timeout_secs",
     "call_timeout_secs",
+];
+
+const RESOURCE_FIELDS: &[&str] = &[
+    "requires_gpu",
+    "min_gpu_vram_mb",
+    "min_system_ram_mb",
+    "recommended_gpu_vram_mb",
 ];
 
 /// True for a name cjm accepts: 1–64 of `A-Z a-z 0-9 - _ .`, starting with a letter or digit.

@@ -93,9 +93,12 @@ impl ConfigValidator {
     }
 }
 
+/// `base` (a JSON pointer without its leading `/`) extended by `key`, escaped as JSON pointers
+/// escape it (`~` as `~0`, `/` as `~1`), like the paths `jsonschema` reports.
 fn join(base: &str, key: &str) -> String {
+    let key = key.replace('~', "~0").replace('/', "~1");
     if base.is_empty() {
-        key.to_owned()
+        key
     } else {
         format!("{base}/{key}")
     }

@@ -8,6 +8,10 @@ use serde_json::{Map, Value};
 
 use crate::error::{ErrorCategory, PluginError};
 
+mod ndjson;
+
+pub use ndjson::{StreamDecoder, MAX_STREAM_LINE};
+
 /// The protocol version cjm workers speak.
 pub const PROTOCOL_VERSION: u32 = 1;
 
