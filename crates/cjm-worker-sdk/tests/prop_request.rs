@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cjm_core::wire::{self, ErrorBody, ExecuteRequest, StreamDecoder, WorkerFlavor};
+use cjm_worker_sdk::runtime::{ListenAddr, Listener, Server};
 use cjm_worker_sdk::{
-    async_trait, CallContext, ErrorCategory, ListenAddr, Listener, Options, PluginError, Server,
-    Typed, WithBlobs, Worker,
+    async_trait, CallContext, ErrorCategory, Options, PluginError, Typed, WithBlobs, Worker,
 };
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
