@@ -1,6 +1,7 @@
 //! Worker processes as the host starts them (a listening socket handed over as an inherited
 //! descriptor, a session of their own), readiness, signals, and waiting for processes to end.
-//! The only `unsafe` of the test helpers is here.
+//! The only `unsafe` of the test helpers is here (`pre_exec` for the hand-over, signals).
+#![allow(unsafe_code)]
 
 use std::ffi::OsStr;
 use std::io;

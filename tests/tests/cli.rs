@@ -320,7 +320,7 @@ fn cjm_bounded(s: &Scratch, args: &[String]) -> Output {
         Ok(out) => out,
         Err(_) => {
             // SAFETY: `pid` is our own child, not yet reaped (its waiter has not returned).
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            cjm_sys::signal::kill(pid, cjm_sys::signal::SIGKILL);
             panic!("cjm {args:?} hung");
         }
     }
@@ -448,7 +448,7 @@ fn ui_off_loopback_needs_a_token_and_keeps_the_host_guard() {
         ]
     });
     // SAFETY: our own child, not yet waited for.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    cjm_sys::signal::kill(child.id(), libc::SIGINT);
     let status = child.wait().unwrap();
     assert!(ready, "cjm ui never said it was listening");
     assert_eq!(results, Some([403, 401, 200, 303]));
@@ -461,7 +461,7 @@ fn ui_off_loopback_needs_a_token_and_keeps_the_host_guard() {
 fn a_call_works_in_a_read_only_data_dir() {
     use std::os::unix::fs::PermissionsExt;
     // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = cjm_sys::proc::uid() == 0;
     let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
         .into_iter()
         .find(|p| std::path::Path::new(p).is_file());

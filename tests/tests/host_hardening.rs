@@ -171,9 +171,12 @@ async fn a_load_dropped_after_the_worker_started_stops_the_worker() {
 async fn a_load_dropped_while_the_worker_starts_leaves_no_process() {
     let s = Scratch::new();
     let fifo = s.dir.path().join("pid.fifo");
-    let c = std::ffi::CString::new(fifo.to_str().expect("utf-8 path")).expect("path");
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let made = std::process::Command::new("mkfifo")
+        .arg("-m600")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success(), "mkfifo {}", fifo.display());
     // A worker that never answers /health: it says its pid, then sleeps.
     s.write(
         "w.json",
@@ -321,8 +324,11 @@ async fn a_dropped_stream_is_settled_and_not_a_success() {
 }
 
 fn signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: plain kill(2) on a pid this test started (through the manager).
-    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
+    assert!(
+        cjm_sys::proc::is_alive(pid),
+        "pid {pid} is gone before signal {sig}"
+    );
+    cjm_sys::signal::kill(pid, sig);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

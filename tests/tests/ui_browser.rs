@@ -82,11 +82,8 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let pgid = self.child.id() as libc::pid_t;
-        // SAFETY: signalling a process group we created; no memory is involved.
-        unsafe {
-            libc::kill(-pgid, libc::SIGTERM);
-        }
+        let pgid = self.child.id();
+        cjm_sys::signal::kill_group(pgid, cjm_sys::signal::SIGTERM);
         let end = Instant::now() + Duration::from_secs(5);
         while Instant::now() < end {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -94,10 +91,7 @@ impl Drop for Driver {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        // SAFETY: as above.
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-        }
+        cjm_sys::signal::kill_group(pgid, cjm_sys::signal::SIGKILL);
         let _ = self.child.wait();
     }
 }

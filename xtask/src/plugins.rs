@@ -17,7 +17,7 @@ fn target_dir() -> PathBuf {
 }
 
 /// `cargo xtask test-plugins`.
-pub fn test_plugins(args: &[String]) -> Result<(), String> {
+pub(crate) fn test_plugins(args: &[String]) -> Result<(), String> {
     if let Some(a) = args.first() {
         return Err(format!("`test-plugins` takes no arguments, got `{a}`"));
     }

@@ -10,7 +10,7 @@ use crate::{root, run};
 const ORIGINAL: &str = "cjm-plugin-system==0.0.28";
 
 /// The venv's interpreter, creating the venv first when it is missing or incomplete.
-pub fn ensure_venv() -> Result<PathBuf, String> {
+pub(crate) fn ensure_venv() -> Result<PathBuf, String> {
     let venv = root().join("target/py-venv");
     let python = venv.join("bin/python");
     let ready = || {

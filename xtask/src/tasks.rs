@@ -6,7 +6,7 @@ use std::process::Command;
 use crate::{cargo, run};
 
 /// `cargo xtask test`.
-pub fn test(args: &[String]) -> Result<(), String> {
+pub(crate) fn test(args: &[String]) -> Result<(), String> {
     if let Some(a) = args.first() {
         return Err(format!("`test` takes no arguments, got `{a}`"));
     }
@@ -20,6 +20,12 @@ pub fn test(args: &[String]) -> Result<(), String> {
         "-D",
         "warnings",
     ])?;
+    // Every public item documented, every intra-doc link resolving.
+    run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["doc", "--workspace", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
     // The original's Python worker, for the compatibility suite.
     let python = crate::python::ensure_venv()?;
     std::env::set_var("CJM_TEST_PYTHON", &python);
@@ -40,7 +46,7 @@ const FUZZ_CASES: u64 = 100_000;
 /// `cargo xtask fuzz [--cases N]`: the property tests (`tests/prop_*.rs` of cjm-core and
 /// cjm-worker-sdk) with `PROPTEST_CASES` set, built with the `fuzz` profile (optimized, with
 /// debug assertions and overflow checks, so arithmetic overflow is a failure as in tests).
-pub fn fuzz(args: &[String]) -> Result<(), String> {
+pub(crate) fn fuzz(args: &[String]) -> Result<(), String> {
     let cases = match args {
         [] => FUZZ_CASES,
         [flag, n] if flag == "--cases" => n
@@ -81,7 +87,7 @@ pub fn fuzz(args: &[String]) -> Result<(), String> {
 }
 
 /// `cargo xtask demo`: builds the sample plugins and the demo host, then runs the host.
-pub fn demo(args: &[String]) -> Result<(), String> {
+pub(crate) fn demo(args: &[String]) -> Result<(), String> {
     if let Some(a) = args.first() {
         return Err(format!("`demo` takes no arguments, got `{a}`"));
     }
@@ -98,7 +104,7 @@ pub fn demo(args: &[String]) -> Result<(), String> {
 }
 
 /// `cargo xtask bench [--json]`: release build of the samples and the bench, then the bench.
-pub fn bench(args: &[String]) -> Result<(), String> {
+pub(crate) fn bench(args: &[String]) -> Result<(), String> {
     if let Some(a) = args.iter().find(|a| *a != "--json") {
         return Err(format!("`bench` takes only --json, got `{a}`"));
     }
@@ -120,7 +126,7 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 /// Makes sure `/usr/bin/chromium` and `/usr/bin/chromedriver` exist, installing Debian's
 /// `chromium` and `chromium-driver` with apt-get (as root) when either is missing.
-pub fn ensure_chromium() -> Result<(), String> {
+pub(crate) fn ensure_chromium() -> Result<(), String> {
     let present = || Path::new(CHROMIUM).is_file() && Path::new(CHROMEDRIVER).is_file();
     if present() {
         eprintln!("\n==> {CHROMIUM} and {CHROMEDRIVER} present");

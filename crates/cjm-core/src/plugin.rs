@@ -1,7 +1,7 @@
 //! The [`Plugin`] trait: what an author implements and what the host's proxy implements, so a
 //! caller cannot tell an isolated plugin from an in-process one.
 //!
-//! The trait is object safe and uses [`async_trait`] (boxed futures), so managers can hold
+//! The trait is object safe and uses [`async_trait`](mod@async_trait) (boxed futures), so managers can hold
 //! `Arc<dyn Plugin>` of any kind side by side.
 
 use std::sync::{Arc, Mutex};

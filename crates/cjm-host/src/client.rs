@@ -19,15 +19,15 @@ use crate::stream::NdjsonStream;
 use crate::transport::{FullResponse, ReqBody, Transport};
 
 /// Timeout of control requests (`/health`, `/stats`, `/progress`, `/cancel`, `/config`).
-pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bound on `POST /initialize` when the caller gives none (models can take minutes to load,
 /// but a worker that stops answering must not hold a start or a save forever).
-pub const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A connected, identified worker.
 #[derive(Debug)]
-pub struct WorkerClient {
+pub(crate) struct WorkerClient {
     transport: Transport,
     health: HealthResponse,
 }
@@ -41,7 +41,7 @@ struct ExecuteBody<'a> {
 impl WorkerClient {
     /// Asks `/health` until `deadline`; the answer identifies the worker. With a cjm worker's
     /// inherited socket the request simply waits in the backlog until the worker serves it.
-    pub async fn handshake(
+    pub(crate) async fn handshake(
         transport: Transport,
         deadline: Option<Instant>,
     ) -> Result<Self, PluginError> {
@@ -63,17 +63,17 @@ impl WorkerClient {
     }
 
     /// The `/health` answer of the handshake.
-    pub fn health(&self) -> &HealthResponse {
+    pub(crate) fn health(&self) -> &HealthResponse {
         &self.health
     }
 
     /// Which kind of worker this is.
-    pub fn flavor(&self) -> WorkerFlavor {
+    pub(crate) fn flavor(&self) -> WorkerFlavor {
         self.health.flavor()
     }
 
     /// The transport.
-    pub fn transport(&self) -> &Transport {
+    pub(crate) fn transport(&self) -> &Transport {
         &self.transport
     }
 
@@ -113,22 +113,22 @@ impl WorkerClient {
     }
 
     /// `GET /stats`.
-    pub async fn stats(&self) -> Result<StatsResponse, PluginError> {
+    pub(crate) async fn stats(&self) -> Result<StatsResponse, PluginError> {
         self.get_json(paths::STATS).await
     }
 
     /// `GET /config_schema`.
-    pub async fn config_schema(&self) -> Result<Value, PluginError> {
+    pub(crate) async fn config_schema(&self) -> Result<Value, PluginError> {
         self.get_json(paths::CONFIG_SCHEMA).await
     }
 
     /// `GET /progress`.
-    pub async fn progress(&self) -> Result<Progress, PluginError> {
+    pub(crate) async fn progress(&self) -> Result<Progress, PluginError> {
         self.get_json(paths::PROGRESS).await
     }
 
     /// `POST /cancel`.
-    pub async fn cancel(&self) -> Result<CancelOutcome, PluginError> {
+    pub(crate) async fn cancel(&self) -> Result<CancelOutcome, PluginError> {
         let req = self.post_json(paths::CANCEL, Bytes::new(), None)?;
         let resp = self
             .transport
@@ -139,7 +139,7 @@ impl WorkerClient {
 
     /// `POST /initialize` with `config`, until `deadline` (default: [`INITIALIZE_TIMEOUT`] from
     /// now).
-    pub async fn initialize(
+    pub(crate) async fn initialize(
         &self,
         config: &Value,
         deadline: Option<Instant>,
@@ -159,7 +159,7 @@ impl WorkerClient {
     }
 
     /// `POST /cleanup`, bounded by `deadline`.
-    pub async fn cleanup(&self, deadline: Instant) -> Result<(), PluginError> {
+    pub(crate) async fn cleanup(&self, deadline: Instant) -> Result<(), PluginError> {
         let req = self.post_json(paths::CLEANUP, Bytes::new(), None)?;
         let resp = self.transport.call(req, Some(deadline)).await?;
         check(&resp).map(drop)
@@ -203,7 +203,7 @@ impl WorkerClient {
     /// `POST /execute`. Cancelling the call's token or passing its deadline abandons the
     /// request, which closes the connection (a cjm worker then cancels the call); an original
     /// worker is also sent `POST /cancel`.
-    pub async fn execute(self: &Arc<Self>, call: Call) -> Result<Output, PluginError> {
+    pub(crate) async fn execute(self: &Arc<Self>, call: Call) -> Result<Output, PluginError> {
         let req = self.execute_request(paths::EXECUTE, &call)?;
         let resp = self
             .until_cancelled_or_late(&call.ctx, self.transport.call(req, None))
@@ -226,7 +226,10 @@ impl WorkerClient {
 
     /// `POST /execute_stream`. Dropping the stream early closes the connection (and cancels an
     /// original worker's call).
-    pub async fn execute_stream(self: &Arc<Self>, call: Call) -> Result<ChunkStream, PluginError> {
+    pub(crate) async fn execute_stream(
+        self: &Arc<Self>,
+        call: Call,
+    ) -> Result<ChunkStream, PluginError> {
         let req = self.execute_request(paths::EXECUTE_STREAM, &call)?;
         let start = async {
             let (resp, conn) = self.transport.send(req).await?;
@@ -286,7 +289,7 @@ impl WorkerClient {
 
     /// For original workers, which do not notice a dropped connection: `POST /cancel` in the
     /// background.
-    pub fn cancel_original(self: &Arc<Self>) {
+    pub(crate) fn cancel_original(self: &Arc<Self>) {
         if self.flavor() == WorkerFlavor::Original && tokio::runtime::Handle::try_current().is_ok()
         {
             let me = Arc::clone(self);
@@ -300,7 +303,7 @@ impl WorkerClient {
 }
 
 /// `Ok(body)` for a 2xx answer, else the decoded error.
-pub fn check(resp: &FullResponse) -> Result<&Bytes, PluginError> {
+pub(crate) fn check(resp: &FullResponse) -> Result<&Bytes, PluginError> {
     if resp.status.is_success() {
         Ok(&resp.body)
     } else {

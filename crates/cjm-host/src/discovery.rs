@@ -38,7 +38,7 @@ pub struct DiscoveredPlugin {
 
 /// The result of a scan.
 #[derive(Debug, Clone, Default)]
-pub struct Discovery {
+pub(crate) struct Discovery {
     /// Valid plugins, in search order.
     pub plugins: Vec<DiscoveredPlugin>,
     /// Manifests that were refused, each with its file and every problem.
@@ -47,13 +47,13 @@ pub struct Discovery {
 
 impl Discovery {
     /// The plugin called `name`.
-    pub fn get(&self, name: &str) -> Option<&DiscoveredPlugin> {
+    pub(crate) fn get(&self, name: &str) -> Option<&DiscoveredPlugin> {
         self.plugins.iter().find(|p| p.manifest.name == name)
     }
 }
 
 /// Scans `search_paths`. A manager for one `interface` refuses manifests that declare another.
-pub fn discover(search_paths: &[PathBuf], interface: Option<&str>) -> Discovery {
+pub(crate) fn discover(search_paths: &[PathBuf], interface: Option<&str>) -> Discovery {
     let mut out = Discovery::default();
     for dir in search_paths {
         let entries = match std::fs::read_dir(dir) {

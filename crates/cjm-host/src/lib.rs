@@ -46,6 +46,16 @@
 //! [`scheduler::ResourceContext`], the ledger, eviction) in [`scheduler`].
 
 #![warn(missing_docs)]
+// Library code never unwraps, panics or prints; tests may.
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::print_stdout
+    )
+)]
 
 mod blocking;
 mod client;
@@ -54,6 +64,8 @@ mod gpu;
 mod logs;
 mod manager;
 mod monitor;
+// Thin Linux-specific glue over cjm-sys; the only other place `unsafe` is allowed.
+#[allow(unsafe_code)]
 mod platform;
 mod proxy;
 pub mod scheduler;

@@ -16,16 +16,16 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Default size at which a log file is rotated.
-pub const DEFAULT_LOG_CAP: u64 = 8 << 20;
+pub(crate) const DEFAULT_LOG_CAP: u64 = 8 << 20;
 
 /// Lines kept in memory for error reports.
 const RECENT_LINES: usize = 50;
 
 /// The longest line kept (16 KiB); the rest of a longer line is dropped.
-pub const MAX_LINE_BYTES: usize = 16 << 10;
+pub(crate) const MAX_LINE_BYTES: usize = 16 << 10;
 
 /// Appended to a line cut at [`MAX_LINE_BYTES`].
-pub const CUT_MARKER: &str = " …[line cut at 16 KiB]";
+pub(crate) const CUT_MARKER: &str = " …[line cut at 16 KiB]";
 
 /// Bytes read from a worker's pipe at a time.
 const READ_CHUNK: usize = 16 << 10;
@@ -93,7 +93,7 @@ impl LineSplitter {
 
 /// One plugin's log: a capped file plus the most recent lines in memory.
 #[derive(Debug)]
-pub struct PluginLog {
+pub(crate) struct PluginLog {
     name: String,
     path: PathBuf,
     cap: u64,
@@ -110,7 +110,7 @@ struct LogInner {
 impl PluginLog {
     /// A log for plugin `name` in `dir` (created if missing). A directory that cannot be used
     /// leaves only the in-memory tail and the `tracing` events.
-    pub fn open(dir: &Path, name: &str, cap: u64) -> Arc<Self> {
+    pub(crate) fn open(dir: &Path, name: &str, cap: u64) -> Arc<Self> {
         let path = dir.join(format!("{name}.log"));
         let file = std::fs::create_dir_all(dir)
             .and_then(|_| OpenOptions::new().create(true).append(true).open(&path));
@@ -137,13 +137,13 @@ impl PluginLog {
     }
 
     /// The log file's path.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Appends one line (without its newline). The file never exceeds the cap: it is rotated
     /// first when the line would not fit, and a line longer than the cap itself is shortened.
-    pub fn line(&self, line: &str) {
+    pub(crate) fn line(&self, line: &str) {
         let mut g = match self.inner.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -189,7 +189,7 @@ impl PluginLog {
     }
 
     /// The last `n` lines written in this process (at most 50 are kept in memory).
-    pub fn recent(&self, n: usize) -> Vec<String> {
+    pub(crate) fn recent(&self, n: usize) -> Vec<String> {
         let g = match self.inner.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -203,7 +203,7 @@ impl PluginLog {
 
     /// Reads `stream` until it closes, logging each line (see the [module docs](self) for how
     /// lines are split and bounded).
-    pub async fn pump(self: Arc<Self>, stream: impl AsyncRead + Unpin, which: &'static str) {
+    pub(crate) async fn pump(self: Arc<Self>, stream: impl AsyncRead + Unpin, which: &'static str) {
         self.pump_counted(stream, which).await;
     }
 
@@ -250,7 +250,7 @@ fn truncate_at_char(s: &str, max: usize) -> &str {
 
 /// The last `n` lines of the log at `path` (and its rotated `.log.1` when the current file has
 /// fewer). A missing file gives no lines.
-pub fn tail_file(path: &Path, n: usize) -> io::Result<Vec<String>> {
+pub(crate) fn tail_file(path: &Path, n: usize) -> io::Result<Vec<String>> {
     let read = |p: &Path| match std::fs::read(p) {
         Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),

@@ -11,11 +11,11 @@ use cjm_sys::child::ChildSetup;
 use cjm_sys::contain::{Containment, WorkerContainer};
 use tokio::sync::oneshot;
 
-pub use cjm_sys::proc::{cpu_times, is_alive, subtree, subtrees};
-pub use cjm_sys::signal::{describe_exit, kill, kill_group, SIGKILL, SIGTERM};
+pub(crate) use cjm_sys::proc::{cpu_times, is_alive, subtree, subtrees};
+pub(crate) use cjm_sys::signal::{describe_exit, kill, kill_group, SIGKILL, SIGTERM};
 
 /// A spawned worker process as the supervisor sees it.
-pub struct Spawned {
+pub(crate) struct Spawned {
     /// The worker's pid (also its process group and session id).
     pub pid: u32,
     /// Its standard output.
@@ -32,7 +32,7 @@ pub struct Spawned {
 /// The fork happens on a thread dedicated to this child, which then waits for it. The kernel
 /// sends the parent-death signal when the *thread* that forked exits, so that thread must live
 /// exactly as long as the child: this one does.
-pub fn spawn(
+pub(crate) fn spawn(
     mut cmd: Command,
     inherit_fd: Option<RawFd>,
     death_signal: libc::c_int,
@@ -81,7 +81,7 @@ pub fn spawn(
 /// both up if the host dies (see `cjm_sys::contain`). Dropping it kills whatever is left of
 /// every worker and removes the directory.
 #[derive(Debug)]
-pub struct Runtime {
+pub(crate) struct Runtime {
     dir: PathBuf,
     containment: Option<Containment>,
 }
@@ -90,7 +90,7 @@ impl Runtime {
     /// Creates `cjm-<uid>-<pid>-<random>` (mode 0700, checked) in `$XDG_RUNTIME_DIR` (which
     /// must then be private itself) or the temporary directory, after sweeping the runtime
     /// directories of dead hosts there; then starts the containment.
-    pub fn create() -> io::Result<Self> {
+    pub(crate) fn create() -> io::Result<Self> {
         let base = match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
             Some(p) if p.is_dir() => {
                 cjm_sys::rundir::check_private_dir(&p)?;
@@ -114,12 +114,12 @@ impl Runtime {
     }
 
     /// The directory.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.dir
     }
 
     /// A container for one worker start (`name` names its cgroup).
-    pub fn container(&self, name: &str) -> io::Result<WorkerContainer> {
+    pub(crate) fn container(&self, name: &str) -> io::Result<WorkerContainer> {
         match &self.containment {
             Some(c) => c.worker(name),
             None => Err(io::Error::other("the host is shutting down")),
@@ -140,29 +140,29 @@ impl Drop for Runtime {
 }
 
 /// Restricts a worker socket to its owner (the directory is private too).
-pub fn make_private(path: &Path) -> io::Result<()> {
+pub(crate) fn make_private(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 /// The longest `NAME=value` string `exec` accepts in the environment or the arguments
 /// (`MAX_ARG_STRLEN`, 32 pages, with the terminating NUL).
-pub fn max_arg_len() -> usize {
+pub(crate) fn max_arg_len() -> usize {
     usize::try_from(cjm_sys::proc::page_size().saturating_mul(32)).unwrap_or(usize::MAX)
 }
 
 /// Resident memory in MB and CPU ticks of `pids` together.
-pub fn usage(pids: &[u32]) -> (f64, u64) {
+pub(crate) fn usage(pids: &[u32]) -> (f64, u64) {
     let (bytes, ticks) = cjm_sys::proc::usage(pids);
     (bytes as f64 / 1_048_576.0, ticks)
 }
 
 /// `(MemTotal, MemAvailable)` from `/proc/meminfo`, in MB; `None` if unreadable.
-pub fn meminfo_mb() -> Option<(u64, u64)> {
+pub(crate) fn meminfo_mb() -> Option<(u64, u64)> {
     cjm_sys::proc::meminfo_kb().map(|(t, a)| (t / 1024, a / 1024))
 }
 
 /// Clock ticks per second.
-pub fn ticks_per_second() -> f64 {
+pub(crate) fn ticks_per_second() -> f64 {
     cjm_sys::proc::clock_ticks() as f64
 }

@@ -23,7 +23,7 @@ use crate::transport::{Endpoint, Transport};
 
 /// Everything needed to (re)start one plugin's worker.
 #[derive(Debug, Clone)]
-pub struct LaunchSpec {
+pub(crate) struct LaunchSpec {
     /// The manifest.
     pub manifest: Arc<Manifest>,
     /// The host's data directory (`~/.cjm` by default).
@@ -41,7 +41,7 @@ pub struct LaunchSpec {
 }
 
 /// A running, answering worker.
-pub struct Started {
+pub(crate) struct Started {
     /// The protocol client.
     pub client: Arc<WorkerClient>,
     /// The worker's pid (also its process group).
@@ -56,7 +56,7 @@ pub struct Started {
 /// file. Dropping it kills whatever is left in the container, removes the cgroup and the
 /// socket; [`release`](Self::release) does that off the async threads.
 #[derive(Debug)]
-pub struct WorkerResources {
+pub(crate) struct WorkerResources {
     container: WorkerContainer,
     socket: Option<PathBuf>,
 }
@@ -64,7 +64,7 @@ pub struct WorkerResources {
 impl WorkerResources {
     /// Kills what is left of the worker's processes (all of them in cgroup mode) and removes
     /// its cgroup and socket, waiting until that is done.
-    pub async fn release(self) {
+    pub(crate) async fn release(self) {
         let _ = tokio::task::spawn_blocking(move || drop(self)).await;
     }
 }
@@ -89,7 +89,7 @@ const PORT_RETRIES: usize = 5;
 
 /// Starts the worker and waits for its first `/health` answer, its exit, or the manifest's
 /// start-up timeout, whichever comes first.
-pub async fn start(spec: &LaunchSpec, seq: u64) -> Result<Started, PluginError> {
+pub(crate) async fn start(spec: &LaunchSpec, seq: u64) -> Result<Started, PluginError> {
     let m = &spec.manifest;
     let result = match m.worker() {
         WorkerSpec::Native { command, args } => start_native(spec, seq, command, args).await,

@@ -17,7 +17,7 @@ const WINDOW: usize = 1024;
 
 /// Counters of one plugin's calls. Cheap to update on every call.
 #[derive(Debug)]
-pub struct CallStats {
+pub(crate) struct CallStats {
     calls: AtomicU64,
     errors: AtomicU64,
     cancelled: AtomicU64,
@@ -170,27 +170,27 @@ impl CallStats {
     }
 
     /// Calls running now.
-    pub fn in_flight(&self) -> u64 {
+    pub(crate) fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Unix time in ms when the last call started (0 when none has).
-    pub fn last_executed_ms(&self) -> u64 {
+    pub(crate) fn last_executed_ms(&self) -> u64 {
         self.last_executed_ms.load(Ordering::Relaxed)
     }
 
     /// Restores the last-executed time (after a reload).
-    pub fn set_last_executed_ms(&self, ms: u64) {
+    pub(crate) fn set_last_executed_ms(&self, ms: u64) {
         self.last_executed_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Calls cancelled or abandoned so far.
-    pub fn cancelled(&self) -> u64 {
+    pub(crate) fn cancelled(&self) -> u64 {
         self.cancelled.load(Ordering::Relaxed)
     }
 
     /// `(calls, errors, p50 µs, p99 µs)` over the recent window.
-    pub fn summary(&self) -> (u64, u64, Option<u32>, Option<u32>) {
+    pub(crate) fn summary(&self) -> (u64, u64, Option<u32>, Option<u32>) {
         let mut v = self
             .latencies
             .lock()

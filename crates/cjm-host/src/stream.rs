@@ -24,7 +24,7 @@ use crate::transport::Conn;
 type CancelFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A stream of chunks from `POST /execute_stream`.
-pub struct NdjsonStream {
+pub(crate) struct NdjsonStream {
     client: Arc<WorkerClient>,
     body: Incoming,
     conn: Option<Conn>,
@@ -39,7 +39,12 @@ pub struct NdjsonStream {
 
 impl NdjsonStream {
     /// Reads `body`; `conn` goes back to the pool after a clean end.
-    pub fn new(client: Arc<WorkerClient>, body: Incoming, conn: Conn, ctx: CallContext) -> Self {
+    pub(crate) fn new(
+        client: Arc<WorkerClient>,
+        body: Incoming,
+        conn: Conn,
+        ctx: CallContext,
+    ) -> Self {
         let token = ctx.cancellation().clone();
         Self {
             client,

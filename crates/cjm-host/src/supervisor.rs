@@ -50,7 +50,7 @@ impl Default for SupervisorOptions {
 
 /// The shared view of one worker: the current client, pid, state and restart count.
 #[derive(Debug)]
-pub struct WorkerSlot {
+pub(crate) struct WorkerSlot {
     spec: LaunchSpec,
     opts: SupervisorOptions,
     current: RwLock<Option<Arc<WorkerClient>>>,
@@ -67,7 +67,7 @@ pub struct WorkerSlot {
 
 impl WorkerSlot {
     /// Starts the worker, applies `config` and launches its supervisor task.
-    pub async fn start(
+    pub(crate) async fn start(
         spec: LaunchSpec,
         opts: SupervisorOptions,
         config: Arc<RwLock<Value>>,
@@ -95,37 +95,37 @@ impl WorkerSlot {
     }
 
     /// The current worker client, if the worker is up.
-    pub fn client(&self) -> Option<Arc<WorkerClient>> {
+    pub(crate) fn client(&self) -> Option<Arc<WorkerClient>> {
         self.current.read().ok().and_then(|g| g.clone())
     }
 
     /// The worker's pid (the last one, if it is down).
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.pid.load(Ordering::Relaxed)
     }
 
     /// The state.
-    pub fn state(&self) -> PluginState {
+    pub(crate) fn state(&self) -> PluginState {
         *self.state.borrow()
     }
 
     /// A receiver of state changes (to wait for `ready` after a crash, say).
-    pub fn watch_state(&self) -> watch::Receiver<PluginState> {
+    pub(crate) fn watch_state(&self) -> watch::Receiver<PluginState> {
         self.state.subscribe()
     }
 
     /// How many times the worker has been restarted.
-    pub fn restarts(&self) -> u32 {
+    pub(crate) fn restarts(&self) -> u32 {
         self.restarts.load(Ordering::Relaxed)
     }
 
     /// How the last worker process ended, if one did.
-    pub fn last_exit(&self) -> Option<String> {
+    pub(crate) fn last_exit(&self) -> Option<String> {
         self.last_exit.lock().ok().and_then(|g| g.clone())
     }
 
     /// Seconds since the current worker started.
-    pub fn uptime(&self) -> Duration {
+    pub(crate) fn uptime(&self) -> Duration {
         self.started_at
             .lock()
             .map(|t| t.elapsed())
@@ -133,13 +133,13 @@ impl WorkerSlot {
     }
 
     /// The launch spec.
-    pub fn spec(&self) -> &LaunchSpec {
+    pub(crate) fn spec(&self) -> &LaunchSpec {
         &self.spec
     }
 
     /// Stops the worker (cleanup, `SIGTERM`, grace, `SIGKILL`, sweep) and waits until it is
     /// gone. Idempotent.
-    pub async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         let (done_tx, done_rx) = oneshot::channel();
         if self.stop_tx.send(done_tx).await.is_ok() {
             let _ = done_rx.await;
@@ -147,7 +147,7 @@ impl WorkerSlot {
     }
 
     /// Kills the worker's process group at once, without waiting (for `Drop`).
-    pub fn kill_now(&self) {
+    pub(crate) fn kill_now(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         if self.state().is_serving() || self.state() == PluginState::Starting {
             platform::kill_group(self.pid(), platform::SIGKILL);

@@ -25,7 +25,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 /// Where a worker listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     /// A Unix socket path.
     Unix(PathBuf),
     /// A TCP address (loopback).
@@ -43,7 +43,7 @@ impl std::fmt::Display for Endpoint {
 
 /// A request body: nothing, one buffer, or several buffers sent back to back without copying.
 #[derive(Debug)]
-pub enum ReqBody {
+pub(crate) enum ReqBody {
     /// No body.
     Empty,
     /// One buffer.
@@ -54,7 +54,7 @@ pub enum ReqBody {
 
 impl ReqBody {
     /// A body of one buffer.
-    pub fn full(b: impl Into<Bytes>) -> Self {
+    pub(crate) fn full(b: impl Into<Bytes>) -> Self {
         Self::Full(Some(b.into()))
     }
 }
@@ -95,14 +95,14 @@ impl http_body::Body for ReqBody {
 
 /// A connection checked out of the pool; give it back with [`Transport::give_back`] once its
 /// response has been read to the end, or drop it to close the connection.
-pub type Conn = SendRequest<ReqBody>;
+pub(crate) type Conn = SendRequest<ReqBody>;
 
 /// Keep at most this many idle connections per worker.
 const MAX_IDLE: usize = 64;
 
 /// The client of one worker.
 #[derive(Debug)]
-pub struct Transport {
+pub(crate) struct Transport {
     endpoint: Endpoint,
     auth: Option<HeaderValue>,
     idle: Mutex<Vec<Conn>>,
@@ -110,7 +110,7 @@ pub struct Transport {
 
 /// A whole response.
 #[derive(Debug)]
-pub struct FullResponse {
+pub(crate) struct FullResponse {
     /// Status code.
     pub status: StatusCode,
     /// The `content-type` header, if any.
@@ -121,7 +121,7 @@ pub struct FullResponse {
 
 impl Transport {
     /// A client of the worker at `endpoint`, sending `token` as a bearer token when given.
-    pub fn new(endpoint: Endpoint, token: Option<&str>) -> Self {
+    pub(crate) fn new(endpoint: Endpoint, token: Option<&str>) -> Self {
         let auth = token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok());
         Self {
             endpoint,
@@ -131,12 +131,12 @@ impl Transport {
     }
 
     /// Where the worker listens.
-    pub fn endpoint(&self) -> &Endpoint {
+    pub(crate) fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
 
     /// A request to `path` with the auth header set.
-    pub fn request(&self, method: Method, path: &str) -> http::request::Builder {
+    pub(crate) fn request(&self, method: Method, path: &str) -> http::request::Builder {
         let mut b = Request::builder()
             .method(method)
             .uri(path)
@@ -159,7 +159,7 @@ impl Transport {
     }
 
     /// A ready connection: an idle one from the pool, or a new one.
-    pub async fn checkout(&self) -> Result<Conn, PluginError> {
+    pub(crate) async fn checkout(&self) -> Result<Conn, PluginError> {
         loop {
             let pooled = self.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
             match pooled {
@@ -181,7 +181,7 @@ impl Transport {
     }
 
     /// Returns a connection whose last response was read to the end.
-    pub fn give_back(&self, c: Conn) {
+    pub(crate) fn give_back(&self, c: Conn) {
         if c.is_closed() {
             return;
         }
@@ -194,7 +194,7 @@ impl Transport {
 
     /// Sends `req` on a pooled connection and returns the response head with the connection,
     /// which the caller gives back after reading the body.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         req: Request<ReqBody>,
     ) -> Result<(Response<Incoming>, Conn), PluginError> {
@@ -204,7 +204,7 @@ impl Transport {
     }
 
     /// Sends `req` and reads the whole response, before `deadline` if one is given.
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         req: Request<ReqBody>,
         deadline: Option<Instant>,
@@ -230,7 +230,7 @@ impl Transport {
     }
 
     /// Drops every idle connection (after a worker restart, say).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         if let Ok(mut v) = self.idle.lock() {
             v.clear();
         }
@@ -238,7 +238,7 @@ impl Transport {
 }
 
 /// A transport failure after the connection was made: the worker went away mid-call.
-pub fn lost(e: hyper::Error) -> PluginError {
+pub(crate) fn lost(e: hyper::Error) -> PluginError {
     PluginError::transient(format!("{LOST}: {e}"))
 }
 

@@ -72,6 +72,16 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// Library code never unwraps, panics or prints; tests may.
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::print_stdout
+    )
+)]
 
 pub mod error;
 pub mod helpers;

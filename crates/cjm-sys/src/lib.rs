@@ -20,6 +20,18 @@
 //! pointers from callers. Linux is the platform.
 
 #![warn(missing_docs)]
+// Library code never unwraps, panics or prints; tests may.
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::print_stdout
+    )
+)]
+// The one crate where `unsafe` is allowed (the workspace denies it elsewhere).
+#![allow(unsafe_code)]
 
 pub mod cgroup;
 pub mod child;

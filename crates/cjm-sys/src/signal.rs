@@ -32,6 +32,15 @@ pub fn kill_group(pgid: u32, signal: libc::c_int) {
     }
 }
 
+/// Restores the default disposition of `SIGPIPE` (end the process), as command-line tools
+/// expect when their output is closed early (`cjm list | head`); Rust sets it to "ignore".
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal disposition to its default has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Reaps every child of this process that has already exited (never blocks).
 pub fn reap_exited_children() {
     // SAFETY: waitpid with WNOHANG and a null status pointer only reaps exited children.

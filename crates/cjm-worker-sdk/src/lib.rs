@@ -82,8 +82,20 @@
 //! [`runtime::Server::spawn`] (tests do this).
 
 #![warn(missing_docs)]
+// Library code never unwraps, panics or prints; tests may.
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::print_stdout
+    )
+)]
 
 mod macros;
+// Thin Linux-specific glue over cjm-sys; the only other place `unsafe` is allowed.
+#[allow(unsafe_code)]
 mod platform;
 pub mod runtime;
 mod server;

@@ -25,7 +25,7 @@ Exit codes:
 /// Discover, run and configure process-isolated plugins.
 #[derive(Debug, Parser)]
 #[command(name = "cjm", version, after_help = AFTER_HELP)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Search this directory for manifests (repeatable; replaces the defaults
     /// ./.cjm/manifests and <data-dir>/manifests).
     #[arg(long = "search-path", value_name = "DIR", global = true)]
@@ -50,7 +50,7 @@ pub struct Cli {
 
 /// Resource admission policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SchedulerKind {
+pub(crate) enum SchedulerKind {
     /// Admit every call (the default).
     Permissive,
     /// Refuse a call whose declared minimum resources do not fit.
@@ -61,7 +61,7 @@ pub enum SchedulerKind {
 
 /// Options shared by `call` and `stream`.
 #[derive(Debug, clap::Args)]
-pub struct CallArgs {
+pub(crate) struct CallArgs {
     /// The plugin.
     pub name: String,
     /// Configuration as a JSON object (default: the saved configuration, else the schema's
@@ -81,7 +81,7 @@ pub struct CallArgs {
 
 /// The commands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// List discovered plugins and invalid manifests.
     List {
         /// Print JSON.

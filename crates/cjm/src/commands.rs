@@ -32,7 +32,7 @@ impl From<PluginError> for Failure {
 }
 
 /// Runs the command and returns the process exit code.
-pub async fn run(cli: Cli) -> ExitCode {
+pub(crate) async fn run(cli: Cli) -> ExitCode {
     let own_timeout =
         matches!(&cli.command, Command::Call(a) | Command::Stream(a) if a.timeout.is_some());
     match dispatch(cli).await {

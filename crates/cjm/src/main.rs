@@ -14,10 +14,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     // Like other Unix tools, end quietly when stdout is closed early (`cjm list | head`).
-    // SAFETY: setting a signal disposition to its default has no preconditions.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    cjm_sys::signal::default_sigpipe();
     let cli = cli::Cli::parse();
     output::init_logging(cli.verbose);
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use cjm_core::{ErrorCategory, PluginError};
 
 /// Sends host and worker logs to stderr when asked (`-v`, `-vv`), else only warnings.
-pub fn init_logging(verbose: u8) {
+pub(crate) fn init_logging(verbose: u8) {
     let level = match verbose {
         0 => "warn",
         1 => "info",
@@ -23,7 +23,7 @@ pub fn init_logging(verbose: u8) {
 }
 
 /// A progress note for people watching a terminal; silent when stderr is piped.
-pub fn note(text: &str) {
+pub(crate) fn note(text: &str) {
     if std::io::stderr().is_terminal() {
         warn_line(text);
     }
@@ -32,7 +32,7 @@ pub fn note(text: &str) {
 /// Prints a failed operation: category, message, invalid fields, exit status and the worker's
 /// last lines, every part [cleaned](clean). `own_timeout`: the user's `--timeout` passed, so
 /// retrying the same call would just time out again.
-pub fn report(e: &PluginError, own_timeout: bool) {
+pub(crate) fn report(e: &PluginError, own_timeout: bool) {
     warn_line(&format!("cjm: {} error: {}", e.category, e.message));
     for f in &e.details.fields {
         let field = if f.field.is_empty() {
@@ -65,7 +65,7 @@ pub fn report(e: &PluginError, own_timeout: bool) {
 }
 
 /// JSON for stdout: pretty on a terminal, one line when piped.
-pub fn json(value: &serde_json::Value) -> String {
+pub(crate) fn json(value: &serde_json::Value) -> String {
     if std::io::stdout().is_terminal() {
         json_terminal_safe(serde_json::to_string_pretty(value).unwrap_or_default())
     } else {
@@ -77,7 +77,7 @@ pub fn json(value: &serde_json::Value) -> String {
 /// control (except `\t`, and `\n` when `multi_line`), DEL and every C1 control (U+0080–U+009F,
 /// which some terminals read as ESC-sequences too) is replaced by a visible escape such as
 /// `\x1b` or `\u{9b}`, so that a plugin cannot retitle, clear or reprogram the user's terminal.
-pub fn clean(text: &str, multi_line: bool) -> Cow<'_, str> {
+pub(crate) fn clean(text: &str, multi_line: bool) -> Cow<'_, str> {
     let unsafe_char = |c: char| {
         (c.is_control() && c != '\t' && !(multi_line && c == '\n'))
             || matches!(c, '\u{2028}' | '\u{2029}')
@@ -99,17 +99,17 @@ pub fn clean(text: &str, multi_line: bool) -> Cow<'_, str> {
 }
 
 /// Prints one line of text on stdout, [cleaned](clean) (newlines kept).
-pub fn say_line(text: &str) {
+pub(crate) fn say_line(text: &str) {
     println!("{}", clean(text, true));
 }
 
 /// Prints one line of text on stderr, [cleaned](clean) (newlines kept).
-pub fn warn_line(text: &str) {
+pub(crate) fn warn_line(text: &str) {
     eprintln!("{}", clean(text, true));
 }
 
 /// One-line JSON for stdout (stream chunks), terminal-safe like [`json`].
-pub fn json_line(value: &serde_json::Value) -> String {
+pub(crate) fn json_line(value: &serde_json::Value) -> String {
     json_terminal_safe(value.to_string())
 }
 

@@ -10,7 +10,7 @@ use cjm_ui::{Access, AppState};
 
 /// Who may use the page: `--allow-host` names and the token in `--token-file`. A non-loopback
 /// address without a token is refused here, before anything starts (a usage error).
-pub fn access(
+pub(crate) fn access(
     addr: SocketAddr,
     allow_hosts: Vec<String>,
     token_file: Option<&Path>,
@@ -32,7 +32,7 @@ pub fn access(
 /// Serves the settings page on `addr` until Ctrl-C, with configurations in
 /// `<data_dir>/configs` (where `cjm config` keeps them). Nothing is loaded at start; the page's
 /// Load buttons load plugins, and everything loaded is unloaded on the way out.
-pub async fn run(
+pub(crate) async fn run(
     manager: &PluginManager,
     data_dir: &Path,
     addr: SocketAddr,

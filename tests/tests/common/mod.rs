@@ -8,32 +8,32 @@ use cjm_host::{PluginManager, SupervisorOptions};
 use serde_json::{json, Value};
 
 /// The test worker binary.
-pub fn worker_bin() -> &'static str {
+pub(crate) fn worker_bin() -> &'static str {
     env!("CARGO_BIN_EXE_host-test-worker")
 }
 
 /// A scratch directory with `manifests/` and a data dir.
-pub struct Scratch {
+pub(crate) struct Scratch {
     pub dir: tempfile::TempDir,
 }
 
 impl Scratch {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             dir: tempfile::tempdir().expect("tempdir"),
         }
     }
 
-    pub fn manifests(&self) -> PathBuf {
+    pub(crate) fn manifests(&self) -> PathBuf {
         self.dir.path().join("manifests")
     }
 
-    pub fn data(&self) -> PathBuf {
+    pub(crate) fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
     /// Writes `<name>.json` for the test worker, merged with `extra`.
-    pub fn worker_manifest(&self, name: &str, extra: Value) -> PathBuf {
+    pub(crate) fn worker_manifest(&self, name: &str, extra: Value) -> PathBuf {
         let mut m = json!({
             "name": name,
             "version": "1.2.3",
@@ -48,7 +48,7 @@ impl Scratch {
         self.write(&format!("{name}.json"), &m.to_string())
     }
 
-    pub fn write(&self, file: &str, text: &str) -> PathBuf {
+    pub(crate) fn write(&self, file: &str, text: &str) -> PathBuf {
         let dir = self.manifests();
         std::fs::create_dir_all(&dir).expect("mkdir");
         let p = dir.join(file);
@@ -56,11 +56,11 @@ impl Scratch {
         p
     }
 
-    pub fn manager(&self) -> PluginManager {
+    pub(crate) fn manager(&self) -> PluginManager {
         self.manager_with(SupervisorOptions::default())
     }
 
-    pub fn manager_with(&self, sup: SupervisorOptions) -> PluginManager {
+    pub(crate) fn manager_with(&self, sup: SupervisorOptions) -> PluginManager {
         PluginManager::builder()
             .search_paths([self.manifests()])
             .data_dir(self.data())
@@ -71,7 +71,7 @@ impl Scratch {
 }
 
 /// True if `pid` exists and is not a zombie.
-pub fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => s
             .rfind(')')
@@ -83,7 +83,7 @@ pub fn alive(pid: u32) -> bool {
 
 /// Waits (bounded) until none of `pids` is alive. Process death has no event an unrelated
 /// process can await, so this looks at /proc until the condition holds or `limit` passes.
-pub fn wait_gone(pids: &[u32], limit: Duration) -> Vec<u32> {
+pub(crate) fn wait_gone(pids: &[u32], limit: Duration) -> Vec<u32> {
     let end = Instant::now() + limit;
     loop {
         let left: Vec<u32> = pids.iter().copied().filter(|&p| alive(p)).collect();
@@ -94,6 +94,6 @@ pub fn wait_gone(pids: &[u32], limit: Duration) -> Vec<u32> {
     }
 }
 
-pub fn path_str(p: &Path) -> String {
+pub(crate) fn path_str(p: &Path) -> String {
     p.display().to_string()
 }

@@ -10,7 +10,7 @@ use serde_json::{Map, Number, Value};
 
 /// The settings of every property: the default case count (or `PROPTEST_CASES`), and no
 /// regression files written into the source tree (found failures become plain tests).
-pub fn config() -> ProptestConfig {
+pub(crate) fn config() -> ProptestConfig {
     ProptestConfig {
         failure_persistence: None,
         ..ProptestConfig::default()
@@ -18,7 +18,7 @@ pub fn config() -> ProptestConfig {
 }
 
 /// Any finite `f64` (JSON has no NaN or infinity).
-pub fn finite_f64() -> impl Strategy<Value = f64> {
+pub(crate) fn finite_f64() -> impl Strategy<Value = f64> {
     prop_oneof![
         any::<f64>().prop_map(|x| if x.is_finite() { x } else { 0.5 }),
         (-1.0e6..1.0e6f64),
@@ -30,7 +30,7 @@ pub fn finite_f64() -> impl Strategy<Value = f64> {
 }
 
 /// A JSON number of any of the three kinds serde_json keeps.
-pub fn number() -> impl Strategy<Value = Value> {
+pub(crate) fn number() -> impl Strategy<Value = Value> {
     prop_oneof![
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
@@ -40,7 +40,7 @@ pub fn number() -> impl Strategy<Value = Value> {
 }
 
 /// Short strings, with the characters that matter to parsers and logs.
-pub fn text() -> impl Strategy<Value = String> {
+pub(crate) fn text() -> impl Strategy<Value = String> {
     prop_oneof![
         "[a-z_.]{0,12}",
         ".{0,16}",
@@ -51,7 +51,7 @@ pub fn text() -> impl Strategy<Value = String> {
 }
 
 /// Any JSON value, nested a few levels.
-pub fn json() -> impl Strategy<Value = Value> {
+pub(crate) fn json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
@@ -68,6 +68,6 @@ pub fn json() -> impl Strategy<Value = Value> {
 }
 
 /// A JSON object whose values are any JSON.
-pub fn json_object() -> impl Strategy<Value = Map<String, Value>> {
+pub(crate) fn json_object() -> impl Strategy<Value = Map<String, Value>> {
     prop::collection::vec((text(), json()), 0..8).prop_map(|kv| kv.into_iter().collect())
 }

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Mode {
+pub(crate) enum Mode {
     #[default]
     Fast,
     Slow,
@@ -33,7 +33,7 @@ pub enum Mode {
 /// Test configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
-pub struct Config {
+pub(crate) struct Config {
     /// How hard to try.
     #[schemars(range(min = 1, max = 10))]
     pub level: u32,
@@ -56,7 +56,7 @@ impl Default for Config {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Op {
+pub(crate) enum Op {
     Echo(Value),
     Config,
     Fail {
@@ -86,7 +86,7 @@ pub enum Op {
 
 /// What the test can observe and control.
 #[derive(Default)]
-pub struct Shared {
+pub(crate) struct Shared {
     pub cancelled: watch::Sender<u32>,
     pub active: watch::Sender<u32>,
     pub started: watch::Sender<u32>,
@@ -98,7 +98,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn open_gate(&self) {
+    pub(crate) fn open_gate(&self) {
         let (m, c) = &self.gate;
         *m.lock().unwrap() = true;
         c.notify_all();
@@ -110,7 +110,7 @@ impl Shared {
     }
 }
 
-pub struct TestWorker {
+pub(crate) struct TestWorker {
     pub shared: Arc<Shared>,
     config: Mutex<Config>,
 }
@@ -261,7 +261,7 @@ impl Worker for TestWorker {
 use futures::StreamExt;
 
 /// A running test server.
-pub struct TestServer {
+pub(crate) struct TestServer {
     pub shared: Arc<Shared>,
     pub client: Client,
     pub handle: Option<ServerHandle>,
@@ -269,11 +269,11 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self::start_with(|o| o)
     }
 
-    pub fn start_with(f: impl FnOnce(Options) -> Options) -> Self {
+    pub(crate) fn start_with(f: impl FnOnce(Options) -> Options) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.sock");
         let listener = Listener::bind(&ListenAddr::Unix(path.clone())).unwrap();
@@ -296,27 +296,27 @@ impl TestServer {
         }
     }
 
-    pub fn shutdown(&mut self) -> ShutdownReason {
+    pub(crate) fn shutdown(&mut self) -> ShutdownReason {
         self.handle.take().unwrap().shutdown().unwrap()
     }
 }
 
 /// An answer, read whole.
 #[derive(Debug)]
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
 
 impl Answer {
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
 
     /// The typed error's category.
-    pub fn category(&self) -> String {
+    pub(crate) fn category(&self) -> String {
         self.json()["cjm_error"]["category"]
             .as_str()
             .unwrap()
@@ -325,19 +325,19 @@ impl Answer {
 }
 
 #[derive(Clone)]
-pub struct Client {
+pub(crate) struct Client {
     pub path: PathBuf,
     pub token: Option<String>,
 }
 
 /// An open connection with a request in flight, for disconnect tests.
-pub struct InFlight {
+pub(crate) struct InFlight {
     pub response: tokio::task::JoinHandle<Result<hyper::Response<Incoming>, hyper::Error>>,
     pub conn: tokio::task::JoinHandle<()>,
 }
 
 impl Client {
-    pub fn request(&self, method: &str, path: &str) -> http::request::Builder {
+    pub(crate) fn request(&self, method: &str, path: &str) -> http::request::Builder {
         let mut b = Request::builder()
             .method(method)
             .uri(format!("http://worker{path}"))
@@ -348,7 +348,7 @@ impl Client {
         b
     }
 
-    pub async fn open(&self, req: Request<Full<Bytes>>) -> InFlight {
+    pub(crate) async fn open(&self, req: Request<Full<Bytes>>) -> InFlight {
         let stream = UnixStream::connect(&self.path).await.unwrap();
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -360,7 +360,7 @@ impl Client {
         InFlight { response, conn }
     }
 
-    pub async fn send(&self, req: Request<Full<Bytes>>) -> Answer {
+    pub(crate) async fn send(&self, req: Request<Full<Bytes>>) -> Answer {
         let inflight = self.open(req).await;
         let resp = inflight.response.await.unwrap().unwrap();
         let status = resp.status();
@@ -374,7 +374,7 @@ impl Client {
         }
     }
 
-    pub async fn get(&self, path: &str) -> Answer {
+    pub(crate) async fn get(&self, path: &str) -> Answer {
         self.send(
             self.request("GET", path)
                 .body(Full::new(Bytes::new()))
@@ -383,7 +383,7 @@ impl Client {
         .await
     }
 
-    pub async fn post(&self, path: &str, body: &Value) -> Answer {
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> Answer {
         let req = self
             .request("POST", path)
             .header("content-type", "application/json")
@@ -393,14 +393,14 @@ impl Client {
     }
 
     /// `POST /execute` (or `/execute_stream`) of operation `op` with `kwargs`.
-    pub async fn call(&self, path: &str, op: &str, kwargs: Value) -> Answer {
+    pub(crate) async fn call(&self, path: &str, op: &str, kwargs: Value) -> Answer {
         self.post(path, &json!({"args": [op], "kwargs": kwargs}))
             .await
     }
 }
 
 /// Waits until the watched value satisfies `pred` (a readiness signal, not a sleep).
-pub async fn until(w: &watch::Sender<u32>, pred: impl Fn(u32) -> bool) {
+pub(crate) async fn until(w: &watch::Sender<u32>, pred: impl Fn(u32) -> bool) {
     let mut rx = w.subscribe();
     tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|v| pred(*v)))
         .await
@@ -409,7 +409,7 @@ pub async fn until(w: &watch::Sender<u32>, pred: impl Fn(u32) -> bool) {
 }
 
 /// NDJSON lines of a body.
-pub fn lines(body: &Bytes) -> Vec<Value> {
+pub(crate) fn lines(body: &Bytes) -> Vec<Value> {
     std::str::from_utf8(body)
         .unwrap()
         .lines()
