@@ -1203,8 +1203,10 @@ struct StartedWorker {
 
 impl StartedWorker {
     /// Starts a worker in a task of its own, so that dropping the caller never drops a start
-    /// half-way (which would leave a process nobody owns): if the caller is gone when the
-    /// start ends, the guard that could not be delivered stops the worker.
+    /// half-way from inside a poll: when the caller goes away, the task notices at once and
+    /// drops the start, whose resources kill the worker's processes (its cgroup, or its process
+    /// group in the fallback mode); if the caller is gone just as the start ends, the guard
+    /// that could not be delivered stops the worker.
     async fn start(
         spec: LaunchSpec,
         opts: SupervisorOptions,
@@ -1213,10 +1215,18 @@ impl StartedWorker {
     ) -> Result<Self, PluginError> {
         let name = spec.manifest.name.clone();
         let (tx, rx) = oneshot::channel();
+        let mut tx: oneshot::Sender<Result<StartedWorker, PluginError>> = tx;
+        let plugin = name.clone();
         tokio::spawn(async move {
-            let started = WorkerSlot::start(spec, opts, config, seq)
-                .await
-                .map(|slot| StartedWorker { slot, armed: true });
+            let start = WorkerSlot::start(spec, opts, config, seq);
+            let started = tokio::select! {
+                started = start => started,
+                () = tx.closed() => {
+                    tracing::info!(%plugin, "load abandoned while its worker started: ending it");
+                    return;
+                }
+            };
+            let started = started.map(|slot| StartedWorker { slot, armed: true });
             // An undelivered guard (the load was dropped) is dropped here: it stops the worker.
             let _ = tx.send(started);
         });

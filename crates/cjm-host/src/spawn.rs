@@ -59,18 +59,27 @@ pub(crate) struct Started {
 pub(crate) struct WorkerResources {
     container: WorkerContainer,
     socket: Option<PathBuf>,
+    /// The worker's process group while nobody has ended it yet: a start abandoned half-way
+    /// (its future dropped, or a failed readiness) kills it on drop, which matters in the
+    /// fallback mode where the container cannot kill by itself.
+    group: Option<u32>,
 }
 
 impl WorkerResources {
     /// Kills what is left of the worker's processes (all of them in cgroup mode) and removes
-    /// its cgroup and socket, waiting until that is done.
-    pub(crate) async fn release(self) {
+    /// its cgroup and socket, waiting until that is done. Called after the supervisor's
+    /// teardown, which has already ended the process group.
+    pub(crate) async fn release(mut self) {
+        self.group = None;
         let _ = tokio::task::spawn_blocking(move || drop(self)).await;
     }
 }
 
 impl Drop for WorkerResources {
     fn drop(&mut self) {
+        if let Some(pgid) = self.group.take() {
+            platform::kill_group(pgid, platform::SIGKILL);
+        }
         if let Err(e) = self.container.end() {
             tracing::warn!(error = %e, "cannot end a worker's cgroup");
         }
@@ -231,6 +240,7 @@ fn launch(
         platform::spawn(cmd, fd, death_signal, &mut resources.container).map_err(|e| {
             PluginError::fatal(format!("cannot start the worker `{what}`: {e}")).retriable(false)
         })?;
+    resources.group = Some(spawned.pid);
     let mut pumps = Vec::new();
     if let Some(out) = spawned.stdout.take() {
         if let Ok(out) = tokio::process::ChildStdout::from_std(out) {
@@ -272,6 +282,7 @@ async fn start_native(
     let resources = WorkerResources {
         socket: Some(path.clone()),
         container: container(spec, &format!("w{seq}"))?,
+        group: None,
     };
     platform::make_private(&path)
         .map_err(|e| PluginError::fatal(format!("cannot restrict {}: {e}", path.display())))?;
@@ -323,6 +334,7 @@ async fn start_python(
     let resources = WorkerResources {
         socket: None,
         container: container(spec, &name).map_err(StartError::Failed)?,
+        group: None,
     };
     let port = {
         let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| {
