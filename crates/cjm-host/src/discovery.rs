@@ -1,10 +1,13 @@
 //! Finding manifests: `*.json` in each search path (non-recursive, sorted by file name), the
 //! first of a name wins (local shadows global), invalid manifests are reported and skipped.
+//! Adapter manifests (`"unit": "adapter"`) are listed apart, in [`Discovery::adapters`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cjm_core::{ConfigValidator, Manifest, ManifestError, ManifestProblem};
+use cjm_core::{
+    AdapterManifest, ConfigValidator, Manifest, ManifestError, ManifestFile, ManifestProblem,
+};
 
 /// The default data directory: `$CJM_DATA_DIR`, else `~/.cjm`.
 pub fn default_data_dir() -> PathBuf {
@@ -43,12 +46,31 @@ pub struct Discovery {
     pub plugins: Vec<DiscoveredPlugin>,
     /// Manifests that were refused, each with its file and every problem.
     pub invalid: Vec<ManifestError>,
+    /// Adapter units (`"unit": "adapter"`), in search order; the first of a name wins.
+    pub adapters: Vec<Arc<AdapterManifest>>,
 }
 
 impl Discovery {
     /// The plugin called `name`.
     pub fn get(&self, name: &str) -> Option<&DiscoveredPlugin> {
         self.plugins.iter().find(|p| p.manifest.name == name)
+    }
+
+    /// The `module:Class` specs of the adapters whose protocol `manifest`'s structural surface
+    /// satisfies (the worker's `--adapters`), in discovery order. Only the original's 0.0.46
+    /// and substrate workers take adapters; for other generations this is empty.
+    pub fn adapter_specs_for(&self, manifest: &Manifest) -> Vec<String> {
+        if !matches!(
+            manifest.generation(),
+            cjm_core::WorkerGeneration::V0046 | cjm_core::WorkerGeneration::Substrate
+        ) {
+            return Vec::new();
+        }
+        self.adapters
+            .iter()
+            .filter(|a| a.matches(manifest).compatible)
+            .map(|a| a.spec())
+            .collect()
     }
 }
 
@@ -73,8 +95,14 @@ pub fn discover(search_paths: &[PathBuf], interface: Option<&str>) -> Discovery 
             .collect();
         files.sort();
         for file in files {
-            let manifest = match Manifest::load(&file) {
-                Ok(m) => m,
+            let manifest = match ManifestFile::load(&file) {
+                Ok(ManifestFile::Plugin(m)) => m,
+                Ok(ManifestFile::Adapter(a)) => {
+                    if !out.adapters.iter().any(|b| b.name == a.name) {
+                        out.adapters.push(Arc::new(a));
+                    }
+                    continue;
+                }
                 Err(e) => {
                     tracing::debug!("invalid manifest: {e}");
                     out.invalid.push(e);
