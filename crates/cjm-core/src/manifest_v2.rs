@@ -597,9 +597,9 @@ impl AdapterManifest {
 #[derive(Debug, Clone)]
 pub enum ManifestFile {
     /// A plugin (v1 flat or v2.0).
-    Plugin(Manifest),
+    Plugin(Box<Manifest>),
     /// An adapter unit.
-    Adapter(AdapterManifest),
+    Adapter(Box<AdapterManifest>),
 }
 
 impl ManifestFile {
@@ -615,12 +615,12 @@ impl ManifestFile {
         let value: Value = match serde_json::from_str(&text) {
             Ok(v) => v,
             // The plugin parser words JSON errors with their position.
-            Err(_) => return Manifest::parse(&text, Some(path)).map(Self::Plugin),
+            Err(_) => return Manifest::parse(&text, Some(path)).map(|m| Self::Plugin(Box::new(m))),
         };
         if is_adapter(&value) {
-            AdapterManifest::from_value(value, Some(path)).map(Self::Adapter)
+            AdapterManifest::from_value(value, Some(path)).map(|a| Self::Adapter(Box::new(a)))
         } else {
-            Manifest::from_value(value, Some(path)).map(Self::Plugin)
+            Manifest::from_value(value, Some(path)).map(|m| Self::Plugin(Box::new(m)))
         }
     }
 }

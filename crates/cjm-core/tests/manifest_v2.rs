@@ -15,7 +15,7 @@ fn fixture(name: &str) -> PathBuf {
 
 fn plugin(name: &str) -> Manifest {
     match ManifestFile::load(&fixture(name)).unwrap() {
-        ManifestFile::Plugin(m) => m,
+        ManifestFile::Plugin(m) => *m,
         other => panic!("{name}: not a plugin: {other:?}"),
     }
 }

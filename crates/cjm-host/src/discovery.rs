@@ -59,7 +59,7 @@ impl Discovery {
     /// The `module:Class` specs of the adapters whose protocol `manifest`'s structural surface
     /// satisfies (the worker's `--adapters`), in discovery order. Only the original's 0.0.46
     /// and substrate workers take adapters; for other generations this is empty.
-    pub fn adapter_specs_for(&self, manifest: &Manifest) -> Vec<String> {
+    pub(crate) fn adapter_specs_for(&self, manifest: &Manifest) -> Vec<String> {
         if !matches!(
             manifest.generation(),
             cjm_core::WorkerGeneration::V0046 | cjm_core::WorkerGeneration::Substrate
@@ -96,10 +96,10 @@ pub fn discover(search_paths: &[PathBuf], interface: Option<&str>) -> Discovery 
         files.sort();
         for file in files {
             let manifest = match ManifestFile::load(&file) {
-                Ok(ManifestFile::Plugin(m)) => m,
+                Ok(ManifestFile::Plugin(m)) => *m,
                 Ok(ManifestFile::Adapter(a)) => {
                     if !out.adapters.iter().any(|b| b.name == a.name) {
-                        out.adapters.push(Arc::new(a));
+                        out.adapters.push(Arc::from(a));
                     }
                     continue;
                 }

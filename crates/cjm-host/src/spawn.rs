@@ -55,7 +55,7 @@ pub struct LaunchSpec {
 impl LaunchSpec {
     /// The plugin's worker generation (decided from its manifest and environment, see
     /// [`Manifest::generation`]).
-    pub fn generation(&self) -> WorkerGeneration {
+    pub(crate) fn generation(&self) -> WorkerGeneration {
         self.manifest.generation()
     }
 }
