@@ -77,7 +77,16 @@ impl Discovery {
 /// Scans `search_paths`. A manager for one `interface` refuses manifests that declare another.
 pub fn discover(search_paths: &[PathBuf], interface: Option<&str>) -> Discovery {
     let mut out = Discovery::default();
+    // The same directory listed twice (`cjm --data-dir .cjm` run where `./.cjm` is, as a
+    // project set up by `cjm-ctl install-all` is used) is scanned once: a file never shadows
+    // itself.
+    let mut seen: Vec<PathBuf> = Vec::new();
     for dir in search_paths {
+        let key = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -203,6 +212,75 @@ mod tests {
         );
         assert!(d.invalid[0].to_string().contains("not valid JSON"));
         assert_eq!(d.invalid[1].problems[0].field, "name");
+    }
+
+    #[test]
+    fn a_directory_listed_twice_is_scanned_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(".cjm").join("manifests");
+        write(&dir, "a.json", r#"{"name":"a","command":"x"}"#);
+        let same = tmp.path().join(".cjm").join(".").join("manifests");
+        let d = discover(&[dir.clone(), same], None);
+        assert_eq!(d.plugins.len(), 1);
+        assert!(
+            d.plugins[0].shadowed.is_empty(),
+            "{:?}",
+            d.plugins[0].shadowed
+        );
+    }
+
+    #[test]
+    fn adapters_are_listed_apart_and_matched_by_surface() {
+        let tmp = tempfile::tempdir().unwrap();
+        let env = tmp.path().join("env");
+        std::fs::create_dir_all(
+            env.join("lib/python3.12/site-packages/cjm_plugin_system-0.0.46.dist-info"),
+        )
+        .unwrap();
+        let py = env.join("bin/python");
+        let surface = r#"{"methods":[{"name":"get","params":["k"]}],"properties":[]}"#;
+        let plugin = |name: &str, py: &Path| {
+            format!(
+                r#"{{"format_version":"2.0","install":{{"python_path":{:?}}},"code":{{"name":"{name}","module":"m","class":"C","structural_surface":{surface}}}}}"#,
+                py.display().to_string()
+            )
+        };
+        write(tmp.path(), "p.json", &plugin("p", &py));
+        write(
+            tmp.path(),
+            "seed.json",
+            &plugin("seed", Path::new("/elsewhere/bin/python")).replace(
+                "\"format_version\":\"2.0\",",
+                "\"format_version\":\"2.0\",\"worker_generation\":\"seed\",",
+            ),
+        );
+        let adapter = |name: &str, method: &str| {
+            format!(
+                r#"{{"unit":"adapter","name":"{name}","task_name":"t","module":"a.{name}","class":"A","protocol_members":{{"methods":[{{"name":"{method}","params":["k"]}}],"properties":[]}}}}"#
+            )
+        };
+        write(tmp.path(), "adapter-1.json", &adapter("yes", "get"));
+        write(tmp.path(), "adapter-2.json", &adapter("no", "put"));
+        write(
+            tmp.path(),
+            "adapter-3.json",
+            r#"{"unit":"adapter","name":"broken"}"#,
+        );
+        let d = discover(&[tmp.path().to_path_buf()], None);
+        let names: Vec<_> = d.plugins.iter().map(|p| p.manifest.name.as_str()).collect();
+        assert_eq!(names, ["p", "seed"]);
+        assert_eq!(d.adapters.len(), 2);
+        assert_eq!(d.invalid.len(), 1, "{:?}", d.invalid);
+        assert_eq!(d.invalid[0].problems[0].field, "task_name");
+        assert_eq!(
+            d.adapter_specs_for(&d.get("p").unwrap().manifest),
+            ["a.yes:A"]
+        );
+        assert!(
+            d.adapter_specs_for(&d.get("seed").unwrap().manifest)
+                .is_empty(),
+            "seed workers take no adapters"
+        );
     }
 
     #[test]
