@@ -61,9 +61,12 @@ const V2_SECTIONS: &[&str] = &[
     "overrides",
 ];
 
-/// True when `value` is a v2.0-style document (it has a `format_version`).
+/// True when `value` is a nested v2.0 document: a `format_version` with an `install` or `code`
+/// section. A flat document that carries `format_version` (the original's own flat view of a
+/// v2 file, or a serialized [`Manifest`]) is read as flat.
 pub(crate) fn is_v2(value: &Value) -> bool {
     value.get("format_version").is_some()
+        && (value.get("code").is_some() || value.get("install").is_some())
 }
 
 /// True when `value` is an adapter manifest (`"unit": "adapter"`).

@@ -61,6 +61,17 @@ fn a_v2_manifest_reads_natively() {
 }
 
 #[test]
+fn a_read_v2_manifest_serializes_and_reads_back_the_same() {
+    for f in ["cjm-text-plugin-nltk.json", "cjm-graph-plugin-sqlite.json"] {
+        let m = plugin(f);
+        let v = serde_json::to_value(&m).unwrap();
+        let back = Manifest::from_value(v, m.path.as_deref()).unwrap();
+        assert_eq!(back, m, "{f}");
+        assert_eq!(back.format_version(), Some("2.0"));
+    }
+}
+
+#[test]
 fn v2_errors_name_v2_paths_and_every_problem() {
     let e = ManifestFile::load(&fixture("broken-v2.json")).unwrap_err();
     let fields: Vec<&str> = e.problems.iter().map(|p| p.field.as_str()).collect();
