@@ -103,7 +103,13 @@ fn list_validate_and_call_over_an_install_all_layout() {
     assert_eq!(get("legacy-echo")["generation"], "seed");
     assert_eq!(get("t")["category"], "uncategorized");
     assert_eq!(get("t")["generation"], "native");
-    assert_eq!(plugins.len(), 4, "the adapter is not a plugin: {v}");
+    let ffmpeg = get("cjm-media-plugin-ffmpeg");
+    assert_eq!(ffmpeg["generation"], "substrate", "from install.resolved");
+    assert_eq!(
+        ffmpeg["category"], "uncategorized",
+        "substrate records no taxonomy"
+    );
+    assert_eq!(plugins.len(), 5, "the adapter is not a plugin: {v}");
     let adapters = v["adapters"].as_array().unwrap();
     assert_eq!(adapters.len(), 1);
     assert_eq!(adapters[0]["task"], "graph-storage");

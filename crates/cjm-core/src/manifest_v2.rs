@@ -27,6 +27,9 @@ pub const FALLBACK_CATEGORY: &str = "uncategorized";
 
 /// Keys of a v2 `install` section that the flat view knows.
 const INSTALL_KEYS: &[&str] = &[
+    "mode",
+    "resolved",
+    "refreshed_at",
     "python_path",
     "conda_env",
     "db_path",
@@ -331,7 +334,8 @@ impl Manifest {
     /// 3. the plugin environment's installed packages (the `*.dist-info` folders beside
     ///    `python_path`): `cjm_substrate` → substrate, `cjm_plugin_system` 0.0.46 or later →
     ///    v0046, an older one → seed;
-    /// 4. otherwise the manifest's shape: v2.0 → v0046, v1 → seed.
+    /// 4. cjm-substrate's `install.resolved` record of the environment's `cjm-*` versions;
+    /// 5. otherwise the manifest's shape: v2.0 → v0046, v1 → seed.
     pub fn generation(&self) -> WorkerGeneration {
         if self.command.is_some() || self.python_path.is_none() {
             return WorkerGeneration::Native;
@@ -347,6 +351,14 @@ impl Manifest {
             .python_path
             .as_deref()
             .and_then(|p| generation_from_env(Path::new(p)))
+        {
+            return g;
+        }
+        if let Some(g) = self
+            .extra
+            .get("resolved")
+            .and_then(Value::as_object)
+            .and_then(generation_from_resolved)
         {
             return g;
         }
@@ -410,6 +422,27 @@ fn generation_from_env(python: &Path) -> Option<WorkerGeneration> {
                     WorkerGeneration::Seed
                 });
             }
+        }
+    }
+    found
+}
+
+/// The generation from cjm-substrate's `install.resolved` record (`{dist name: version}` of
+/// every `cjm-*` distribution in the environment at install time).
+fn generation_from_resolved(resolved: &Map<String, Value>) -> Option<WorkerGeneration> {
+    let mut found = None;
+    for (name, version) in resolved {
+        match name.to_ascii_lowercase().replace('-', "_").as_str() {
+            "cjm_substrate" => return Some(WorkerGeneration::Substrate),
+            "cjm_plugin_system" => {
+                let v = version.as_str().unwrap_or_default();
+                found = Some(if version_at_least(v, &[0, 0, 46]) {
+                    WorkerGeneration::V0046
+                } else {
+                    WorkerGeneration::Seed
+                });
+            }
+            _ => {}
         }
     }
     found

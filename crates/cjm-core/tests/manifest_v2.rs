@@ -61,8 +61,27 @@ fn a_v2_manifest_reads_natively() {
 }
 
 #[test]
+fn a_substrate_manifest_reads_natively() {
+    let m = plugin("cjm-media-plugin-ffmpeg.json");
+    assert_eq!(m.name, "cjm-media-plugin-ffmpeg");
+    assert_eq!(m.class.as_deref(), Some("FFmpegPlugin"));
+    assert_eq!(m.generation(), WorkerGeneration::Substrate);
+    assert_eq!(m.category, FALLBACK_CATEGORY);
+    assert_eq!(m.extra["mode"], "distribution");
+    assert_eq!(m.extra["observability_class"], "batch");
+    assert_eq!(
+        m.worker_env()[0].default.as_deref(),
+        Some("${CAPABILITY_DATA_DIR}/tmp")
+    );
+}
+
+#[test]
 fn a_read_v2_manifest_serializes_and_reads_back_the_same() {
-    for f in ["cjm-text-plugin-nltk.json", "cjm-graph-plugin-sqlite.json"] {
+    for f in [
+        "cjm-text-plugin-nltk.json",
+        "cjm-graph-plugin-sqlite.json",
+        "cjm-media-plugin-ffmpeg.json",
+    ] {
         let m = plugin(f);
         let v = serde_json::to_value(&m).unwrap();
         let back = Manifest::from_value(v, m.path.as_deref()).unwrap();
@@ -213,6 +232,20 @@ fn the_generation_comes_from_the_installed_environment() {
     assert_eq!(
         manifest(&p28, json!({"worker_generation": "substrate"})).generation(),
         WorkerGeneration::Substrate
+    );
+    // Without the environment at hand, substrate's install.resolved record tells.
+    let recorded = Manifest::from_value(
+        json!({"format_version": "2.0",
+               "install": {"python_path": "/gone/bin/python", "mode": "distribution",
+                           "resolved": {"cjm-substrate": "0.0.74", "cjm-text-plugin-nltk": "0.1.0"}},
+               "code": {"name": "p", "module": "m", "class": "C"}}),
+        None,
+    )
+    .unwrap();
+    assert_eq!(recorded.generation(), WorkerGeneration::Substrate);
+    assert_eq!(
+        recorded.category, FALLBACK_CATEGORY,
+        "substrate writes no taxonomy"
     );
     let bad = Manifest::from_value(
         json!({"name": "p", "command": "x", "worker_generation": "v9"}),
