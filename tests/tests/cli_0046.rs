@@ -233,3 +233,35 @@ fn secrets_are_set_from_stdin_listed_without_values_and_unset() {
         json!({})
     );
 }
+
+#[test]
+fn a_secret_typed_at_a_terminal_prompt_is_never_echoed() {
+    let p = Project::new();
+    let value = "typed-at-the-prompt";
+    let python = std::env::var_os("CJM_TEST_PYTHON")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/python3"));
+    let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/pty_answer.py");
+    let out = Command::new(&python)
+        .arg(driver)
+        .arg(cjm_bin())
+        .arg("--data-dir")
+        .arg(p.data())
+        .args(["secret", "set", "cjm-text-plugin-nltk", "NLTK_PROXY_TOKEN"])
+        .env("PTY_ANSWER", value)
+        .output()
+        .expect("run the pty driver (needs Python 3: set CJM_TEST_PYTHON)");
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown}{}", text(&out.stderr));
+    assert!(shown.contains("(not shown)"), "{shown}");
+    assert!(!shown.contains(value), "the value was echoed: {shown}");
+    let stored: Value = serde_json::from_str(
+        &std::fs::read_to_string(p.data().join("secrets/secrets.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        stored["__default__"]["cjm-text-plugin-nltk"]["NLTK_PROXY_TOKEN"],
+        value
+    );
+}

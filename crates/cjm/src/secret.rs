@@ -64,8 +64,9 @@ fn read_value(name: &str, key: &str) -> Result<String, PluginError> {
     let fail = |e: std::io::Error| PluginError::user_input(format!("cannot read the value: {e}"));
     let mut value = String::new();
     if stdin.is_terminal() {
-        output::warn_line(&format!("value of {key} for {name} (not shown): "));
+        // Echo goes off before the prompt shows, so nothing typed after it is ever shown.
         let echo_off = set_echo(false);
+        output::warn_line(&format!("value of {key} for {name} (not shown): "));
         let read = stdin.lock().read_line(&mut value);
         if echo_off {
             set_echo(true);
