@@ -25,6 +25,7 @@ pub mod error;
 pub mod execution_mode;
 pub mod generation;
 pub mod manifest;
+pub mod manifest_v2;
 pub mod metadata;
 pub mod plugin;
 pub mod protocols;
@@ -38,6 +39,9 @@ pub use generation::WorkerGeneration;
 pub use manifest::{
     is_valid_plugin_name, Manifest, ManifestError, ManifestProblem, Resources, RestartPolicy,
     WorkerSpec,
+};
+pub use manifest_v2::{
+    AdapterManifest, AdapterMatch, DriftTracking, EnvVarSpec, ManifestFile, Taxonomy,
 };
 pub use metadata::{PluginMetadata, RemoteResourceInfo};
 pub use plugin::{

@@ -142,7 +142,8 @@ pub struct Manifest {
     /// Variables overlaid on the host environment for the worker.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env_vars: BTreeMap<String, String>,
-    /// Free-form grouping.
+    /// Grouping, never empty once parsed: the declared `category` (or `category_override`),
+    /// else `code.taxonomy.domain`, else `"uncategorized"` (see PROTOCOL.md, "Manifests").
     #[serde(default)]
     pub category: String,
     /// Interface the plugin implements (a manager for one interface refuses others).
@@ -220,7 +221,7 @@ pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 /// The text of the manifest file at `path`, or why it cannot be read. The file type is checked
 /// before opening (opening a FIFO would block until a writer comes) and again on the opened
 /// file (in case the path was swapped in between); at most [`MAX_MANIFEST_BYTES`] are read.
-fn read_manifest_file(path: &Path) -> Result<String, String> {
+pub(crate) fn read_manifest_file(path: &Path) -> Result<String, String> {
     use std::io::Read as _;
     fn kind(t: std::fs::FileType) -> &'static str {
         if t.is_dir() {
@@ -331,8 +332,28 @@ impl Manifest {
             file: file.map(Path::to_path_buf),
             problems,
         };
-        let problems = validate(&value);
+        if crate::manifest_v2::is_adapter(&value) {
+            return Err(err(vec![ManifestProblem {
+                field: "unit".to_owned(),
+                reason: "this is an adapter manifest, not a plugin (read it with \
+                         ManifestFile::load or AdapterManifest::from_value)"
+                    .to_owned(),
+            }]));
+        }
+        let v2 = crate::manifest_v2::is_v2(&value);
+        if v2 {
+            value = crate::manifest_v2::flatten_v2(&value).map_err(err)?;
+        }
+        let mut problems = validate(&value);
+        if let Value::Object(obj) = &value {
+            crate::manifest_v2::check_v2_fields(obj, &mut problems);
+        }
         if !problems.is_empty() {
+            if v2 {
+                for p in &mut problems {
+                    p.field = crate::manifest_v2::v2_path(&p.field);
+                }
+            }
             return Err(err(problems));
         }
         // `null` means "absent" for every known optional field.
@@ -350,6 +371,7 @@ impl Manifest {
             }])
         })?;
         manifest.path = file.map(Path::to_path_buf);
+        manifest.derive_category();
         Ok(manifest)
     }
 

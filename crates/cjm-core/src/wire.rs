@@ -71,9 +71,10 @@ pub mod env {
     pub const PLUGIN_NAME: &str = "CJM_PLUGIN_NAME";
     /// The host's pid (the worker exits when it is gone).
     pub const HOST_PID: &str = "CJM_HOST_PID";
-    /// The plugin data directory (the original's meaning of this name on the worker side).
+    /// The host's data root (`~/.cjm`: `manifests/`, `data/`, `secrets/`), as in the original
+    /// 0.0.46.
     pub const DATA_DIR: &str = "CJM_DATA_DIR";
-    /// The plugin data directory, unambiguous name.
+    /// The plugin data directory, `<data root>/data`.
     pub const PLUGIN_DATA_DIR: &str = "CJM_PLUGIN_DATA_DIR";
     /// Where models live, when configured.
     pub const MODELS_DIR: &str = "CJM_MODELS_DIR";

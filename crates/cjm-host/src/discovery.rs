@@ -1,10 +1,13 @@
 //! Finding manifests: `*.json` in each search path (non-recursive, sorted by file name), the
 //! first of a name wins (local shadows global), invalid manifests are reported and skipped.
+//! Adapter manifests (`"unit": "adapter"`) are listed apart, in [`Discovery::adapters`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cjm_core::{ConfigValidator, Manifest, ManifestError, ManifestProblem};
+use cjm_core::{
+    AdapterManifest, ConfigValidator, Manifest, ManifestError, ManifestFile, ManifestProblem,
+};
 
 /// The default data directory: `$CJM_DATA_DIR`, else `~/.cjm`.
 pub fn default_data_dir() -> PathBuf {
@@ -43,6 +46,8 @@ pub(crate) struct Discovery {
     pub plugins: Vec<DiscoveredPlugin>,
     /// Manifests that were refused, each with its file and every problem.
     pub invalid: Vec<ManifestError>,
+    /// Adapter units (`"unit": "adapter"`), in search order; the first of a name wins.
+    pub adapters: Vec<Arc<AdapterManifest>>,
 }
 
 impl Discovery {
@@ -50,12 +55,38 @@ impl Discovery {
     pub(crate) fn get(&self, name: &str) -> Option<&DiscoveredPlugin> {
         self.plugins.iter().find(|p| p.manifest.name == name)
     }
+
+    /// The `module:Class` specs of the adapters whose protocol `manifest`'s structural surface
+    /// satisfies (the worker's `--adapters`), in discovery order. Only the original's 0.0.46
+    /// and substrate workers take adapters; for other generations this is empty.
+    pub(crate) fn adapter_specs_for(&self, manifest: &Manifest) -> Vec<String> {
+        if !matches!(
+            manifest.generation(),
+            cjm_core::WorkerGeneration::V0046 | cjm_core::WorkerGeneration::Substrate
+        ) {
+            return Vec::new();
+        }
+        self.adapters
+            .iter()
+            .filter(|a| a.matches(manifest).compatible)
+            .map(|a| a.spec())
+            .collect()
+    }
 }
 
 /// Scans `search_paths`. A manager for one `interface` refuses manifests that declare another.
 pub(crate) fn discover(search_paths: &[PathBuf], interface: Option<&str>) -> Discovery {
     let mut out = Discovery::default();
+    // The same directory listed twice (`cjm --data-dir .cjm` run where `./.cjm` is, as a
+    // project set up by `cjm-ctl install-all` is used) is scanned once: a file never shadows
+    // itself.
+    let mut seen: Vec<PathBuf> = Vec::new();
     for dir in search_paths {
+        let key = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -73,8 +104,14 @@ pub(crate) fn discover(search_paths: &[PathBuf], interface: Option<&str>) -> Dis
             .collect();
         files.sort();
         for file in files {
-            let manifest = match Manifest::load(&file) {
-                Ok(m) => m,
+            let manifest = match ManifestFile::load(&file) {
+                Ok(ManifestFile::Plugin(m)) => *m,
+                Ok(ManifestFile::Adapter(a)) => {
+                    if !out.adapters.iter().any(|b| b.name == a.name) {
+                        out.adapters.push(Arc::from(a));
+                    }
+                    continue;
+                }
                 Err(e) => {
                     tracing::debug!("invalid manifest: {e}");
                     out.invalid.push(e);
@@ -175,6 +212,75 @@ mod tests {
         );
         assert!(d.invalid[0].to_string().contains("not valid JSON"));
         assert_eq!(d.invalid[1].problems[0].field, "name");
+    }
+
+    #[test]
+    fn a_directory_listed_twice_is_scanned_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(".cjm").join("manifests");
+        write(&dir, "a.json", r#"{"name":"a","command":"x"}"#);
+        let same = tmp.path().join(".cjm").join(".").join("manifests");
+        let d = discover(&[dir.clone(), same], None);
+        assert_eq!(d.plugins.len(), 1);
+        assert!(
+            d.plugins[0].shadowed.is_empty(),
+            "{:?}",
+            d.plugins[0].shadowed
+        );
+    }
+
+    #[test]
+    fn adapters_are_listed_apart_and_matched_by_surface() {
+        let tmp = tempfile::tempdir().unwrap();
+        let env = tmp.path().join("env");
+        std::fs::create_dir_all(
+            env.join("lib/python3.12/site-packages/cjm_plugin_system-0.0.46.dist-info"),
+        )
+        .unwrap();
+        let py = env.join("bin/python");
+        let surface = r#"{"methods":[{"name":"get","params":["k"]}],"properties":[]}"#;
+        let plugin = |name: &str, py: &Path| {
+            format!(
+                r#"{{"format_version":"2.0","install":{{"python_path":{:?}}},"code":{{"name":"{name}","module":"m","class":"C","structural_surface":{surface}}}}}"#,
+                py.display().to_string()
+            )
+        };
+        write(tmp.path(), "p.json", &plugin("p", &py));
+        write(
+            tmp.path(),
+            "seed.json",
+            &plugin("seed", Path::new("/elsewhere/bin/python")).replace(
+                "\"format_version\":\"2.0\",",
+                "\"format_version\":\"2.0\",\"worker_generation\":\"seed\",",
+            ),
+        );
+        let adapter = |name: &str, method: &str| {
+            format!(
+                r#"{{"unit":"adapter","name":"{name}","task_name":"t","module":"a.{name}","class":"A","protocol_members":{{"methods":[{{"name":"{method}","params":["k"]}}],"properties":[]}}}}"#
+            )
+        };
+        write(tmp.path(), "adapter-1.json", &adapter("yes", "get"));
+        write(tmp.path(), "adapter-2.json", &adapter("no", "put"));
+        write(
+            tmp.path(),
+            "adapter-3.json",
+            r#"{"unit":"adapter","name":"broken"}"#,
+        );
+        let d = discover(&[tmp.path().to_path_buf()], None);
+        let names: Vec<_> = d.plugins.iter().map(|p| p.manifest.name.as_str()).collect();
+        assert_eq!(names, ["p", "seed"]);
+        assert_eq!(d.adapters.len(), 2);
+        assert_eq!(d.invalid.len(), 1, "{:?}", d.invalid);
+        assert_eq!(d.invalid[0].problems[0].field, "task_name");
+        assert_eq!(
+            d.adapter_specs_for(&d.get("p").unwrap().manifest),
+            ["a.yes:A"]
+        );
+        assert!(
+            d.adapter_specs_for(&d.get("seed").unwrap().manifest)
+                .is_empty(),
+            "seed workers take no adapters"
+        );
     }
 
     #[test]

@@ -441,6 +441,11 @@ impl PluginManager {
         set.into_iter().collect()
     }
 
+    /// Adapter manifests (`"unit": "adapter"`) found at the last discovery.
+    pub fn discovered_adapters(&self) -> Vec<Arc<cjm_core::AdapterManifest>> {
+        self.with_discovery(|d| d.adapters.clone())
+    }
+
     /// Manifests refused at the last discovery, each with its file and reasons.
     pub fn invalid_manifests(&self) -> Vec<ManifestError> {
         self.with_discovery(|d| d.invalid.clone())
@@ -555,6 +560,7 @@ impl PluginManager {
             log: PluginLog::open(&self.inner.logs_dir, &name, self.inner.log_cap),
             max_concurrency: limit,
             gpu: grant.gpu,
+            adapters: self.with_discovery(|d| d.adapter_specs_for(&manifest)),
         };
         let config = Arc::new(RwLock::new(full));
         let worker = StartedWorker::start(

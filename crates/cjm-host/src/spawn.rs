@@ -1,5 +1,13 @@
-//! Starting a worker: the command line (native cjm worker or the original's Python worker),
-//! its environment, the listening socket it inherits, output capture, and readiness.
+//! Starting a worker: the command line (native cjm worker or the original's Python worker of
+//! its generation), its environment ([`crate::launch_env`]), the listening socket it inherits,
+//! output capture, and readiness.
+//!
+//! | generation | command line | socket |
+//! |---|---|---|
+//! | native | `command args…` | Unix socket inherited, `CJM_LISTEN_FD` |
+//! | seed (0.0.28) | `python -m cjm_plugin_system.core.worker --module M --class C --port P --ppid H` | the worker binds `P` |
+//! | v0046 | `python -m cjm_plugin_system.core.worker --module M --class C --fd N --ppid H [--adapters m:C,…]` | TCP listener inherited as fd `N` |
+//! | substrate | `python -m cjm_substrate.core.worker …` (as v0046) | as v0046 |
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -11,12 +19,13 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use cjm_core::wire::env;
-use cjm_core::{FieldError, Manifest, PluginError, WorkerSpec};
+use cjm_core::{FieldError, Manifest, PluginError, WorkerGeneration, WorkerSpec};
 use cjm_sys::contain::WorkerContainer;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::client::WorkerClient;
+use crate::launch_env;
 use crate::logs::PluginLog;
 use crate::platform;
 use crate::transport::{Endpoint, Transport};
@@ -38,6 +47,17 @@ pub(crate) struct LaunchSpec {
     pub max_concurrency: u32,
     /// The GPU the scheduler placed the plugin on: the worker sees only it.
     pub gpu: Option<u32>,
+    /// Adapter implementations (`module:Class`) bound in the worker at spawn (`--adapters`;
+    /// 0.0.46 and substrate workers only), from [`crate::discovery::Discovery::adapter_specs_for`].
+    pub adapters: Vec<String>,
+}
+
+impl LaunchSpec {
+    /// The plugin's worker generation (decided from its manifest and environment, see
+    /// [`Manifest::generation`]).
+    pub(crate) fn generation(&self) -> WorkerGeneration {
+        self.manifest.generation()
+    }
 }
 
 /// A running, answering worker.
@@ -147,7 +167,11 @@ fn resolve_program(m: &Manifest, command: &str) -> PathBuf {
 /// Refuses an environment variable or argument longer than `exec` accepts
 /// (`MAX_ARG_STRLEN`), naming the manifest file and the variable: the kernel's own error,
 /// "Argument list too long", names neither.
-fn check_exec_limits(m: &Manifest, args: &[String]) -> Result<(), PluginError> {
+fn check_exec_limits(
+    m: &Manifest,
+    overlay: &launch_env::Overlay,
+    args: &[String],
+) -> Result<(), PluginError> {
     let limit = platform::max_arg_len();
     let file = m
         .path
@@ -167,13 +191,18 @@ fn check_exec_limits(m: &Manifest, args: &[String]) -> Result<(), PluginError> {
         )
         .retriable(false)
     };
-    for (k, v) in &m.env_vars {
+    for (k, v) in overlay {
         // `NAME=value` and its NUL.
         let len = k.len() + 1 + v.len();
         if len + 1 > limit {
+            let source = if m.env_vars.contains_key(k) {
+                "env_vars"
+            } else {
+                "worker_env"
+            };
             return Err(too_long(
-                format!("env_vars.{k}"),
-                format!("the environment variable {k} (env_vars)"),
+                format!("{source}.{k}"),
+                format!("the environment variable {k} ({source})"),
                 len,
             ));
         }
@@ -190,20 +219,23 @@ fn check_exec_limits(m: &Manifest, args: &[String]) -> Result<(), PluginError> {
     Ok(())
 }
 
-fn base_command(spec: &LaunchSpec, program: &Path) -> Command {
+/// The command with its environment: the host's, then the overlay of
+/// [`launch_env::overlay`] in order (`env_vars` < `worker_env` and secrets < the data paths),
+/// then cjm's own variables. `CJM_DATA_DIR` is the host's data root (`~/.cjm`), as the original
+/// 0.0.46 defines it; the plugin data directory is `CJM_PLUGIN_DATA_DIR` (`<root>/data`).
+fn base_command(spec: &LaunchSpec, program: &Path, overlay: &launch_env::Overlay) -> Command {
     let m = &spec.manifest;
     let mut cmd = Command::new(program);
-    cmd.envs(&m.env_vars)
-        .env(env::PLUGIN_NAME, &m.name)
+    for (k, v) in overlay {
+        cmd.env(k, v);
+    }
+    cmd.env(env::PLUGIN_NAME, &m.name)
         .env(env::HOST_PID, std::process::id().to_string())
-        .env(env::DATA_DIR, spec.data_dir.join("data"))
+        .env(env::DATA_DIR, &spec.data_dir)
         .env(env::PLUGIN_DATA_DIR, spec.data_dir.join("data"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(d) = &spec.models_dir {
-        cmd.env(env::MODELS_DIR, d);
-    }
     if let Some(gpu) = spec.gpu {
         cmd.env("CUDA_VISIBLE_DEVICES", gpu.to_string());
     }
@@ -269,7 +301,8 @@ async fn start_native(
     args: &[String],
 ) -> Result<Started, PluginError> {
     let m = &spec.manifest;
-    check_exec_limits(m, args)?;
+    let overlay = launch_env::overlay(m, &spec.data_dir, spec.models_dir.as_deref())?;
+    check_exec_limits(m, &overlay, args)?;
     let path = runtime(spec)?.path().join(format!("w{seq}.sock"));
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(|e| {
@@ -288,7 +321,7 @@ async fn start_native(
         .map_err(|e| PluginError::fatal(format!("cannot restrict {}: {e}", path.display())))?;
     let token = new_token()?;
     let program = resolve_program(m, command);
-    let mut cmd = base_command(spec, &program);
+    let mut cmd = base_command(spec, &program, &overlay);
     cmd.args(args)
         .env(env::LISTEN_FD, listener.as_raw_fd().to_string())
         .env(env::LISTEN_KIND, "unix")
@@ -324,7 +357,18 @@ async fn start_python(
     module: &str,
     class: &str,
 ) -> Result<Started, StartError> {
-    check_exec_limits(&spec.manifest, &[]).map_err(StartError::Failed)?;
+    let overlay = launch_env::overlay(&spec.manifest, &spec.data_dir, spec.models_dir.as_deref())
+        .map_err(StartError::Failed)?;
+    check_exec_limits(&spec.manifest, &overlay, &spec.adapters).map_err(StartError::Failed)?;
+    let generation = spec.generation();
+    if matches!(
+        generation,
+        WorkerGeneration::V0046 | WorkerGeneration::Substrate
+    ) {
+        return start_python_fd(spec, seq, generation, &overlay, python, module, class)
+            .await
+            .map_err(StartError::Failed);
+    }
     // Each attempt gets its own cgroup: w<seq>, then w<seq>-<attempt> for retries.
     let name = if attempt <= 1 {
         format!("w{seq}")
@@ -346,7 +390,7 @@ async fn start_python(
             .map_err(|e| StartError::Failed(PluginError::transient(e.to_string())))?
             .port()
     };
-    let mut cmd = base_command(spec, Path::new(python));
+    let mut cmd = base_command(spec, Path::new(python), &overlay);
     cmd.args([
         "-m",
         "cjm_plugin_system.core.worker",
@@ -367,6 +411,70 @@ async fn start_python(
         None,
     );
     ready(spec, spawned, pumps, transport, resources).await
+}
+
+/// The original's worker module for a generation.
+fn worker_module(generation: WorkerGeneration) -> &'static str {
+    match generation {
+        WorkerGeneration::Substrate => "cjm_substrate.core.worker",
+        _ => "cjm_plugin_system.core.worker",
+    }
+}
+
+/// Starts a 0.0.46 or substrate worker as their own hosts do: the host binds a loopback TCP
+/// listener and hands it over as `--fd N` (no port race, so no retries), with `--ppid` and the
+/// matched `--adapters`.
+async fn start_python_fd(
+    spec: &LaunchSpec,
+    seq: u64,
+    generation: WorkerGeneration,
+    overlay: &launch_env::Overlay,
+    python: &str,
+    module: &str,
+    class: &str,
+) -> Result<Started, PluginError> {
+    let resources = WorkerResources {
+        socket: None,
+        container: container(spec, &format!("w{seq}"))?,
+        group: None,
+    };
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| PluginError::transient(format!("cannot bind a worker socket: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| PluginError::transient(format!("cannot read the worker socket: {e}")))?;
+    let fd = listener.as_raw_fd();
+    let mut cmd = base_command(spec, Path::new(python), overlay);
+    cmd.args([
+        "-m",
+        worker_module(generation),
+        "--module",
+        module,
+        "--class",
+        class,
+    ])
+    .arg("--fd")
+    .arg(fd.to_string())
+    .arg("--ppid")
+    .arg(std::process::id().to_string())
+    .env("PYTHONUNBUFFERED", "1");
+    if !spec.adapters.is_empty() {
+        cmd.arg("--adapters").arg(spec.adapters.join(","));
+    }
+    tracing::debug!(plugin = %spec.manifest.name, %generation, adapters = ?spec.adapters, "starting an original worker");
+    let (spawned, pumps, resources) =
+        launch(spec, cmd, Some(fd), python, platform::SIGKILL, resources)?;
+    // The worker owns its copy now; ours would keep the port accepting after it is gone.
+    drop(listener);
+    let transport = Transport::new(Endpoint::Tcp(addr), None);
+    ready(spec, spawned, pumps, transport, resources)
+        .await
+        .map_err(|e| match e {
+            StartError::Failed(e) => e,
+            StartError::PortTaken => {
+                PluginError::fatal("another process answered on the worker's socket")
+            }
+        })
 }
 
 /// Waits for readiness. A cjm worker's socket already listens, so the first `/health` request

@@ -88,6 +88,7 @@ pub mod helpers;
 mod host_source;
 pub mod paths;
 pub mod registry;
+pub mod secrets;
 pub mod source;
 pub mod store;
 

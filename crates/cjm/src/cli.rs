@@ -131,6 +131,9 @@ pub(crate) enum Command {
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
     },
+    /// Per-plugin secrets (API keys) shared with the original's host: set, list, unset.
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Show the end of a plugin's log.
     Logs {
         /// The plugin.
@@ -138,5 +141,33 @@ pub(crate) enum Command {
         /// How many lines.
         #[arg(long, default_value_t = 50)]
         lines: usize,
+    },
+}
+
+/// `cjm secret …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum SecretCommand {
+    /// Sets KEY for plugin NAME; the value is read from stdin, or from a prompt that does not
+    /// echo when stdin is a terminal (never from the command line).
+    Set {
+        /// The plugin.
+        name: String,
+        /// The variable (as in the plugin's `code.worker_env`).
+        key: String,
+    },
+    /// Lists the secret names set (never the values).
+    List {
+        /// Only this plugin's.
+        name: Option<String>,
+        /// As JSON (`{plugin: [KEY, …]}`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Removes KEY of plugin NAME.
+    Unset {
+        /// The plugin.
+        name: String,
+        /// The variable.
+        key: String,
     },
 }

@@ -58,6 +58,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Info { name, json } => ctx.info(&name, json).await,
         Command::Config { name, set, unset } => ctx.config(&name, set, unset).await,
         Command::Logs { name, lines } => ctx.logs(&name, lines),
+        Command::Secret(cmd) => Ok(crate::secret::run(&ctx.data_dir, cmd)?),
         Command::Ui {
             addr,
             allow_hosts,
@@ -174,9 +175,17 @@ impl Context {
                 .filter(|m| m.category == c)
                 .cloned()
                 .collect();
-            reg.register_plugin_manager(&c, Arc::new(StaticSource::new(of_c)), None, true)
+            // One odd category must not break calls to the plugins of the others.
+            let files: Vec<String> = of_c
+                .iter()
+                .filter_map(|m| m.path.as_ref().map(|p| p.display().to_string()))
+                .collect();
+            if let Err(e) = reg
+                .register_plugin_manager(&c, Arc::new(StaticSource::new(of_c)), None, true)
                 .await
-                .map_err(|e| PluginError::fatal(e.to_string()))?;
+            {
+                tell!("cjm: skipping category {c:?} ({}): {e}", files.join(", "));
+            }
         }
         Ok(reg)
     }
@@ -195,6 +204,8 @@ impl Context {
                 json!({
                     "name": m.name, "version": m.version, "category": m.category,
                     "execution_mode": m.effective_execution_mode(),
+                    "generation": m.generation(),
+                    "format_version": m.format_version().unwrap_or("1.0"),
                     "manifest": m.path, "shadowed": shadowed,
                     "description": m.description,
                 })
@@ -206,10 +217,30 @@ impl Context {
             .iter()
             .map(|e| json!({"file": e.file, "problems": e.problems}))
             .collect();
+        let discovered = self.manager.discovered();
+        let adapters: Vec<Value> = self
+            .manager
+            .discovered_adapters()
+            .iter()
+            .map(|a| {
+                let binds: Vec<&str> = discovered
+                    .iter()
+                    .filter(|m| a.matches(m).compatible)
+                    .map(|m| m.name.as_str())
+                    .collect();
+                json!({
+                    "name": a.name, "task": a.task_name, "spec": a.spec(),
+                    "protocol": a.required_tool_protocol, "manifest": a.path,
+                    "plugins": binds,
+                })
+            })
+            .collect();
         if as_json {
             say!(
                 "{}",
-                output::json(&json!({"plugins": plugins, "invalid": invalid}))
+                output::json(
+                    &json!({"plugins": plugins, "adapters": adapters, "invalid": invalid})
+                )
             );
             return Ok(ExitCode::SUCCESS);
         }
@@ -227,6 +258,27 @@ impl Context {
             );
             for s in p["shadowed"].as_array().into_iter().flatten() {
                 say!("{:<24} shadows {}", "", s.as_str().unwrap_or_default());
+            }
+        }
+        if !adapters.is_empty() {
+            say!("\nadapters:");
+            for a in &adapters {
+                let binds: Vec<&str> = a["plugins"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                say!(
+                    "{:<24} task {:<16} binds to {}",
+                    a["name"].as_str().unwrap_or_default(),
+                    a["task"].as_str().unwrap_or_default(),
+                    if binds.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        binds.join(", ")
+                    }
+                );
             }
         }
         let errors = self.manager.invalid_manifests();
@@ -277,8 +329,9 @@ impl Context {
             }
         }
         for f in &files {
-            match Manifest::load(f) {
-                Ok(m) => {
+            match cjm_core::ManifestFile::load(f) {
+                Ok(cjm_core::ManifestFile::Adapter(_)) => {}
+                Ok(cjm_core::ManifestFile::Plugin(m)) => {
                     if let Some(Err(e)) =
                         m.config_schema.as_ref().map(cjm_core::ConfigValidator::new)
                     {

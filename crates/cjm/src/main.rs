@@ -6,6 +6,7 @@
 mod cli;
 mod commands;
 mod output;
+mod secret;
 mod ui;
 
 use std::process::ExitCode;
