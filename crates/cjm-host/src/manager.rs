@@ -40,6 +40,9 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// (see [`ManagerBuilder::config_timeout`]).
 pub const DEFAULT_CONFIG_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The default stall window of [`PluginManager::prefetch`]: 5 minutes without progress.
+pub const DEFAULT_PREFETCH_STALL: Duration = Duration::from_secs(300);
+
 /// Options of one call: its queueing priority and its timeout.
 ///
 /// ```
@@ -107,6 +110,7 @@ pub struct ManagerBuilder {
     log_cap: u64,
     call_timeout: Duration,
     config_timeout: Duration,
+    prefetch_stall: Duration,
     #[cfg(feature = "testing")]
     load_hook: Option<HookCell>,
 }
@@ -136,6 +140,7 @@ impl Default for ManagerBuilder {
             log_cap: logs::DEFAULT_LOG_CAP,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             config_timeout: DEFAULT_CONFIG_TIMEOUT,
+            prefetch_stall: DEFAULT_PREFETCH_STALL,
             #[cfg(feature = "testing")]
             load_hook: None,
         }
@@ -208,6 +213,14 @@ impl ManagerBuilder {
         self
     }
 
+    /// How long a [`prefetch`](PluginManager::prefetch) may go without any change of the
+    /// worker's `/progress` before it is abandoned with a `timeout` error (default
+    /// [`DEFAULT_PREFETCH_STALL`]). A prefetch that keeps progressing has no time limit.
+    pub fn prefetch_stall(mut self, window: Duration) -> Self {
+        self.prefetch_stall = window;
+        self
+    }
+
     /// Test hook: awaited at each stage of a load, so a test can drop the load there.
     #[cfg(feature = "testing")]
     pub fn load_hook(mut self, hook: LoadHook) -> Self {
@@ -242,6 +255,7 @@ impl ManagerBuilder {
                 log_cap: self.log_cap,
                 call_timeout: self.call_timeout,
                 config_timeout: self.config_timeout,
+                prefetch_stall: self.prefetch_stall,
                 #[cfg(feature = "testing")]
                 load_hook: self.load_hook,
                 runtime_dir,
@@ -279,6 +293,7 @@ struct Inner {
     log_cap: u64,
     call_timeout: Duration,
     config_timeout: Duration,
+    prefetch_stall: Duration,
     #[cfg(feature = "testing")]
     load_hook: Option<HookCell>,
     runtime_dir: Arc<crate::platform::Runtime>,
@@ -1047,16 +1062,85 @@ impl PluginManager {
         self.proxy(name)?.initialize(config, deadline).await
     }
 
-    /// Accepts calls for `name` again.
+    /// Accepts calls for `name` again. A 0.0.46-line worker's `/on_enable` hook is sent in
+    /// the background (use [`enable_notified`](Self::enable_notified) to wait for it).
     pub fn enable(&self, name: &str) -> Result<(), PluginError> {
-        self.proxy(name)?.set_enabled(true);
-        Ok(())
+        self.set_enabled_in_background(name, true)
     }
 
     /// Refuses calls for `name` (they fail with a `disabled` error); the worker keeps running.
+    /// A 0.0.46-line worker's `/on_disable` hook (release heavy resources) is sent in the
+    /// background (use [`disable_notified`](Self::disable_notified) to wait for it).
     pub fn disable(&self, name: &str) -> Result<(), PluginError> {
-        self.proxy(name)?.set_enabled(false);
+        self.set_enabled_in_background(name, false)
+    }
+
+    fn set_enabled_in_background(&self, name: &str, on: bool) -> Result<(), PluginError> {
+        let proxy = self.proxy(name)?;
+        proxy.set_enabled(on);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(async move { proxy.enable_hook(on).await });
+        }
         Ok(())
+    }
+
+    /// [`enable`](Self::enable), returning once the worker's `/on_enable` hook has answered
+    /// (a failing hook is logged, not an error: the plugin is enabled either way).
+    pub async fn enable_notified(&self, name: &str) -> Result<(), PluginError> {
+        let proxy = self.proxy(name)?;
+        proxy.set_enabled(true);
+        proxy.enable_hook(true).await;
+        Ok(())
+    }
+
+    /// [`disable`](Self::disable), returning once the worker's `/on_disable` hook has answered.
+    pub async fn disable_notified(&self, name: &str) -> Result<(), PluginError> {
+        let proxy = self.proxy(name)?;
+        proxy.set_enabled(false);
+        proxy.enable_hook(false).await;
+        Ok(())
+    }
+
+    /// Live option domains of the configuration's fields (`GET /config_options` of 0.0.46-line
+    /// workers, e.g. the models installed now); `{}` for plugins without them.
+    pub async fn config_options(&self, name: &str) -> Result<Value, PluginError> {
+        self.proxy(name)?.config_options().await
+    }
+
+    /// The generation of the worker serving `name` (`native` for in-process plugins).
+    pub fn generation(&self, name: &str) -> Result<cjm_core::WorkerGeneration, PluginError> {
+        Ok(self.proxy(name)?.generation())
+    }
+
+    /// Runs `name`'s prefetch hook (model downloads, cache warming). It may run as long as the
+    /// worker's `/progress` keeps changing; with no change for the
+    /// [`prefetch_stall`](ManagerBuilder::prefetch_stall) window it fails with `timeout`.
+    /// Answers the hook's status (`prefetched`, or `not_supported` when the plugin has none).
+    pub async fn prefetch(&self, name: &str) -> Result<String, PluginError> {
+        let poll = (self.inner.prefetch_stall / 4)
+            .clamp(Duration::from_millis(20), Duration::from_secs(2));
+        let status = self
+            .proxy(name)?
+            .prefetch(self.inner.prefetch_stall, poll)
+            .await?;
+        Ok(status.status)
+    }
+
+    /// Calls `method` of the task adapter `task` bound in `name`'s worker (`POST /task`,
+    /// keyword arguments only), admitted, bounded and counted like [`execute`](Self::execute).
+    pub async fn task(
+        &self,
+        name: &str,
+        task: &str,
+        method: &str,
+        kwargs: serde_json::Map<String, Value>,
+    ) -> Result<Value, PluginError> {
+        let call = Call::new(Vec::new()).with_kwargs(kwargs);
+        let (proxy, call, guard) = self.begin(name, call, &CallOptions::default()).await?;
+        let deadline = call.ctx.deadline();
+        let result = proxy.task(task, method, call.kwargs, deadline).await;
+        guard.finish(Outcome::of(&result));
+        result
     }
 
     // ---- observation -------------------------------------------------------------------------
