@@ -1,0 +1,198 @@
+//! The host driving the original's 0.0.46 worker (cjm-plugin-system 0.0.46, Python 3.12):
+//! typed `_job_error` failures, a stream ending in an error, hot config through
+//! `/reconfigure` with its release hook, `/task`, stall-watched `/prefetch`, the enable hooks,
+//! `/config_options` and `__wire__` results.
+//!
+//! Needs the venv that `cargo xtask test` creates under `target/py312-v0046` (or
+//! `CJM_TEST_PYTHON_0046` pointing at a Python 3.12 with cjm-plugin-system 0.0.46). Without it
+//! these tests fail with a message saying so: they never skip silently.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cjm_core::wire::original::WireEnvelope;
+use cjm_core::WorkerGeneration;
+use cjm_host::{Call, ErrorCategory, PluginManager, SupervisorOptions};
+use common::Scratch;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+fn python() -> PathBuf {
+    let p = std::env::var_os("CJM_TEST_PYTHON_0046")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/py312-v0046/bin/python")
+        });
+    assert!(
+        p.is_file(),
+        "no Python 3.12 with cjm-plugin-system 0.0.46 at {}: run `cargo xtask test` (it creates \
+         the venv) or set CJM_TEST_PYTHON_0046",
+        p.display()
+    );
+    p
+}
+
+/// A v1 flat manifest naming the 0.0.46 venv's interpreter (the launcher starts it with
+/// `--port`, which 0.0.46 still accepts).
+fn manager(s: &Scratch, stall: Duration) -> PluginManager {
+    let m = json!({
+        "name": "gen46", "version": "0.0.46-test", "category": "python",
+        "module": "cjm_test_plugins_0046.plugins", "class": "Gen46Plugin",
+        "python_path": python(),
+        "env_vars": {"PYTHONPATH": PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python")},
+    });
+    s.write("gen46.json", &m.to_string());
+    PluginManager::builder()
+        .search_paths([s.manifests()])
+        .data_dir(s.data())
+        .supervisor(SupervisorOptions::default())
+        .prefetch_stall(stall)
+        .build()
+        .expect("manager")
+}
+
+fn action(a: &str) -> Call {
+    Call::new(vec![]).with_kwargs(
+        json!({"action": a})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    )
+}
+
+async fn state(m: &PluginManager) -> Value {
+    m.execute("gen46", action("state")).await.unwrap().value
+}
+
+#[tokio::test]
+async fn typed_errors_streams_and_wire_envelopes() {
+    let s = Scratch::new();
+    let m = manager(&s, Duration::from_secs(5));
+    m.load("gen46", None).await.unwrap();
+    assert_eq!(m.generation("gen46").unwrap(), WorkerGeneration::V0046);
+
+    let e = m.execute("gen46", action("bad_input")).await.unwrap_err();
+    assert_eq!(e.category, ErrorCategory::UserInput, "{e:?}");
+    assert_eq!(e.message, "no such language: xx");
+    assert_eq!(e.details.fields[0].field, "lang");
+    assert!(e
+        .details
+        .traceback
+        .as_deref()
+        .unwrap_or("")
+        .contains("Traceback"));
+    assert!(!e.to_string().contains("Traceback"), "{e}");
+    assert_eq!(e.category.exit_code(), 10);
+
+    let e = m.execute("gen46", action("oom")).await.unwrap_err();
+    assert_eq!(e.category, ErrorCategory::Resource, "{e:?}");
+    assert_eq!(e.details.resources[0].resource, "gpu_vram_mb");
+    assert_eq!(e.details.resources[0].needed, 4096.0);
+
+    let e = m.execute("gen46", action("busy")).await.unwrap_err();
+    assert_eq!(e.category, ErrorCategory::Transient, "{e:?}");
+    assert_eq!(e.details.retry_after_seconds, Some(1.5));
+    assert!(e.retriable);
+
+    let e = m.execute("gen46", action("crash")).await.unwrap_err();
+    assert_eq!(e.category, ErrorCategory::Fatal, "{e:?}");
+    assert_eq!(e.message, "plugin bug");
+
+    // `__wire__` results pass through untouched.
+    let out = m.execute("gen46", action("wire")).await.unwrap().value;
+    assert_eq!(
+        out,
+        json!({"__wire__": "test.tokens", "data": {"tokens": ["a", "b"]}})
+    );
+    assert_eq!(WireEnvelope::decode(&out).unwrap().kind, "test.tokens");
+
+    // The stream's terminal `_job_error` line is an error, never a chunk.
+    let call = Call::new(vec![]).with_kwargs(json!({"count": 2}).as_object().cloned().unwrap());
+    let items: Vec<_> = m
+        .execute_stream("gen46", call)
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert_eq!(items.len(), 3, "{items:?}");
+    assert_eq!(items[0].as_ref().unwrap(), &json!({"i": 0}));
+    assert_eq!(items[1].as_ref().unwrap(), &json!({"i": 1}));
+    let e = items[2].as_ref().unwrap_err();
+    assert_eq!(e.category, ErrorCategory::UserInput, "{e:?}");
+    assert_eq!(e.message, "stream input ran out");
+
+    // No adapter is bound to this worker: the task channel answers with the worker's refusal.
+    let e = m
+        .task("gen46", "text.tokenize", "tokenize", Default::default())
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("No adapter bound"), "{e:?}");
+    m.unload_all().await;
+}
+
+#[tokio::test]
+async fn hot_config_goes_through_reconfigure_and_fires_release_hooks() {
+    let s = Scratch::new();
+    let m = manager(&s, Duration::from_secs(5));
+    m.load("gen46", Some(json!({"lang": "en"}))).await.unwrap();
+    assert_eq!(state(&m).await["tokenizer"], "tokenizer-en");
+
+    // A field without a trigger: applied, nothing released.
+    m.update_config("gen46", json!({"lang": "en", "suffix": "!"}))
+        .await
+        .unwrap();
+    let st = state(&m).await;
+    assert_eq!(
+        (st["suffix"].clone(), st["releases"].clone()),
+        (json!("!"), json!(0))
+    );
+
+    // The RELOAD_TRIGGER field: the tokenizer is released and rebuilt for German.
+    m.update_config("gen46", json!({"lang": "de", "suffix": "!"}))
+        .await
+        .unwrap();
+    let st = state(&m).await;
+    assert_eq!(st["lang"], "de");
+    assert_eq!(st["releases"], 1);
+    assert_eq!(
+        st["tokenizer"], "tokenizer-de",
+        "the English tokenizer must not survive"
+    );
+
+    assert_eq!(
+        m.config_options("gen46").await.unwrap(),
+        json!({"lang": {"options": ["en", "de", "fr"]}})
+    );
+
+    m.disable_notified("gen46").await.unwrap();
+    let e = m.execute("gen46", action("state")).await.unwrap_err();
+    assert_eq!(e.category, ErrorCategory::Disabled);
+    m.enable_notified("gen46").await.unwrap();
+    assert_eq!(state(&m).await["hooks"], json!(["disable", "enable"]));
+    m.unload_all().await;
+}
+
+#[tokio::test]
+async fn prefetch_runs_while_it_progresses_and_a_stall_is_a_timeout() {
+    let s = Scratch::new();
+    // The whole progressing prefetch (20 steps) takes far longer than the stall window: it is
+    // never cut off while its progress moves.
+    let m = manager(&s, Duration::from_millis(400));
+    m.load("gen46", Some(json!({"prefetch_steps": 40})))
+        .await
+        .unwrap();
+    assert_eq!(m.prefetch("gen46").await.unwrap(), "prefetched");
+
+    m.update_config(
+        "gen46",
+        json!({"prefetch_mode": "stall", "prefetch_steps": 1}),
+    )
+    .await
+    .unwrap();
+    let e = m.prefetch("gen46").await.unwrap_err();
+    assert_eq!(e.category, ErrorCategory::Timeout, "{e:?}");
+    assert!(e.message.contains("stalled"), "{e}");
+    m.unload_all().await;
+}
