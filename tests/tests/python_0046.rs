@@ -37,13 +37,7 @@ fn python() -> PathBuf {
 /// A v1 flat manifest naming the 0.0.46 venv's interpreter (the launcher starts it with
 /// `--port`, which 0.0.46 still accepts).
 fn manager(s: &Scratch, stall: Duration) -> PluginManager {
-    let m = json!({
-        "name": "gen46", "version": "0.0.46-test", "category": "python",
-        "module": "cjm_test_plugins_0046.plugins", "class": "Gen46Plugin",
-        "python_path": python(),
-        "env_vars": {"PYTHONPATH": PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python")},
-    });
-    s.write("gen46.json", &m.to_string());
+    write_manifest(s);
     PluginManager::builder()
         .search_paths([s.manifests()])
         .data_dir(s.data())
@@ -51,6 +45,16 @@ fn manager(s: &Scratch, stall: Duration) -> PluginManager {
         .prefetch_stall(stall)
         .build()
         .expect("manager")
+}
+
+fn write_manifest(s: &Scratch) {
+    let m = json!({
+        "name": "gen46", "version": "0.0.46-test", "category": "python",
+        "module": "cjm_test_plugins_0046.plugins", "class": "Gen46Plugin",
+        "python_path": python(),
+        "env_vars": {"PYTHONPATH": PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python")},
+    });
+    s.write("gen46.json", &m.to_string());
 }
 
 fn action(a: &str) -> Call {
@@ -195,4 +199,62 @@ async fn prefetch_runs_while_it_progresses_and_a_stall_is_a_timeout() {
     assert_eq!(e.category, ErrorCategory::Timeout, "{e:?}");
     assert!(e.message.contains("stalled"), "{e}");
     m.unload_all().await;
+}
+
+fn cjm(s: &Scratch, args: &[&str]) -> std::process::Output {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_host-test-worker")).with_file_name("cjm");
+    assert!(
+        bin.is_file(),
+        "{} is not built: run `cargo build -p cjm`",
+        bin.display()
+    );
+    std::process::Command::new(bin)
+        .arg("--search-path")
+        .arg(s.manifests())
+        .arg("--data-dir")
+        .arg(s.data())
+        .args(args)
+        .output()
+        .expect("run cjm")
+}
+
+#[test]
+fn the_cli_exits_with_the_category_code_and_never_prints_an_error_as_data() {
+    let s = Scratch::new();
+    write_manifest(&s);
+    let out = cjm(
+        &s,
+        &["call", "gen46", "--kwargs", r#"{"action": "bad_input"}"#],
+    );
+    assert_eq!(out.status.code(), Some(10), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no such language: xx"), "{err}");
+
+    let out = cjm(&s, &["stream", "gen46", "--kwargs", r#"{"count": 2}"#]);
+    assert_eq!(out.status.code(), Some(10), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines, [json!({"i": 0}), json!({"i": 1})], "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stream input ran out"));
+
+    // `cjm task` reaches /task; with no adapter bound the worker refuses (non-zero exit).
+    let out = cjm(
+        &s,
+        &[
+            "task",
+            "gen46",
+            "text.tokenize",
+            "tokenize",
+            "--kwargs",
+            "{}",
+        ],
+    );
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("No adapter bound"),
+        "{out:?}"
+    );
 }

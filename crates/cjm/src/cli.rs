@@ -97,6 +97,22 @@ pub enum Command {
     Call(CallArgs),
     /// Load a plugin, run one call as a stream, print each chunk as a JSON line, unload.
     Stream(CallArgs),
+    /// Load a plugin, call one method of a task adapter bound in its worker (`POST /task`,
+    /// cjm-plugin-system 0.0.46 and cjm-substrate workers), print the result as JSON, unload.
+    Task {
+        /// The plugin.
+        name: String,
+        /// The task's address (the adapter's task name).
+        task: String,
+        /// The adapter's method.
+        method: String,
+        /// Keyword arguments as a JSON object.
+        #[arg(long, value_name = "JSON-OBJECT")]
+        kwargs: Option<String>,
+        /// Configuration as a JSON object (default: the saved configuration).
+        #[arg(long, value_name = "JSON")]
+        config: Option<String>,
+    },
     /// Show a plugin's manifest, schema, effective configuration, health and stats.
     Info {
         /// The plugin.

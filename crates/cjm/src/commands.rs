@@ -55,6 +55,16 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Validate { paths } => Ok(ctx.validate(&paths)),
         Command::Call(a) => ctx.call(a, false).await,
         Command::Stream(a) => ctx.call(a, true).await,
+        Command::Task {
+            name,
+            task,
+            method,
+            kwargs,
+            config,
+        } => {
+            ctx.task(&name, &task, &method, kwargs.as_deref(), config.as_deref())
+                .await
+        }
         Command::Info { name, json } => ctx.info(&name, json).await,
         Command::Config { name, set, unset } => ctx.config(&name, set, unset).await,
         Command::Logs { name, lines } => ctx.logs(&name, lines),
@@ -391,6 +401,31 @@ impl Context {
         };
         self.manager.unload_all().await;
         result?;
+        Ok(ExitCode::SUCCESS)
+    }
+
+    async fn task(
+        &self,
+        name: &str,
+        task: &str,
+        method: &str,
+        kwargs: Option<&str>,
+        config: Option<&str>,
+    ) -> Result<ExitCode, Failure> {
+        let kwargs = match kwargs.map(|t| parse_json("--kwargs", t)).transpose()? {
+            None => Map::new(),
+            Some(Value::Object(m)) => m,
+            Some(_) => return Err(Failure::Usage("--kwargs: expected a JSON object".into())),
+        };
+        let m = self.manifest(name)?;
+        let config = self.load_config(&m, config).await?;
+        self.load(name, config).await?;
+        let result = tokio::select! {
+            r = self.manager.task(name, task, method, kwargs) => r,
+            _ = tokio::signal::ctrl_c() => Err(PluginError::cancelled("interrupted")),
+        };
+        self.manager.unload_all().await;
+        say!("{}", output::json(&result?));
         Ok(ExitCode::SUCCESS)
     }
 
