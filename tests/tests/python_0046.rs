@@ -3,9 +3,10 @@
 //! `/reconfigure` with its release hook, `/task`, stall-watched `/prefetch`, the enable hooks,
 //! `/config_options` and `__wire__` results.
 //!
-//! Needs the venv that `cargo xtask test` creates under `target/py312-v0046` (or
-//! `CJM_TEST_PYTHON_0046` pointing at a Python 3.12 with cjm-plugin-system 0.0.46). Without it
-//! these tests fail with a message saying so: they never skip silently.
+//! Each test runs against both workers of that line: cjm-plugin-system 0.0.46 and
+//! cjm-substrate. Needs the venvs that `cargo xtask test` creates under `target/py312-v0046`
+//! and `target/py312-substrate` (or `CJM_TEST_PYTHON_0046` / `CJM_TEST_PYTHON_SUBSTRATE`).
+//! Without them these tests fail with a message saying so: they never skip silently.
 
 mod common;
 
@@ -19,25 +20,66 @@ use common::Scratch;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-fn python() -> PathBuf {
-    let p = std::env::var_os("CJM_TEST_PYTHON_0046")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/py312-v0046/bin/python")
-        });
+/// The two generations of the 0.0.46 line under test.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Gen {
+    /// cjm-plugin-system 0.0.46.
+    V0046,
+    /// cjm-substrate.
+    Substrate,
+}
+
+fn python(g: Gen) -> PathBuf {
+    let (var, dir, what) = match g {
+        Gen::V0046 => (
+            "CJM_TEST_PYTHON_0046",
+            "py312-v0046",
+            "cjm-plugin-system 0.0.46",
+        ),
+        Gen::Substrate => (
+            "CJM_TEST_PYTHON_SUBSTRATE",
+            "py312-substrate",
+            "cjm-substrate",
+        ),
+    };
+    let p = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../target/{dir}/bin/python"))
+    });
     assert!(
         p.is_file(),
-        "no Python 3.12 with cjm-plugin-system 0.0.46 at {}: run `cargo xtask test` (it creates \
-         the venv) or set CJM_TEST_PYTHON_0046",
+        "no Python 3.12 with {what} at {}: run `cargo xtask test` (it creates the venv) or set \
+         {var}",
         p.display()
     );
     p
 }
 
+/// The interpreter the manifest names. For cjm-substrate, until the launcher starts its
+/// worker module itself (issue 12, launch part), a test shim that swaps the worker module
+/// `cjm_plugin_system.core.worker` for `cjm_substrate.core.worker` and runs the venv's Python.
+fn interpreter(s: &Scratch, g: Gen) -> PathBuf {
+    let py = python(g);
+    if g == Gen::V0046 {
+        return py;
+    }
+    let shim = s.write(
+        "substrate-python.sh",
+        &format!(
+            "#!/bin/sh\n# Test shim: run the cjm-substrate worker in place of 0.0.46's.\n\
+             for a in \"$@\"; do shift; if [ \"$a\" = cjm_plugin_system.core.worker ]; then \
+             a=cjm_substrate.core.worker; fi; set -- \"$@\" \"$a\"; done\nexec '{}' \"$@\"\n",
+            py.display()
+        ),
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    shim
+}
+
 /// A v1 flat manifest naming the 0.0.46 venv's interpreter (the launcher starts it with
 /// `--port`, which 0.0.46 still accepts).
-fn manager(s: &Scratch, stall: Duration) -> PluginManager {
-    write_manifest(s);
+fn manager(s: &Scratch, g: Gen, stall: Duration) -> PluginManager {
+    write_manifest(s, g);
     PluginManager::builder()
         .search_paths([s.manifests()])
         .data_dir(s.data())
@@ -47,11 +89,11 @@ fn manager(s: &Scratch, stall: Duration) -> PluginManager {
         .expect("manager")
 }
 
-fn write_manifest(s: &Scratch) {
+fn write_manifest(s: &Scratch, g: Gen) {
     let m = json!({
         "name": "gen46", "version": "0.0.46-test", "category": "python",
         "module": "cjm_test_plugins_0046.plugins", "class": "Gen46Plugin",
-        "python_path": python(),
+        "python_path": interpreter(s, g),
         "env_vars": {"PYTHONPATH": PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python")},
     });
     s.write("gen46.json", &m.to_string());
@@ -71,10 +113,20 @@ async fn state(m: &PluginManager) -> Value {
 }
 
 #[tokio::test]
-async fn typed_errors_streams_and_wire_envelopes() {
+async fn typed_errors_streams_and_wire_envelopes_0046() {
+    typed_errors_streams_and_wire_envelopes(Gen::V0046).await;
+}
+
+#[tokio::test]
+async fn typed_errors_streams_and_wire_envelopes_substrate() {
+    typed_errors_streams_and_wire_envelopes(Gen::Substrate).await;
+}
+
+async fn typed_errors_streams_and_wire_envelopes(g: Gen) {
     let s = Scratch::new();
-    let m = manager(&s, Duration::from_secs(5));
+    let m = manager(&s, g, Duration::from_secs(5));
     m.load("gen46", None).await.unwrap();
+    // cjm-substrate answers the same probe; telling it apart is the launcher's (manifest).
     assert_eq!(m.generation("gen46").unwrap(), WorkerGeneration::V0046);
 
     let e = m.execute("gen46", action("bad_input")).await.unwrap_err();
@@ -137,9 +189,18 @@ async fn typed_errors_streams_and_wire_envelopes() {
 }
 
 #[tokio::test]
-async fn hot_config_goes_through_reconfigure_and_fires_release_hooks() {
+async fn hot_config_goes_through_reconfigure_and_fires_release_hooks_0046() {
+    hot_config_goes_through_reconfigure_and_fires_release_hooks(Gen::V0046).await;
+}
+
+#[tokio::test]
+async fn hot_config_goes_through_reconfigure_and_fires_release_hooks_substrate() {
+    hot_config_goes_through_reconfigure_and_fires_release_hooks(Gen::Substrate).await;
+}
+
+async fn hot_config_goes_through_reconfigure_and_fires_release_hooks(g: Gen) {
     let s = Scratch::new();
-    let m = manager(&s, Duration::from_secs(5));
+    let m = manager(&s, g, Duration::from_secs(5));
     m.load("gen46", Some(json!({"lang": "en"}))).await.unwrap();
     assert_eq!(state(&m).await["tokenizer"], "tokenizer-en");
 
@@ -179,11 +240,20 @@ async fn hot_config_goes_through_reconfigure_and_fires_release_hooks() {
 }
 
 #[tokio::test]
-async fn prefetch_runs_while_it_progresses_and_a_stall_is_a_timeout() {
+async fn prefetch_runs_while_it_progresses_and_a_stall_is_a_timeout_0046() {
+    prefetch_runs_while_it_progresses_and_a_stall_is_a_timeout(Gen::V0046).await;
+}
+
+#[tokio::test]
+async fn prefetch_runs_while_it_progresses_and_a_stall_is_a_timeout_substrate() {
+    prefetch_runs_while_it_progresses_and_a_stall_is_a_timeout(Gen::Substrate).await;
+}
+
+async fn prefetch_runs_while_it_progresses_and_a_stall_is_a_timeout(g: Gen) {
     let s = Scratch::new();
-    // The whole progressing prefetch (20 steps) takes far longer than the stall window: it is
+    // The whole progressing prefetch (40 steps) takes far longer than the stall window: it is
     // never cut off while its progress moves.
-    let m = manager(&s, Duration::from_millis(400));
+    let m = manager(&s, g, Duration::from_millis(400));
     m.load("gen46", Some(json!({"prefetch_steps": 40})))
         .await
         .unwrap();
@@ -221,7 +291,7 @@ fn cjm(s: &Scratch, args: &[&str]) -> std::process::Output {
 #[test]
 fn the_cli_exits_with_the_category_code_and_never_prints_an_error_as_data() {
     let s = Scratch::new();
-    write_manifest(&s);
+    write_manifest(&s, Gen::V0046);
     let out = cjm(
         &s,
         &["call", "gen46", "--kwargs", r#"{"action": "bad_input"}"#],

@@ -5,13 +5,24 @@ options and a `__wire__` result. Used by tests/tests/python_0046.rs."""
 import threading
 from dataclasses import asdict, dataclass, field
 
-from cjm_plugin_system.core.errors import (
-    PluginInputError,
-    PluginResourceError,
-    PluginTransientError,
-    ResourceShortfall,
-)
-from cjm_plugin_system.core.interface import RELOAD_TRIGGER, PluginInterface
+try:  # cjm-plugin-system 0.0.46
+    from cjm_plugin_system.core.errors import (
+        PluginInputError as InputError,
+        PluginResourceError as ResourceError,
+        PluginTransientError as TransientError,
+        ResourceShortfall,
+    )
+    from cjm_plugin_system.core.interface import RELOAD_TRIGGER
+    from cjm_plugin_system.core.interface import PluginInterface as Base
+except ImportError:  # cjm-substrate: the same surface under capability names
+    from cjm_substrate.core.capability import RELOAD_TRIGGER
+    from cjm_substrate.core.capability import ToolCapability as Base
+    from cjm_substrate.core.errors import (
+        CapabilityInputError as InputError,
+        CapabilityResourceError as ResourceError,
+        CapabilityTransientError as TransientError,
+        ResourceShortfall,
+    )
 
 
 @dataclass
@@ -24,7 +35,7 @@ class Gen46Config:
     prefetch_steps: int = 20
 
 
-class Gen46Plugin(PluginInterface):
+class Gen46Plugin(Base):
     """Everything the host must handle on a 0.0.46 worker."""
 
     config_class = Gen46Config
@@ -82,24 +93,24 @@ class Gen46Plugin(PluginInterface):
                 "hooks": list(self.hooks),
             }
         if action == "bad_input":
-            raise PluginInputError("no such language: xx", fields_invalid=["lang"])
+            raise InputError("no such language: xx", fields_invalid=["lang"])
         if action == "oom":
-            raise PluginResourceError(
+            raise ResourceError(
                 "CUDA out of memory",
                 resource_shortfall=ResourceShortfall("gpu_vram_mb", 4096.0, 512.0),
             )
         if action == "busy":
-            raise PluginTransientError("model server busy", retry_after_seconds=1.5)
+            raise TransientError("model server busy", retry_after_seconds=1.5)
         if action == "crash":
             raise RuntimeError("plugin bug")
         if action == "wire":
             return {"__wire__": "test.tokens", "data": {"tokens": ["a", "b"]}}
-        raise PluginInputError(f"unknown action {action!r}", fields_invalid=["action"])
+        raise InputError(f"unknown action {action!r}", fields_invalid=["action"])
 
     def execute_stream(self, count=2, **kwargs):
         for i in range(count):
             yield {"i": i}
-        raise PluginInputError("stream input ran out", fields_invalid=["count"])
+        raise InputError("stream input ran out", fields_invalid=["count"])
 
     def prefetch(self):
         steps = self.cfg.prefetch_steps

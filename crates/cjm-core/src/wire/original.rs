@@ -81,6 +81,10 @@ pub struct JobError {
     pub plugin_name: Option<String>,
 }
 
+/// How a cancellation's `original_exc_repr` starts: 0.0.46 and cjm-substrate name the class
+/// differently.
+const CANCELLED_REPRS: [&str; 2] = ["PluginCancelledError", "CapabilityCancelledError"];
+
 fn fatal_word() -> String {
     "fatal".to_owned()
 }
@@ -93,7 +97,7 @@ impl JobError {
         let cancelled = self
             .original_exc_repr
             .as_deref()
-            .is_some_and(|r| r.starts_with("PluginCancelledError"));
+            .is_some_and(|r| CANCELLED_REPRS.iter().any(|c| r.starts_with(c)));
         let category = if cancelled {
             ErrorCategory::Cancelled
         } else {
@@ -319,6 +323,12 @@ mod tests {
         .unwrap();
         assert_eq!(c.category, ErrorCategory::Cancelled);
         assert!(!c.retriable);
+        let sub = job_error(&json!({"_job_error": {
+            "category": "transient", "message": "x", "retriable": false,
+            "original_exc_repr": "CapabilityCancelledError('p')"
+        }}))
+        .unwrap();
+        assert_eq!(sub.category, ErrorCategory::Cancelled);
         let odd = job_error(&json!({"_job_error": {"category": "weird", "message": "m"}})).unwrap();
         assert_eq!(odd.category, ErrorCategory::Fatal);
         let bad = job_error(&json!({"_job_error": 5})).unwrap();
