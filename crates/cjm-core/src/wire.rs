@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{ErrorCategory, PluginError};
 
+pub mod drift;
 mod ndjson;
 pub mod original;
 
