@@ -90,12 +90,19 @@ fn manager(s: &Scratch, g: Gen, stall: Duration) -> PluginManager {
 }
 
 fn write_manifest(s: &Scratch, g: Gen) {
-    let m = json!({
+    write_manifest_with(s, g, json!({}));
+}
+
+fn write_manifest_with(s: &Scratch, g: Gen, extra: Value) {
+    let mut m = json!({
         "name": "gen46", "version": "0.0.46-test", "category": "python",
         "module": "cjm_test_plugins_0046.plugins", "class": "Gen46Plugin",
         "python_path": interpreter(s, g),
         "env_vars": {"PYTHONPATH": PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python")},
     });
+    if let (Some(m), Some(e)) = (m.as_object_mut(), extra.as_object()) {
+        m.extend(e.clone());
+    }
     s.write("gen46.json", &m.to_string());
 }
 
@@ -327,4 +334,78 @@ fn the_cli_exits_with_the_category_code_and_never_prints_an_error_as_data() {
         String::from_utf8_lossy(&out.stderr).contains("No adapter bound"),
         "{out:?}"
     );
+}
+
+#[tokio::test]
+async fn drift_is_reported_configs_follow_the_live_schema_and_strict_refuses() {
+    use cjm_core::wire::drift::witness_hash;
+    let s = Scratch::new();
+    // An old manifest: `lang` was an integer then, and its witness says so.
+    let old_schema = json!({"type": "object", "properties": {"lang": {"type": "integer"}}});
+    write_manifest_with(
+        &s,
+        Gen::V0046,
+        json!({
+            "config_schema": old_schema,
+            "drift_tracking": {
+                "config_schema_hash": witness_hash(&old_schema),
+                "structural_surface_hash": "sha256:0000",
+            },
+        }),
+    );
+    let m = PluginManager::builder()
+        .search_paths([s.manifests()])
+        .data_dir(s.data())
+        .build()
+        .unwrap();
+    m.load("gen46", None).await.unwrap();
+    let d = m.drift("gen46").unwrap().expect("compared");
+    assert!(d.config_schema && d.structural_surface, "{d:?}");
+    // Validated against the live schema (a string), not the manifest's (an integer).
+    m.update_config("gen46", json!({"lang": "de"}))
+        .await
+        .unwrap();
+    let e = m
+        .update_config("gen46", json!({"lang": 5}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.category, ErrorCategory::Config, "{e:?}");
+    m.unload_all().await;
+
+    // Strict: the load is refused and the worker stopped.
+    let strict = PluginManager::builder()
+        .search_paths([s.manifests()])
+        .data_dir(s.data())
+        .strict_drift(true)
+        .build()
+        .unwrap();
+    let e = strict.load("gen46", None).await.unwrap_err();
+    assert_eq!(e.category, ErrorCategory::Config, "{e:?}");
+    assert!(
+        e.message.contains("config schema, structural surface"),
+        "{e}"
+    );
+    assert!(!strict.is_loaded("gen46"));
+
+    // A manifest whose witness matches the live schema: no drift.
+    let live = json!({"type": "object", "properties": {
+        "lang": {"type": "string", "default": "en"},
+        "suffix": {"type": "string", "default": ""},
+        "prefetch_mode": {"type": "string", "default": "progress"},
+        "prefetch_steps": {"type": "integer", "default": 20},
+    }});
+    write_manifest_with(
+        &s,
+        Gen::V0046,
+        json!({"drift_tracking": {"config_schema_hash": witness_hash(&live)}}),
+    );
+    let fresh = PluginManager::builder()
+        .search_paths([s.manifests()])
+        .data_dir(s.data())
+        .strict_drift(true)
+        .build()
+        .unwrap();
+    fresh.load("gen46", None).await.unwrap();
+    assert!(!fresh.drift("gen46").unwrap().unwrap().any());
+    fresh.unload_all().await;
 }

@@ -326,6 +326,12 @@ impl WorkerClient {
         self.get_json(original::paths::CONFIG_OPTIONS).await
     }
 
+    /// `GET /structural_surface`: the plugin class's live structural surface (drift check).
+    pub async fn structural_surface(&self) -> Result<Value, PluginError> {
+        self.require_0046("the structural surface")?;
+        self.get_json(original::paths::STRUCTURAL_SURFACE).await
+    }
+
     fn execute_request(&self, path: &str, call: &Call) -> Result<Request<ReqBody>, PluginError> {
         if call.blobs.is_empty() {
             let body = serde_json::to_vec(&ExecuteBody {

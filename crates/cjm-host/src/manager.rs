@@ -7,10 +7,12 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use cjm_core::wire::drift::{Drift, DriftTracking};
 use cjm_core::{
     Call, CancelOutcome, ChunkStream, ConfigValidator, Manifest, ManifestError, Output, Plugin,
     PluginError, PluginExecutionMode, Progress, WorkerSpec,
 };
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
 
@@ -39,6 +41,20 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a configuration update ([`PluginManager::update_config`]) may take by default
 /// (see [`ManagerBuilder::config_timeout`]).
 pub const DEFAULT_CONFIG_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A manifest's `drift_tracking` witnesses. The one place that reads them: today from the
+/// manifest's top-level `drift_tracking` key (kept in `extra`); the v2.0 manifest reader can
+/// answer its parsed section here instead.
+fn drift_tracking(manifest: &Manifest) -> Option<DriftTracking> {
+    let v = manifest.extra.get("drift_tracking")?;
+    match DriftTracking::deserialize(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(plugin = %manifest.name, error = %e, "unreadable drift_tracking; ignored");
+            None
+        }
+    }
+}
 
 /// The default stall window of [`PluginManager::prefetch`]: 5 minutes without progress.
 pub const DEFAULT_PREFETCH_STALL: Duration = Duration::from_secs(300);
@@ -111,6 +127,7 @@ pub struct ManagerBuilder {
     call_timeout: Duration,
     config_timeout: Duration,
     prefetch_stall: Duration,
+    strict_drift: bool,
     #[cfg(feature = "testing")]
     load_hook: Option<HookCell>,
 }
@@ -141,6 +158,7 @@ impl Default for ManagerBuilder {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             config_timeout: DEFAULT_CONFIG_TIMEOUT,
             prefetch_stall: DEFAULT_PREFETCH_STALL,
+            strict_drift: false,
             #[cfg(feature = "testing")]
             load_hook: None,
         }
@@ -221,6 +239,14 @@ impl ManagerBuilder {
         self
     }
 
+    /// Refuses to load a plugin whose live worker drifted from its manifest's
+    /// `drift_tracking` witnesses (default: load it, warn, and validate configurations
+    /// against the live schema). See [`PluginManager::drift`].
+    pub fn strict_drift(mut self, strict: bool) -> Self {
+        self.strict_drift = strict;
+        self
+    }
+
     /// Test hook: awaited at each stage of a load, so a test can drop the load there.
     #[cfg(feature = "testing")]
     pub fn load_hook(mut self, hook: LoadHook) -> Self {
@@ -256,6 +282,7 @@ impl ManagerBuilder {
                 call_timeout: self.call_timeout,
                 config_timeout: self.config_timeout,
                 prefetch_stall: self.prefetch_stall,
+                strict_drift: self.strict_drift,
                 #[cfg(feature = "testing")]
                 load_hook: self.load_hook,
                 runtime_dir,
@@ -294,6 +321,7 @@ struct Inner {
     call_timeout: Duration,
     config_timeout: Duration,
     prefetch_stall: Duration,
+    strict_drift: bool,
     #[cfg(feature = "testing")]
     load_hook: Option<HookCell>,
     runtime_dir: Arc<crate::platform::Runtime>,
@@ -586,6 +614,10 @@ impl PluginManager {
             .as_ref()
             .and_then(|c| c.health().max_concurrency)
             .map_or(limit, |w| w.min(limit).max(1));
+        let (schema, drift) = match &client {
+            Some(c) => self.check_drift(&manifest, c, schema).await?,
+            None => (schema, None),
+        };
         // Without a schema in the manifest, the worker's own schema governs later updates.
         let schema = match (&manifest.config_schema, &client) {
             (None, Some(c)) => match c.config_schema().await {
@@ -611,7 +643,63 @@ impl PluginManager {
             config,
             limit,
         )?;
+        proxy.set_drift(drift);
         Ok((proxy, reservation, worker))
+    }
+
+    /// Compares the manifest's drift witnesses with the live worker (0.0.46-line workers):
+    /// warns (or, with [`strict_drift`](ManagerBuilder::strict_drift), refuses) and, when the
+    /// config schema drifted, answers the live schema so that configurations are validated
+    /// against what the worker really takes.
+    async fn check_drift(
+        &self,
+        manifest: &Manifest,
+        client: &crate::client::WorkerClient,
+        schema: Value,
+    ) -> Result<(Value, Option<Drift>), PluginError> {
+        let name = &manifest.name;
+        let Some(tracking) = drift_tracking(manifest) else {
+            return Ok((schema, None));
+        };
+        if !client.has_0046_surface() {
+            return Ok((schema, None));
+        }
+        let live_schema = match &tracking.config_schema_hash {
+            Some(_) => client.config_schema().await.ok(),
+            None => None,
+        };
+        let live_surface = match &tracking.structural_surface_hash {
+            Some(_) => client.structural_surface().await.ok(),
+            None => None,
+        };
+        let drift = tracking.compare(live_schema.as_ref(), live_surface.as_ref());
+        if !drift.any() {
+            return Ok((schema, Some(drift)));
+        }
+        let what = drift.describe();
+        if self.inner.strict_drift {
+            return Err(PluginError::config(
+                format!(
+                    "the worker's {what} differs from the manifest's drift_tracking witness \
+                     (regenerate the manifest, or load without strict drift checking)"
+                ),
+                vec![],
+            )
+            .with_plugin(name));
+        }
+        tracing::warn!(plugin = %name, drifted = %what, "the live worker drifted from its manifest");
+        let schema = match (drift.config_schema, live_schema) {
+            (true, Some(live)) => live,
+            _ => schema,
+        };
+        Ok((schema, Some(drift)))
+    }
+
+    /// What drifted between `name`'s manifest witnesses and its live worker, checked at load:
+    /// `None` when nothing could be compared (no `drift_tracking`, or not a 0.0.46-line
+    /// worker).
+    pub fn drift(&self, name: &str) -> Result<Option<Drift>, PluginError> {
+        Ok(self.proxy(name)?.drift())
     }
 
     /// Registers an in-process plugin under `category`; it is called through the same API as

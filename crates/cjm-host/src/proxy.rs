@@ -47,6 +47,7 @@ pub(crate) struct PluginProxy {
     max_concurrency: u32,
     stats: Arc<CallStats>,
     cpu_sample: Mutex<Option<(u64, Instant)>>,
+    drift: Mutex<Option<cjm_core::wire::drift::Drift>>,
 }
 
 impl std::fmt::Debug for PluginProxy {
@@ -97,6 +98,7 @@ impl PluginProxy {
             max_concurrency,
             stats: Arc::new(CallStats::default()),
             cpu_sample: Mutex::new(None),
+            drift: Mutex::new(None),
         })
     }
 
@@ -387,6 +389,18 @@ impl PluginProxy {
             *g = full;
         }
         Ok(())
+    }
+
+    /// Records what drifted at load.
+    pub(crate) fn set_drift(&self, drift: Option<cjm_core::wire::drift::Drift>) {
+        if let Ok(mut g) = self.drift.lock() {
+            *g = drift;
+        }
+    }
+
+    /// What drifted at load (`None`: nothing compared).
+    pub(crate) fn drift(&self) -> Option<cjm_core::wire::drift::Drift> {
+        self.drift.lock().ok().and_then(|g| *g)
     }
 
     /// The worker's generation (`native` in-process).
