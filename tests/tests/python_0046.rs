@@ -409,3 +409,29 @@ async fn drift_is_reported_configs_follow_the_live_schema_and_strict_refuses() {
     assert!(!fresh.drift("gen46").unwrap().unwrap().any());
     fresh.unload_all().await;
 }
+
+#[test]
+fn cli_info_shows_generation_and_drift_and_strict_drift_refuses() {
+    let s = Scratch::new();
+    write_manifest_with(
+        &s,
+        Gen::V0046,
+        json!({"drift_tracking": {"structural_surface_hash": "sha256:0000"}}),
+    );
+    let out = cjm(&s, &["info", "gen46", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["generation"], "v0046");
+    assert_eq!(
+        info["drift"],
+        json!({"config_schema": false, "structural_surface": true})
+    );
+    let out = cjm(&s, &["info", "gen46"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("drift:      the live worker's structural surface"),
+        "{out:?}"
+    );
+    let out = cjm(&s, &["--strict-drift", "info", "gen46"]);
+    assert_eq!(out.status.code(), Some(11), "{out:?}");
+}

@@ -42,6 +42,10 @@ pub struct Cli {
     /// Show the host's and the workers' logs on stderr (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Refuse to load a plugin whose live worker drifted from its manifest's
+    /// `drift_tracking` witnesses (default: warn, and validate against the live schema).
+    #[arg(long, global = true)]
+    pub strict_drift: bool,
 
     /// What to do.
     #[command(subcommand)]

@@ -147,7 +147,9 @@ impl Context {
             .data_dir
             .clone()
             .unwrap_or_else(cjm_host::default_data_dir);
-        let mut b = PluginManager::builder().data_dir(&data_dir);
+        let mut b = PluginManager::builder()
+            .data_dir(&data_dir)
+            .strict_drift(cli.strict_drift);
         if !cli.search_paths.is_empty() {
             b = b.search_paths(cli.search_paths.clone());
         }
@@ -436,8 +438,12 @@ impl Context {
         let config = self.manager.config(name);
         let schema = self.manager.config_schema(name);
         let stats = self.manager.stats(name).await;
+        let generation = self.manager.generation(name).ok();
+        let drift = self.manager.drift(name).ok().flatten();
         self.manager.unload_all().await;
         let info = json!({
+            "generation": generation,
+            "drift": drift,
             "name": m.name, "version": m.version, "category": m.category,
             "description": m.description,
             "execution_mode": m.effective_execution_mode(),
@@ -461,6 +467,16 @@ impl Context {
                 say!("  {}", m.description);
             }
             say!("  category:   {}", m.category);
+            if let Some(g) = generation {
+                say!("  worker:     {g}");
+            }
+            if let Some(d) = drift.filter(|d| d.any()) {
+                say!(
+                    "  drift:      the live worker's {} differs from the manifest \
+                     (regenerate it)",
+                    d.describe()
+                );
+            }
             if let Some(p) = &m.path {
                 say!("  manifest:   {}", p.display());
             }
