@@ -107,10 +107,11 @@ class Gen46Plugin(Base):
             return {"__wire__": "test.tokens", "data": {"tokens": ["a", "b"]}}
         raise InputError(f"unknown action {action!r}", fields_invalid=["action"])
 
-    def execute_stream(self, count=2, **kwargs):
+    def execute_stream(self, count=2, fail=True, **kwargs):
         for i in range(count):
             yield {"i": i}
-        raise InputError("stream input ran out", fields_invalid=["count"])
+        if fail:
+            raise InputError("stream input ran out", fields_invalid=["count"])
 
     def prefetch(self):
         steps = self.cfg.prefetch_steps
