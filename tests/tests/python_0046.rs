@@ -54,20 +54,26 @@ fn python(g: Gen) -> PathBuf {
     p
 }
 
-/// The interpreter the manifest names. For cjm-substrate, until the launcher starts its
-/// worker module itself (issue 12, launch part), a test shim that swaps the worker module
-/// `cjm_plugin_system.core.worker` for `cjm_substrate.core.worker` and runs the venv's Python.
+/// The adapter the tests bind (tests/python/cjm_test_plugins_0046).
+const ADAPTER: &str = "cjm_test_plugins_0046.plugins:TokenizeAdapter";
+
+/// The interpreter the manifest names: a test shim standing in for the launch part of issue 12
+/// (another change) until it lands: it adds `--adapters` for the test adapter and, for
+/// cjm-substrate, swaps the worker module `cjm_plugin_system.core.worker` for
+/// `cjm_substrate.core.worker`, then runs the venv's Python.
 fn interpreter(s: &Scratch, g: Gen) -> PathBuf {
     let py = python(g);
-    if g == Gen::V0046 {
-        return py;
-    }
+    let module = match g {
+        Gen::V0046 => "cjm_plugin_system.core.worker",
+        Gen::Substrate => "cjm_substrate.core.worker",
+    };
     let shim = s.write(
-        "substrate-python.sh",
+        &format!("python-{g:?}.sh"),
         &format!(
-            "#!/bin/sh\n# Test shim: run the cjm-substrate worker in place of 0.0.46's.\n\
+            "#!/bin/sh\n# Test shim: the worker module of this generation, plus --adapters.\n\
              for a in \"$@\"; do shift; if [ \"$a\" = cjm_plugin_system.core.worker ]; then \
-             a=cjm_substrate.core.worker; fi; set -- \"$@\" \"$a\"; done\nexec '{}' \"$@\"\n",
+             a={module}; fi; set -- \"$@\" \"$a\"; done\n\
+             exec '{}' \"$@\" --adapters {ADAPTER}\n",
             py.display()
         ),
     );
@@ -186,9 +192,24 @@ async fn typed_errors_streams_and_wire_envelopes(g: Gen) {
     assert_eq!(e.category, ErrorCategory::UserInput, "{e:?}");
     assert_eq!(e.message, "stream input ran out");
 
-    // No adapter is bound to this worker: the task channel answers with the worker's refusal.
+    // The task channel: a bound adapter's method, its typed failure, an unbound task.
+    let kwargs = json!({"text": "guten tag"}).as_object().cloned().unwrap();
+    let out = m
+        .task("gen46", "text.tokenize", "tokenize", kwargs)
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        json!({"tokens": ["guten", "tag"], "tokenizer": "tokenizer-en"})
+    );
     let e = m
-        .task("gen46", "text.tokenize", "tokenize", Default::default())
+        .task("gen46", "text.tokenize", "refuse", Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.category, ErrorCategory::UserInput, "{e:?}");
+    assert_eq!(e.message, "the tokenizer refuses");
+    let e = m
+        .task("gen46", "text.summarize", "run", Default::default())
         .await
         .unwrap_err();
     assert!(e.message.contains("No adapter bound"), "{e:?}");
@@ -317,7 +338,7 @@ fn the_cli_exits_with_the_category_code_and_never_prints_an_error_as_data() {
     assert_eq!(lines, [json!({"i": 0}), json!({"i": 1})], "{stdout}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("stream input ran out"));
 
-    // `cjm task` reaches /task; with no adapter bound the worker refuses (non-zero exit).
+    // `cjm task`: the result as JSON; a typed failure exits with its category's code.
     let out = cjm(
         &s,
         &[
@@ -326,14 +347,14 @@ fn the_cli_exits_with_the_category_code_and_never_prints_an_error_as_data() {
             "text.tokenize",
             "tokenize",
             "--kwargs",
-            "{}",
+            r#"{"text": "a b"}"#,
         ],
     );
-    assert_ne!(out.status.code(), Some(0), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("No adapter bound"),
-        "{out:?}"
-    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tokens"], json!(["a", "b"]));
+    let out = cjm(&s, &["task", "gen46", "text.tokenize", "refuse"]);
+    assert_eq!(out.status.code(), Some(10), "{out:?}");
 }
 
 #[tokio::test]

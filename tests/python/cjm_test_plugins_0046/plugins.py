@@ -135,3 +135,19 @@ class Gen46Plugin(Base):
 
     def cleanup(self):
         self.tokenizer = None
+
+
+class TokenizeAdapter:
+    """A task adapter bound to Gen46Plugin (`--adapters
+    cjm_test_plugins_0046.plugins:TokenizeAdapter`), served over `POST /task`."""
+
+    task_name = "text.tokenize"
+
+    def __init__(self, tool):
+        self.tool = tool
+
+    def tokenize(self, text=""):
+        return {"tokens": text.split(), "tokenizer": self.tool.tokenizer}
+
+    def refuse(self):
+        raise InputError("the tokenizer refuses", fields_invalid=["text"])

@@ -370,6 +370,13 @@ impl Worker {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
+        if generation != Generation::Seed {
+            // The test adapter, bound as the original's host binds a matched one.
+            cmd.args([
+                "--adapters",
+                "cjm_test_plugins_0046.plugins:TokenizeAdapter",
+            ]);
+        }
         own_session(&mut cmd);
         let child = cmd
             .spawn()
@@ -810,18 +817,26 @@ fn check_reconfigure(w: &Worker) -> Check {
     })
 }
 
-/// `/task {task, method, kwargs}`: with no adapter bound, a 404 naming the task.
+/// `/task {task, method, kwargs}`: a bound adapter's method answers its result, its failure
+/// a typed `_job_error` 500; an unbound task is a 404 naming it.
 fn check_task(w: &Worker) -> Check {
+    let body = json!({"task": "text.tokenize", "method": "tokenize", "kwargs": {"text": "a b"}});
+    let v = w.post("/task", &body)?.ok_json()?;
+    ensure(v["tokens"] == json!(["a", "b"]), || format!("result {v}"))?;
+    let body = json!({"task": "text.tokenize", "method": "refuse", "kwargs": {}});
+    let r = w.post("/task", &body)?;
+    r.expect(500)?;
+    check_job_error(&r.json()?, "user_input")?;
     let r = w.post(
         "/task",
-        &json!({"task": "text.tokenize", "method": "tokenize", "kwargs": {}}),
+        &json!({"task": "text.summarize", "method": "run", "kwargs": {}}),
     )?;
     r.expect(404)?;
     let v = r.json()?;
     ensure(
         v["detail"]
             .as_str()
-            .is_some_and(|d| d.contains("text.tokenize")),
+            .is_some_and(|d| d.contains("text.summarize")),
         || format!("detail {v}"),
     )
 }
