@@ -218,6 +218,11 @@ impl PluginProxy {
     /// last log lines.
     async fn explain(&self, e: PluginError, pid: Option<u32>) -> PluginError {
         let e = e.with_plugin(&self.manifest.name);
+        if let Some(tb) = &e.details.traceback {
+            // The plugin's traceback belongs in the logs (and the details), not the message.
+            tracing::warn!(plugin = %self.manifest.name, category = %e.category, traceback = %tb,
+                "plugin error: {}", e.message);
+        }
         if !crate::transport::is_connection_failure(&e) {
             return e;
         }
