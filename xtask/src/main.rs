@@ -14,6 +14,7 @@ use std::process::{Command, ExitCode};
 
 mod plugins;
 mod python;
+mod python312;
 mod tasks;
 
 fn main() -> ExitCode {

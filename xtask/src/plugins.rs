@@ -24,6 +24,8 @@ pub(crate) fn test_plugins(args: &[String]) -> Result<(), String> {
     cargo(&["build", "-p", "cjm-sample-plugins"])?;
     cargo(&["build", "-p", "cjm-tests", "--bin", "conformance"])?;
     let python = crate::python::ensure_venv()?;
+    // The 0.0.46 and cjm-substrate venvs (their paths reach the suite through the environment).
+    crate::python312::ensure_venvs()?;
     let target = target_dir();
     let bin_dir = target.join("debug");
     run(Command::new(bin_dir.join("conformance"))

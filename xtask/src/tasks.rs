@@ -29,6 +29,8 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
     // The original's Python worker, for the compatibility suite.
     let python = crate::python::ensure_venv()?;
     std::env::set_var("CJM_TEST_PYTHON", &python);
+    // cjm-plugin-system 0.0.46 and cjm-substrate (Python 3.12), for tests/tests/python_0046.rs.
+    crate::python312::ensure_venvs()?;
     // The settings page's browser test (tests/tests/ui_browser.rs).
     ensure_chromium()?;
     // Build everything first, so the integration tests find every worker binary.

@@ -276,16 +276,9 @@ pub struct EnvVarSpec {
     pub description: Option<String>,
 }
 
-/// The witness hashes written at install time (`drift_tracking`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DriftTracking {
-    /// `sha256:<hex>` of the canonical `code.config_schema`.
-    #[serde(default)]
-    pub config_schema_hash: Option<String>,
-    /// `sha256:<hex>` of the canonical `code.structural_surface` (none before surfaces).
-    #[serde(default)]
-    pub structural_surface_hash: Option<String>,
-}
+/// The witness hashes written at install time (`drift_tracking`); one type with the live
+/// comparison in [`crate::wire::drift`].
+pub use crate::wire::drift::DriftTracking;
 
 impl Manifest {
     /// `"2.0"` for a v2 file, `None` for a v1 flat file.

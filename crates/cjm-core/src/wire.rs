@@ -8,7 +8,9 @@ use serde_json::{Map, Value};
 
 use crate::error::{ErrorCategory, PluginError};
 
+pub mod drift;
 mod ndjson;
+pub mod original;
 
 pub use ndjson::{StreamDecoder, MAX_STREAM_LINE};
 
@@ -258,6 +260,13 @@ pub fn error_from_response(status: u16, body: &[u8]) -> PluginError {
         return PluginError::new(category_for_status(status), b.detail);
     }
     if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        if let Some(e) = original::job_error(&v) {
+            return if status == 409 {
+                PluginError::cancelled(e.message)
+            } else {
+                e
+            };
+        }
         if let Some(d) = v.get("detail") {
             let msg = d.as_str().map_or_else(|| d.to_string(), str::to_owned);
             return PluginError::new(category_for_status(status), msg);
@@ -293,7 +302,7 @@ pub enum StreamLine {
 
 impl StreamLine {
     /// Interprets a parsed line. For cjm workers a control line is an object with the
-    /// [`STREAM_CONTROL_KEY`]; for original workers an object whose only key is `"error"` (a
+    /// [`STREAM_CONTROL_KEY`]; for original workers a `{"_job_error": {...}}` object (0.0.46, typed) or an object whose only key is `"error"` (a
     /// string) is the terminal error line.
     pub fn interpret(value: Value, flavor: WorkerFlavor) -> Self {
         match flavor {
@@ -318,6 +327,11 @@ impl StreamLine {
                 )))
             }
             WorkerFlavor::Original => match &value {
+                Value::Object(o) if o.contains_key(original::JOB_ERROR_KEY) => {
+                    Self::Error(original::job_error(&value).unwrap_or_else(|| {
+                        PluginError::fatal("unreadable `_job_error` stream line")
+                    }))
+                }
                 Value::Object(o) if o.len() == 1 => match o.get("error") {
                     Some(Value::String(msg)) => Self::Error(PluginError::fatal(msg.clone())),
                     _ => Self::Chunk(value),

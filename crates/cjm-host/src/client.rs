@@ -5,11 +5,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cjm_core::wire::original::{self, HookStatus, ReconfigureRequest, TaskRequest};
 use cjm_core::wire::{
     self, content_types, error_from_response, headers, paths, ExecuteRequest, HealthResponse,
     StatsResponse, WorkerFlavor,
 };
-use cjm_core::{Call, CancelOutcome, ChunkStream, Output, PluginError, Progress};
+use cjm_core::{
+    Call, CancelOutcome, ChunkStream, ErrorCategory, Output, PluginError, Progress,
+    WorkerGeneration,
+};
 use http::{Method, Request};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -30,6 +34,7 @@ pub(crate) const INITIALIZE_TIMEOUT: Duration = Duration::from_secs(600);
 pub(crate) struct WorkerClient {
     transport: Transport,
     health: HealthResponse,
+    generation: WorkerGeneration,
 }
 
 #[derive(Serialize)]
@@ -41,9 +46,12 @@ struct ExecuteBody<'a> {
 impl WorkerClient {
     /// Asks `/health` until `deadline`; the answer identifies the worker. With a cjm worker's
     /// inherited socket the request simply waits in the backlog until the worker serves it.
+    /// `expected` is the generation the launcher decided from the manifest and the installed
+    /// environment before spawning ([`cjm_core::Manifest::generation`]).
     pub(crate) async fn handshake(
         transport: Transport,
         deadline: Option<Instant>,
+        expected: WorkerGeneration,
     ) -> Result<Self, PluginError> {
         let req = transport
             .request(Method::GET, paths::HEALTH)
@@ -59,7 +67,72 @@ impl WorkerClient {
                 )));
             }
         }
-        Ok(Self { transport, health })
+        let mut me = Self {
+            transport,
+            health,
+            generation: WorkerGeneration::Native,
+        };
+        me.generation = me.settle_generation(expected, deadline).await;
+        Ok(me)
+    }
+
+    /// THE one place that settles a worker's generation, once, right after the handshake of
+    /// its single spawn. The launcher's expectation (from the manifest and the installed
+    /// environment) is trusted, with two corrections from what the worker itself shows: a
+    /// worker that says it is a cjm worker in `/health` is native, and an original worker
+    /// expected to be seed-era (a v1 flat manifest whose environment could not be inspected)
+    /// that serves `GET /structural_surface` is of the 0.0.46 line.
+    async fn settle_generation(
+        &self,
+        expected: WorkerGeneration,
+        deadline: Option<Instant>,
+    ) -> WorkerGeneration {
+        if self.health.flavor() == WorkerFlavor::Cjm {
+            return WorkerGeneration::Native;
+        }
+        match expected {
+            WorkerGeneration::V0046 | WorkerGeneration::Substrate => return expected,
+            WorkerGeneration::Native | WorkerGeneration::Seed => {}
+        }
+        let probe = async {
+            let req = self.get(original::paths::STRUCTURAL_SURFACE)?;
+            let bound = deadline.unwrap_or_else(|| Instant::now() + CONTROL_TIMEOUT);
+            self.transport.call(req, Some(bound)).await
+        };
+        match probe.await {
+            Ok(resp) if resp.status.is_success() => WorkerGeneration::V0046,
+            Ok(_) => WorkerGeneration::Seed,
+            Err(e) => {
+                tracing::debug!(error = %e, "generation probe failed; assuming a seed-era worker");
+                WorkerGeneration::Seed
+            }
+        }
+    }
+
+    /// The worker's generation (see [`settle_generation`](Self::settle_generation)).
+    pub(crate) fn generation(&self) -> WorkerGeneration {
+        self.generation
+    }
+
+    /// True for workers of the 0.0.46 line (0.0.46 and cjm-substrate): `/reconfigure`,
+    /// `/task`, `/prefetch`, the enable hooks and `/config_options` exist.
+    pub(crate) fn has_0046_surface(&self) -> bool {
+        matches!(
+            self.generation,
+            WorkerGeneration::V0046 | WorkerGeneration::Substrate
+        )
+    }
+
+    fn require_0046(&self, what: &str) -> Result<(), PluginError> {
+        if self.has_0046_surface() {
+            Ok(())
+        } else {
+            Err(PluginError::user_input(format!(
+                "{what} needs a cjm-plugin-system 0.0.46 or cjm-substrate worker; this one is \
+                 {}",
+                self.generation
+            )))
+        }
     }
 
     /// The `/health` answer of the handshake.
@@ -163,6 +236,110 @@ impl WorkerClient {
         let req = self.post_json(paths::CLEANUP, Bytes::new(), None)?;
         let resp = self.transport.call(req, Some(deadline)).await?;
         check(&resp).map(drop)
+    }
+
+    /// Applies `new` hot: `POST /reconfigure {old_config, new_config}` on 0.0.46-line workers
+    /// (so the plugin's `_release_<trigger>` hooks fire for changed `RELOAD_TRIGGER` fields),
+    /// falling back to `/initialize` when the worker or plugin lacks it; `/initialize`
+    /// elsewhere. Bounded by `deadline` (default [`INITIALIZE_TIMEOUT`]).
+    pub(crate) async fn apply_config(
+        &self,
+        old: &Value,
+        new: &Value,
+        deadline: Option<Instant>,
+    ) -> Result<(), PluginError> {
+        if !self.has_0046_surface() {
+            return self.initialize(new, deadline).await;
+        }
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + INITIALIZE_TIMEOUT);
+        let body = serde_json::to_vec(&ReconfigureRequest {
+            old_config: Some(old.clone()),
+            new_config: Some(new.clone()),
+        })
+        .map_err(internal)?;
+        let req = self.post_json(original::paths::RECONFIGURE, body.into(), None)?;
+        let resp = self.transport.call(req, Some(deadline)).await?;
+        match resp.status.as_u16() {
+            404 | 405 => return self.initialize(new, Some(deadline)).await,
+            s if !(200..300).contains(&s) => {
+                let mut e = error_from_response(s, &resp.body);
+                if e.category == ErrorCategory::Fatal {
+                    // The worker answers any failure of the plugin's reconfigure with 500.
+                    e.category = ErrorCategory::Config;
+                    e.retriable = false;
+                }
+                return Err(e);
+            }
+            _ => {}
+        }
+        let status: HookStatus = decode(&resp, original::paths::RECONFIGURE)?;
+        if status.not_supported() {
+            return self.initialize(new, Some(deadline)).await;
+        }
+        Ok(())
+    }
+
+    /// `POST /task {task, method, kwargs}`: one method of a task adapter bound in the worker.
+    /// Errors come as the same typed `_job_error` bodies as `/execute`; 409 is a cancellation.
+    pub(crate) async fn task(
+        &self,
+        task: &str,
+        method: &str,
+        kwargs: Map<String, Value>,
+        deadline: Option<Instant>,
+    ) -> Result<Value, PluginError> {
+        self.require_0046("a task call")?;
+        let body = serde_json::to_vec(&TaskRequest {
+            task: task.to_owned(),
+            method: method.to_owned(),
+            kwargs,
+        })
+        .map_err(internal)?;
+        let req = self.post_json(original::paths::TASK, body.into(), None)?;
+        let resp = self.transport.call(req, deadline).await?;
+        let body = check(&resp)?;
+        serde_json::from_slice(body)
+            .map_err(|e| PluginError::fatal(format!("the worker's /task answer is not JSON: {e}")))
+    }
+
+    /// `POST /prefetch` (no deadline of its own: the caller watches progress). A plugin without
+    /// the hook answers `not_supported`.
+    pub(crate) async fn prefetch(&self) -> Result<HookStatus, PluginError> {
+        self.require_0046("prefetch")?;
+        let req = self.post_json(original::paths::PREFETCH, Bytes::new(), None)?;
+        let resp = self.transport.call(req, None).await?;
+        decode::<HookStatus>(&resp, original::paths::PREFETCH)?.into_result("prefetch")
+    }
+
+    /// `POST /on_enable` or `POST /on_disable` (bounded like control requests). The hook's
+    /// own failure (`{"status": "error"}`) is a `fatal` error.
+    pub(crate) async fn enable_hook(&self, enable: bool) -> Result<HookStatus, PluginError> {
+        let (path, hook) = if enable {
+            (original::paths::ON_ENABLE, "on_enable")
+        } else {
+            (original::paths::ON_DISABLE, "on_disable")
+        };
+        self.require_0046(hook)?;
+        let req = self.post_json(path, Bytes::new(), None)?;
+        let resp = self
+            .transport
+            .call(req, Some(Instant::now() + CONTROL_TIMEOUT))
+            .await?;
+        decode::<HookStatus>(&resp, path)?.into_result(hook)
+    }
+
+    /// `GET /config_options`: live option domains per field (`{}` from workers without it).
+    pub(crate) async fn config_options(&self) -> Result<Value, PluginError> {
+        if !self.has_0046_surface() {
+            return Ok(Value::Object(Map::new()));
+        }
+        self.get_json(original::paths::CONFIG_OPTIONS).await
+    }
+
+    /// `GET /structural_surface`: the plugin class's live structural surface (drift check).
+    pub(crate) async fn structural_surface(&self) -> Result<Value, PluginError> {
+        self.require_0046("the structural surface")?;
+        self.get_json(original::paths::STRUCTURAL_SURFACE).await
     }
 
     fn execute_request(&self, path: &str, call: &Call) -> Result<Request<ReqBody>, PluginError> {

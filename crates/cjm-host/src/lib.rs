@@ -86,7 +86,7 @@ pub use cjm_core::{
 pub use discovery::{default_data_dir, default_search_paths, DiscoveredPlugin};
 pub use manager::{
     CallOptions, LoadResults, ManagerBuilder, PluginManager, DEFAULT_CALL_TIMEOUT,
-    DEFAULT_CONFIG_TIMEOUT, DEFAULT_NATIVE_CONCURRENCY,
+    DEFAULT_CONFIG_TIMEOUT, DEFAULT_NATIVE_CONCURRENCY, DEFAULT_PREFETCH_STALL,
 };
 pub use monitor::{
     GpuProcess, GpuReading, HostMonitor, PluginResourceUsage, SystemMonitor, SystemSnapshot,

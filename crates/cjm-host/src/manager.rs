@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use cjm_core::wire::drift::{Drift, DriftTracking};
 use cjm_core::{
     Call, CancelOutcome, ChunkStream, ConfigValidator, Manifest, ManifestError, Output, Plugin,
     PluginError, PluginExecutionMode, Progress, WorkerSpec,
@@ -39,6 +40,18 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a configuration update ([`PluginManager::update_config`]) may take by default
 /// (see [`ManagerBuilder::config_timeout`]).
 pub const DEFAULT_CONFIG_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A manifest's `drift_tracking` witnesses (the v2.0 section, read by the manifest).
+fn drift_tracking(manifest: &Manifest) -> Option<DriftTracking> {
+    let t = manifest.drift_tracking();
+    if t.is_none() && manifest.extra.contains_key("drift_tracking") {
+        tracing::warn!(plugin = %manifest.name, "unreadable drift_tracking; ignored");
+    }
+    t
+}
+
+/// The default stall window of [`PluginManager::prefetch`]: 5 minutes without progress.
+pub const DEFAULT_PREFETCH_STALL: Duration = Duration::from_secs(300);
 
 /// Options of one call: its queueing priority and its timeout.
 ///
@@ -107,6 +120,8 @@ pub struct ManagerBuilder {
     log_cap: u64,
     call_timeout: Duration,
     config_timeout: Duration,
+    prefetch_stall: Duration,
+    strict_drift: bool,
     #[cfg(feature = "testing")]
     load_hook: Option<HookCell>,
 }
@@ -136,6 +151,8 @@ impl Default for ManagerBuilder {
             log_cap: logs::DEFAULT_LOG_CAP,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             config_timeout: DEFAULT_CONFIG_TIMEOUT,
+            prefetch_stall: DEFAULT_PREFETCH_STALL,
+            strict_drift: false,
             #[cfg(feature = "testing")]
             load_hook: None,
         }
@@ -208,6 +225,22 @@ impl ManagerBuilder {
         self
     }
 
+    /// How long a [`prefetch`](PluginManager::prefetch) may go without any change of the
+    /// worker's `/progress` before it is abandoned with a `timeout` error (default
+    /// [`DEFAULT_PREFETCH_STALL`]). A prefetch that keeps progressing has no time limit.
+    pub fn prefetch_stall(mut self, window: Duration) -> Self {
+        self.prefetch_stall = window;
+        self
+    }
+
+    /// Refuses to load a plugin whose live worker drifted from its manifest's
+    /// `drift_tracking` witnesses (default: load it, warn, and validate configurations
+    /// against the live schema). See [`PluginManager::drift`].
+    pub fn strict_drift(mut self, strict: bool) -> Self {
+        self.strict_drift = strict;
+        self
+    }
+
     /// Test hook: awaited at each stage of a load, so a test can drop the load there.
     #[cfg(feature = "testing")]
     pub fn load_hook(mut self, hook: LoadHook) -> Self {
@@ -242,6 +275,8 @@ impl ManagerBuilder {
                 log_cap: self.log_cap,
                 call_timeout: self.call_timeout,
                 config_timeout: self.config_timeout,
+                prefetch_stall: self.prefetch_stall,
+                strict_drift: self.strict_drift,
                 #[cfg(feature = "testing")]
                 load_hook: self.load_hook,
                 runtime_dir,
@@ -279,6 +314,8 @@ struct Inner {
     log_cap: u64,
     call_timeout: Duration,
     config_timeout: Duration,
+    prefetch_stall: Duration,
+    strict_drift: bool,
     #[cfg(feature = "testing")]
     load_hook: Option<HookCell>,
     runtime_dir: Arc<crate::platform::Runtime>,
@@ -577,6 +614,10 @@ impl PluginManager {
             .as_ref()
             .and_then(|c| c.health().max_concurrency)
             .map_or(limit, |w| w.min(limit).max(1));
+        let (schema, drift) = match &client {
+            Some(c) => self.check_drift(&manifest, c, schema).await?,
+            None => (schema, None),
+        };
         // Without a schema in the manifest, the worker's own schema governs later updates.
         let schema = match (&manifest.config_schema, &client) {
             (None, Some(c)) => match c.config_schema().await {
@@ -602,7 +643,63 @@ impl PluginManager {
             config,
             limit,
         )?;
+        proxy.set_drift(drift);
         Ok((proxy, reservation, worker))
+    }
+
+    /// Compares the manifest's drift witnesses with the live worker (0.0.46-line workers):
+    /// warns (or, with [`strict_drift`](ManagerBuilder::strict_drift), refuses) and, when the
+    /// config schema drifted, answers the live schema so that configurations are validated
+    /// against what the worker really takes.
+    async fn check_drift(
+        &self,
+        manifest: &Manifest,
+        client: &crate::client::WorkerClient,
+        schema: Value,
+    ) -> Result<(Value, Option<Drift>), PluginError> {
+        let name = &manifest.name;
+        let Some(tracking) = drift_tracking(manifest) else {
+            return Ok((schema, None));
+        };
+        if !client.has_0046_surface() {
+            return Ok((schema, None));
+        }
+        let live_schema = match &tracking.config_schema_hash {
+            Some(_) => client.config_schema().await.ok(),
+            None => None,
+        };
+        let live_surface = match &tracking.structural_surface_hash {
+            Some(_) => client.structural_surface().await.ok(),
+            None => None,
+        };
+        let drift = tracking.compare(live_schema.as_ref(), live_surface.as_ref());
+        if !drift.any() {
+            return Ok((schema, Some(drift)));
+        }
+        let what = drift.describe();
+        if self.inner.strict_drift {
+            return Err(PluginError::config(
+                format!(
+                    "the worker's {what} differs from the manifest's drift_tracking witness \
+                     (regenerate the manifest, or load without strict drift checking)"
+                ),
+                vec![],
+            )
+            .with_plugin(name));
+        }
+        tracing::warn!(plugin = %name, drifted = %what, "the live worker drifted from its manifest");
+        let schema = match (drift.config_schema, live_schema) {
+            (true, Some(live)) => live,
+            _ => schema,
+        };
+        Ok((schema, Some(drift)))
+    }
+
+    /// What drifted between `name`'s manifest witnesses and its live worker, checked at load:
+    /// `None` when nothing could be compared (no `drift_tracking`, or not a 0.0.46-line
+    /// worker).
+    pub fn drift(&self, name: &str) -> Result<Option<Drift>, PluginError> {
+        Ok(self.proxy(name)?.drift())
     }
 
     /// Registers an in-process plugin under `category`; it is called through the same API as
@@ -1053,16 +1150,85 @@ impl PluginManager {
         self.proxy(name)?.initialize(config, deadline).await
     }
 
-    /// Accepts calls for `name` again.
+    /// Accepts calls for `name` again. A 0.0.46-line worker's `/on_enable` hook is sent in
+    /// the background (use [`enable_notified`](Self::enable_notified) to wait for it).
     pub fn enable(&self, name: &str) -> Result<(), PluginError> {
-        self.proxy(name)?.set_enabled(true);
-        Ok(())
+        self.set_enabled_in_background(name, true)
     }
 
     /// Refuses calls for `name` (they fail with a `disabled` error); the worker keeps running.
+    /// A 0.0.46-line worker's `/on_disable` hook (release heavy resources) is sent in the
+    /// background (use [`disable_notified`](Self::disable_notified) to wait for it).
     pub fn disable(&self, name: &str) -> Result<(), PluginError> {
-        self.proxy(name)?.set_enabled(false);
+        self.set_enabled_in_background(name, false)
+    }
+
+    fn set_enabled_in_background(&self, name: &str, on: bool) -> Result<(), PluginError> {
+        let proxy = self.proxy(name)?;
+        proxy.set_enabled(on);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(async move { proxy.enable_hook(on).await });
+        }
         Ok(())
+    }
+
+    /// [`enable`](Self::enable), returning once the worker's `/on_enable` hook has answered
+    /// (a failing hook is logged, not an error: the plugin is enabled either way).
+    pub async fn enable_notified(&self, name: &str) -> Result<(), PluginError> {
+        let proxy = self.proxy(name)?;
+        proxy.set_enabled(true);
+        proxy.enable_hook(true).await;
+        Ok(())
+    }
+
+    /// [`disable`](Self::disable), returning once the worker's `/on_disable` hook has answered.
+    pub async fn disable_notified(&self, name: &str) -> Result<(), PluginError> {
+        let proxy = self.proxy(name)?;
+        proxy.set_enabled(false);
+        proxy.enable_hook(false).await;
+        Ok(())
+    }
+
+    /// Live option domains of the configuration's fields (`GET /config_options` of 0.0.46-line
+    /// workers, e.g. the models installed now); `{}` for plugins without them.
+    pub async fn config_options(&self, name: &str) -> Result<Value, PluginError> {
+        self.proxy(name)?.config_options().await
+    }
+
+    /// The generation of the worker serving `name` (`native` for in-process plugins).
+    pub fn generation(&self, name: &str) -> Result<cjm_core::WorkerGeneration, PluginError> {
+        Ok(self.proxy(name)?.generation())
+    }
+
+    /// Runs `name`'s prefetch hook (model downloads, cache warming). It may run as long as the
+    /// worker's `/progress` keeps changing; with no change for the
+    /// [`prefetch_stall`](ManagerBuilder::prefetch_stall) window it fails with `timeout`.
+    /// Answers the hook's status (`prefetched`, or `not_supported` when the plugin has none).
+    pub async fn prefetch(&self, name: &str) -> Result<String, PluginError> {
+        let poll = (self.inner.prefetch_stall / 4)
+            .clamp(Duration::from_millis(20), Duration::from_secs(2));
+        let status = self
+            .proxy(name)?
+            .prefetch(self.inner.prefetch_stall, poll)
+            .await?;
+        Ok(status.status)
+    }
+
+    /// Calls `method` of the task adapter `task` bound in `name`'s worker (`POST /task`,
+    /// keyword arguments only), admitted, bounded and counted like [`execute`](Self::execute).
+    pub async fn task(
+        &self,
+        name: &str,
+        task: &str,
+        method: &str,
+        kwargs: serde_json::Map<String, Value>,
+    ) -> Result<Value, PluginError> {
+        let call = Call::new(Vec::new()).with_kwargs(kwargs);
+        let (proxy, call, guard) = self.begin(name, call, &CallOptions::default()).await?;
+        let deadline = call.ctx.deadline();
+        let result = proxy.task(task, method, call.kwargs, deadline).await;
+        guard.finish(Outcome::of(&result));
+        result
     }
 
     // ---- observation -------------------------------------------------------------------------

@@ -47,6 +47,7 @@ pub(crate) struct PluginProxy {
     max_concurrency: u32,
     stats: Arc<CallStats>,
     cpu_sample: Mutex<Option<(u64, Instant)>>,
+    drift: Mutex<Option<cjm_core::wire::drift::Drift>>,
 }
 
 impl std::fmt::Debug for PluginProxy {
@@ -97,6 +98,7 @@ impl PluginProxy {
             max_concurrency,
             stats: Arc::new(CallStats::default()),
             cpu_sample: Mutex::new(None),
+            drift: Mutex::new(None),
         })
     }
 
@@ -216,6 +218,11 @@ impl PluginProxy {
     /// last log lines.
     async fn explain(&self, e: PluginError, pid: Option<u32>) -> PluginError {
         let e = e.with_plugin(&self.manifest.name);
+        if let Some(tb) = &e.details.traceback {
+            // The plugin's traceback belongs in the logs (and the details), not the message.
+            tracing::warn!(plugin = %self.manifest.name, category = %e.category, traceback = %tb,
+                "plugin error: {}", e.message);
+        }
         if !crate::transport::is_connection_failure(&e) {
             return e;
         }
@@ -356,7 +363,12 @@ impl PluginProxy {
         let result = match &self.backend {
             Backend::Worker(slot) => {
                 let pid = Some(slot.pid());
-                match self.worker(slot)?.initialize(&full, Some(deadline)).await {
+                let old = self.config();
+                match self
+                    .worker(slot)?
+                    .apply_config(&old, &full, Some(deadline))
+                    .await
+                {
                     Ok(()) => Ok(()),
                     Err(e) => Err(self.explain(e, pid).await),
                 }
@@ -382,6 +394,129 @@ impl PluginProxy {
             *g = full;
         }
         Ok(())
+    }
+
+    /// Records what drifted at load.
+    pub(crate) fn set_drift(&self, drift: Option<cjm_core::wire::drift::Drift>) {
+        if let Ok(mut g) = self.drift.lock() {
+            *g = drift;
+        }
+    }
+
+    /// What drifted at load (`None`: nothing compared).
+    pub(crate) fn drift(&self) -> Option<cjm_core::wire::drift::Drift> {
+        self.drift.lock().ok().and_then(|g| *g)
+    }
+
+    /// The worker's generation (`native` in-process).
+    pub(crate) fn generation(&self) -> cjm_core::WorkerGeneration {
+        match &self.backend {
+            Backend::Worker(slot) => slot
+                .client()
+                .map_or(cjm_core::WorkerGeneration::Native, |c| c.generation()),
+            Backend::InProcess(_) => cjm_core::WorkerGeneration::Native,
+        }
+    }
+
+    fn worker_of_0046(&self, what: &str) -> Result<Arc<WorkerClient>, PluginError> {
+        match &self.backend {
+            Backend::Worker(slot) => self.worker(slot),
+            Backend::InProcess(_) => Err(PluginError::user_input(format!(
+                "{what} needs a cjm-plugin-system 0.0.46 or cjm-substrate worker; `{}` runs \
+                 in-process",
+                self.manifest.name
+            ))),
+        }
+        .map_err(|e| e.with_plugin(&self.manifest.name))
+    }
+
+    /// `POST /task`: one task-adapter method (admitted and counted by the caller).
+    pub(crate) async fn task(
+        &self,
+        task: &str,
+        method: &str,
+        kwargs: serde_json::Map<String, Value>,
+        deadline: Option<Instant>,
+    ) -> Result<Value, PluginError> {
+        let client = self.worker_of_0046("a task call")?;
+        let pid = self.pid();
+        match client.task(task, method, kwargs, deadline).await {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.explain(e, pid).await),
+        }
+    }
+
+    /// `GET /config_options` (`{}` for workers and plugins without it).
+    pub(crate) async fn config_options(&self) -> Result<Value, PluginError> {
+        match &self.backend {
+            Backend::Worker(slot) => self.worker(slot)?.config_options().await,
+            Backend::InProcess(_) => Ok(Value::Object(serde_json::Map::new())),
+        }
+        .map_err(|e| e.with_plugin(&self.manifest.name))
+    }
+
+    /// Tells a 0.0.46-line worker's plugin that it is enabled or disabled (best effort: a
+    /// worker or plugin without the hook is left alone; a failing hook is logged).
+    pub(crate) async fn enable_hook(&self, enable: bool) {
+        let Backend::Worker(slot) = &self.backend else {
+            return;
+        };
+        let Some(client) = slot.client() else {
+            return;
+        };
+        if !client.has_0046_surface() {
+            return;
+        }
+        if let Err(e) = client.enable_hook(enable).await {
+            tracing::warn!(plugin = %self.manifest.name, error = %e, enable, "enable hook failed");
+        }
+    }
+
+    /// `POST /prefetch`, watched through `/progress`: it runs as long as the reported progress
+    /// (fraction or message) keeps changing; when nothing changes for `stall`, it is abandoned
+    /// with a `timeout` error. There is no wall-clock limit.
+    pub(crate) async fn prefetch(
+        &self,
+        stall: Duration,
+        poll: Duration,
+    ) -> Result<cjm_core::wire::original::HookStatus, PluginError> {
+        let client = self.worker_of_0046("prefetch")?;
+        let pid = self.pid();
+        let name = self.manifest.name.clone();
+        let run = client.prefetch();
+        tokio::pin!(run);
+        let mut last: Option<Progress> = None;
+        let mut last_change = Instant::now();
+        let mut tick = tokio::time::interval(poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = &mut run => {
+                    return match r {
+                        Ok(s) => Ok(s),
+                        Err(e) => Err(self.explain(e, pid).await),
+                    };
+                }
+                _ = tick.tick() => {
+                    match client.progress().await {
+                        Ok(p) if last.as_ref() != Some(&p) => {
+                            last = Some(p);
+                            last_change = Instant::now();
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!(plugin = %name, error = %e, "progress poll failed"),
+                    }
+                    if last_change.elapsed() >= stall {
+                        client.cancel_original();
+                        return Err(PluginError::timeout(format!(
+                            "prefetch stalled: no progress for {:.1} s",
+                            stall.as_secs_f64()
+                        ))
+                        .with_plugin(&name));
+                    }
+                }
+            }
+        }
     }
 
     /// Runs one call (admitted and counted by the caller).

@@ -498,7 +498,7 @@ async fn ready(
         let mut backoff = Duration::from_millis(5);
         loop {
             let endpoint = transport.endpoint().clone();
-            match WorkerClient::handshake(transport, Some(deadline)).await {
+            match WorkerClient::handshake(transport, Some(deadline), spec.generation()).await {
                 Ok(c) => return Ok(c),
                 Err(e) if polling && e.category == cjm_core::ErrorCategory::Transient => {
                     tokio::time::sleep(backoff).await;

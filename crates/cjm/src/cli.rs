@@ -42,6 +42,10 @@ pub(crate) struct Cli {
     /// Show the host's and the workers' logs on stderr (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Refuse to load a plugin whose live worker drifted from its manifest's
+    /// `drift_tracking` witnesses (default: warn, and validate against the live schema).
+    #[arg(long, global = true)]
+    pub strict_drift: bool,
 
     /// What to do.
     #[command(subcommand)]
@@ -97,6 +101,22 @@ pub(crate) enum Command {
     Call(CallArgs),
     /// Load a plugin, run one call as a stream, print each chunk as a JSON line, unload.
     Stream(CallArgs),
+    /// Load a plugin, call one method of a task adapter bound in its worker (`POST /task`,
+    /// cjm-plugin-system 0.0.46 and cjm-substrate workers), print the result as JSON, unload.
+    Task {
+        /// The plugin.
+        name: String,
+        /// The task's address (the adapter's task name).
+        task: String,
+        /// The adapter's method.
+        method: String,
+        /// Keyword arguments as a JSON object.
+        #[arg(long, value_name = "JSON-OBJECT")]
+        kwargs: Option<String>,
+        /// Configuration as a JSON object (default: the saved configuration).
+        #[arg(long, value_name = "JSON")]
+        config: Option<String>,
+    },
     /// Show a plugin's manifest, schema, effective configuration, health and stats.
     Info {
         /// The plugin.

@@ -55,6 +55,16 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Validate { paths } => Ok(ctx.validate(&paths)),
         Command::Call(a) => ctx.call(a, false).await,
         Command::Stream(a) => ctx.call(a, true).await,
+        Command::Task {
+            name,
+            task,
+            method,
+            kwargs,
+            config,
+        } => {
+            ctx.task(&name, &task, &method, kwargs.as_deref(), config.as_deref())
+                .await
+        }
         Command::Info { name, json } => ctx.info(&name, json).await,
         Command::Config { name, set, unset } => ctx.config(&name, set, unset).await,
         Command::Logs { name, lines } => ctx.logs(&name, lines),
@@ -138,7 +148,9 @@ impl Context {
             .data_dir
             .clone()
             .unwrap_or_else(cjm_host::default_data_dir);
-        let mut b = PluginManager::builder().data_dir(&data_dir);
+        let mut b = PluginManager::builder()
+            .data_dir(&data_dir)
+            .strict_drift(cli.strict_drift);
         if !cli.search_paths.is_empty() {
             b = b.search_paths(cli.search_paths.clone());
         }
@@ -447,6 +459,31 @@ impl Context {
         Ok(ExitCode::SUCCESS)
     }
 
+    async fn task(
+        &self,
+        name: &str,
+        task: &str,
+        method: &str,
+        kwargs: Option<&str>,
+        config: Option<&str>,
+    ) -> Result<ExitCode, Failure> {
+        let kwargs = match kwargs.map(|t| parse_json("--kwargs", t)).transpose()? {
+            None => Map::new(),
+            Some(Value::Object(m)) => m,
+            Some(_) => return Err(Failure::Usage("--kwargs: expected a JSON object".into())),
+        };
+        let m = self.manifest(name)?;
+        let config = self.load_config(&m, config).await?;
+        self.load(name, config).await?;
+        let result = tokio::select! {
+            r = self.manager.task(name, task, method, kwargs) => r,
+            _ = tokio::signal::ctrl_c() => Err(PluginError::cancelled("interrupted")),
+        };
+        self.manager.unload_all().await;
+        say!("{}", output::json(&result?));
+        Ok(ExitCode::SUCCESS)
+    }
+
     async fn info(&self, name: &str, as_json: bool) -> Result<ExitCode, Failure> {
         let m = self.manifest(name)?;
         let saved = self.load_config(&m, None).await?;
@@ -454,8 +491,12 @@ impl Context {
         let config = self.manager.config(name);
         let schema = self.manager.config_schema(name);
         let stats = self.manager.stats(name).await;
+        let generation = self.manager.generation(name).ok();
+        let drift = self.manager.drift(name).ok().flatten();
         self.manager.unload_all().await;
         let info = json!({
+            "generation": generation,
+            "drift": drift,
             "name": m.name, "version": m.version, "category": m.category,
             "description": m.description,
             "execution_mode": m.effective_execution_mode(),
@@ -479,6 +520,16 @@ impl Context {
                 say!("  {}", m.description);
             }
             say!("  category:   {}", m.category);
+            if let Some(g) = generation {
+                say!("  worker:     {g}");
+            }
+            if let Some(d) = drift.filter(|d| d.any()) {
+                say!(
+                    "  drift:      the live worker's {} differs from the manifest \
+                     (regenerate it)",
+                    d.describe()
+                );
+            }
             if let Some(p) = &m.path {
                 say!("  manifest:   {}", p.display());
             }

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! conformance [--bin-dir DIR] [--templates DIR] [--manifests-out DIR]
-//!             [--python PATH] [--pythonpath DIR] [--no-python] [--only NAME[,NAME...]]
+//!             [--python PATH] [--python-0046 PATH] [--python-substrate PATH]
+//!             [--pythonpath DIR] [--no-python] [--only NAME[,NAME...]]
 //! ```
 //!
 //! - `--bin-dir`: where the sample workers are (default: this program's directory).
@@ -13,6 +14,12 @@
 //! - `--manifests-out`: also write the generated manifests there.
 //! - `--python`: a Python with cjm-plugin-system 0.0.28 (default `$CJM_TEST_PYTHON`, else
 //!   `target/py-venv/bin/python`); `--pythonpath`: the test plugins (default `tests/python`).
+//! - `--python-0046`, `--python-substrate`: Pythons 3.12 with cjm-plugin-system 0.0.46 and with
+//!   cjm-substrate (default `$CJM_TEST_PYTHON_0046` / `$CJM_TEST_PYTHON_SUBSTRATE`, else
+//!   `target/py312-v0046` / `target/py312-substrate`). Their profiles (`py46-gen`, `sub-gen`)
+//!   also run the checks of the 0.0.46 line: typed `_job_error` bodies and stream lines,
+//!   `/reconfigure` with its release hook, `/task`, and the lifecycle hooks
+//!   (PROTOCOL.md §9); those are `n/a` for every other worker. `--no-python` drops all three.
 //!
 //! The suite speaks raw HTTP/1.1 over the worker's socket, so it checks the wire, not a
 //! client's reading of it. It starts each worker the way the host does: cjm workers get a
@@ -59,7 +66,7 @@ const FEATURES: [&str; 6] = [
 ];
 
 /// The checks, in the order they run and print.
-const CHECKS: [&str; 25] = [
+const CHECKS: [&str; 29] = [
     "manifest",
     "health",
     "stats",
@@ -77,6 +84,10 @@ const CHECKS: [&str; 25] = [
     "ndjson",
     "stream-error",
     "stream-reject",
+    "job-error",
+    "reconfigure",
+    "task",
+    "hooks",
     "progress",
     "cancel-call",
     "deadline",
@@ -166,7 +177,37 @@ enum Launch {
         python: PathBuf,
         pythonpath: PathBuf,
         class: &'static str,
+        generation: Generation,
     },
+}
+
+/// Which of the original's worker generations a Python profile runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Generation {
+    /// cjm-plugin-system 0.0.28.
+    Seed,
+    /// cjm-plugin-system 0.0.46.
+    V0046,
+    /// cjm-substrate.
+    Substrate,
+}
+
+impl Generation {
+    /// The worker module `-m` runs.
+    fn worker_module(self) -> &'static str {
+        match self {
+            Self::Seed | Self::V0046 => "cjm_plugin_system.core.worker",
+            Self::Substrate => "cjm_substrate.core.worker",
+        }
+    }
+
+    /// The test plugins' module.
+    fn plugins_module(self) -> &'static str {
+        match self {
+            Self::Seed => "cjm_test_plugins.plugins",
+            Self::V0046 | Self::Substrate => "cjm_test_plugins_0046.plugins",
+        }
+    }
 }
 
 /// A long call that runs until cancelled (60 s otherwise).
@@ -205,6 +246,8 @@ struct Worker {
     flavor: Flavor,
     /// Responses of a cjm worker without `x-cjm-protocol: 1`.
     unmarked: AtomicUsize,
+    /// For original workers: which generation.
+    generation: Option<Generation>,
     log: PathBuf,
     // Last: removed after the process is gone.
     _dir: TempDir,
@@ -246,10 +289,11 @@ impl Worker {
                 python,
                 pythonpath,
                 class,
+                generation,
             } => {
                 let mut last = String::new();
                 for _ in 0..3 {
-                    match Self::start_python(&p.name, python, pythonpath, class) {
+                    match Self::start_python(&p.name, python, pythonpath, class, *generation) {
                         Ok(w) => return Ok(w),
                         Err(e) => last = e,
                     }
@@ -295,6 +339,7 @@ impl Worker {
             token: Some(token),
             flavor: Flavor::Cjm,
             unmarked: AtomicUsize::new(0),
+            generation: None,
             log,
             _dir: dir,
         };
@@ -307,6 +352,7 @@ impl Worker {
         python: &Path,
         pythonpath: &Path,
         class: &str,
+        generation: Generation,
     ) -> Result<Worker, String> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -315,8 +361,8 @@ impl Worker {
         let dir = run_dir(name)?;
         let (log, out, err) = log_file(dir.path())?;
         let mut cmd = Command::new(python);
-        cmd.args(["-m", "cjm_plugin_system.core.worker", "--module"])
-            .arg("cjm_test_plugins.plugins")
+        cmd.args(["-m", generation.worker_module(), "--module"])
+            .arg(generation.plugins_module())
             .args(["--class", class, "--port", &port.to_string(), "--ppid"])
             .arg(std::process::id().to_string())
             .env("PYTHONPATH", pythonpath)
@@ -324,6 +370,13 @@ impl Worker {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
+        if generation != Generation::Seed {
+            // The test adapter, bound as the original's host binds a matched one.
+            cmd.args([
+                "--adapters",
+                "cjm_test_plugins_0046.plugins:TokenizeAdapter",
+            ]);
+        }
         own_session(&mut cmd);
         let child = cmd
             .spawn()
@@ -335,6 +388,7 @@ impl Worker {
             token: None,
             flavor: Flavor::Original,
             unmarked: AtomicUsize::new(0),
+            generation: Some(generation),
             log,
             _dir: dir,
         };
@@ -382,6 +436,14 @@ impl Worker {
 
     fn is_cjm(&self) -> bool {
         self.flavor == Flavor::Cjm
+    }
+
+    /// A worker of the 0.0.46 line (0.0.46 or cjm-substrate).
+    fn is_0046_line(&self) -> bool {
+        matches!(
+            self.generation,
+            Some(Generation::V0046 | Generation::Substrate)
+        )
     }
 }
 
@@ -650,6 +712,30 @@ fn check_error_line(w: &Worker, last: &Value, category: Option<&str>) -> Check {
     Ok(())
 }
 
+/// A 0.0.46-line worker's `{"_job_error": {...}}` (a 500 body or a stream's last line), with
+/// the fields the host decodes.
+fn check_job_error(v: &Value, category: &str) -> Check {
+    ensure(v.as_object().is_some_and(|o| o.len() == 1), || {
+        format!("not a lone `_job_error`: {v}")
+    })?;
+    let e = &v["_job_error"];
+    ensure(e["category"] == category, || {
+        format!("category {} (want {category}) in {v}", e["category"])
+    })?;
+    ensure(
+        e["message"].is_string()
+            && e["retriable"].is_boolean()
+            && e["original_exc_repr"].is_string(),
+        || format!("no message/retriable/original_exc_repr in {v}"),
+    )?;
+    ensure(
+        e["traceback"]
+            .as_str()
+            .is_some_and(|t| t.contains("Traceback")),
+        || format!("no traceback in {v}"),
+    )
+}
+
 fn check_stream_error(w: &Worker, p: &Profile) -> Result<Outcome, String> {
     let Some((body, before)) = &p.failing_stream else {
         return Ok(Outcome::NotApplicable);
@@ -658,7 +744,11 @@ fn check_stream_error(w: &Worker, p: &Profile) -> Result<Outcome, String> {
     r.expect(200)?;
     let lines = ndjson_lines(&r)?;
     let (last, data) = lines.split_last().ok_or("an empty stream")?;
-    check_error_line(w, last, None)?;
+    if w.is_0046_line() {
+        check_job_error(last, "user_input")?;
+    } else {
+        check_error_line(w, last, None)?;
+    }
     ensure(data.len() == *before, || {
         format!("{} chunks before the error (want {before})", data.len())
     })?;
@@ -668,6 +758,114 @@ fn check_stream_error(w: &Worker, p: &Profile) -> Result<Outcome, String> {
         || "a control or error line before the last".into(),
     )?;
     Ok(Outcome::Pass)
+}
+
+/// Runs `f` for workers of the 0.0.46 line; `n/a` for the others.
+fn line_0046_only(w: &Worker, f: impl FnOnce() -> Check) -> Outcome {
+    if w.is_0046_line() {
+        outcome(f())
+    } else {
+        Outcome::NotApplicable
+    }
+}
+
+/// `/execute` failures are typed `_job_error` 500 bodies; 409 is a cancellation.
+fn check_job_error_bodies(w: &Worker) -> Check {
+    let r = w.post("/execute", &json!({"kwargs": {"action": "bad_input"}}))?;
+    r.expect(500)?;
+    let v = r.json()?;
+    check_job_error(&v, "user_input")?;
+    ensure(v["_job_error"]["fields_invalid"] == json!(["lang"]), || {
+        format!("fields_invalid in {v}")
+    })?;
+    let r = w.post("/execute", &json!({"kwargs": {"action": "oom"}}))?;
+    r.expect(500)?;
+    let v = r.json()?;
+    check_job_error(&v, "resource")?;
+    let s = &v["_job_error"]["resource_shortfall"];
+    ensure(
+        s["resource"] == "gpu_vram_mb" && s["needed"] == 4096.0 && s["available"] == 512.0,
+        || format!("resource_shortfall in {v}"),
+    )?;
+    let r = w.post("/execute", &json!({"kwargs": {"action": "busy"}}))?;
+    r.expect(500)?;
+    let v = r.json()?;
+    check_job_error(&v, "transient")?;
+    ensure(v["_job_error"]["retry_after_seconds"] == 1.5, || {
+        format!("retry_after_seconds in {v}")
+    })
+}
+
+/// `/reconfigure {old_config, new_config}` fires the release hook of a changed
+/// `RELOAD_TRIGGER` field, then applies the new configuration.
+fn check_reconfigure(w: &Worker) -> Check {
+    let before = w
+        .post("/execute", &json!({"kwargs": {"action": "state"}}))?
+        .ok_json()?;
+    let body = json!({"old_config": {"lang": "en"}, "new_config": {"lang": "de"}});
+    let v = w.post("/reconfigure", &body)?.ok_json()?;
+    ensure(v == json!({"status": "reconfigured"}), || {
+        format!("answer {v}")
+    })?;
+    let after = w
+        .post("/execute", &json!({"kwargs": {"action": "state"}}))?
+        .ok_json()?;
+    let released =
+        after["releases"].as_u64().unwrap_or(0) == before["releases"].as_u64().unwrap_or(0) + 1;
+    ensure(released && after["tokenizer"] == "tokenizer-de", || {
+        format!("no release hook fired or not applied: {before} -> {after}")
+    })
+}
+
+/// `/task {task, method, kwargs}`: a bound adapter's method answers its result, its failure
+/// a typed `_job_error` 500; an unbound task is a 404 naming it.
+fn check_task(w: &Worker) -> Check {
+    let body = json!({"task": "text.tokenize", "method": "tokenize", "kwargs": {"text": "a b"}});
+    let v = w.post("/task", &body)?.ok_json()?;
+    ensure(v["tokens"] == json!(["a", "b"]), || format!("result {v}"))?;
+    let body = json!({"task": "text.tokenize", "method": "refuse", "kwargs": {}});
+    let r = w.post("/task", &body)?;
+    r.expect(500)?;
+    check_job_error(&r.json()?, "user_input")?;
+    let r = w.post(
+        "/task",
+        &json!({"task": "text.summarize", "method": "run", "kwargs": {}}),
+    )?;
+    r.expect(404)?;
+    let v = r.json()?;
+    ensure(
+        v["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("text.summarize")),
+        || format!("detail {v}"),
+    )
+}
+
+/// `/on_disable`, `/on_enable`, `/config_options`, `/structural_surface`, `/prefetch`.
+fn check_hooks(w: &Worker) -> Check {
+    let v = w.post("/on_disable", &json!({}))?.ok_json()?;
+    ensure(v == json!({"status": "disabled"}), || {
+        format!("/on_disable: {v}")
+    })?;
+    let v = w.post("/on_enable", &json!({}))?.ok_json()?;
+    ensure(v == json!({"status": "enabled"}), || {
+        format!("/on_enable: {v}")
+    })?;
+    let v = w.get("/config_options")?.ok_json()?;
+    ensure(
+        v == json!({"lang": {"options": ["en", "de", "fr"]}}),
+        || format!("/config_options: {v}"),
+    )?;
+    let v = w.get("/structural_surface")?.ok_json()?;
+    ensure(v.is_object(), || format!("/structural_surface: {v}"))?;
+    let v = w.post("/prefetch", &json!({}))?.ok_json()?;
+    ensure(v == json!({"status": "prefetched"}), || {
+        format!("/prefetch: {v}")
+    })?;
+    let v = w.get("/progress")?.ok_json()?;
+    ensure(v["progress"] == 1.0, || {
+        format!("/progress after prefetch: {v}")
+    })
 }
 
 fn check_stream_reject(w: &Worker) -> Check {
@@ -929,6 +1127,10 @@ fn run_suite(p: &Profile) -> Vec<Outcome> {
     out.push(outcome(check_ndjson(w_ref, p)));
     out.push(check_stream_error(w_ref, p).unwrap_or_else(Outcome::Fail));
     out.push(cjm_only(w_ref, || check_stream_reject(w_ref)));
+    out.push(line_0046_only(w_ref, || check_job_error_bodies(w_ref)));
+    out.push(line_0046_only(w_ref, || check_reconfigure(w_ref)));
+    out.push(line_0046_only(w_ref, || check_task(w_ref)));
+    out.push(line_0046_only(w_ref, || check_hooks(w_ref)));
     out.push(outcome(check_progress(w_ref)));
     out.push(check_cancel_call(w_ref, p).unwrap_or_else(Outcome::Fail));
     out.push(check_deadline(w_ref, p).unwrap_or_else(Outcome::Fail));
@@ -955,12 +1157,17 @@ struct Options {
     templates: PathBuf,
     manifests_out: Option<PathBuf>,
     python: Option<PathBuf>,
+    /// A Python 3.12 with cjm-plugin-system 0.0.46.
+    python_0046: Option<PathBuf>,
+    /// A Python 3.12 with cjm-substrate.
+    python_substrate: Option<PathBuf>,
     pythonpath: PathBuf,
     only: Option<Vec<String>>,
 }
 
 const USAGE: &str = "usage: conformance [--bin-dir DIR] [--templates DIR] [--manifests-out DIR] \
-                     [--python PATH] [--pythonpath DIR] [--no-python] [--only NAME[,NAME...]]";
+                     [--python PATH] [--python-0046 PATH] [--python-substrate PATH] [--pythonpath DIR] \
+                     [--no-python] [--only NAME[,NAME...]]";
 
 fn workspace_root() -> PathBuf {
     let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -981,6 +1188,16 @@ fn parse_args() -> Result<Options, String> {
         templates: root.join("examples/sample-plugins/manifests"),
         manifests_out: None,
         python: Some(default_python),
+        python_0046: Some(
+            std::env::var_os("CJM_TEST_PYTHON_0046")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target/py312-v0046/bin/python")),
+        ),
+        python_substrate: Some(
+            std::env::var_os("CJM_TEST_PYTHON_SUBSTRATE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target/py312-substrate/bin/python")),
+        ),
         pythonpath: Path::new(env!("CARGO_MANIFEST_DIR")).join("python"),
         only: None,
     };
@@ -997,8 +1214,14 @@ fn parse_args() -> Result<Options, String> {
             "--templates" => o.templates = value()?,
             "--manifests-out" => o.manifests_out = Some(value()?),
             "--python" => o.python = Some(value()?),
+            "--python-0046" => o.python_0046 = Some(value()?),
+            "--python-substrate" => o.python_substrate = Some(value()?),
             "--pythonpath" => o.pythonpath = value()?,
-            "--no-python" => o.python = None,
+            "--no-python" => {
+                o.python = None;
+                o.python_0046 = None;
+                o.python_substrate = None;
+            }
             "--only" => {
                 let v = value()?;
                 o.only = Some(
@@ -1143,6 +1366,7 @@ fn profiles(o: &Options, manifest_dir: &Path) -> Vec<Profile> {
                     python: python.clone(),
                     pythonpath: o.pythonpath.clone(),
                     class,
+                    generation: Generation::Seed,
                 },
                 ..base(
                     name,
@@ -1178,6 +1402,46 @@ fn profiles(o: &Options, manifest_dir: &Path) -> Vec<Profile> {
             body: json!({"kwargs": {"seconds": 60}}),
             stream: true,
         });
+        all.push(p);
+    }
+    // The 0.0.46 line: the same test plugin on cjm-plugin-system 0.0.46 and on cjm-substrate.
+    for (name, python, generation) in [
+        ("py46-gen", &o.python_0046, Generation::V0046),
+        ("sub-gen", &o.python_substrate, Generation::Substrate),
+    ] {
+        let Some(python) = python else { continue };
+        let manifest_error = (!python.is_file()).then(|| {
+            format!(
+                "no Python 3.12 venv at {}: run `cargo xtask test-plugins` (it creates it), \
+                 pass --python-0046/--python-substrate, or --no-python",
+                python.display()
+            )
+        });
+        let mut p = Profile {
+            launch: Launch::Python {
+                python: python.clone(),
+                pythonpath: o.pythonpath.clone(),
+                class: "Gen46Plugin",
+                generation,
+            },
+            ..base(
+                name,
+                (
+                    Launch::Native {
+                        manifest: PathBuf::new(),
+                    },
+                    manifest_error,
+                ),
+            )
+        };
+        p.valid_config = json!({"lang": "en"});
+        p.call = json!({"kwargs": {"action": "state"}});
+        p.expect = Some(json!({
+            "lang": "en", "suffix": "", "tokenizer": "tokenizer-en", "releases": 0, "hooks": []
+        }));
+        p.stream = json!({"kwargs": {"count": 2, "fail": false}});
+        p.chunks = 2;
+        p.failing_stream = Some((json!({"kwargs": {"count": 2}}), 2));
         all.push(p);
     }
     if let Some(only) = &o.only {

@@ -1,0 +1,1 @@
+"""Test plugins written against cjm-plugin-system 0.0.46's plugin interface."""

@@ -1,0 +1,129 @@
+//! The Python 3.12 venvs of the 0.0.46-line suite (tests/tests/python_0046.rs): one with
+//! cjm-plugin-system 0.0.46 and one with cjm-substrate, from PyPI, cached under
+//! `target/py312-v0046` and `target/py312-substrate`. A cold install of both takes about
+//! 15 s on a warm pip cache (9 s and 6 s measured); a cached venv costs one import check.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{root, run};
+
+/// One venv: its folder under `target/`, the pinned requirement, and the distribution and
+/// module whose import proves it ready.
+struct Venv {
+    dir: &'static str,
+    requirement: &'static str,
+    dist: &'static str,
+    version: &'static str,
+    module: &'static str,
+    env: &'static str,
+}
+
+/// The venvs, each exported to the tests under its `env` variable.
+const VENVS: [Venv; 2] = [
+    Venv {
+        dir: "target/py312-v0046",
+        requirement: "cjm-plugin-system==0.0.46",
+        dist: "cjm-plugin-system",
+        version: "0.0.46",
+        module: "cjm_plugin_system.core.worker",
+        env: "CJM_TEST_PYTHON_0046",
+    },
+    Venv {
+        dir: "target/py312-substrate",
+        requirement: "cjm-substrate==0.0.74",
+        dist: "cjm-substrate",
+        version: "0.0.74",
+        module: "cjm_substrate.core.worker",
+        env: "CJM_TEST_PYTHON_SUBSTRATE",
+    },
+];
+
+/// A Python 3.12: `python3.12` on PATH, else the newest `~/.pyenv/versions/3.12*/bin/python`.
+pub(crate) fn find_python312() -> Result<PathBuf, String> {
+    let is_312 = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import sys; assert sys.version_info[:2] == (3, 12)"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let on_path = PathBuf::from("python3.12");
+    if is_312(&on_path) {
+        return Ok(on_path);
+    }
+    let pyenv = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")))
+        .map(|p| p.join("versions"));
+    let mut found: Vec<PathBuf> = pyenv
+        .and_then(|d| std::fs::read_dir(d).ok())
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("3.12"))
+        .map(|e| e.path().join("bin/python"))
+        .filter(|p| is_312(p))
+        .collect();
+    found.sort();
+    found.pop().ok_or_else(|| {
+        "no Python 3.12 found (neither `python3.12` on PATH nor ~/.pyenv/versions/3.12*): the \
+         0.0.46 and cjm-substrate suite needs it (cjm-plugin-system 0.0.46 requires \
+         Python >= 3.12); install one, e.g. `pyenv install 3.12`"
+            .to_owned()
+    })
+}
+
+fn ready(python: &Path, v: &Venv) -> bool {
+    let check = format!(
+        "import importlib.metadata as m, {}; assert m.version('{}') == '{}'",
+        v.module, v.dist, v.version
+    );
+    Command::new(python)
+        .args(["-c", &check])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Creates whatever venv is missing or incomplete and exports each interpreter's path to the
+/// tests (`CJM_TEST_PYTHON_0046`, `CJM_TEST_PYTHON_SUBSTRATE`).
+pub(crate) fn ensure_venvs() -> Result<(), String> {
+    let mut base: Option<PathBuf> = None;
+    for v in &VENVS {
+        let venv = root().join(v.dir);
+        let python = venv.join("bin/python");
+        if !ready(&python, v) {
+            let system = match &base {
+                Some(b) => b.clone(),
+                None => base.insert(find_python312()?).clone(),
+            };
+            let started = std::time::Instant::now();
+            run(Command::new(&system)
+                .args(["-m", "venv", "--clear"])
+                .arg(&venv))?;
+            run(Command::new(&python).args(["-m", "pip", "install", "--quiet", v.requirement]))
+                .map_err(|e| {
+                    format!(
+                        "{e}\ncannot install {} from PyPI into {}",
+                        v.requirement,
+                        venv.display()
+                    )
+                })?;
+            if !ready(&python, v) {
+                return Err(format!(
+                    "{} was installed but `{}` cannot be imported by {}",
+                    v.requirement,
+                    v.module,
+                    python.display()
+                ));
+            }
+            eprintln!(
+                "==> {} installed in {:.1} s",
+                v.requirement,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        eprintln!("\n==> Python venv ready: {}", venv.display());
+        std::env::set_var(v.env, &python);
+    }
+    Ok(())
+}
