@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod describe;
 pub mod error;
 pub mod execution_mode;
 pub mod generation;
@@ -22,6 +23,7 @@ pub mod schema;
 pub mod unique_id;
 pub mod wire;
 
+pub use describe::{InputKind, OperationDescription, WorkerDescription};
 pub use error::{ErrorCategory, ErrorDetails, FieldError, PluginError, ResourceShortfall};
 pub use execution_mode::{CloudProviderType, PluginExecutionMode, UnknownVariant};
 pub use generation::WorkerGeneration;
