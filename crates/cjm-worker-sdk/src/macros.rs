@@ -22,7 +22,7 @@ macro_rules! main {
             )
             .description(::core::env!("CARGO_PKG_DESCRIPTION"))
             $( .$option($value) )*;
-            $crate::runtime::run_worker($worker, options)
+            $crate::runtime::run_worker_with(|| $worker, options)
         }
     };
 }

@@ -134,16 +134,24 @@ fn print_description(description: &WorkerDescription) -> ExitCode {
     }
 }
 
-/// Runs a typed [`Worker`] as a worker program: what [`main!`](crate::main) expands to.
-/// The concurrency limit is `W::MAX_CONCURRENCY` (capped by `CJM_MAX_CONCURRENCY`).
-/// `--describe` prints [`describe_worker`] and exits 0 before the plugin is created.
+/// Runs a typed [`Worker`] as a worker program. The concurrency limit is
+/// `W::MAX_CONCURRENCY` (capped by `CJM_MAX_CONCURRENCY`). `--describe` prints
+/// [`describe_worker`] and exits 0 without serving or initialising the plugin.
 pub fn run_worker<W: Worker>(worker: W, options: Options) -> ExitCode {
+    run_worker_with(move || worker, options)
+}
+
+/// [`run_worker`] with the worker made by `make`, which is not called for `--describe`: what
+/// [`main!`](crate::main) expands to, so that describing a worker never constructs it (a
+/// constructor that loads a model costs nothing there).
+pub fn run_worker_with<W: Worker>(make: impl FnOnce() -> W, options: Options) -> ExitCode {
     if std::env::args_os()
         .skip(1)
         .any(|a| a == cjm_core::describe::DESCRIBE_FLAG)
     {
         return print_description(&describe_worker::<W>(&options));
     }
+    let worker = make();
     let options = options.max_concurrency(W::MAX_CONCURRENCY);
     let plugin = Typed::new(worker, options.name.clone(), options.version.clone());
     run_plugin(Arc::new(plugin), options)
