@@ -193,7 +193,7 @@ impl InputShape {
             }
             if let Some(Value::Object(props)) = variant.get("properties") {
                 for (name, schema) in props {
-                    let input_schema = with_defs(schema.clone());
+                    let input_schema = with_defs(inline_ref(schema, defs.as_ref()));
                     let description = if description.is_empty() {
                         schema
                             .get("description")
@@ -231,6 +231,28 @@ fn command_variants(schema: &Value) -> Vec<&Value> {
         }
     }
     vec![schema]
+}
+
+/// A newtype variant's schema is a `$ref` to its struct: the definition itself (with the
+/// variant's own keys, such as its description, laid over it), so its fields show.
+fn inline_ref(schema: &Value, defs: Option<&Value>) -> Value {
+    let target = schema
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("#/$defs/"))
+        .and_then(|name| defs?.get(name));
+    match (target, schema) {
+        (Some(Value::Object(def)), Value::Object(own)) => {
+            let mut out = def.clone();
+            for (k, v) in own {
+                if k != "$ref" {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+            Value::Object(out)
+        }
+        _ => schema.clone(),
+    }
 }
 
 /// Whether `schema` has a `$ref` anywhere.

@@ -12,6 +12,9 @@ use serde_json::{json, Value};
 use super::{Context, Failure, USAGE};
 use crate::output::{self, note, say, tell};
 
+/// The category of a manifest written by `cjm manifest`.
+const DEFAULT_CATEGORY: &str = "plugins";
+
 /// `cjm manifest BINARY [--out DIR]`: a complete manifest from the worker's description,
 /// printed, or written to `DIR/<name>.json`.
 pub(super) fn write_manifest(binary: &Path, out: Option<&Path>) -> Result<ExitCode, Failure> {
@@ -33,6 +36,8 @@ pub(super) fn write_manifest(binary: &Path, out: Option<&Path>) -> Result<ExitCo
         "name": d.name,
         "version": d.version,
         "description": d.description,
+        // The registry and the settings page group plugins by category; edit it at will.
+        "category": DEFAULT_CATEGORY,
         "command": command,
         "config_schema": d.config_schema,
         "resources": d.resources,
