@@ -194,9 +194,12 @@ impl Context {
             }
             Err(e) => return Err(e),
         };
-        let config = saved
-            .clone()
-            .unwrap_or_else(|| Value::Object(schema_defaults(&schema)));
+        // What a load would apply: the saved keys over the schema's defaults.
+        let mut config = schema_defaults(&schema);
+        if let Some(Value::Object(saved)) = &saved {
+            config.extend(saved.clone());
+        }
+        let config = Value::Object(config);
         let info = json!({
             "name": m.name, "version": m.version, "category": m.category,
             "description": m.description,
