@@ -354,3 +354,48 @@ fn info_shows_operations_without_starting_and_call_lists_them() {
     assert_eq!(v["stats"]["state"], "ready");
     assert_eq!(starts(&log).len(), 2, "--live started the worker");
 }
+
+/// What the settings page reads and saves through: the registry over the host's category
+/// source has the described schema (so the page has its form) and refuses an invalid save,
+/// naming both fields, without loading the plugin.
+#[tokio::test]
+async fn the_registry_over_the_host_validates_with_the_described_schema() {
+    use std::sync::Arc;
+    let s = Scratch::new();
+    let (_, log) = logged_transcriber(&s);
+    let m = s.manager();
+    let registry = cjm_registry::PluginRegistry::new(s.dir.path().join("configs")).unwrap();
+    registry
+        .register_plugin_manager(
+            "transcription",
+            Arc::new(cjm_registry::HostCategorySource::new(
+                m.clone(),
+                "transcription",
+            )),
+            None,
+            true,
+        )
+        .await
+        .unwrap();
+    let meta = registry
+        .plugin("transcription.transcriber")
+        .expect("registered");
+    assert_eq!(
+        meta.config_schema,
+        describe(&built("transcriber")).config_schema
+    );
+    let bad: cjm_registry::Config =
+        serde_json::from_value(json!({"word_delay_ms": "lots", "bogus_key": 1})).unwrap();
+    let err = registry
+        .save_plugin_config("transcription.transcriber", &bad)
+        .unwrap_err();
+    let fields: Vec<String> = err.field_errors().iter().map(|f| f.field.clone()).collect();
+    assert!(fields.contains(&"word_delay_ms".to_owned()), "{fields:?}");
+    assert!(fields.contains(&"bogus_key".to_owned()), "{fields:?}");
+    assert!(registry
+        .load_plugin_config("transcription.transcriber")
+        .unwrap()
+        .is_none());
+    assert!(!m.is_loaded("transcriber"));
+    assert_eq!(starts(&log), ["--describe"]);
+}
