@@ -171,7 +171,14 @@ fn config_is_persisted_validated_and_used_by_call() {
         serde_json::from_slice::<Value>(&out.stdout).unwrap(),
         json!("yo Bo")
     );
+    // Without --live: the saved configuration over the defaults, and no worker started.
     let info = cjm(&s, &["info", "t", "--json"]);
+    assert!(info.status.success());
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["config"], json!({"greeting": "yo", "level": 1}));
+    assert_eq!(info["config_saved"], true);
+    assert!(info.get("stats").is_none());
+    let info = cjm(&s, &["info", "t", "--json", "--live"]);
     assert!(info.status.success());
     let info: Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["config"], json!({"greeting": "yo", "level": 1}));

@@ -276,3 +276,23 @@ fn the_death_of_the_host_ends_the_worker_and_its_children() {
     assert!(wait_exit_of(child, Duration::from_secs(20)) || !running(child));
     assert!(!running(child), "the worker's child outlived it");
 }
+
+/// `--describe` prints the description and exits 0 without binding a socket, even when
+/// `--listen` is given too, and without the host's environment.
+#[test]
+fn describe_prints_json_and_binds_nothing() {
+    let dir = scratch_dir("sdk-describe").unwrap();
+    let path = dir.path().join("never.sock");
+    let out = Command::new(WORKER)
+        .arg("--describe")
+        .arg("--listen")
+        .arg(format!("unix:{}", path.display()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let d = cjm_core::describe::WorkerDescription::parse(&out.stdout).unwrap();
+    assert_eq!(d.input, cjm_core::describe::InputKind::Command);
+    assert!(d.operation("sleep_ms").is_some(), "{:?}", d.operations);
+    assert!(!path.exists(), "no socket was bound");
+}

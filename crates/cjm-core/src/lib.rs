@@ -21,6 +21,7 @@
     )
 )]
 
+pub mod describe;
 pub mod error;
 pub mod execution_mode;
 pub mod generation;
@@ -33,6 +34,7 @@ pub mod schema;
 pub mod unique_id;
 pub mod wire;
 
+pub use describe::{InputKind, OperationDescription, WorkerDescription};
 pub use error::{ErrorCategory, ErrorDetails, FieldError, PluginError, ResourceShortfall};
 pub use execution_mode::{CloudProviderType, PluginExecutionMode, UnknownVariant};
 pub use generation::WorkerGeneration;

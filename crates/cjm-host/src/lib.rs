@@ -59,6 +59,7 @@
 
 mod blocking;
 mod client;
+mod describe;
 mod discovery;
 mod gpu;
 mod launch_env;
@@ -83,6 +84,7 @@ pub use cjm_core::{
     Call, CallContext, CancelOutcome, CancellationToken, ChunkStream, ErrorCategory, Manifest,
     Output, Plugin, PluginError, Progress,
 };
+pub use describe::{describe_binary, DESCRIBE_TIMEOUT};
 pub use discovery::{default_data_dir, default_search_paths, DiscoveredPlugin};
 pub use manager::{
     CallOptions, LoadResults, ManagerBuilder, PluginManager, DEFAULT_CALL_TIMEOUT,

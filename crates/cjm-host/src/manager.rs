@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use cjm_core::describe::WorkerDescription;
 use cjm_core::wire::drift::{Drift, DriftTracking};
 use cjm_core::{
     Call, CancelOutcome, ChunkStream, ConfigValidator, Manifest, ManifestError, Output, Plugin,
@@ -267,6 +268,7 @@ impl ManagerBuilder {
                 resources: ResourceContext::new(monitor, Arc::new(ManagerHost(weak.clone()))),
                 search_paths,
                 logs_dir: data_dir.join("logs"),
+                describe: crate::describe::DescribeCache::new(data_dir.join("describe")),
                 data_dir,
                 models_dir: self.models_dir,
                 interface: self.interface,
@@ -324,6 +326,8 @@ struct Inner {
     /// Plugins being loaded right now, so two concurrent loads of one name cannot both spawn.
     pending: std::sync::Mutex<BTreeSet<String>>,
     seq: Arc<AtomicU64>,
+    /// Worker descriptions (`WORKER --describe`) by binary identity.
+    describe: crate::describe::DescribeCache,
 }
 
 impl Drop for Inner {
@@ -1118,14 +1122,69 @@ impl PluginManager {
         Ok(self.proxy(name)?.config())
     }
 
-    /// The configuration schema of `name` (loaded or only discovered).
+    /// The configuration schema of `name` (loaded or only discovered): the loaded plugin's,
+    /// else the manifest's, else the worker's own from its description
+    /// ([`describe`](Self::describe)), else `{}` (anything). Never loads the plugin.
     pub fn config_schema(&self, name: &str) -> Result<Value, PluginError> {
         if let Ok(p) = self.proxy(name) {
             return Ok(p.schema().clone());
         }
-        self.discovered_manifest(name)
-            .map(|m| m.config_schema.clone().unwrap_or_else(|| json!({})))
-            .ok_or_else(|| PluginError::not_loaded(name))
+        let m = self
+            .discovered_manifest(name)
+            .ok_or_else(|| PluginError::not_loaded(name))?;
+        Ok(self.schema_of(&m))
+    }
+
+    /// The manifest's schema, else the described one, else `{}`.
+    fn schema_of(&self, m: &Manifest) -> Value {
+        if let Some(s) = &m.config_schema {
+            return s.clone();
+        }
+        match self.describe_manifest(m) {
+            Ok(Some(d)) => d.config_schema.clone(),
+            Ok(None) => json!({}),
+            // Not every native program describes itself (or is there yet): such a plugin's
+            // configuration is checked by the worker when it loads, as before.
+            Err(e) => {
+                tracing::debug!(plugin = %m.name, "no described configuration schema: {e}");
+                json!({})
+            }
+        }
+    }
+
+    /// What the discovered plugin `name` says about itself (`WORKER --describe`: name,
+    /// version, configuration schema, operations), without loading it. `Ok(None)` for a
+    /// plugin that is not a native worker (the original's Python workers, in-process plugins).
+    /// Cached by the binary's identity, in memory and under `<data_dir>/describe/`.
+    pub fn describe(&self, name: &str) -> Result<Option<Arc<WorkerDescription>>, PluginError> {
+        let m = self
+            .discovered_manifest(name)
+            .ok_or_else(|| PluginError::not_loaded(name))?;
+        self.describe_manifest(&m).map_err(|e| e.with_plugin(name))
+    }
+
+    fn describe_manifest(
+        &self,
+        m: &Manifest,
+    ) -> Result<Option<Arc<WorkerDescription>>, PluginError> {
+        match crate::describe::native_program(m) {
+            Some(program) => self.inner.describe.describe(&program).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// `m` with its configuration schema filled in from the worker's description when the
+    /// manifest has none, so that whatever validates against manifests (the registry, the
+    /// settings page) validates every plugin. Never loads the plugin.
+    pub fn with_described_schema(&self, m: &Manifest) -> Manifest {
+        let mut m = m.clone();
+        if m.config_schema.is_none() {
+            let schema = self.schema_of(&m);
+            if schema != json!({}) {
+                m.config_schema = Some(schema);
+            }
+        }
+        m
     }
 
     /// Every loaded plugin's configuration.

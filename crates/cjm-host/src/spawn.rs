@@ -156,7 +156,7 @@ enum StartError {
     Failed(PluginError),
 }
 
-fn resolve_program(m: &Manifest, command: &str) -> PathBuf {
+pub(crate) fn resolve_program(m: &Manifest, command: &str) -> PathBuf {
     let p = Path::new(command);
     match m.base_dir() {
         Some(base) if p.is_relative() && command.contains('/') => base.join(p),

@@ -44,8 +44,13 @@ async fn host_apply(
     Ok(true)
 }
 
-fn cloned(manifests: Vec<std::sync::Arc<Manifest>>) -> Vec<Manifest> {
-    manifests.iter().map(|m| (**m).clone()).collect()
+/// The manager's manifests, each with the worker's described configuration schema where the
+/// manifest has none, so the registry validates every configuration before it is saved.
+fn cloned(manager: &PluginManager, manifests: Vec<std::sync::Arc<Manifest>>) -> Vec<Manifest> {
+    manifests
+        .iter()
+        .map(|m| manager.with_described_schema(m))
+        .collect()
 }
 
 #[async_trait]
@@ -55,11 +60,11 @@ impl PluginSource for PluginManager {
     async fn discover(&self) -> Result<Vec<Manifest>, PluginError> {
         let n = PluginManager::discover(self);
         tracing::debug!(plugins = n, "host rediscovered plugins");
-        Ok(cloned(PluginManager::discovered(self)))
+        Ok(cloned(self, PluginManager::discovered(self)))
     }
 
     fn discovered(&self) -> Vec<Manifest> {
-        cloned(PluginManager::discovered(self))
+        cloned(self, PluginManager::discovered(self))
     }
 
     async fn live_facts(&self, name: &str) -> Option<LiveFacts> {
@@ -98,7 +103,10 @@ impl HostCategorySource {
     }
 
     fn of_category(&self) -> Vec<Manifest> {
-        cloned(self.manager.discovered_by_category(&self.category))
+        cloned(
+            &self.manager,
+            self.manager.discovered_by_category(&self.category),
+        )
     }
 
     fn owns(&self, name: &str) -> bool {

@@ -16,7 +16,7 @@
 //!     greeting: String,
 //! }
 //!
-//! #[derive(Deserialize)] // {"kwargs": {"names": ["Ada", "Grace"]}}
+//! #[derive(Deserialize, JsonSchema)] // {"kwargs": {"names": ["Ada", "Grace"]}}
 //! struct Names { names: Vec<String> }
 //! #[derive(Default)]
 //! struct Greeter(std::sync::Mutex<Config>);
@@ -110,7 +110,8 @@ pub use cjm_core::{
 
 pub use server::{Options, DEFAULT_MAX_FRAME_BODY, DEFAULT_MAX_JSON_BODY, DEFAULT_SHUTDOWN_GRACE};
 pub use worker::{
-    chunks, Args, Command, FromCall, IntoOutput, Kwargs, NoConfig, Typed, WithBlobs, Worker,
+    chunks, Args, Command, FromCall, InputShape, IntoOutput, Kwargs, NoConfig, Typed, WithBlobs,
+    Worker,
 };
 
 /// Re-exported for `#[async_trait] impl Worker for ...`.

@@ -7,9 +7,10 @@
 /// cjm_worker_sdk::main!(MyWorker::new(), name = "whisper", shutdown_grace = Duration::from_secs(1));
 /// ```
 ///
-/// The name and version default to the crate's (`CARGO_PKG_NAME`, `CARGO_PKG_VERSION`);
+/// The name, version and description default to the crate's (`CARGO_PKG_NAME`,
+/// `CARGO_PKG_VERSION`, `CARGO_PKG_DESCRIPTION`);
 /// every `key = value` calls the [`Options`](crate::Options) builder method of that name:
-/// `name`, `version`, `max_json_body`, `max_frame_body`, `shutdown_grace`, `plugin_threads`.
+/// `name`, `version`, `description`, `resources`, `max_json_body`, `max_frame_body`, `shutdown_grace`, `plugin_threads`.
 /// The concurrency limit is the worker's [`MAX_CONCURRENCY`](crate::Worker::MAX_CONCURRENCY).
 #[macro_export]
 macro_rules! main {
@@ -19,8 +20,9 @@ macro_rules! main {
                 ::core::env!("CARGO_PKG_NAME"),
                 ::core::env!("CARGO_PKG_VERSION"),
             )
+            .description(::core::env!("CARGO_PKG_DESCRIPTION"))
             $( .$option($value) )*;
-            $crate::runtime::run_worker($worker, options)
+            $crate::runtime::run_worker_with(|| $worker, options)
         }
     };
 }

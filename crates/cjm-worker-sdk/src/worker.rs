@@ -5,6 +5,7 @@ use std::sync::{Mutex, OnceLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use cjm_core::describe::{InputKind, OperationDescription};
 use cjm_core::wire::ExecuteRequest;
 use cjm_core::{
     schema_defaults, Call, CallContext, CancelOutcome, ChunkStream, FieldError, Output, Plugin,
@@ -47,6 +48,11 @@ pub trait Worker: Send + Sync + 'static {
     /// How many calls may run at once (more wait in a queue). The host may lower it with
     /// `CJM_MAX_CONCURRENCY`.
     const MAX_CONCURRENCY: u32 = 1;
+
+    /// The operations meant to be called as streams (`/execute_stream`), by name, as
+    /// `WORKER --describe` reports them; `"*"` marks every operation (for an input that is not
+    /// a [`Command`]). Informational: every operation may be called either way.
+    const STREAMING: &'static [&'static str] = &[];
 
     /// Applies a validated configuration: once after start and again for every hot update.
     /// An error leaves the previous configuration in force (as far as the SDK is concerned:
@@ -98,6 +104,164 @@ pub struct NoConfig {}
 pub trait FromCall: Sized {
     /// Takes what it needs out of `call` (its `args`, `kwargs` and `blobs`).
     fn from_call(call: &mut Call) -> Result<Self, PluginError>;
+
+    /// What this input accepts, for `WORKER --describe`. By default: anything.
+    fn describe() -> InputShape {
+        InputShape::any()
+    }
+}
+
+/// What a [`FromCall`] input accepts: how the call's arguments are read and their JSON
+/// Schema. `WORKER --describe` turns it into the operations it reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputShape {
+    /// How `args`/`kwargs` are read.
+    pub kind: InputKind,
+    /// The JSON Schema of what is read (`kwargs` object, `args` array, or the externally tagged
+    /// enum of a [`Command`]); `true` for anything.
+    pub schema: Value,
+    /// Whether the input takes the request's blobs.
+    pub blobs: bool,
+}
+
+impl InputShape {
+    /// Any arguments, untyped.
+    pub fn any() -> Self {
+        Self {
+            kind: InputKind::Any,
+            schema: Value::Bool(true),
+            blobs: false,
+        }
+    }
+
+    /// An input of `kind` read into `T`, with `T`'s generated schema.
+    pub fn of<T: JsonSchema>(kind: InputKind) -> Self {
+        Self {
+            kind,
+            schema: schema_value::<T>(),
+            blobs: false,
+        }
+    }
+
+    /// The operations this input offers: one per variant of a [`Command`]'s enum (unit
+    /// variants take no keyword arguments), otherwise one unnamed operation. `streaming`:
+    /// [`Worker::STREAMING`].
+    pub fn operations(&self, streaming: &[&str]) -> Vec<OperationDescription> {
+        let streams = |name: Option<&str>| streaming.iter().any(|s| *s == "*" || Some(*s) == name);
+        if self.kind != InputKind::Command {
+            return vec![OperationDescription {
+                name: None,
+                description: String::new(),
+                input_schema: self.schema.clone(),
+                streams: streams(None),
+                blobs: self.blobs,
+            }];
+        }
+        let mut ops = Vec::new();
+        let defs = self.schema.get("$defs").cloned();
+        let with_defs = |mut schema: Value| {
+            if let (Some(defs), Value::Object(m)) = (&defs, &mut schema) {
+                if schema_refers(&Value::Object(m.clone())) {
+                    m.insert("$defs".into(), defs.clone());
+                }
+            }
+            schema
+        };
+        let no_kwargs = || serde_json::json!({"type": "object", "additionalProperties": false});
+        for variant in command_variants(&self.schema) {
+            let description = variant
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let names: Vec<String> = match (variant.get("const"), variant.get("enum")) {
+                (Some(Value::String(c)), _) => vec![c.clone()],
+                (_, Some(Value::Array(e))) => e
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for name in names {
+                ops.push(OperationDescription {
+                    streams: streams(Some(&name)),
+                    name: Some(name),
+                    description: description.clone(),
+                    input_schema: no_kwargs(),
+                    blobs: self.blobs,
+                });
+            }
+            if let Some(Value::Object(props)) = variant.get("properties") {
+                for (name, schema) in props {
+                    let input_schema = with_defs(inline_ref(schema, defs.as_ref()));
+                    let description = if description.is_empty() {
+                        schema
+                            .get("description")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned()
+                    } else {
+                        description.clone()
+                    };
+                    ops.push(OperationDescription {
+                        streams: streams(Some(name)),
+                        name: Some(name.clone()),
+                        description,
+                        input_schema,
+                        blobs: self.blobs,
+                    });
+                }
+            }
+        }
+        ops
+    }
+}
+
+/// `T`'s JSON Schema as a value.
+fn schema_value<T: JsonSchema>() -> Value {
+    serde_json::to_value(schemars::schema_for!(T)).unwrap_or(Value::Bool(true))
+}
+
+/// The variants of an externally tagged enum's schema (`oneOf`/`anyOf`, or the schema itself
+/// for an enum of unit variants only).
+fn command_variants(schema: &Value) -> Vec<&Value> {
+    for key in ["oneOf", "anyOf"] {
+        if let Some(Value::Array(vs)) = schema.get(key) {
+            return vs.iter().collect();
+        }
+    }
+    vec![schema]
+}
+
+/// A newtype variant's schema is a `$ref` to its struct: the definition itself (with the
+/// variant's own keys, such as its description, laid over it), so its fields show.
+fn inline_ref(schema: &Value, defs: Option<&Value>) -> Value {
+    let target = schema
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("#/$defs/"))
+        .and_then(|name| defs?.get(name));
+    match (target, schema) {
+        (Some(Value::Object(def)), Value::Object(own)) => {
+            let mut out = def.clone();
+            for (k, v) in own {
+                if k != "$ref" {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+            Value::Object(out)
+        }
+        _ => schema.clone(),
+    }
+}
+
+/// Whether `schema` has a `$ref` anywhere.
+fn schema_refers(schema: &Value) -> bool {
+    match schema {
+        Value::Object(m) => m.contains_key("$ref") || m.values().any(schema_refers),
+        Value::Array(a) => a.iter().any(schema_refers),
+        _ => false,
+    }
 }
 
 /// The untyped escape hatch: `{"args": [...], "kwargs": {...}}` as received.
@@ -139,12 +303,40 @@ fn bad_input(what: &str, e: &serde_json::Error) -> PluginError {
     PluginError::user_input(format!("invalid {what}: {e}"))
 }
 
+/// Deserializes `value` into `T`; a failure names the field it happened at (`text`,
+/// `items[2].name`) in the message and in the error's `fields`. `prefix` is how the path starts
+/// (the operation's name for a [`Command`]).
+fn decode<T: DeserializeOwned>(value: Value, what: &str, prefix: &str) -> Result<T, PluginError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let field = match (prefix.is_empty(), path.as_str()) {
+            (_, ".") => String::new(),
+            (true, p) => p.to_owned(),
+            (false, p) => p.strip_prefix(prefix).map_or_else(
+                || format!("{prefix}.{p}"),
+                |rest| rest.trim_start_matches('.').to_owned(),
+            ),
+        };
+        let mut err = if field.is_empty() {
+            bad_input(what, &inner)
+        } else {
+            PluginError::user_input(format!("invalid {what}: `{field}`: {inner}"))
+        };
+        err.details.fields = vec![FieldError {
+            field,
+            reason: inner.to_string(),
+        }];
+        err
+    })
+}
+
 /// Keyword arguments only, deserialized into `T` (typically a struct):
 /// `{"kwargs": {"text": "hi"}}` → `T { text: "hi" }`. Positional arguments are refused.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Kwargs<T>(pub T);
 
-impl<T: DeserializeOwned> FromCall for Kwargs<T> {
+impl<T: DeserializeOwned + JsonSchema> FromCall for Kwargs<T> {
     fn from_call(call: &mut Call) -> Result<Self, PluginError> {
         if !call.args.is_empty() {
             return Err(PluginError::user_input(format!(
@@ -153,9 +345,11 @@ impl<T: DeserializeOwned> FromCall for Kwargs<T> {
             )));
         }
         let kwargs = Value::Object(std::mem::take(&mut call.kwargs));
-        serde_json::from_value(kwargs)
-            .map(Kwargs)
-            .map_err(|e| bad_input("keyword arguments", &e))
+        decode(kwargs, "keyword arguments", "").map(Kwargs)
+    }
+
+    fn describe() -> InputShape {
+        InputShape::of::<T>(InputKind::Kwargs)
     }
 }
 
@@ -164,7 +358,7 @@ impl<T: DeserializeOwned> FromCall for Kwargs<T> {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Args<T>(pub T);
 
-impl<T: DeserializeOwned> FromCall for Args<T> {
+impl<T: DeserializeOwned + JsonSchema> FromCall for Args<T> {
     fn from_call(call: &mut Call) -> Result<Self, PluginError> {
         if !call.kwargs.is_empty() {
             return Err(PluginError::user_input(
@@ -172,9 +366,11 @@ impl<T: DeserializeOwned> FromCall for Args<T> {
             ));
         }
         let args = Value::Array(std::mem::take(&mut call.args));
-        serde_json::from_value(args)
-            .map(Args)
-            .map_err(|e| bad_input("positional arguments", &e))
+        decode(args, "positional arguments", "").map(Args)
+    }
+
+    fn describe() -> InputShape {
+        InputShape::of::<T>(InputKind::Args)
     }
 }
 
@@ -191,7 +387,7 @@ impl<T: DeserializeOwned> FromCall for Args<T> {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Command<T>(pub T);
 
-impl<T: DeserializeOwned> FromCall for Command<T> {
+impl<T: DeserializeOwned + JsonSchema> FromCall for Command<T> {
     fn from_call(call: &mut Call) -> Result<Self, PluginError> {
         let op = match call.args.first() {
             Some(Value::String(op)) if call.args.len() == 1 => op.clone(),
@@ -211,13 +407,18 @@ impl<T: DeserializeOwned> FromCall for Command<T> {
         let empty = kwargs.is_empty();
         let mut tagged = Map::new();
         tagged.insert(op.clone(), Value::Object(kwargs));
-        match serde_json::from_value(Value::Object(tagged)) {
+        let what = format!("operation `{op}`");
+        match decode(Value::Object(tagged), &what, &op) {
             Ok(v) => Ok(Command(v)),
             Err(e) if empty => serde_json::from_value(Value::String(op.clone()))
                 .map(Command)
-                .map_err(|_| bad_input(&format!("operation `{op}`"), &e)),
-            Err(e) => Err(bad_input(&format!("operation `{op}`"), &e)),
+                .map_err(|_| e),
+            Err(e) => Err(e),
         }
+    }
+
+    fn describe() -> InputShape {
+        InputShape::of::<T>(InputKind::Command)
     }
 }
 
@@ -239,6 +440,13 @@ impl<T: FromCall> FromCall for WithBlobs<T> {
             value: T::from_call(call)?,
             blobs,
         })
+    }
+
+    fn describe() -> InputShape {
+        InputShape {
+            blobs: true,
+            ..T::describe()
+        }
     }
 }
 
@@ -393,12 +601,118 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[derive(Debug, Deserialize, PartialEq)]
+    #[derive(Debug, Deserialize, PartialEq, JsonSchema)]
     #[serde(rename_all = "snake_case")]
     enum Op {
+        /// Returns its kwargs.
         Echo(Value),
-        Sleep { seconds: f64 },
+        /// Naps.
+        Sleep {
+            /// How long.
+            seconds: f64,
+        },
         Ping,
+        Pong,
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    struct Item {
+        name: String,
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    struct Batch {
+        items: Vec<Item>,
+    }
+
+    #[test]
+    fn a_command_describes_each_variant_with_its_fields() {
+        let shape = WithBlobs::<Command<Op>>::describe();
+        assert_eq!(shape.kind, InputKind::Command);
+        assert!(shape.blobs);
+        let ops = shape.operations(&["sleep"]);
+        let names: Vec<_> = ops.iter().filter_map(|o| o.name.as_deref()).collect();
+        assert_eq!(names.len(), 4, "{ops:?}");
+        for n in ["echo", "sleep", "ping", "pong"] {
+            assert!(names.contains(&n), "{n} missing from {names:?}");
+        }
+        let sleep = ops
+            .iter()
+            .find(|o| o.name.as_deref() == Some("sleep"))
+            .unwrap();
+        assert!(sleep.streams && sleep.blobs);
+        assert_eq!(sleep.description, "Naps.");
+        assert_eq!(
+            sleep.input_schema["properties"]["seconds"]["type"],
+            "number"
+        );
+        assert_eq!(sleep.input_schema["required"], json!(["seconds"]));
+        let echo = ops
+            .iter()
+            .find(|o| o.name.as_deref() == Some("echo"))
+            .unwrap();
+        assert!(!echo.streams);
+        assert_eq!(echo.description, "Returns its kwargs.");
+        let ping = ops
+            .iter()
+            .find(|o| o.name.as_deref() == Some("ping"))
+            .unwrap();
+        assert_eq!(ping.input_schema["additionalProperties"], false);
+    }
+
+    #[test]
+    fn kwargs_args_and_raw_inputs_describe_themselves() {
+        let k = Kwargs::<Batch>::describe();
+        assert_eq!(k.kind, InputKind::Kwargs);
+        assert!(!k.blobs);
+        let ops = k.operations(&["*"]);
+        assert_eq!(ops.len(), 1);
+        assert!(ops[0].name.is_none() && ops[0].streams);
+        assert_eq!(ops[0].input_schema["properties"]["items"]["type"], "array");
+        assert!(
+            ops[0].input_schema.get("$defs").is_some(),
+            "Item's definition kept"
+        );
+        let a = Args::<(u32, String)>::describe();
+        assert_eq!(a.kind, InputKind::Args);
+        assert_eq!(a.schema["type"], "array");
+        assert!(!a.operations(&[])[0].streams);
+        for any in [
+            Value::describe(),
+            ExecuteRequest::describe(),
+            Call::describe(),
+        ] {
+            assert_eq!(any.kind, InputKind::Any);
+            assert_eq!(any.schema, Value::Bool(true));
+        }
+        assert!(WithBlobs::<Value>::describe().blobs);
+    }
+
+    #[test]
+    fn a_wrongly_typed_kwarg_names_its_field() {
+        let Kwargs(ok) =
+            Kwargs::<Batch>::from_call(&mut call(json!([]), json!({"items": [{"name": "a"}]})))
+                .unwrap();
+        assert_eq!(ok.items[0].name, "a");
+        let e = Kwargs::<Batch>::from_call(&mut call(
+            json!([]),
+            json!({"items": [{"name": "a"}, {"name": 3}]}),
+        ))
+        .unwrap_err();
+        assert_eq!(e.category, cjm_core::ErrorCategory::UserInput);
+        assert_eq!(e.details.fields.len(), 1, "{e:?}");
+        assert_eq!(e.details.fields[0].field, "items[1].name");
+        assert!(e.message.contains("`items[1].name`"), "{}", e.message);
+        let e = Command::<Op>::from_call(&mut call(json!(["sleep"]), json!({"seconds": "lots"})))
+            .unwrap_err();
+        assert_eq!(e.details.fields[0].field, "seconds", "{e:?}");
+        assert!(
+            e.message.contains("operation `sleep`: `seconds`"),
+            "{}",
+            e.message
+        );
+        let e = Args::<(u32, String)>::from_call(&mut call(json!([1, 2]), json!({}))).unwrap_err();
+        assert_eq!(e.details.fields[0].field, "[1]", "{e:?}");
     }
 
     fn call(args: Value, kwargs: Value) -> Call {
@@ -428,7 +742,7 @@ mod tests {
 
     #[test]
     fn kwargs_and_args() {
-        #[derive(Debug, Deserialize)]
+        #[derive(Debug, Deserialize, JsonSchema)]
         struct In {
             text: String,
         }

@@ -117,13 +117,27 @@ pub(crate) enum Command {
         #[arg(long, value_name = "JSON")]
         config: Option<String>,
     },
-    /// Show a plugin's manifest, schema, effective configuration, health and stats.
+    /// Show a plugin's metadata, operations and their inputs, schema and saved configuration,
+    /// without starting it (--live adds health and stats).
     Info {
         /// The plugin.
         name: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Also start the plugin and show its health, effective configuration and stats.
+        #[arg(long)]
+        live: bool,
+    },
+    /// Write a complete manifest for a worker binary from its self-description
+    /// (`BINARY --describe`).
+    Manifest {
+        /// The worker program.
+        binary: PathBuf,
+        /// Write DIR/<name>.json (the command relative to DIR when the binary is inside it,
+        /// else absolute) instead of printing the manifest.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Show or change a plugin's saved configuration.
     Config {
@@ -135,6 +149,9 @@ pub(crate) enum Command {
         /// Remove a key from the saved configuration (repeatable).
         #[arg(long, value_name = "KEY")]
         unset: Vec<String>,
+        /// Remove the saved configuration: the schema's defaults apply again.
+        #[arg(long, conflicts_with_all = ["set", "unset"])]
+        reset: bool,
     },
     /// Serve the settings web page: categories, plugin details and comparison, configuration
     /// (validated, saved, hot-applied to loaded plugins), Load/Unload and live status.

@@ -15,6 +15,8 @@ use serde_json::{json, Map, Value};
 use crate::cli::{CallArgs, Cli, Command, SchedulerKind};
 use crate::output::{self, note, report, say, tell};
 
+mod describe;
+
 /// Exit code for a bad command line.
 const USAGE: u8 = 2;
 
@@ -65,8 +67,19 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             ctx.task(&name, &task, &method, kwargs.as_deref(), config.as_deref())
                 .await
         }
-        Command::Info { name, json } => ctx.info(&name, json).await,
-        Command::Config { name, set, unset } => ctx.config(&name, set, unset).await,
+        Command::Info {
+            name,
+            json,
+            live: true,
+        } => ctx.info(&name, json).await,
+        Command::Info { name, json, .. } => ctx.info_without_starting(&name, json).await,
+        Command::Manifest { binary, out } => describe::write_manifest(&binary, out.as_deref()),
+        Command::Config {
+            name, reset: true, ..
+        } => ctx.config_reset(&name).await,
+        Command::Config {
+            name, set, unset, ..
+        } => ctx.config(&name, set, unset).await,
         Command::Logs { name, lines } => ctx.logs(&name, lines),
         Command::Secret(cmd) => Ok(crate::secret::run(&ctx.data_dir, cmd)?),
         Command::Ui {
@@ -123,10 +136,14 @@ fn saved_config_error(name: &str, e: cjm_registry::RegistryError) -> PluginError
     keys.dedup();
     let unset: String = keys.iter().map(|k| format!(" --unset {k}")).collect();
     let way_out = if unset.is_empty() {
-        format!("edit {}", file.display())
+        format!(
+            "run `cjm config {name} --reset` to go back to the defaults, or edit {}",
+            file.display()
+        )
     } else {
         format!(
-            "run `cjm config {name}{unset}` to drop the invalid keys, or edit {}",
+            "run `cjm config {name}{unset}` to drop the invalid keys (or `cjm config {name} \
+             --reset` for the defaults), or edit {}",
             file.display()
         )
     };
@@ -172,11 +189,13 @@ impl Context {
     async fn registry(&self) -> Result<PluginRegistry, Failure> {
         let reg = PluginRegistry::new(self.data_dir.join("configs"))
             .map_err(|e| PluginError::fatal(e.to_string()))?;
+        // Each with the worker's described schema where the manifest has none: every
+        // configuration is validated before it is saved.
         let manifests: Vec<Manifest> = self
             .manager
             .discovered()
             .iter()
-            .map(|m| (**m).clone())
+            .map(|m| self.manager.with_described_schema(m))
             .collect();
         let mut categories: Vec<String> = manifests.iter().map(|m| m.category.clone()).collect();
         categories.sort();
@@ -419,6 +438,11 @@ impl Context {
         };
         let timeout = a.timeout.map(timeout_duration).transpose()?;
         let m = self.manifest(&a.name)?;
+        if a.args.is_none() {
+            if let Some(code) = self.list_operations_instead(&a.name)? {
+                return Ok(code);
+            }
+        }
         let config = self.load_config(&m, a.config.as_deref()).await?;
         self.load(&a.name, config).await?;
         let cancel = CancellationToken::new();
@@ -574,10 +598,7 @@ impl Context {
             let saved = reg.load_plugin_config(&id).map_err(to_plugin_error)?;
             match saved {
                 Some(c) => say!("{}", output::json(&Value::Object(c))),
-                None => {
-                    note("no saved configuration; the schema's defaults apply:");
-                    say!("{}", output::json(&Value::Object(m.config_defaults())));
-                }
+                None => self.print_defaults(name)?,
             }
             return Ok(ExitCode::SUCCESS);
         }

@@ -12,7 +12,7 @@ use cjm_worker_sdk::{async_trait, tokio, CallContext, Command, NoConfig, PluginE
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 enum Op {
     Echo(Value),

@@ -21,6 +21,9 @@ listening socket (CJM_LISTEN_FD / CJM_LISTEN_KIND). To run it by hand, give it a
     --listen unix:/tmp/plugin.sock     a Unix socket (created; removed again on exit)
     --listen tcp:127.0.0.1:8700        a TCP address
 
+    --describe                         print the plugin's description (JSON: name, version,
+                                       config schema, operations) and exit, without serving
+
 Other environment: CJM_AUTH_TOKEN (require `Authorization: Bearer <token>`),
 CJM_MAX_CONCURRENCY, CJM_HOST_PID (exit when that process is gone), CJM_LOG (log filter).";
 
@@ -102,6 +105,8 @@ pub struct CommandLine {
     pub listen: Option<ListenAddr>,
     /// `--help` / `-h`.
     pub help: bool,
+    /// `--describe`: print the worker's description and exit.
+    pub describe: bool,
 }
 
 impl CommandLine {
@@ -118,6 +123,8 @@ impl CommandLine {
             let arg = arg.to_string_lossy().into_owned();
             if arg == "--help" || arg == "-h" {
                 out.help = true;
+            } else if arg == cjm_core::describe::DESCRIBE_FLAG {
+                out.describe = true;
             } else if arg == "--listen" {
                 let value = it
                     .next()
@@ -299,6 +306,8 @@ mod tests {
         let c = CommandLine::parse(["--listen=unix:/a"]).unwrap();
         assert_eq!(c.listen, Some(ListenAddr::Unix("/a".into())));
         assert!(CommandLine::parse(["-h"]).unwrap().help);
+        assert!(CommandLine::parse(["--describe"]).unwrap().describe);
+        assert!(!CommandLine::parse(["-h"]).unwrap().describe);
         assert!(CommandLine::parse(["--listen"]).is_err());
         assert_eq!(
             CommandLine::parse(Vec::<String>::new()).unwrap(),

@@ -26,7 +26,10 @@ pub(crate) mod shutdown;
 
 pub use crate::server::{Server, ServerHandle};
 pub use listener::{CommandLine, ListenAddr, ListenError, Listener, USAGE};
-pub use run::{init_logging, options_from_env, run_plugin, run_worker, EXIT_FAILURE, EXIT_USAGE};
+pub use run::{
+    describe_worker, init_logging, options_from_env, run_plugin, run_worker, run_worker_with,
+    EXIT_FAILURE, EXIT_USAGE,
+};
 pub use shutdown::ShutdownReason;
 
 /// The runtime plumbing is not at the crate root (each block must fail to compile):

@@ -5,12 +5,13 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use cjm_core::wire::env;
+use cjm_core::describe::{WorkerDescription, DESCRIBE_VERSION};
+use cjm_core::wire::{env, PROTOCOL_VERSION};
 use cjm_core::Plugin;
 
 use super::listener::{CommandLine, ListenError, Listener, USAGE};
 use crate::server::{Options, Server};
-use crate::worker::{Typed, Worker};
+use crate::worker::{FromCall, Typed, Worker};
 
 /// Exit status for a usage error (no socket, bad `--listen`).
 pub const EXIT_USAGE: u8 = 2;
@@ -96,9 +97,61 @@ fn usage_error(e: &ListenError) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
-/// Runs a typed [`Worker`] as a worker program: what [`main!`](crate::main) expands to.
-/// The concurrency limit is `W::MAX_CONCURRENCY` (capped by `CJM_MAX_CONCURRENCY`).
+/// What `WORKER --describe` prints for a typed [`Worker`] run with `options`: generated from
+/// `W::Config`'s schema, `W::Input`'s [`FromCall::describe`](crate::FromCall::describe),
+/// [`Worker::STREAMING`] and the options' name, version, description and resources. Costs no
+/// plugin initialisation.
+pub fn describe_worker<W: Worker>(options: &Options) -> WorkerDescription {
+    let input = <W::Input as FromCall>::describe();
+    WorkerDescription {
+        describe_version: DESCRIBE_VERSION,
+        protocol: PROTOCOL_VERSION,
+        name: options.name.clone(),
+        version: options.version.clone(),
+        description: options.description.clone(),
+        config_schema: serde_json::to_value(schemars::schema_for!(W::Config))
+            .unwrap_or(serde_json::Value::Bool(true)),
+        input: input.kind,
+        operations: input.operations(W::STREAMING),
+        max_concurrency: W::MAX_CONCURRENCY.max(1),
+        resources: options.resources.clone(),
+    }
+}
+
+/// Prints `description` as one JSON document on stdout.
+fn print_description(description: &WorkerDescription) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let written = serde_json::to_writer(&mut out, description)
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(out))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("could not print the description: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Runs a typed [`Worker`] as a worker program. The concurrency limit is
+/// `W::MAX_CONCURRENCY` (capped by `CJM_MAX_CONCURRENCY`). `--describe` prints
+/// [`describe_worker`] and exits 0 without serving or initialising the plugin.
 pub fn run_worker<W: Worker>(worker: W, options: Options) -> ExitCode {
+    run_worker_with(move || worker, options)
+}
+
+/// [`run_worker`] with the worker made by `make`, which is not called for `--describe`: what
+/// [`main!`](crate::main) expands to, so that describing a worker never constructs it (a
+/// constructor that loads a model costs nothing there).
+pub fn run_worker_with<W: Worker>(make: impl FnOnce() -> W, options: Options) -> ExitCode {
+    if std::env::args_os()
+        .skip(1)
+        .any(|a| a == cjm_core::describe::DESCRIBE_FLAG)
+    {
+        return print_description(&describe_worker::<W>(&options));
+    }
+    let worker = make();
     let options = options.max_concurrency(W::MAX_CONCURRENCY);
     let plugin = Typed::new(worker, options.name.clone(), options.version.clone());
     run_plugin(Arc::new(plugin), options)
@@ -115,6 +168,15 @@ pub fn run_plugin(plugin: Arc<dyn Plugin>, options: Options) -> ExitCode {
     if cmd.help {
         let _ = writeln!(std::io::stdout().lock(), "{USAGE}");
         return ExitCode::SUCCESS;
+    }
+    if cmd.describe {
+        // A typed worker answered before getting here; an untyped plugin has no static shape.
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(
+            err,
+            "error: this worker cannot describe itself (it is not a typed cjm_worker_sdk::Worker)"
+        );
+        return ExitCode::from(EXIT_USAGE);
     }
     let options = options_from_env(options);
     let listener = match Listener::from_command_line_or_env(&cmd) {

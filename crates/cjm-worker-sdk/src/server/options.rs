@@ -29,6 +29,10 @@ pub struct Options {
     pub(crate) name: String,
     /// The plugin's version (default: the crate's version). Used by typed workers.
     pub(crate) version: String,
+    /// What the plugin does, for `--describe` (default: the crate's description).
+    pub(crate) description: String,
+    /// Declared resources, for `--describe`.
+    pub(crate) resources: cjm_core::Resources,
     /// Calls that run at once; more wait in a queue. At least 1.
     pub(crate) max_concurrency: u32,
     /// Largest JSON request body, in bytes.
@@ -75,6 +79,8 @@ impl Options {
         Self {
             name: name.into(),
             version: version.into(),
+            description: String::new(),
+            resources: cjm_core::Resources::default(),
             max_concurrency: 1,
             max_json_body: DEFAULT_MAX_JSON_BODY,
             max_frame_body: DEFAULT_MAX_FRAME_BODY,
@@ -94,6 +100,20 @@ impl Options {
     /// Sets the plugin's version (default: the crate's version). Used by typed workers.
     pub fn version(mut self, version: impl Into<String>) -> Self {
         self.version = version.into();
+        self
+    }
+
+    /// Sets what the plugin does, as `--describe` reports it (`main!` defaults it to the
+    /// crate's `description`).
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// Declares the resources the plugin needs, as `--describe` reports them (and so as a
+    /// manifest written by `cjm manifest` carries them).
+    pub fn resources(mut self, resources: cjm_core::Resources) -> Self {
+        self.resources = resources;
         self
     }
 

@@ -54,12 +54,13 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Op {
     Echo(Value),
     Config,
     Fail {
+        #[schemars(with = "String")]
         category: ErrorCategory,
         message: String,
     },

@@ -76,9 +76,10 @@ enum Model {
     Large,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 enum Op {
+    /// Returns the configuration in force, defaults filled in.
     Show,
 }
 
@@ -109,4 +110,9 @@ impl Worker for ConfigRich {
     }
 }
 
-cjm_worker_sdk::main!(ConfigRich::default(), name = "config-rich");
+cjm_worker_sdk::main!(
+    ConfigRich::default(),
+    name = "config-rich",
+    description =
+        "A configuration with every schema type; `show` returns the configuration in force.",
+);

@@ -17,18 +17,24 @@ use cjm_worker_sdk::{async_trait, CallContext, Command, NoConfig, PluginError, W
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 enum Op {
+    /// Exits the worker process with `code` in the middle of the call.
     Exit {
+        /// The exit status.
         #[serde(default = "default_code")]
         code: i32,
     },
+    /// Panics in plugin code (the SDK answers 500; the worker lives on).
     Panic {
+        /// The panic message.
         #[serde(default = "default_message")]
         message: String,
     },
+    /// Never returns (until cancelled or killed).
     Hang,
+    /// Returns the worker's process id.
     Pid,
 }
 
@@ -65,4 +71,9 @@ impl Worker for Crashy {
     }
 }
 
-cjm_worker_sdk::main!(Crashy, name = "crashy", plugin_threads = 4);
+cjm_worker_sdk::main!(
+    Crashy,
+    name = "crashy",
+    description = "Exits, panics or hangs on demand.",
+    plugin_threads = 4,
+);

@@ -3,11 +3,16 @@ use cjm_worker_sdk::tokio::time::{sleep, Duration};
 use cjm_worker_sdk::{async_trait, CallContext, Command, NoConfig, PluginError, WithBlobs, Worker};
 use serde_json::{json, Value};
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 enum Op {
+    /// Returns its keyword arguments and the request's blobs.
     Echo(Value),
-    Sleep { seconds: f64 },
+    /// Sleeps, reporting progress in ten steps; cancellable.
+    Sleep {
+        /// How long, in seconds (0 to 86400).
+        seconds: f64,
+    },
 }
 
 struct Echo;
@@ -36,4 +41,8 @@ impl Worker for Echo {
     }
 }
 
-cjm_worker_sdk::main!(Echo, name = "echo");
+cjm_worker_sdk::main!(
+    Echo,
+    name = "echo",
+    description = "Returns its keyword arguments and binary payloads; `sleep` naps with progress.",
+);

@@ -7,9 +7,10 @@ use cjm_worker_sdk::{async_trait, CallContext, Command, NoConfig, PluginError, W
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 enum Op {
+    /// Returns the GPU the worker was placed on (`CUDA_VISIBLE_DEVICES`) and its pid.
     Info,
 }
 
@@ -30,4 +31,19 @@ impl Worker for Resources {
     }
 }
 
-cjm_worker_sdk::main!(Resources, name = "resources");
+fn declared() -> cjm_worker_sdk::core::Resources {
+    cjm_worker_sdk::core::Resources {
+        requires_gpu: true,
+        min_gpu_vram_mb: Some(512),
+        recommended_gpu_vram_mb: Some(2048),
+        min_system_ram_mb: Some(256),
+        ..Default::default()
+    }
+}
+
+cjm_worker_sdk::main!(
+    Resources,
+    name = "resources",
+    description = "Declares GPU and memory needs; `info` shows CUDA_VISIBLE_DEVICES and its pid.",
+    resources = declared(),
+);

@@ -12,13 +12,14 @@ use cjm_worker_sdk::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 enum Op {
+    /// Works for `seconds` in `steps`, reporting progress; streamed, one chunk per step.
     Work(Work),
 }
 
-#[derive(Deserialize, Clone, Copy)]
+#[derive(Deserialize, Clone, Copy, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 struct Work {
     /// The whole duration (0 to 86400).
@@ -79,6 +80,7 @@ impl Worker for Slow {
     type Input = Command<Op>;
     type Output = Value;
     const MAX_CONCURRENCY: u32 = 4;
+    const STREAMING: &'static [&'static str] = &["work"];
 
     async fn execute(&self, op: Command<Op>, ctx: CallContext) -> Result<Value, PluginError> {
         let Op::Work(work) = op.0;
@@ -110,4 +112,8 @@ impl Worker for Slow {
     }
 }
 
-cjm_worker_sdk::main!(Slow, name = "slow");
+cjm_worker_sdk::main!(
+    Slow,
+    name = "slow",
+    description = "Works in steps with progress; honours cancel; streams one chunk per step.",
+);

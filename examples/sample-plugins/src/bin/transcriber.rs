@@ -40,10 +40,14 @@ enum Language {
     Fr,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 enum Op {
-    Transcribe { text: String },
+    /// "Transcribes" `text`: the whole transcript, or one chunk per word as a stream.
+    Transcribe {
+        /// The text to transcribe.
+        text: String,
+    },
 }
 
 #[derive(Default)]
@@ -64,6 +68,7 @@ impl Worker for Transcriber {
     type Input = Command<Op>;
     type Output = Value;
     const MAX_CONCURRENCY: u32 = 2;
+    const STREAMING: &'static [&'static str] = &["transcribe"];
 
     async fn initialize(&self, config: Config) -> Result<(), PluginError> {
         *self
@@ -110,4 +115,8 @@ impl Worker for Transcriber {
     }
 }
 
-cjm_worker_sdk::main!(Transcriber::default(), name = "transcriber");
+cjm_worker_sdk::main!(
+    Transcriber::default(),
+    name = "transcriber",
+    description = "A simulated transcriber that streams words.",
+);
