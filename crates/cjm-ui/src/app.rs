@@ -495,6 +495,7 @@ async fn category_panel(state: &AppState, category: &str, selected: Option<&str>
         target_id: Some(ids::PLUGIN_CONFIG),
         get_plugin_config: Some(&getter),
         get_plugin_facts: Some(&facts_getter),
+        comparison_outside: true,
         ..DropdownSelector::new(&plugins)
     };
     render_category_panel(

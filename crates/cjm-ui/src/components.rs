@@ -37,7 +37,7 @@ pub type FactsGetter<'a> = &'a dyn Fn(&PluginMetadata) -> PluginFacts;
 
 /// Megabytes as `512 MB` or `8 GB`.
 fn mb(v: u64) -> String {
-    if v >= 1024 && v % 1024 == 0 {
+    if v >= 1024 && v.is_multiple_of(1024) {
         format!("{} GB", v / 1024)
     } else if v >= 1024 {
         format!("{:.1} GB", v as f64 / 1024.0)
@@ -205,6 +205,9 @@ pub struct DropdownSelector<'a> {
     pub get_plugin_facts: Option<FactsGetter<'a>>,
     /// Whether to offer "Compare All Plugins" and its container.
     pub show_comparison_toggle: bool,
+    /// Whether the page places `div#plugin-comparison` itself (e.g. full width below a
+    /// two-column layout); then the selector renders only the button.
+    pub comparison_outside: bool,
 }
 
 impl<'a> DropdownSelector<'a> {
@@ -222,6 +225,7 @@ impl<'a> DropdownSelector<'a> {
             get_plugin_config: None,
             get_plugin_facts: None,
             show_comparison_toggle: true,
+            comparison_outside: false,
         }
     }
 
@@ -296,7 +300,9 @@ pub fn render_dropdown_selector(s: &DropdownSelector<'_>) -> Markup {
                         }
                     }
                 }
-                div id=(ids::PLUGIN_COMPARISON) class="mt-4" aria-live="polite" {}
+                @if !s.comparison_outside {
+                    div id=(ids::PLUGIN_COMPARISON) class="mt-4" aria-live="polite" {}
+                }
             }
         }
     }

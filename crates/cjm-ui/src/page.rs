@@ -110,7 +110,8 @@ pub fn render_category_nav(
 
 /// One category on one screen: its heading and the selector (with the details) beside
 /// `div#plugin-config`, which holds the selected plugin's settings (side by side from the `lg`
-/// width up, so the form is in view without scrolling).
+/// width up, so the form is in view without scrolling), and below both, full width, the empty
+/// `div#plugin-comparison` (for a selector built with `comparison_outside`).
 pub fn render_category_panel(
     display_name: &str,
     selector: Markup,
@@ -127,6 +128,7 @@ pub fn render_category_panel(
             div id=(ids::PLUGIN_CONFIG) aria-live="polite" {
                 @if let Some(c) = config { (c) }
             }
+            div id=(ids::PLUGIN_COMPARISON) class="lg:col-span-2" aria-live="polite" {}
         }
     }
 }

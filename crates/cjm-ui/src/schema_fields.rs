@@ -177,7 +177,10 @@ fn strip_null(root: &Value, s: Map<String, Value>) -> (Map<String, Value>, bool)
 
 /// `oneOf`/`anyOf` whose every branch is `{"const": …}` (a `null` const or `{"type": "null"}`
 /// branch makes it nullable): the values, their titles, and whether null is allowed.
-fn const_branches(s: &Map<String, Value>) -> Option<(Vec<Value>, Vec<(Value, String)>, bool)> {
+/// Enum values, their labels, and whether null is allowed.
+type ConstEnum = (Vec<Value>, Vec<(Value, String)>, bool);
+
+fn const_branches(s: &Map<String, Value>) -> Option<ConstEnum> {
     for key in ["oneOf", "anyOf"] {
         let Some(branches) = s.get(key).and_then(Value::as_array) else {
             continue;

@@ -61,7 +61,7 @@ pub fn render_live_status(status: Option<&LiveStatus>, live_url: &str) -> Markup
     };
     html! {
         div id=(ids::PLUGIN_STATUS_LIVE) hx-get=(live_url) hx-trigger="every 2s" hx-swap="outerHTML" {
-            div class="stats stats-vertical sm:stats-horizontal bg-base-100 shadow w-full" {
+            div class="stats stats-vertical bg-base-100 shadow w-full" {
                 div class="stat" {
                     div class="stat-title" { "State" }
                     div class="stat-value text-lg" {

@@ -147,6 +147,11 @@ async fn page_category_details_and_compare() {
         Some("/plugins/select")
     );
     assert!(!html.contains("Continue with Selected Plugin"));
+    // The comparison container is full width below the two columns, and there is one.
+    assert_eq!(
+        attr(&html, "#plugin-comparison", "class").as_deref(),
+        Some("lg:col-span-2")
+    );
     assert_eq!(
         select_text(&html, "#plugin-details [data-fact=state]"),
         ["not loaded"]

@@ -342,6 +342,18 @@ fn dropdown_selector_fallbacks_and_options() {
     assert_eq!(attr(one(&d, "select#plugin-select"), "hx-post"), "/s");
     assert_eq!(attr(one(&d, "select#plugin-select"), "hx-target"), "#t");
     assert_eq!(count(&d, "#comparison-toggle, #plugin-comparison"), 0);
+    // The page may place the comparison container itself: only the button here.
+    let s = DropdownSelector {
+        compare_endpoint: Some("/c"),
+        comparison_outside: true,
+        ..DropdownSelector::new(&list)
+    };
+    let d = doc(s.render());
+    assert_eq!(
+        attr(one(&d, "#comparison-toggle"), "hx-target"),
+        "#plugin-comparison"
+    );
+    assert_eq!(count(&d, "#plugin-comparison"), 0);
     // Empty.
     let d = doc(DropdownSelector::new(&[]).render());
     assert_eq!(text(one(&d, "p")), "No plugins available.");
@@ -349,10 +361,12 @@ fn dropdown_selector_fallbacks_and_options() {
 }
 
 fn busy_facts() -> PluginFacts {
-    let mut resources = Resources::default();
-    resources.requires_gpu = true;
-    resources.min_gpu_vram_mb = Some(8192);
-    resources.min_system_ram_mb = Some(2048);
+    let resources = Resources {
+        requires_gpu: true,
+        min_gpu_vram_mb: Some(8192),
+        min_system_ram_mb: Some(2048),
+        ..Resources::default()
+    };
     PluginFacts {
         resources: Some(resources),
         live: Some(LiveStatus {
