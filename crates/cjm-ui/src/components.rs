@@ -401,11 +401,11 @@ pub fn render_comparison_table(
                                     }
                                     td data-col="version" { (p.version.as_deref().unwrap_or("unknown")) }
                                     @if show_category { td data-col="category" { (p.category) } }
-                                    td data-col="mode" { (execution_mode_badge_html(p.execution_mode)) }
+                                    td data-col="mode" class="whitespace-nowrap" { (execution_mode_badge_html(p.execution_mode)) }
                                     td data-col="resources" {
                                         (fact.as_ref().and_then(|f| f.resources.as_ref()).map_or_else(|| "not declared".to_owned(), resources_text))
                                     }
-                                    td data-col="state" {
+                                    td data-col="state" class="whitespace-nowrap" {
                                         @match fact.as_ref().and_then(|f| f.live.as_ref()) {
                                             Some(l) => span class={ "badge badge-sm " (state_badge(&l.state)) } { (l.state) },
                                             None => span class="badge badge-neutral badge-sm" { "not loaded" },

@@ -175,14 +175,14 @@ pub fn render_overview(rows: &[OverviewRow], live_url: &str) -> Markup {
                                         td { (r.category) }
                                         @match &r.live {
                                             None => {
-                                                td data-col="state" { span class="badge badge-neutral badge-sm" { "not loaded" } }
+                                                td data-col="state" class="whitespace-nowrap" { span class="badge badge-neutral badge-sm" { "not loaded" } }
                                                 td data-col="restarts" { "—" }
                                                 td data-col="rss" { "—" }
                                                 td data-col="cpu" { "—" }
                                                 td data-col="calls" { "—" }
                                             }
                                             Some(s) => {
-                                                td data-col="state" { span class={ "badge badge-sm " (state_badge(&s.state)) } { (s.state) } }
+                                                td data-col="state" class="whitespace-nowrap" { span class={ "badge badge-sm " (state_badge(&s.state)) } { (s.state) } }
                                                 td data-col="restarts" { (s.restarts) }
                                                 td data-col="rss" { (dash_or(s.memory_rss_mb, "MB")) }
                                                 td data-col="cpu" { (dash_or(s.cpu_percent, "%")) }
