@@ -2,7 +2,10 @@
 //! WebDriver protocol, against `cjm_ui` serving real test workers on localhost.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`cargo xtask test` installs them); fails with
-//! a clear message when they are missing. Writes a screenshot to `target/ui-e2e.png`.
+//! a clear message when they are missing. The window is 1280×800: choosing a plugin must show its
+//! settings form without scrolling. Writes screenshots to the target directory:
+//! `ui-e2e.png` (one screen: selector, details, settings), `ui-e2e-compare.png` (the comparison)
+//! and `ui-e2e-overview.png` (the live overview of all plugins).
 
 mod common;
 
@@ -192,7 +195,7 @@ impl Session {
                     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                     "--no-first-run", "--disable-background-networking",
                     "--disable-component-update", "--disable-sync",
-                    "--disable-dev-shm-usage", "--window-size=1280,1700",
+                    "--disable-dev-shm-usage", "--window-size=1280,800",
                     format!("--user-data-dir={}", profile.join("chromium").display()),
                 ]
             }
@@ -332,6 +335,29 @@ impl Session {
         assert!(v.get("error").is_none(), "type into {css}: {v}");
     }
 
+    /// Runs `script` (a function body) in the page and returns its value.
+    fn script(&self, script: &str) -> Value {
+        self.send(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+    }
+
+    /// Waits for a `confirm()` dialog and accepts it; returns its text.
+    fn accept_confirm(&self) -> String {
+        let end = Instant::now() + WAIT;
+        loop {
+            if let Some(t) = self.send("GET", "/alert/text", None).as_str() {
+                let t = t.to_owned();
+                self.send("POST", "/alert/accept", Some(json!({})));
+                return t;
+            }
+            assert!(Instant::now() < end, "waited {WAIT:?} for a confirm dialog");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn screenshot(&self, name: &str) -> PathBuf {
         let b64 = self.send("GET", "/screenshot", None);
         let png = base64_decode(b64.as_str().unwrap_or_default());
@@ -450,11 +476,44 @@ fn settings_page_in_a_real_browser() {
         t == "Greeter"
     });
 
-    // Pick a plugin with the keyboard (ArrowDown on the select), then back with a click.
+    // One screen: the first plugin's settings are there without a click, in view at 1280×800.
+    b.wait_value("#cfg-greeting", "hello");
+    b.wait_value("#cfg-level", "1");
+    b.wait_text("#plugin-state", "to say not loaded", |t| t == "not loaded");
+    assert_eq!(
+        b.count("#plugin-selector button.btn-primary"),
+        0,
+        "no Continue button"
+    );
+    let in_view = b.script(
+        "const r = document.querySelector('#cfg-level').getBoundingClientRect(); \
+         const s = document.querySelector('#plugin-config-form button[type=submit]').getBoundingClientRect(); \
+         return [r.bottom, s.bottom, window.innerHeight, window.innerWidth];",
+    );
+    let nums: Vec<f64> = in_view
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    assert_eq!(nums.len(), 4, "{in_view}");
+    assert_eq!(nums[3], 1280.0, "window width: {in_view}");
+    assert!(
+        nums[0] <= nums[2] && nums[1] <= nums[2],
+        "the form's fields and Save button are in view without scrolling: {in_view}"
+    );
+
+    // Pick a plugin with the keyboard (ArrowDown on the select): its details and its settings
+    // follow at once; then back with a click.
     b.keys("#plugin-select", "\u{E015}");
     b.wait_text("#plugin-details h3", "to show Upper", |t| t == "Upper");
+    b.wait_text("#plugin-config h2", "to show Upper's settings", |t| {
+        t == "Settings of Upper"
+    });
     b.click("#plugin-select option[value='test.t']");
     b.wait_text("#plugin-details h3", "to show Greeter", |t| t == "Greeter");
+    b.wait_text("#plugin-config h2", "to show Greeter's settings", |t| {
+        t == "Settings of Greeter"
+    });
+    b.wait_value("#cfg-greeting", "hello");
     let details = b.wait_text("#plugin-details", "to hold the details", |t| {
         t.contains("Version")
     });
@@ -467,41 +526,50 @@ fn settings_page_in_a_real_browser() {
         "{details}"
     );
     assert!(details.contains("Version: 1.2.3"), "{details}");
+    assert!(
+        details.contains("Resources") && details.contains("State"),
+        "{details}"
+    );
     assert_eq!(
         b.count("#plugin-details b"),
         0,
         "the description's markup is not HTML"
     );
-
-    // The comparison.
-    b.click("#comparison-toggle");
-    b.wait_text("#plugin-comparison h3", "to open", |t| {
-        t == "Plugin Comparison"
-    });
-    assert_eq!(b.count("#plugin-comparison tbody tr"), 2);
-    let table = b.wait_text("#plugin-comparison table", "to list both", |t| {
-        t.contains("Upper")
-    });
-    assert!(
-        table.contains("Greeter") && table.contains("Execution"),
-        "{table}"
-    );
-    b.wait_text(
-        "#plugin-comparison tr.bg-primary\\/10",
-        "to mark the selection",
-        |t| t.starts_with("Greeter"),
-    );
-
-    // Continue to the plugin's settings; the URL follows.
-    b.click("#plugin-selector button.btn-primary");
-    b.wait_value("#cfg-greeting", "hello");
-    b.wait_value("#cfg-level", "1");
-    b.wait_text("#plugin-state", "to say not loaded", |t| t == "not loaded");
+    // The URL follows the selection.
     assert!(
         b.current_url().ends_with("/?category=test&plugin=test.t"),
         "{}",
         b.current_url()
     );
+    let shot = b.screenshot("ui-e2e.png");
+    let png = std::fs::read(&shot).expect("read screenshot");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    eprintln!("screenshot: {}", shot.display());
+
+    // The comparison: what differs, not what is the same by construction.
+    b.click("#comparison-toggle");
+    b.wait_text("#plugin-comparison h3", "to open", |t| {
+        t == "Plugin Comparison"
+    });
+    assert_eq!(b.count("#plugin-comparison tbody tr"), 2);
+    let heads = b.wait_text("#plugin-comparison thead", "to have the columns", |t| {
+        t.contains("Config differences")
+    });
+    for col in ["Version", "Mode", "Resources", "State", "Operations"] {
+        assert!(heads.contains(col), "{col} in {heads}");
+    }
+    assert!(!heads.contains("Category"), "one category: {heads}");
+    b.wait_text(
+        "#plugin-comparison tr.bg-primary\\/10",
+        "to mark the selection",
+        |t| t.starts_with("Greeter"),
+    );
+    b.script("document.querySelector('#plugin-comparison').scrollIntoView(); return null;");
+    eprintln!(
+        "screenshot: {}",
+        b.screenshot("ui-e2e-compare.png").display()
+    );
+    b.script("window.scrollTo(0, 0); return null;");
 
     // Load the worker from the page and watch its live state.
     b.click("#plugin-status button");
@@ -565,10 +633,61 @@ fn settings_page_in_a_real_browser() {
     );
     b.wait_text("#plugin-state", "to stay ready", |t| t == "ready");
 
-    let shot = b.screenshot("ui-e2e.png");
-    let png = std::fs::read(&shot).expect("read screenshot");
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
-    eprintln!("screenshot: {}", shot.display());
+    // Details of the loaded plugin show its live state (after the reload above).
+    b.wait_text("#plugin-details [data-fact=state]", "to say ready", |t| {
+        t == "ready"
+    });
+    let facts = b.wait_text("#plugin-details [data-fact=live]", "to show the pid", |t| {
+        t.contains("pid")
+    });
+    assert!(facts.contains(&format!("pid {pid}")), "{facts}");
+
+    // Reset to defaults: asks first, then removes the saved file and applies the defaults.
+    b.click("#config-reset");
+    let question = b.accept_confirm();
+    assert!(question.contains("default"), "{question}");
+    b.wait_text("#config-notice", "to confirm the reset", |t| {
+        t.contains("Reset to the defaults") && t.contains("applied")
+    });
+    b.wait_value("#cfg-greeting", "hello");
+    b.wait_value("#cfg-level", "1");
+    assert!(
+        !configs.join("test.t.json").exists(),
+        "the saved file is gone"
+    );
+    let out = rt
+        .block_on(manager.execute(
+            "t",
+            Call::new(vec![json!("greet")]).kwarg("name", json!("world")),
+        ))
+        .expect("greet");
+    assert_eq!(out.value, json!("hello world"), "the defaults are applied");
+
+    // The overview of all plugins follows the live state by polling.
+    let row = "#plugin-overview tr[data-plugin='test.t']";
+    b.wait_text(&format!("{row} td[data-col=state]"), "to say ready", |t| {
+        t == "ready"
+    });
+    b.wait_text(
+        &format!("{row} td[data-col=calls]"),
+        "to count both calls",
+        |t| t == "2",
+    );
+    let rss = b.wait_text(&format!("{row} td[data-col=rss]"), "to show memory", |t| {
+        t.ends_with("MB")
+    });
+    assert!(!rss.starts_with('—'), "{rss}");
+    b.wait_text(
+        "#plugin-overview tr[data-plugin='test.u'] td[data-col=state]",
+        "to say not loaded",
+        |t| t == "not loaded",
+    );
+    assert_eq!(b.count("#plugin-overview tbody tr"), 3);
+    b.script("document.querySelector('#plugin-overview').scrollIntoView(); return null;");
+    eprintln!(
+        "screenshot: {}",
+        b.screenshot("ui-e2e-overview.png").display()
+    );
 
     drop(b);
     drop(driver);

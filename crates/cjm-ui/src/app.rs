@@ -5,12 +5,14 @@
 //!
 //! | method | path | answers |
 //! |---|---|---|
-//! | GET | `/?category=&plugin=` | the page, on a category and optionally a plugin's settings |
-//! | GET | `/category/{category}` | that category's panel (selector and an empty settings area) |
+//! | GET | `/?category=&plugin=` | the page, on a category and a plugin's settings (the first plugin when none is given), with the overview of all plugins |
+//! | GET | `/category/{category}` | that category's panel (selector, details and the first plugin's settings) |
 //! | GET | `/plugins/details?plugin_id=` | a new `div#plugin-details` |
-//! | POST | `/plugins/select` (form `plugin_id`) | the plugin's settings: form and status (`HX-Push-Url` set) |
-//! | GET | `/plugins/compare?category=&plugin_id=` | the comparison table |
+//! | POST | `/plugins/select` (form `plugin_id`) | the plugin's settings: form and status, plus its details out of band (`HX-Push-Url` set); the selector posts here on change |
+//! | GET | `/plugins/compare?category=&plugin_id=` | the comparison table (all plugins without `category`) |
+//! | GET | `/plugins/overview` | the overview table of every plugin's live state (it polls itself) |
 //! | GET/POST | `/plugins/{id}/config` | the form; POST validates, then saves and applies, or shows errors next to fields |
+//! | POST | `/plugins/{id}/config/reset` | removes the saved file (the schema defaults apply), applies them to a loaded plugin; the form |
 //! | GET | `/plugins/{id}/status`, `/plugins/{id}/status/live` | the status panel, its polling part |
 //! | POST | `/plugins/{id}/load`, `/plugins/{id}/unload` | a new status panel |
 //! | GET | `/static/htmx.min.js`, `/static/app.css` | the embedded assets |
@@ -51,12 +53,14 @@ use maud::{html, Markup};
 use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 
-use crate::components::DropdownSelector;
+use crate::components::{DropdownSelector, PluginFacts};
 use crate::error::UiError;
-use crate::form::{parse_config_form, render_config_form, FormState, Notice};
+use crate::form::{parse_config_form, render_config_form_with_reset, FormState, Notice};
 use crate::page::{render_category_panel, render_error, render_page, url_encode, CategoryLink};
 use crate::schema_fields::schema_fields;
-use crate::status::{render_live_status, render_status_panel, LiveStatus, StatusUrls};
+use crate::status::{
+    render_live_status, render_overview, render_status_panel, LiveStatus, OverviewRow, StatusUrls,
+};
 use crate::{assets, ids};
 use subtle::ConstantTimeEq;
 
@@ -207,7 +211,9 @@ pub fn router(state: AppState, access: Access) -> Result<Router, UiError> {
         .route("/plugins/details", get(details))
         .route("/plugins/select", post(select))
         .route("/plugins/compare", get(compare))
+        .route("/plugins/overview", get(overview))
         .route("/plugins/{id}/config", get(config_get).post(config_post))
+        .route("/plugins/{id}/config/reset", post(config_reset))
         .route("/plugins/{id}/status", get(status))
         .route("/plugins/{id}/status/live", get(status_live))
         .route("/plugins/{id}/load", post(load))
@@ -413,6 +419,10 @@ fn config_url(id: &str) -> String {
     format!("/plugins/{}/config", url_encode(id))
 }
 
+fn reset_url(id: &str) -> String {
+    format!("/plugins/{}/config/reset", url_encode(id))
+}
+
 fn status_urls(id: &str) -> (String, String, String) {
     let base = format!("/plugins/{}", url_encode(id));
     (
@@ -435,23 +445,57 @@ fn categories(state: &AppState) -> Vec<CategoryLink> {
         .collect()
 }
 
-fn category_panel(
+/// Resources (from the discovered manifest), live state and operations of each plugin, by id.
+async fn plugin_facts(
     state: &AppState,
-    category: &str,
-    selected: Option<&str>,
-    settings: Option<Markup>,
-) -> Markup {
+    plugins: &[PluginMetadata],
+) -> HashMap<String, PluginFacts> {
+    let mut out = HashMap::with_capacity(plugins.len());
+    for p in plugins {
+        out.insert(p.unique_id(), facts_of(state, p).await);
+    }
+    out
+}
+
+async fn facts_of(state: &AppState, p: &PluginMetadata) -> PluginFacts {
+    PluginFacts {
+        resources: state
+            .manager
+            .discovered_manifest(&p.name)
+            .map(|m| m.resources.clone()),
+        live: live_status(state, &p.name).await,
+        // Manifests do not declare operations yet; the page says "unknown".
+        operations: None,
+    }
+}
+
+/// The category's panel, its selection's (or else its first plugin's) settings beside it.
+async fn category_panel(state: &AppState, category: &str, selected: Option<&str>) -> Markup {
     let plugins = state.registry.plugins_by_category(category);
+    let chosen = selected
+        .and_then(|id| plugins.iter().find(|p| p.unique_id() == id))
+        .or_else(|| plugins.first())
+        .cloned();
+    let settings = match &chosen {
+        Some(p) => Some(settings(state, p).await),
+        None => None,
+    };
+    let chosen_id = chosen.as_ref().map(PluginMetadata::unique_id);
+    let facts = plugin_facts(state, &plugins).await;
+    let facts_getter =
+        move |p: &PluginMetadata| facts.get(&p.unique_id()).cloned().unwrap_or_default();
     let registry = Arc::clone(&state.registry);
     let getter = move |p: &PluginMetadata| registry.effective_plugin_config(&p.unique_id()).ok();
     let compare = format!("/plugins/compare?category={}", url_encode(category));
     let selector = DropdownSelector {
-        selected_plugin_id: selected,
+        selected_plugin_id: chosen_id.as_deref(),
         selection_endpoint: Some("/plugins/select"),
         details_endpoint: Some("/plugins/details"),
         compare_endpoint: Some(&compare),
         target_id: Some(ids::PLUGIN_CONFIG),
         get_plugin_config: Some(&getter),
+        get_plugin_facts: Some(&facts_getter),
+        comparison_outside: true,
         ..DropdownSelector::new(&plugins)
     };
     render_category_panel(
@@ -460,6 +504,22 @@ fn category_panel(
         settings,
     )
 }
+
+/// Every plugin's row of the overview.
+async fn overview_rows(state: &AppState) -> Vec<OverviewRow> {
+    let mut rows = Vec::new();
+    for p in state.registry.plugins() {
+        rows.push(OverviewRow {
+            id: p.unique_id(),
+            live: live_status(state, &p.name).await,
+            title: p.title,
+            category: p.category,
+        });
+    }
+    rows
+}
+
+const OVERVIEW_URL: &str = "/plugins/overview";
 
 async fn live_status(state: &AppState, name: &str) -> Option<LiveStatus> {
     let stats = state.manager.stats(name).await.ok()?;
@@ -499,9 +559,10 @@ fn config_form(state: &AppState, plugin: &PluginMetadata, notice: Option<&Notice
             Some(Notice::Error(format!("{e}; showing the defaults"))),
         ),
     };
-    render_config_form(
+    render_config_form_with_reset(
         &plugin.config_schema,
         &config_url(&id),
+        Some(&reset_url(&id)),
         &FormState::new(values),
         notice.or(problem.as_ref()),
     )
@@ -532,20 +593,10 @@ async fn index(
         None => {
             html! { p class="text-base-content/60" { "No plugins were discovered in the search paths." } }
         }
-        Some(c) => {
-            let chosen = q
-                .get("plugin")
-                .and_then(|id| state.registry.plugin(id))
-                .filter(|p| &p.category == c);
-            let settings = match &chosen {
-                Some(p) => Some(settings(&state, p).await),
-                None => None,
-            };
-            let id = chosen.as_ref().map(PluginMetadata::unique_id);
-            category_panel(&state, c, id.as_deref(), settings)
-        }
+        Some(c) => category_panel(&state, c, q.get("plugin").map(String::as_str)).await,
     };
-    page(render_page(&cats, current.as_deref(), area))
+    let overview = render_overview(&overview_rows(&state).await, OVERVIEW_URL);
+    page(render_page(&cats, current.as_deref(), area, Some(overview)))
 }
 
 async fn category(State(state): State<AppState>, UrlPath(c): UrlPath<String>) -> Response {
@@ -553,7 +604,11 @@ async fn category(State(state): State<AppState>, UrlPath(c): UrlPath<String>) ->
         return registry_failure(&RegistryError::UnknownCategory(c));
     }
     let nav = crate::page::render_category_nav(&categories(&state), Some(&c), true);
-    page(html! { (category_panel(&state, &c, None, None)) (nav) })
+    page(html! { (category_panel(&state, &c, None).await) (nav) })
+}
+
+async fn overview(State(state): State<AppState>) -> Response {
+    page(render_overview(&overview_rows(&state).await, OVERVIEW_URL))
 }
 
 async fn details(
@@ -567,7 +622,12 @@ async fn details(
         return unknown_plugin(id);
     };
     let config = state.registry.effective_plugin_config(id).ok();
-    page(crate::render_plugin_details(&plugin, config.as_ref()))
+    let facts = facts_of(&state, &plugin).await;
+    page(crate::render_plugin_details_with(
+        &plugin,
+        config.as_ref(),
+        Some(&facts),
+    ))
 }
 
 fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
@@ -587,7 +647,12 @@ async fn select(State(state): State<AppState>, body: Bytes) -> Response {
         url_encode(&plugin.category),
         url_encode(id)
     );
-    let mut resp = page(settings(&state, &plugin).await);
+    let config = state.registry.effective_plugin_config(id).ok();
+    let facts = facts_of(&state, &plugin).await;
+    let mut resp = page(html! {
+        (settings(&state, &plugin).await)
+        (crate::render_plugin_details_oob(&plugin, config.as_ref(), Some(&facts)))
+    });
     if let Ok(v) = HeaderValue::from_str(&push) {
         resp.headers_mut().insert("hx-push-url", v);
     }
@@ -598,19 +663,25 @@ async fn compare(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(category) = q.get("category") else {
-        return failure(StatusCode::BAD_REQUEST, "No category was given.");
+    let plugins = match q.get("category") {
+        Some(category) => {
+            if state.registry.manager(category).is_none() {
+                return registry_failure(&RegistryError::UnknownCategory(category.clone()));
+            }
+            state.registry.plugins_by_category(category)
+        }
+        None => state.registry.plugins(),
     };
-    if state.registry.manager(category).is_none() {
-        return registry_failure(&RegistryError::UnknownCategory(category.clone()));
-    }
-    let plugins = state.registry.plugins_by_category(category);
     let registry = Arc::clone(&state.registry);
     let getter = move |p: &PluginMetadata| registry.effective_plugin_config(&p.unique_id()).ok();
+    let facts = plugin_facts(&state, &plugins).await;
+    let facts_getter =
+        move |p: &PluginMetadata| facts.get(&p.unique_id()).cloned().unwrap_or_default();
     page(crate::render_comparison_table(
         &plugins,
         q.get("plugin_id").map(String::as_str),
         Some(&getter),
+        Some(&facts_getter),
     ))
 }
 
@@ -631,6 +702,7 @@ async fn config_post(
     };
     let schema = &plugin.config_schema;
     let action = config_url(&id);
+    let reset = reset_url(&id);
     let mut form = parse_config_form(schema, &form_pairs(&body));
 
     // Keys the form does not show (allowed by the schema) are kept as saved.
@@ -653,7 +725,13 @@ async fn config_post(
         let fields = e.field_errors();
         if fields.is_empty() {
             let notice = Notice::Error(format!("Not saved: {e}"));
-            return page(render_config_form(schema, &action, &form, Some(&notice)));
+            return page(render_config_form_with_reset(
+                schema,
+                &action,
+                Some(&reset),
+                &form,
+                Some(&notice),
+            ));
         }
         form.add_errors(
             fields
@@ -672,7 +750,13 @@ async fn config_post(
             if n == 1 { "" } else { "s" }
         ));
         tracing::debug!(id, problems = n, "configuration rejected");
-        return page(render_config_form(schema, &action, &form, Some(&notice)));
+        return page(render_config_form_with_reset(
+            schema,
+            &action,
+            Some(&reset),
+            &form,
+            Some(&notice),
+        ));
     }
     let file = state
         .registry
@@ -695,14 +779,55 @@ async fn config_post(
         Err(e) if !e.field_errors().is_empty() => {
             form.add_errors(e.field_errors().iter().cloned());
             let notice = Notice::Error(format!("Not saved: {e}"));
-            return page(render_config_form(schema, &action, &form, Some(&notice)));
+            return page(render_config_form_with_reset(
+                schema,
+                &action,
+                Some(&reset),
+                &form,
+                Some(&notice),
+            ));
         }
         Err(e) => {
             let notice = Notice::Error(format!("Not saved: {e}"));
-            return page(render_config_form(schema, &action, &form, Some(&notice)));
+            return page(render_config_form_with_reset(
+                schema,
+                &action,
+                Some(&reset),
+                &form,
+                Some(&notice),
+            ));
         }
     };
     tracing::info!(id, "configuration saved");
+    page(config_form(&state, &plugin, Some(&notice)))
+}
+
+async fn config_reset(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
+    let Some(plugin) = state.registry.plugin(&id) else {
+        return unknown_plugin(&id);
+    };
+    let file = state
+        .registry
+        .store()
+        .path_of(&id)
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let notice = match state.registry.delete_plugin_config(&id) {
+        Err(e) => Notice::Error(format!("Not reset: {e}")),
+        Ok(removed) => {
+            let what = if removed {
+                format!("Reset to the defaults ({file} removed)")
+            } else {
+                "Already at the defaults (nothing was saved)".to_owned()
+            };
+            match state.registry.apply_plugin_config(&id).await {
+                Ok(true) => Notice::Success(format!("{what}; applied to the running plugin.")),
+                Ok(false) => Notice::Success(format!("{what}.")),
+                Err(e) => Notice::Warning(format!("{what}, but: {e}")),
+            }
+        }
+    };
+    tracing::info!(id, "configuration reset to defaults");
     page(config_form(&state, &plugin, Some(&notice)))
 }
 

@@ -203,13 +203,88 @@ fn fmt_num(n: f64) -> String {
     }
 }
 
-/// The help line: description, then constraints and default.
+/// The small Markdown subset descriptions use, rendered safely: `**bold**`, `*em*` / `_em_`
+/// and `` `code` `` become `strong`, `em` and `code`; everything else (including unmatched
+/// markers) is shown as escaped text.
+pub fn render_inline_markdown(text: &str) -> Markup {
+    #[derive(Clone, Copy)]
+    enum Span {
+        Strong,
+        Em,
+        Code,
+    }
+    let mut parts: Vec<(Option<Span>, &str)> = Vec::new();
+    let rest = text;
+    let mut plain_start = 0usize;
+    let mut i = 0usize;
+    // Scans for the next marker whose closing partner exists; plain text runs in between.
+    while i < rest.len() {
+        let tail = &rest[i..];
+        let found = if let Some(inner) = tail.strip_prefix("**") {
+            inner
+                .find("**")
+                .filter(|n| *n > 0)
+                .map(|n| (Span::Strong, 2, n, 2))
+        } else if let Some(inner) = tail.strip_prefix('`') {
+            inner
+                .find('`')
+                .filter(|n| *n > 0)
+                .map(|n| (Span::Code, 1, n, 1))
+        } else if let Some(inner) = tail.strip_prefix('*').or_else(|| tail.strip_prefix('_')) {
+            let marker = if tail.starts_with('*') { '*' } else { '_' };
+            let word_start = i == 0 || !rest[..i].ends_with(|c: char| c.is_alphanumeric());
+            inner
+                .find(marker)
+                .filter(|n| *n > 0 && word_start && !inner.starts_with(' '))
+                .map(|n| (Span::Em, 1, n, 1))
+        } else {
+            None
+        };
+        match found {
+            Some((span, open, len, close)) => {
+                if plain_start < i {
+                    parts.push((None, &rest[plain_start..i]));
+                }
+                parts.push((Some(span), &rest[i + open..i + open + len]));
+                i += open + len + close;
+                plain_start = i;
+            }
+            None => {
+                i += tail.chars().next().map_or(1, char::len_utf8);
+            }
+        }
+    }
+    if plain_start < rest.len() {
+        parts.push((None, &rest[plain_start..]));
+    }
+    html! {
+        @for (span, t) in &parts {
+            @match span {
+                None => (t),
+                Some(Span::Strong) => strong { (t) },
+                Some(Span::Em) => em { (t) },
+                Some(Span::Code) => code { (t) },
+            }
+        }
+    }
+}
+
+/// The constraint and default part of the help line (the description is shown before it).
+/// A range the description already states (`from 0 to 2`) is not repeated, and a `pattern` is
+/// never shown raw: it is the description's job to say what the value looks like.
 fn help_text(f: &FieldSpec) -> String {
     let mut parts: Vec<String> = Vec::new();
-    if let Some(d) = &f.description {
-        parts.push(d.trim_end_matches('.').to_owned());
-    }
+    let description = f.description.as_deref().unwrap_or_default();
+    let stated = |lo: f64, hi: f64| {
+        let (lo, hi) = (fmt_num(lo), fmt_num(hi));
+        let words: Vec<&str> = description
+            .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+            .map(|w| w.trim_end_matches('.'))
+            .collect();
+        words.contains(&lo.as_str()) && words.contains(&hi.as_str())
+    };
     let range = match (f.minimum, f.maximum) {
+        (Some((lo, false)), Some((hi, false))) if stated(lo, hi) => None,
         (Some((lo, false)), Some((hi, false))) => {
             Some(format!("{} to {}", fmt_num(lo), fmt_num(hi)))
         }
@@ -231,9 +306,6 @@ fn help_text(f: &FieldSpec) -> String {
         (None, Some(hi)) => parts.push(format!("at most {hi} characters")),
         (None, None) => {}
     }
-    if let Some(p) = &f.pattern {
-        parts.push(format!("must match {p}"));
-    }
     match (f.min_items, f.max_items) {
         (Some(lo), Some(hi)) => parts.push(format!("{lo} to {hi} items")),
         (Some(lo), None) => parts.push(format!("at least {lo} items")),
@@ -250,7 +322,12 @@ fn help_text(f: &FieldSpec) -> String {
         parts.push("leave empty for none".to_owned());
     }
     if let Some(d) = &f.default {
-        let shown = input_text(Some(d)).replace('\n', ", ");
+        let shown = match d {
+            Value::Array(_) | Value::Null => input_text(Some(d)).replace('\n', ", "),
+            v => f
+                .enum_label(v)
+                .map_or_else(|| input_text(Some(v)), str::to_owned),
+        };
         if !shown.is_empty() {
             parts.push(format!("default: {shown}"));
         }
@@ -258,10 +335,38 @@ fn help_text(f: &FieldSpec) -> String {
     parts.join(" · ")
 }
 
-/// Renders the configuration form of `schema` posting to `action` (htmx, replacing itself).
+/// The help line: the description (its Markdown rendered), then [`help_text`].
+fn render_help(f: &FieldSpec, rest: &str) -> Markup {
+    let description = f
+        .description
+        .as_deref()
+        .map(|d| d.trim().trim_end_matches('.'))
+        .filter(|d| !d.is_empty());
+    html! {
+        @if let Some(d) = description { (render_inline_markdown(d)) }
+        @if description.is_some() && !rest.is_empty() { " · " }
+        (rest)
+    }
+}
+
+/// Renders the configuration form of `schema` posting to `action` (htmx, replacing itself),
+/// without a reset button; see [`render_config_form_with_reset`].
 pub fn render_config_form(
     schema: &Value,
     action: &str,
+    state: &FormState,
+    notice: Option<&Notice>,
+) -> Markup {
+    render_config_form_with_reset(schema, action, None, state, notice)
+}
+
+/// [`render_config_form`] plus, when `reset` is given, a "Reset to defaults" button
+/// (`button#config-reset`) that asks for confirmation and then `POST`s to `reset`, whose answer
+/// replaces the form.
+pub fn render_config_form_with_reset(
+    schema: &Value,
+    action: &str,
+    reset: Option<&str>,
     state: &FormState,
     notice: Option<&Notice>,
 ) -> Markup {
@@ -306,6 +411,13 @@ pub fn render_config_form(
                 }
                 @if !fields.is_empty() {
                     div class="card-actions justify-end mt-2" {
+                        @if let Some(reset) = reset {
+                            button type="button" id=(ids::CONFIG_RESET) class="btn btn-outline btn-error"
+                                hx-post=(reset) hx-target=(ids::as_selector(ids::CONFIG_FORM)) hx-swap="outerHTML"
+                                hx-confirm="Reset every setting of this plugin to its default? The saved file is removed." {
+                                "Reset to defaults"
+                            }
+                        }
                         button type="submit" class="btn btn-primary" { "Save" }
                     }
                 }
@@ -325,8 +437,9 @@ fn render_field(f: &FieldSpec, state: &FormState) -> Markup {
         .collect();
     let invalid = !errors.is_empty();
     let help = help_text(f);
+    let has_help = !help.is_empty() || f.description.is_some();
     let mut described = Vec::new();
-    if !help.is_empty() {
+    if has_help {
         described.push(help_id.clone());
     }
     if invalid {
@@ -363,8 +476,8 @@ fn render_field(f: &FieldSpec, state: &FormState) -> Markup {
                 }
                 (render_input(f, &a, value, &text))
             }
-            @if !help.is_empty() {
-                p id=(help_id) class="text-xs text-base-content/70 mt-1" { (help) }
+            @if has_help {
+                p id=(help_id) class="text-xs text-base-content/70 mt-1" { (render_help(f, &help)) }
             }
             @if invalid {
                 p id=(error_id) class="text-error text-sm mt-1" role="alert" {
@@ -444,7 +557,7 @@ fn render_input(f: &FieldSpec, a: &Attrs<'_>, value: Option<&Value>, text: &str)
                     }
                     @for v in values {
                         @let t = plain(v);
-                        option value=(t) selected[known && t == text] { (t) }
+                        option value=(t) selected[known && t == text] { (f.enum_label(v).unwrap_or(&t)) }
                     }
                 }
             }
@@ -461,7 +574,7 @@ fn render_input(f: &FieldSpec, a: &Attrs<'_>, value: Option<&Value>, text: &str)
                         aria-describedby=[a.described] aria-invalid=[inv] disabled[a.disabled] {
                         @for v in values {
                             @let t = plain(v);
-                            option value=(t) selected[chosen.contains(&t)] { (t) }
+                            option value=(t) selected[chosen.contains(&t)] { (f.enum_label(v).unwrap_or(&t)) }
                         }
                     }
                 }

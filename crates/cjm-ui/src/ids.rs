@@ -25,6 +25,10 @@ pub const PLUGIN_CONFIG: &str = "plugin-config";
 pub const CONFIG_FORM: &str = "plugin-config-form";
 /// The notice above the form after a save (success, or what went wrong).
 pub const CONFIG_NOTICE: &str = "config-notice";
+/// The form's "Reset to defaults" button.
+pub const CONFIG_RESET: &str = "config-reset";
+/// The overview table of every plugin's live state (polls).
+pub const PLUGIN_OVERVIEW: &str = "plugin-overview";
 /// The status panel (live facts and the Load/Unload button).
 pub const PLUGIN_STATUS: &str = "plugin-status";
 /// The part of the status panel that polls.

@@ -6,15 +6,20 @@
 //! Components (rendered with [`maud`], which escapes every plugin-supplied string):
 //! - [`execution_mode_badge_html`], [`extract_plugin_features`]: a plugin's execution mode and
 //!   features as DaisyUI badges;
-//! - [`render_plugin_details`]: the details card (`div#plugin-details`);
-//! - [`render_dropdown_selector`]: the selector (`div#plugin-selector`) with details swap on
-//!   change, "Continue with Selected Plugin" and "Compare All Plugins" — whose endpoint is given
-//!   explicitly ([`DropdownSelector::compare_endpoint`]) instead of the original's
-//!   `select`→`compare` substring replacement that produced `/compareor/compare`;
-//! - [`render_comparison_table`] and the strategy switch [`render_plugin_selector`];
+//! - [`render_plugin_details`] / [`render_plugin_details_with`]: the details card
+//!   (`div#plugin-details`), with declared resources, live state and operations
+//!   ([`PluginFacts`]);
+//! - [`render_dropdown_selector`]: the selector (`div#plugin-selector`); changing the selection
+//!   shows that plugin's settings at once (no extra click), and "Compare All Plugins" — whose
+//!   endpoint is given explicitly ([`DropdownSelector::compare_endpoint`]) instead of the
+//!   original's `select`→`compare` substring replacement that produced `/compareor/compare`;
+//! - [`render_comparison_table`] (version, mode, resources, state, operations, config
+//!   differences) and the strategy switch [`render_plugin_selector`];
 //! - [`render_config_form`] / [`parse_config_form`]: a configuration form generated from the
-//!   plugin's JSON Schema, with server-side errors next to their fields;
-//! - [`render_status_panel`]: live state, restarts, RSS, CPU and calls of a loaded plugin.
+//!   plugin's JSON Schema (enum labels from the schema, help with its Markdown rendered), with
+//!   server-side errors next to their fields and a reset-to-defaults button;
+//! - [`render_status_panel`]: live state, restarts, RSS, CPU and calls of a loaded plugin;
+//!   [`render_overview`]: the same for every plugin, in one polled table.
 //!
 //! Every id is a constant in [`ids`].
 //!
@@ -48,14 +53,20 @@ pub mod status;
 pub use app::{router, serve, serve_listener, Access, AppState};
 pub use cjm_core as core;
 pub use components::{
-    execution_mode_badge_html, render_comparison_table, render_dropdown_selector,
-    render_plugin_details, render_plugin_selector, ConfigGetter, DropdownSelector,
-    SelectorStrategy,
+    config_differences, execution_mode_badge_html, render_comparison_table,
+    render_dropdown_selector, render_plugin_details, render_plugin_details_oob,
+    render_plugin_details_with, render_plugin_selector, resources_text, ConfigGetter,
+    DropdownSelector, FactsGetter, PluginFacts, SelectorStrategy,
 };
 pub use error::UiError;
 pub use features::{
     execution_mode_badge, execution_mode_label, extract_plugin_features, PluginFeature,
 };
-pub use form::{parse_config_form, render_config_form, FormState, Notice};
+pub use form::{
+    parse_config_form, render_config_form, render_config_form_with_reset, render_inline_markdown,
+    FormState, Notice,
+};
 pub use schema_fields::{schema_fields, FieldKind, FieldSpec};
-pub use status::{render_live_status, render_status_panel, LiveStatus, StatusUrls};
+pub use status::{
+    render_live_status, render_overview, render_status_panel, LiveStatus, OverviewRow, StatusUrls,
+};

@@ -35,8 +35,14 @@ pub fn url_encode(s: &str) -> String {
 }
 
 /// The whole document: `<head>` with `/static/app.css` and `/static/htmx.min.js`, a navbar, the
-/// category navigation and `main#plugin-area` holding `area`.
-pub fn render_page(categories: &[CategoryLink], current: Option<&str>, area: Markup) -> Markup {
+/// category navigation, `main#plugin-area` holding `area`, and `overview` (the table of every
+/// plugin) below them.
+pub fn render_page(
+    categories: &[CategoryLink],
+    current: Option<&str>,
+    area: Markup,
+    overview: Option<Markup>,
+) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" data-theme="light" {
@@ -59,6 +65,9 @@ pub fn render_page(categories: &[CategoryLink], current: Option<&str>, area: Mar
                     main id=(ids::PLUGIN_AREA) class="md:col-span-3" tabindex="-1" {
                         (area)
                     }
+                }
+                @if let Some(o) = overview {
+                    div class="container mx-auto px-4 pb-4" { (o) }
                 }
             }
         }
@@ -99,22 +108,27 @@ pub fn render_category_nav(
     }
 }
 
-/// One category: its heading, the selector and `div#plugin-config` (empty, or the chosen
-/// plugin's settings when the page was opened on one).
+/// One category on one screen: its heading and the selector (with the details) beside
+/// `div#plugin-config`, which holds the selected plugin's settings (side by side from the `lg`
+/// width up, so the form is in view without scrolling), and below both, full width, the empty
+/// `div#plugin-comparison` (for a selector built with `comparison_outside`).
 pub fn render_category_panel(
     display_name: &str,
     selector: Markup,
     config: Option<Markup>,
 ) -> Markup {
     html! {
-        section class="card bg-base-100 shadow-sm" aria-labelledby="category-title" {
-            div class="card-body" {
-                h2 id="category-title" class="text-2xl font-bold" { (display_name) }
-                (selector)
+        div class="grid gap-4 lg:grid-cols-2 items-start" {
+            section class="card bg-base-100 shadow-sm" aria-labelledby="category-title" {
+                div class="card-body" {
+                    h2 id="category-title" class="text-2xl font-bold" { (display_name) }
+                    (selector)
+                }
             }
-        }
-        div id=(ids::PLUGIN_CONFIG) aria-live="polite" {
-            @if let Some(c) = config { (c) }
+            div id=(ids::PLUGIN_CONFIG) aria-live="polite" {
+                @if let Some(c) = config { (c) }
+            }
+            div id=(ids::PLUGIN_COMPARISON) class="lg:col-span-2" aria-live="polite" {}
         }
     }
 }

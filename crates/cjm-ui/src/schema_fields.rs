@@ -4,7 +4,8 @@
 //! those, nullable fields (`"type": [T, "null"]`, `anyOf`/`oneOf` with a `null` branch, or `null`
 //! in an `enum`), local `$ref`s (`#/$defs/…`, `#/definitions/…`) and single-entry `allOf`;
 //! `minimum`/`maximum` (and their exclusive forms), `minLength`/`maxLength`, `pattern`,
-//! `minItems`/`maxItems`, `default`, `title`, `description` and `readOnly`. Anything else becomes a
+//! `minItems`/`maxItems`, `default`, `title`, `description` and `readOnly`; enum labels from
+//! `oneOf`/`anyOf` `const` entries' `title`s or an `enumNames`/`x-enum-labels` list. Anything else becomes a
 //! JSON text field.
 
 use serde_json::{Map, Value};
@@ -61,6 +62,20 @@ pub struct FieldSpec {
     pub max_items: Option<u64>,
     /// `readOnly`.
     pub read_only: bool,
+    /// Labels of enum values, from `oneOf`/`anyOf` entries with `const` and `title`, or an
+    /// `enumNames` / `x-enum-labels` / `x-enumNames` list parallel to `enum`. Values without a
+    /// label are absent.
+    pub enum_labels: Vec<(Value, String)>,
+}
+
+impl FieldSpec {
+    /// The label of the enum value `v` (its schema title), if the schema gives one.
+    pub fn enum_label(&self, v: &Value) -> Option<&str> {
+        self.enum_labels
+            .iter()
+            .find(|(value, _)| value == v)
+            .map(|(_, label)| label.as_str())
+    }
 }
 
 /// The fields of `schema`'s top-level `properties`, in schema order. Empty when it has none.
@@ -160,6 +175,70 @@ fn strip_null(root: &Value, s: Map<String, Value>) -> (Map<String, Value>, bool)
     (s, nullable)
 }
 
+/// `oneOf`/`anyOf` whose every branch is `{"const": …}` (a `null` const or `{"type": "null"}`
+/// branch makes it nullable): the values, their titles, and whether null is allowed.
+/// Enum values, their labels, and whether null is allowed.
+type ConstEnum = (Vec<Value>, Vec<(Value, String)>, bool);
+
+fn const_branches(s: &Map<String, Value>) -> Option<ConstEnum> {
+    for key in ["oneOf", "anyOf"] {
+        let Some(branches) = s.get(key).and_then(Value::as_array) else {
+            continue;
+        };
+        let mut values = Vec::new();
+        let mut labels = Vec::new();
+        let mut nullable = false;
+        for b in branches {
+            if is_null_schema(b) {
+                nullable = true;
+                continue;
+            }
+            let c = b.get("const")?;
+            if c.is_null() {
+                nullable = true;
+                continue;
+            }
+            if c.is_array() || c.is_object() {
+                return None;
+            }
+            if let Some(t) = b
+                .get("title")
+                .and_then(Value::as_str)
+                .filter(|t| !t.trim().is_empty())
+            {
+                labels.push((c.clone(), t.to_owned()));
+            }
+            values.push(c.clone());
+        }
+        if !values.is_empty() {
+            return Some((values, labels, nullable));
+        }
+    }
+    None
+}
+
+/// Labels given as a list parallel to `enum` (`enumNames`, `x-enum-labels`, `x-enumNames`).
+fn parallel_labels(s: &Map<String, Value>) -> Vec<(Value, String)> {
+    let Some(values) = s.get("enum").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    let Some(names) = ["x-enum-labels", "enumNames", "x-enumNames"]
+        .iter()
+        .find_map(|k| s.get(*k).and_then(Value::as_array))
+    else {
+        return Vec::new();
+    };
+    values
+        .iter()
+        .zip(names)
+        .filter_map(|(v, n)| {
+            n.as_str()
+                .filter(|n| !n.trim().is_empty())
+                .map(|n| (v.clone(), n.to_owned()))
+        })
+        .collect()
+}
+
 fn simple_kind(s: &Map<String, Value>) -> Option<FieldKind> {
     if let Some(values) = s.get("enum").and_then(Value::as_array) {
         if !values.is_empty() && values.iter().all(|v| !v.is_array() && !v.is_object()) {
@@ -177,19 +256,27 @@ fn simple_kind(s: &Map<String, Value>) -> Option<FieldKind> {
 }
 
 fn field(root: &Value, key: &str, prop: &Value, required: bool) -> FieldSpec {
-    let (s, nullable) = strip_null(root, resolve(root, prop));
-    let kind = simple_kind(&s).unwrap_or_else(|| {
-        if s.get("type").and_then(Value::as_str) == Some("array") {
-            let items = s.get("items").map(|i| resolve(root, i)).unwrap_or_default();
-            let (items, _) = strip_null(root, items);
-            match simple_kind(&items) {
-                Some(k) => FieldKind::Array(Box::new(k)),
-                None => FieldKind::Json,
+    let (s, mut nullable) = strip_null(root, resolve(root, prop));
+    let consts = const_branches(&s);
+    let mut enum_labels = parallel_labels(&s);
+    let kind = if let Some((values, labels, null)) = consts {
+        nullable |= null;
+        enum_labels = labels;
+        FieldKind::Enum(values)
+    } else {
+        simple_kind(&s).unwrap_or_else(|| {
+            if s.get("type").and_then(Value::as_str) == Some("array") {
+                let items = s.get("items").map(|i| resolve(root, i)).unwrap_or_default();
+                let (items, _) = strip_null(root, items);
+                match simple_kind(&items) {
+                    Some(k) => FieldKind::Array(Box::new(k)),
+                    None => FieldKind::Json,
+                }
+            } else {
+                FieldKind::Json
             }
-        } else {
-            FieldKind::Json
-        }
-    });
+        })
+    };
     let num = |k: &str| s.get(k).and_then(Value::as_f64);
     let int = |k: &str| s.get(k).and_then(Value::as_u64);
     let bound = |inclusive: &str, exclusive: &str| {
@@ -221,6 +308,7 @@ fn field(root: &Value, key: &str, prop: &Value, required: bool) -> FieldSpec {
         min_items: int("minItems"),
         max_items: int("maxItems"),
         read_only: s.get("readOnly").and_then(Value::as_bool).unwrap_or(false),
+        enum_labels,
     }
 }
 
@@ -315,5 +403,31 @@ mod tests {
         assert!(schema_fields(&json!({"properties": 3})).is_empty());
         let cyclic = json!({"$defs": {"A": {"$ref": "#/$defs/A"}}, "properties": {"x": {"$ref": "#/$defs/A"}}});
         assert_eq!(schema_fields(&cyclic)[0].kind, FieldKind::Json);
+    }
+
+    #[test]
+    fn enum_labels_from_const_titles_and_parallel_lists() {
+        let schema = json!({"properties": {
+            "size": {"oneOf": [
+                {"const": "tiny", "title": "Tiny (39 M)"},
+                {"const": "base"},
+                {"const": null}
+            ]},
+            "beam": {"enum": [1, 5], "enumNames": ["Greedy", "Wide"]},
+            "mode": {"enum": ["a", "b"], "x-enum-labels": ["Alpha"]},
+            "obj": {"anyOf": [{"const": {"x": 1}}, {"const": 2}]}
+        }});
+        let f = schema_fields(&schema);
+        assert_eq!(
+            f[0].kind,
+            FieldKind::Enum(vec![json!("tiny"), json!("base")])
+        );
+        assert!(f[0].nullable);
+        assert_eq!(f[0].enum_label(&json!("tiny")), Some("Tiny (39 M)"));
+        assert_eq!(f[0].enum_label(&json!("base")), None);
+        assert_eq!(f[1].enum_label(&json!(5)), Some("Wide"));
+        assert_eq!(f[2].enum_label(&json!("a")), Some("Alpha"));
+        assert_eq!(f[2].enum_label(&json!("b")), None);
+        assert_eq!(f[3].kind, FieldKind::Json, "object consts are not an enum");
     }
 }

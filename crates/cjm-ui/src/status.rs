@@ -1,5 +1,5 @@
 //! Live status of a loaded plugin: state, restarts, resident memory, CPU and calls, polled by
-//! htmx, with a Load/Unload button.
+//! htmx, with a Load/Unload button; and the overview table of every plugin, polled the same way.
 
 use maud::{html, Markup};
 
@@ -61,7 +61,7 @@ pub fn render_live_status(status: Option<&LiveStatus>, live_url: &str) -> Markup
     };
     html! {
         div id=(ids::PLUGIN_STATUS_LIVE) hx-get=(live_url) hx-trigger="every 2s" hx-swap="outerHTML" {
-            div class="stats stats-vertical sm:stats-horizontal bg-base-100 shadow w-full" {
+            div class="stats stats-vertical bg-base-100 shadow w-full" {
                 div class="stat" {
                     div class="stat-title" { "State" }
                     div class="stat-value text-lg" {
@@ -118,6 +118,81 @@ pub fn render_status_panel(
                     } @else {
                         button type="button" class="btn btn-secondary btn-sm" hx-post=(urls.load)
                             hx-target=(target) hx-swap="outerHTML" hx-disabled-elt="this" { "Load" }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One row of the overview table.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OverviewRow {
+    /// The plugin's unique id (`category.name`).
+    pub id: String,
+    /// What people see.
+    pub title: String,
+    /// Its category.
+    pub category: String,
+    /// Live status when loaded.
+    pub live: Option<LiveStatus>,
+}
+
+fn dash_or(v: Option<f64>, unit: &str) -> String {
+    v.map_or_else(|| "—".to_owned(), |v| format!("{v:.1} {unit}"))
+}
+
+/// `div#plugin-overview`: a table of every plugin with state, restarts, RSS, CPU and calls
+/// (`—` when not loaded), each title a link to its settings; it replaces itself from
+/// `live_url` every 2 s.
+pub fn render_overview(rows: &[OverviewRow], live_url: &str) -> Markup {
+    html! {
+        section id=(ids::PLUGIN_OVERVIEW) class="card bg-base-100 shadow-sm mt-4" aria-labelledby="overview-title"
+            hx-get=(live_url) hx-trigger="every 2s" hx-swap="outerHTML" {
+            div class="card-body" {
+                h2 id="overview-title" class="card-title" { "All plugins" }
+                @if rows.is_empty() {
+                    p class="text-base-content/60" { "No plugins were discovered." }
+                } @else {
+                    div class="overflow-x-auto" {
+                        table class="table table-zebra w-full" {
+                            thead {
+                                tr {
+                                    th scope="col" { "Plugin" }
+                                    th scope="col" { "Category" }
+                                    th scope="col" { "State" }
+                                    th scope="col" { "Restarts" }
+                                    th scope="col" { "RSS" }
+                                    th scope="col" { "CPU" }
+                                    th scope="col" { "Calls" }
+                                }
+                            }
+                            tbody {
+                                @for r in rows {
+                                    @let href = format!("/?category={}&plugin={}", crate::page::url_encode(&r.category), crate::page::url_encode(&r.id));
+                                    tr data-plugin=(r.id) {
+                                        th scope="row" { a class="link" href=(href) { (r.title) } }
+                                        td { (r.category) }
+                                        @match &r.live {
+                                            None => {
+                                                td data-col="state" class="whitespace-nowrap" { span class="badge badge-neutral badge-sm" { "not loaded" } }
+                                                td data-col="restarts" { "—" }
+                                                td data-col="rss" { "—" }
+                                                td data-col="cpu" { "—" }
+                                                td data-col="calls" { "—" }
+                                            }
+                                            Some(s) => {
+                                                td data-col="state" class="whitespace-nowrap" { span class={ "badge badge-sm " (state_badge(&s.state)) } { (s.state) } }
+                                                td data-col="restarts" { (s.restarts) }
+                                                td data-col="rss" { (dash_or(s.memory_rss_mb, "MB")) }
+                                                td data-col="cpu" { (dash_or(s.cpu_percent, "%")) }
+                                                td data-col="calls" { (s.calls) @if s.errors > 0 { " (" (s.errors) " failed)" } }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
             }

@@ -137,7 +137,34 @@ async fn page_category_details_and_compare() {
         attr(&html, "#comparison-toggle", "hx-get").as_deref(),
         Some("/plugins/compare?category=speech")
     );
-    assert_eq!(select_text(&html, "#plugin-config").concat(), "");
+    // One screen: the first plugin's settings are shown beside the selector, no click needed.
+    assert_eq!(
+        attr(&html, "#plugin-config #plugin-config-form", "hx-post").as_deref(),
+        Some("/plugins/speech.alpha/config")
+    );
+    assert_eq!(
+        attr(&html, "#plugin-select", "hx-post").as_deref(),
+        Some("/plugins/select")
+    );
+    assert!(!html.contains("Continue with Selected Plugin"));
+    // The comparison container is full width below the two columns, and there is one.
+    assert_eq!(
+        attr(&html, "#plugin-comparison", "class").as_deref(),
+        Some("lg:col-span-2")
+    );
+    assert_eq!(
+        select_text(&html, "#plugin-details [data-fact=state]"),
+        ["not loaded"]
+    );
+    // The overview of all plugins, polling.
+    assert_eq!(
+        attr(&html, "#plugin-overview", "hx-get").as_deref(),
+        Some("/plugins/overview")
+    );
+    assert_eq!(
+        select_text(&html, "#plugin-overview tbody th"),
+        ["Alpha", "Beta"]
+    );
 
     let (status, _, frag) = send(&app, get("/category/speech")).await;
     assert_eq!(status, StatusCode::OK);
@@ -161,9 +188,22 @@ async fn page_category_details_and_compare() {
         get("/plugins/compare?category=speech&plugin_id=speech.beta"),
     )
     .await;
+    assert_eq!(select_text(&table, "tbody tr th"), ["Alpha", "Beta"]);
     assert_eq!(
-        select_text(&table, "tbody tr td:first-child"),
-        ["Alpha", "Beta"]
+        select_text(&table, "thead th"),
+        [
+            "Plugin",
+            "Version",
+            "Mode",
+            "Resources",
+            "State",
+            "Operations",
+            "Config differences"
+        ]
+    );
+    assert_eq!(
+        select_text(&table, "td[data-col=version]"),
+        ["2.0.0", "2.0.0"]
     );
     assert_eq!(
         select_text(&table, "tr.bg-primary\\/10 .font-bold"),
@@ -202,8 +242,77 @@ async fn select_pushes_the_url_and_shows_the_settings() {
         attr(&frag, "#plugin-status button", "hx-post").as_deref(),
         Some("/plugins/speech.alpha/load")
     );
+    // The details follow the selection out of band.
+    assert_eq!(
+        attr(&frag, "#plugin-details", "hx-swap-oob").as_deref(),
+        Some("true")
+    );
+    assert_eq!(select_text(&frag, "#plugin-details h3"), ["Alpha"]);
     let (status, _, _) = send(&app, post("/plugins/select", "")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn reset_removes_the_saved_file_and_applies_the_defaults() {
+    let app = app().await;
+    let file = app.state.registry().config_dir().join("speech.alpha.json");
+    let (_, _, _) = send(
+        &app,
+        post("/plugins/speech.alpha/config", "greeting=hey&level=7"),
+    )
+    .await;
+    assert!(file.exists());
+    app.source
+        .set_live("alpha", Some(cjm_registry::LiveFacts::new("ready")));
+    let (status, _, frag) = send(&app, post("/plugins/speech.alpha/config/reset", "")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!file.exists(), "the saved file is removed");
+    assert_eq!(attr(&frag, "#cfg-level", "value").as_deref(), Some("1"));
+    assert_eq!(
+        attr(&frag, "#cfg-greeting", "value").as_deref(),
+        Some("hello")
+    );
+    let notice = &select_text(&frag, "#config-notice")[0];
+    assert!(
+        notice.contains("Reset to the defaults") && notice.contains("applied"),
+        "{notice}"
+    );
+    assert_eq!(
+        app.source.applied("alpha").last(),
+        Some(&json!({"greeting": "hello", "level": 1})),
+        "the defaults reach the running plugin"
+    );
+    // Nothing saved: says so.
+    let (_, _, frag) = send(&app, post("/plugins/speech.alpha/config/reset", "")).await;
+    assert!(select_text(&frag, "#config-notice")[0].contains("Already at the defaults"));
+    let (status, _, _) = send(&app, post("/plugins/speech.zzz/config/reset", "")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Without htmx (a cross-site form post) it is refused.
+    let req = Request::post("/plugins/speech.alpha/config/reset")
+        .header(header::HOST, BOUND)
+        .body(Body::empty())
+        .expect("request");
+    assert_eq!(send(&app, req).await.0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn overview_fragment_and_compare_across_categories() {
+    let app = app().await;
+    let (status, _, frag) = send(&app, get("/plugins/overview")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        attr(&frag, "#plugin-overview", "hx-trigger").as_deref(),
+        Some("every 2s")
+    );
+    assert_eq!(
+        select_text(&frag, "#plugin-overview td[data-col=state]"),
+        ["not loaded", "not loaded"]
+    );
+    let (status, _, table) = send(&app, get("/plugins/compare")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(select_text(&table, "tbody tr th"), ["Alpha", "Beta"]);
+    let (status, _, _) = send(&app, get("/plugins/compare?category=nope")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]

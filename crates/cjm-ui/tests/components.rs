@@ -3,12 +3,15 @@
 
 use cjm_core::{
     CloudProviderType, FieldError, PluginExecutionMode, PluginMetadata, RemoteResourceInfo,
+    Resources,
 };
 use cjm_ui::{
-    execution_mode_badge_html, ids, parse_config_form, render_comparison_table, render_config_form,
-    render_dropdown_selector, render_live_status, render_plugin_details, render_plugin_selector,
-    render_status_panel, DropdownSelector, FormState, LiveStatus, Notice, SelectorStrategy,
-    StatusUrls,
+    config_differences, execution_mode_badge_html, ids, parse_config_form, render_comparison_table,
+    render_config_form, render_config_form_with_reset, render_dropdown_selector,
+    render_inline_markdown, render_live_status, render_overview, render_plugin_details,
+    render_plugin_details_oob, render_plugin_details_with, render_plugin_selector,
+    render_status_panel, resources_text, DropdownSelector, FormState, LiveStatus, Notice,
+    OverviewRow, PluginFacts, SelectorStrategy, StatusUrls,
 };
 use scraper::{ElementRef, Html, Selector};
 use serde_json::{json, Map, Value};
@@ -164,7 +167,7 @@ fn hostile_strings_are_escaped_everywhere() {
         }
         .render()
         .into_string(),
-        render_comparison_table(&list, None, Some(&getter)).into_string(),
+        render_comparison_table(&list, None, Some(&getter), None).into_string(),
     ];
     for html in &outputs {
         assert!(!html.contains("<script"), "raw script tag in {html}");
@@ -203,6 +206,7 @@ fn hostile_strings_are_escaped_everywhere() {
 #[test]
 fn dropdown_selector_structure_and_htmx() {
     let list = plugins();
+    let facts_getter = |_: &PluginMetadata| busy_facts();
     let getter_calls = std::cell::RefCell::new(Vec::new());
     let getter = |p: &PluginMetadata| {
         getter_calls.borrow_mut().push(p.name.clone());
@@ -215,6 +219,7 @@ fn dropdown_selector_structure_and_htmx() {
         compare_endpoint: Some("/selector/compare?category=transcription"),
         target_id: Some("plugin-config"),
         get_plugin_config: Some(&getter),
+        get_plugin_facts: Some(&facts_getter),
         ..DropdownSelector::new(&list)
     };
     let d = doc(render_dropdown_selector(&s));
@@ -222,6 +227,20 @@ fn dropdown_selector_structure_and_htmx() {
         *getter_calls.borrow(),
         ["voxtral"],
         "the getter runs for the selection only"
+    );
+    // Details carry resources and live state of the selection.
+    assert_eq!(
+        text(one(&d, "#plugin-details [data-fact=resources]")),
+        "GPU, ≥ 8 GB VRAM; ≥ 2 GB RAM"
+    );
+    assert_eq!(text(one(&d, "#plugin-details [data-fact=state]")), "busy");
+    assert_eq!(
+        text(one(&d, "#plugin-details [data-fact=live]")),
+        "pid 42 · 1 restarts · 12.5 MB RSS · 3.0 % CPU · 7 calls"
+    );
+    assert_eq!(
+        text(one(&d, "#plugin-details [data-fact=operations]")),
+        "transcribe, stream"
     );
     one(&d, "div#plugin-selector");
     let label = one(&d, "#plugin-selector > div.mb-4 > label.font-semibold.mb-2");
@@ -231,10 +250,11 @@ fn dropdown_selector_structure_and_htmx() {
         "plugin-select",
         "the label is linked to the select"
     );
+    // Choosing shows the settings at once: the select itself posts the selection.
     let select = one(&d, "select#plugin-select.select.w-full[name=plugin_id]");
-    assert_eq!(attr(select, "hx-get"), "/plugins/details");
-    assert_eq!(attr(select, "hx-target"), "#plugin-details");
-    assert_eq!(attr(select, "hx-swap"), "outerHTML");
+    assert_eq!(attr(select, "hx-post"), "/selector/select");
+    assert_eq!(attr(select, "hx-target"), "#plugin-config");
+    assert_eq!(attr(select, "hx-swap"), "innerHTML");
     assert_eq!(attr(select, "hx-trigger"), "change");
     assert_eq!(attr(select, "hx-include"), "#plugin-select");
     let options: Vec<(String, String, bool)> = select
@@ -256,13 +276,8 @@ fn dropdown_selector_structure_and_htmx() {
         ]
     );
     assert_eq!(text(one(&d, "#plugin-details h3.card-title")), "Voxtral");
-    let confirm = one(&d, "div.mt-4 > button.btn.btn-primary.btn-md.mt-4");
-    assert_eq!(text(confirm), "Continue with Selected Plugin");
-    assert_eq!(attr(confirm, "hx-post"), "/selector/select");
-    assert_eq!(attr(confirm, "hx-target"), "#plugin-config");
-    assert_eq!(attr(confirm, "hx-swap"), "innerHTML");
-    assert_eq!(attr(confirm, "hx-include"), "#plugin-select");
-    assert_eq!(attr(confirm, "type"), "button");
+    assert_eq!(count(&d, "button.btn-primary"), 0, "no extra click");
+    assert!(!d.html().contains("Continue with Selected Plugin"));
     let compare = one(
         &d,
         "div.mt-2 > button#comparison-toggle.btn.btn-outline.btn-sm.mt-2",
@@ -295,11 +310,18 @@ fn dropdown_selector_fallbacks_and_options() {
         select.value().attr("hx-get").is_none(),
         "no details endpoint, no swap"
     );
-    assert_eq!(
-        count(&d, "button.btn-primary"),
-        0,
-        "no selection endpoint, no confirm"
-    );
+    // Details endpoint only: the select swaps the details.
+    let s = DropdownSelector {
+        details_endpoint: Some("/plugins/details"),
+        ..DropdownSelector::new(&list)
+    };
+    let d = doc(s.render());
+    let select = one(&d, "select#plugin-select");
+    assert_eq!(attr(select, "hx-get"), "/plugins/details");
+    assert_eq!(attr(select, "hx-target"), "#plugin-details");
+    assert_eq!(attr(select, "hx-swap"), "outerHTML");
+    assert_eq!(count(&d, "[data-fact]"), 0, "no facts getter, no facts");
+    let d = doc(DropdownSelector::new(&list).render());
     assert_eq!(
         count(&d, "#comparison-toggle"),
         0,
@@ -312,19 +334,52 @@ fn dropdown_selector_fallbacks_and_options() {
         target_id: Some("t"),
         compare_endpoint: Some("/c"),
         label: "Pick one",
-        confirm_button_text: "Go",
         show_comparison_toggle: false,
         ..DropdownSelector::new(&list)
     };
     let d = doc(s.render());
     assert_eq!(text(one(&d, "label")), "Pick one");
-    assert_eq!(text(one(&d, "button.btn-primary")), "Go");
-    assert_eq!(attr(one(&d, "button.btn-primary"), "hx-target"), "#t");
+    assert_eq!(attr(one(&d, "select#plugin-select"), "hx-post"), "/s");
+    assert_eq!(attr(one(&d, "select#plugin-select"), "hx-target"), "#t");
     assert_eq!(count(&d, "#comparison-toggle, #plugin-comparison"), 0);
+    // The page may place the comparison container itself: only the button here.
+    let s = DropdownSelector {
+        compare_endpoint: Some("/c"),
+        comparison_outside: true,
+        ..DropdownSelector::new(&list)
+    };
+    let d = doc(s.render());
+    assert_eq!(
+        attr(one(&d, "#comparison-toggle"), "hx-target"),
+        "#plugin-comparison"
+    );
+    assert_eq!(count(&d, "#plugin-comparison"), 0);
     // Empty.
     let d = doc(DropdownSelector::new(&[]).render());
     assert_eq!(text(one(&d, "p")), "No plugins available.");
     assert_eq!(count(&d, "select"), 0);
+}
+
+fn busy_facts() -> PluginFacts {
+    let resources = Resources {
+        requires_gpu: true,
+        min_gpu_vram_mb: Some(8192),
+        min_system_ram_mb: Some(2048),
+        ..Resources::default()
+    };
+    PluginFacts {
+        resources: Some(resources),
+        live: Some(LiveStatus {
+            state: "busy".into(),
+            restarts: 1,
+            memory_rss_mb: Some(12.5),
+            cpu_percent: Some(3.0),
+            calls: 7,
+            errors: 0,
+            pid: Some(42),
+        }),
+        operations: Some(vec!["transcribe".into(), "stream".into()]),
+    }
 }
 
 #[test]
@@ -333,12 +388,24 @@ fn comparison_table() {
     let calls = std::cell::Cell::new(0);
     let getter = |p: &PluginMetadata| {
         calls.set(calls.get() + 1);
-        (p.name == "whisper").then(|| obj(json!({"supports_streaming": true, "memory_gb": 4})))
+        match p.name.as_str() {
+            "whisper" => Some(obj(json!({"device": "cuda", "beam": 5, "lang": "en"}))),
+            "voxtral" => Some(obj(json!({"device": "cpu", "beam": 5, "lang": "en"}))),
+            _ => None,
+        }
+    };
+    let facts = |p: &PluginMetadata| {
+        if p.name == "whisper" {
+            busy_facts()
+        } else {
+            PluginFacts::default()
+        }
     };
     let d = doc(render_comparison_table(
         &list,
         Some("transcription.voxtral"),
         Some(&getter),
+        Some(&facts),
     ));
     assert_eq!(calls.get(), 3, "the getter runs for every plugin");
     one(&d, "div > div.card.card-body.bg-base-100.mt-4");
@@ -348,47 +415,50 @@ fn comparison_table() {
     );
     one(&d, "div.overflow-x-auto > table.table.table-zebra.w-full");
     let heads: Vec<String> = d.select(&sel("thead th")).map(text).collect();
+    // One category: no Category column (the same for all by construction).
     assert_eq!(
         heads,
-        ["Plugin", "Execution", "Streaming", "Memory", "Cost", "GPU"]
+        [
+            "Plugin",
+            "Version",
+            "Mode",
+            "Resources",
+            "State",
+            "Operations",
+            "Config differences"
+        ]
     );
     let rows: Vec<Vec<String>> = d
         .select(&sel("tbody tr"))
-        .map(|r| r.select(&sel("td")).map(text).collect())
+        .map(|r| r.select(&sel("th, td")).map(text).collect())
         .collect();
     assert_eq!(
         rows[0],
         [
             "Whisper",
+            "1.0.0",
             "Local (Subprocess)",
-            "Supported",
-            "4GB",
-            "N/A",
-            "N/A"
+            "GPU, ≥ 8 GB VRAM; ≥ 2 GB RAM",
+            "busy",
+            "transcribe, stream",
+            "device = cuda"
         ]
     );
     assert_eq!(
         rows[1],
         [
             "Voxtral",
+            "1.0.0",
             "Local (Subprocess)",
-            "Not Supported",
-            "N/A",
-            "N/A",
-            "N/A"
-        ]
+            "not declared",
+            "not loaded",
+            "unknown",
+            "device = cpu"
+        ],
+        "beam and lang are equal, so not shown; unknown operations are labelled"
     );
-    assert_eq!(
-        rows[2],
-        [
-            "Cloudy",
-            "Cloud GPU",
-            "Not Supported",
-            "N/A",
-            "$2.00/hr",
-            "2x A100"
-        ]
-    );
+    assert_eq!(rows[2][2], "Cloud GPU");
+    assert_eq!(rows[2][6], "unknown", "no configuration known");
     let selected = one(&d, "tbody tr.bg-primary\\/10");
     assert_eq!(
         text(one(
@@ -400,8 +470,112 @@ fn comparison_table() {
     assert_eq!(count(&d, "tbody tr.bg-primary\\/10"), 1);
     assert_eq!(count(&d, "[hx-get], [hx-post]"), 0, "rows have no htmx");
     assert_eq!(count(&d, "table[id]"), 0);
-    let d = doc(render_comparison_table(&[], None, None));
+
+    // Across categories the Category column appears.
+    let mut other = plugin("x", "X");
+    other.category = "llm".into();
+    let two = vec![plugin("whisper", "Whisper"), other];
+    let d = doc(render_comparison_table(&two, None, None, None));
+    let heads: Vec<String> = d.select(&sel("thead th")).map(text).collect();
+    assert!(heads.contains(&"Category".to_owned()), "{heads:?}");
+    assert_eq!(
+        text(one(&d, "tr[data-plugin='llm.x'] td[data-col=category]")),
+        "llm"
+    );
+
+    let d = doc(render_comparison_table(&[], None, None, None));
     assert_eq!(text(one(&d, "p")), "No plugins to compare.");
+}
+
+#[test]
+fn config_differences_counts_missing_keys() {
+    let d = config_differences(&[
+        Some(obj(json!({"a": 1, "b": 2}))),
+        Some(obj(json!({"a": 1}))),
+        None,
+    ]);
+    assert_eq!(d[0], Some(vec![("b".to_owned(), json!(2))]));
+    assert_eq!(d[1], Some(vec![]));
+    assert_eq!(d[2], None);
+}
+
+#[test]
+fn details_without_live_state_and_resource_text() {
+    let p = plugin("whisper", "Whisper");
+    let d = doc(render_plugin_details_with(
+        &p,
+        None,
+        Some(&PluginFacts::default()),
+    ));
+    assert_eq!(text(one(&d, "[data-fact=resources]")), "not declared");
+    assert_eq!(text(one(&d, "[data-fact=state]")), "not loaded");
+    assert_eq!(
+        text(one(&d, "[data-fact=operations]")),
+        "unknown (not declared)"
+    );
+    assert_eq!(count(&d, "[data-fact=live]"), 0);
+    assert_eq!(count(&d, "[hx-swap-oob]"), 0);
+    let d = doc(render_plugin_details_oob(&p, None, None));
+    assert_eq!(attr(one(&d, "#plugin-details"), "hx-swap-oob"), "true");
+    let mut r = Resources::default();
+    assert_eq!(resources_text(&r), "no GPU; no stated RAM");
+    r.min_gpu_vram_mb = Some(1536);
+    r.recommended_gpu_vram_mb = Some(4096);
+    r.min_system_ram_mb = Some(512);
+    assert_eq!(
+        resources_text(&r),
+        "no GPU, ≥ 1.5 GB VRAM (4 GB recommended); ≥ 512 MB RAM"
+    );
+}
+
+#[test]
+fn overview_table_polls_and_shows_live_facts() {
+    let rows = vec![
+        OverviewRow {
+            id: "speech.a".into(),
+            title: "A <b>".into(),
+            category: "speech".into(),
+            live: busy_facts().live,
+        },
+        OverviewRow {
+            id: "speech.b".into(),
+            title: "B".into(),
+            category: "speech".into(),
+            live: None,
+        },
+    ];
+    let d = doc(render_overview(&rows, "/plugins/overview"));
+    let o = one(&d, "section#plugin-overview");
+    assert_eq!(attr(o, "hx-get"), "/plugins/overview");
+    assert_eq!(attr(o, "hx-trigger"), "every 2s");
+    assert_eq!(attr(o, "hx-swap"), "outerHTML");
+    let heads: Vec<String> = d.select(&sel("thead th")).map(text).collect();
+    assert_eq!(
+        heads,
+        ["Plugin", "Category", "State", "Restarts", "RSS", "CPU", "Calls"]
+    );
+    let row = |id: &str| -> Vec<String> {
+        d.select(&sel(&format!("tr[data-plugin='{id}'] > *")))
+            .map(text)
+            .collect()
+    };
+    assert_eq!(
+        row("speech.a"),
+        ["A <b>", "speech", "busy", "1", "12.5 MB", "3.0 %", "7"]
+    );
+    assert_eq!(
+        row("speech.b"),
+        ["B", "speech", "not loaded", "—", "—", "—", "—"]
+    );
+    assert_eq!(
+        attr(one(&d, "tr[data-plugin='speech.a'] a"), "href"),
+        "/?category=speech&plugin=speech.a"
+    );
+    let d = doc(render_overview(&[], "/o"));
+    assert_eq!(
+        text(one(&d, "#plugin-overview p")),
+        "No plugins were discovered."
+    );
 }
 
 #[test]
@@ -530,6 +704,99 @@ fn config_form_inputs_labels_and_help() {
     );
     assert_eq!(text(one(&d, "button[type=submit]")), "Save");
     assert_eq!(count(&d, "[aria-invalid], .text-error"), 0);
+}
+
+#[test]
+fn config_form_enum_labels_help_without_repetition_regex_or_raw_markdown() {
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "size": {"oneOf": [
+                {"const": "tiny", "title": "Tiny (fast)"},
+                {"const": "large", "title": "Large (accurate)"}
+            ], "default": "tiny"},
+            "beam": {"type": "integer", "enum": [1, 5], "enumNames": ["Greedy", "Wide"]},
+            "level": {"type": "integer", "minimum": 0, "maximum": 2, "description": "Verbosity, from 0 to 2."},
+            "code": {"type": "string", "pattern": "^[a-z]{2}$", "description": "A **two-letter** `ISO` code, *lower case* <b>x</b>"},
+            "raw": {"type": "string", "pattern": "^x+$"}
+        }
+    });
+    let values = obj(json!({"size": "large", "beam": 5, "level": 1, "code": "en", "raw": "x"}));
+    let d = doc(render_config_form_with_reset(
+        &schema,
+        "/plugins/t.a/config",
+        Some("/plugins/t.a/config/reset"),
+        &FormState::new(values),
+        None,
+    ));
+    let options: Vec<(String, String)> = d
+        .select(&sel("#cfg-size option"))
+        .map(|o| (attr(o, "value").to_owned(), text(o)))
+        .collect();
+    assert_eq!(
+        options,
+        [
+            ("tiny".to_owned(), "Tiny (fast)".to_owned()),
+            ("large".to_owned(), "Large (accurate)".to_owned())
+        ],
+        "labels shown, values posted"
+    );
+    assert_eq!(
+        text(one(&d, "#cfg-size option[selected]")),
+        "Large (accurate)"
+    );
+    assert!(text(one(&d, "#cfg-size--help")).contains("default: Tiny (fast)"));
+    assert_eq!(text(one(&d, "#cfg-beam option[selected]")), "Wide");
+    // The range the description states is not repeated.
+    assert_eq!(text(one(&d, "#cfg-level--help")), "Verbosity, from 0 to 2");
+    // Markdown rendered (escaped), the regex not shown.
+    let help = one(&d, "#cfg-code--help");
+    assert_eq!(text(one(&d, "#cfg-code--help strong")), "two-letter");
+    assert_eq!(text(one(&d, "#cfg-code--help code")), "ISO");
+    assert_eq!(text(one(&d, "#cfg-code--help em")), "lower case");
+    assert_eq!(
+        count(&d, "#cfg-code--help b"),
+        0,
+        "HTML in a description is text"
+    );
+    assert!(text(help).contains("<b>x</b>"));
+    assert!(!text(help).contains('*') && !text(help).contains('`'));
+    assert!(!d.html().contains("must match"), "no raw regex as help");
+    assert_eq!(
+        count(&d, "#cfg-raw--help"),
+        0,
+        "a bare pattern gives no help line"
+    );
+    // Reset asks first, then posts and replaces the form.
+    let reset = one(&d, "button#config-reset[type=button]");
+    assert_eq!(text(reset), "Reset to defaults");
+    assert_eq!(attr(reset, "hx-post"), "/plugins/t.a/config/reset");
+    assert_eq!(attr(reset, "hx-target"), "#plugin-config-form");
+    assert_eq!(attr(reset, "hx-swap"), "outerHTML");
+    assert!(attr(reset, "hx-confirm").contains("default"));
+    let d = doc(render_config_form(
+        &schema,
+        "/a",
+        &FormState::default(),
+        None,
+    ));
+    assert_eq!(count(&d, "#config-reset"), 0, "no endpoint, no reset");
+}
+
+#[test]
+fn inline_markdown_subset() {
+    let md = |s: &str| render_inline_markdown(s).into_string();
+    assert_eq!(md("a **b** c"), "a <strong>b</strong> c");
+    assert_eq!(md("`x<y`"), "<code>x&lt;y</code>");
+    assert_eq!(md("_e_ and *f*"), "<em>e</em> and <em>f</em>");
+    assert_eq!(
+        md("2 * 3 * 4"),
+        "2 * 3 * 4",
+        "spaced stars are not emphasis"
+    );
+    assert_eq!(md("snake_case_name"), "snake_case_name");
+    assert_eq!(md("**unclosed"), "**unclosed");
+    assert_eq!(md("<script>"), "&lt;script&gt;");
 }
 
 #[test]
