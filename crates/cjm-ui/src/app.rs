@@ -464,9 +464,33 @@ async fn facts_of(state: &AppState, p: &PluginMetadata) -> PluginFacts {
             .discovered_manifest(&p.name)
             .map(|m| m.resources.clone()),
         live: live_status(state, &p.name).await,
-        // Manifests do not declare operations yet; the page says "unknown".
-        operations: None,
+        operations: operations_of(state, &p.name).await,
     }
+}
+
+/// The plugin's operations from its worker's self-description (`WORKER --describe`, cached by
+/// the binary's identity; the first description runs the binary, so off the async threads).
+/// `None` when the worker cannot describe itself (the original's Python workers).
+async fn operations_of(state: &AppState, name: &str) -> Option<Vec<String>> {
+    let manager = state.manager.clone();
+    let name = name.to_owned();
+    let described = tokio::task::spawn_blocking(move || manager.describe(&name))
+        .await
+        .ok()?;
+    let description = match described {
+        Ok(d) => d?,
+        Err(e) => {
+            tracing::debug!(error = %e, "no self-description; operations unknown");
+            return None;
+        }
+    };
+    Some(
+        description
+            .operations
+            .iter()
+            .map(|o| o.name.clone().unwrap_or_else(|| "(any call)".to_owned()))
+            .collect(),
+    )
 }
 
 /// The category's panel, its selection's (or else its first plugin's) settings beside it.
