@@ -555,6 +555,13 @@ async fn live_status(state: &AppState, name: &str) -> Option<LiveStatus> {
         calls: stats.calls,
         errors: stats.errors,
         pid: stats.pid,
+        drift: state
+            .manager
+            .drift(name)
+            .ok()
+            .flatten()
+            .filter(|d| d.any())
+            .map(|d| d.describe()),
     })
 }
 

@@ -22,6 +22,9 @@ pub struct LiveStatus {
     pub errors: u64,
     /// The worker's pid.
     pub pid: Option<u32>,
+    /// What drifted between the manifest's `drift_tracking` witnesses and the live worker
+    /// (`config schema`, `structural surface`); `None` when nothing did or nothing is known.
+    pub drift: Option<String>,
 }
 
 /// The badge colour of a host state.
@@ -68,6 +71,14 @@ pub fn render_live_status(status: Option<&LiveStatus>, live_url: &str) -> Markup
                         span id=(ids::PLUGIN_STATE) class={ "badge " (state_badge(&s.state)) } { (s.state) }
                     }
                     @if let Some(pid) = s.pid { div class="stat-desc" { "pid " (pid) } }
+                    @if let Some(d) = &s.drift {
+                        div class="stat-desc" {
+                            span class="badge badge-warning" data-stat="drift"
+                                title="The installed manifest no longer matches the running worker; reinstall or regenerate the manifest." {
+                                "drift: " (d)
+                            }
+                        }
+                    }
                 }
                 div class="stat" {
                     div class="stat-title" { "Restarts" }

@@ -377,6 +377,7 @@ fn busy_facts() -> PluginFacts {
             calls: 7,
             errors: 0,
             pid: Some(42),
+            drift: None,
         }),
         operations: Some(vec!["transcribe".into(), "stream".into()]),
     }
@@ -939,6 +940,7 @@ fn status_panel() {
         calls: 9,
         errors: 1,
         pid: Some(4242),
+        drift: None,
     };
     let d = doc(render_status_panel(Some(&s), urls, None));
     one(&d, "div#plugin-status.card");
@@ -959,6 +961,7 @@ fn status_panel() {
         .text()
         .collect::<String>()
         .contains("pid 4242"));
+    assert_eq!(count(&d, "[data-stat=drift]"), 0, "no drift, no badge");
     let b = one(&d, "button");
     assert_eq!(text(b), "Unload");
     assert_eq!(attr(b, "hx-post"), "/p/unload");
@@ -976,4 +979,14 @@ fn status_panel() {
     let d = doc(render_live_status(Some(&crashed), "/l"));
     one(&d, "#plugin-state.badge-error");
     assert_eq!(text(one(&d, "[data-stat=rss]")), "—");
+    // Drift between the manifest and the live worker is shown, escaped.
+    let drifted = LiveStatus {
+        state: "ready".into(),
+        drift: Some(format!("config schema {HOSTILE}")),
+        ..LiveStatus::default()
+    };
+    let d = doc(render_live_status(Some(&drifted), "/l"));
+    let badge = one(&d, "span.badge.badge-warning[data-stat=drift]");
+    assert_eq!(text(badge), format!("drift: config schema {HOSTILE}"));
+    assert_eq!(count(&d, "script, img"), 0);
 }
