@@ -204,6 +204,7 @@ impl Context {
             "name": m.name, "version": m.version, "category": m.category,
             "description": m.description,
             "execution_mode": m.effective_execution_mode(),
+            "generation": m.generation(),
             "manifest_file": m.path,
             "manifest": &*m,
             "config_schema": schema,
@@ -225,6 +226,7 @@ impl Context {
             say!("  {}", m.description);
         }
         say!("  category:   {}", m.category);
+        say!("  generation: {}", m.generation());
         if let Some(p) = &m.path {
             say!("  manifest:   {}", p.display());
         }
