@@ -198,11 +198,16 @@ fn idle_rss() -> Result<Option<f64>, PluginError> {
         .arg("30")
         .spawn()
         .map_err(io)?;
-    // Wait until exec has replaced the forked image (its command line is sleep's).
+    // Wait until it sleeps (state `S` in /proc/<pid>/stat): exec is done and its pages are in.
     let deadline = Instant::now() + std::time::Duration::from_secs(5);
-    let path = format!("/proc/{}/exe", child.id());
+    let path = format!("/proc/{}/stat", child.id());
     while Instant::now() < deadline {
-        if std::fs::read_link(&path).is_ok_and(|p| p.ends_with("sleep")) {
+        let stat = std::fs::read_to_string(&path).unwrap_or_default();
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        let exe = std::fs::read_link(format!("/proc/{}/exe", child.id()));
+        if state == Some('S') && exe.is_ok_and(|p| p.ends_with("sleep")) {
             break;
         }
         std::thread::yield_now();
