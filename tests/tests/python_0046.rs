@@ -439,7 +439,13 @@ fn cli_info_shows_generation_and_drift_and_strict_drift_refuses() {
         Gen::V0046,
         json!({"drift_tracking": {"structural_surface_hash": "sha256:0000"}}),
     );
+    // Without starting the worker: the generation is known from the manifest and its env.
     let out = cjm(&s, &["info", "gen46", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["generation"], "v0046");
+    // Drift needs the live worker.
+    let out = cjm(&s, &["info", "gen46", "--json", "--live"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let info: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["generation"], "v0046");
@@ -447,12 +453,12 @@ fn cli_info_shows_generation_and_drift_and_strict_drift_refuses() {
         info["drift"],
         json!({"config_schema": false, "structural_surface": true})
     );
-    let out = cjm(&s, &["info", "gen46"]);
+    let out = cjm(&s, &["info", "gen46", "--live"]);
     assert!(
         String::from_utf8_lossy(&out.stdout)
             .contains("drift:      the live worker's structural surface"),
         "{out:?}"
     );
-    let out = cjm(&s, &["--strict-drift", "info", "gen46"]);
+    let out = cjm(&s, &["--strict-drift", "info", "gen46", "--live"]);
     assert_eq!(out.status.code(), Some(11), "{out:?}");
 }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cjm_core::wire::original::{self, HookStatus, ReconfigureRequest, TaskRequest};
 use cjm_core::wire::{
-    self, content_types, error_from_response, headers, paths, ExecuteRequest, HealthResponse,
-    StatsResponse, WorkerFlavor,
+    self, content_types, error_from_response, headers, paths, HealthResponse, StatsResponse,
+    WorkerFlavor,
 };
 use cjm_core::{
     Call, CancelOutcome, ChunkStream, ErrorCategory, Output, PluginError, Progress,
@@ -357,9 +357,10 @@ impl WorkerClient {
                  data as JSON or a file path",
             ));
         }
-        let head = serde_json::to_value(ExecuteRequest {
-            args: call.args.clone(),
-            kwargs: call.kwargs.clone(),
+        // Serialised from borrows: one pass over the arguments, not a clone and then a pass.
+        let head = serde_json::to_value(ExecuteBody {
+            args: &call.args,
+            kwargs: &call.kwargs,
         })
         .map_err(internal)?;
         let parts = wire::encode_frame(&head, &call.blobs);

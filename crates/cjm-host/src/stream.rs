@@ -6,8 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
-use cjm_core::wire::{StreamLine, WorkerFlavor};
+use cjm_core::wire::StreamDecoder;
 use cjm_core::{CallContext, PluginError};
 use futures::Stream;
 use hyper::body::{Body, Incoming};
@@ -23,17 +22,16 @@ use crate::transport::Conn;
 /// The owned future of the call's cancellation token.
 type CancelFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// A stream of chunks from `POST /execute_stream`.
+/// A stream of chunks from `POST /execute_stream`: the body's data frames go through a
+/// [`StreamDecoder`] (which holds the protocol's line rules and its line cap), while this type
+/// adds the I/O around it: the connection, the call's cancellation and its deadline.
 pub(crate) struct NdjsonStream {
     client: Arc<WorkerClient>,
     body: Incoming,
     conn: Option<Conn>,
     cancel: CancelFuture,
     deadline: Option<Pin<Box<Sleep>>>,
-    buf: BytesMut,
-    scanned: usize,
-    chunks: u64,
-    saw_end: bool,
+    decoder: StreamDecoder,
     finished: bool,
 }
 
@@ -46,6 +44,7 @@ impl NdjsonStream {
         ctx: CallContext,
     ) -> Self {
         let token = ctx.cancellation().clone();
+        let decoder = StreamDecoder::new(client.flavor());
         Self {
             client,
             body,
@@ -54,10 +53,7 @@ impl NdjsonStream {
             deadline: ctx
                 .deadline()
                 .map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
-            buf: BytesMut::new(),
-            scanned: 0,
-            chunks: 0,
-            saw_end: false,
+            decoder,
             finished: false,
         }
     }
@@ -66,14 +62,6 @@ impl NdjsonStream {
         self.finished = true;
         self.conn = None;
         Poll::Ready(Some(Err(e)))
-    }
-
-    /// The next complete line, if the buffer holds one.
-    fn next_line(&mut self) -> Option<bytes::Bytes> {
-        let pos = self.buf[self.scanned..].iter().position(|&b| b == b'\n')?;
-        let line = self.buf.split_to(self.scanned + pos + 1).freeze();
-        self.scanned = 0;
-        Some(line)
     }
 }
 
@@ -86,43 +74,23 @@ impl Stream for NdjsonStream {
             if this.finished {
                 return Poll::Ready(None);
             }
-            if let Some(line) = this.next_line() {
-                let text = line.strip_suffix(b"\n").unwrap_or(&line);
-                if text.iter().all(u8::is_ascii_whitespace) {
-                    continue;
+            // Chunks already received go out first, without polling anything else.
+            match this.decoder.next_item() {
+                Some(Ok(v)) => return Poll::Ready(Some(Ok(v))),
+                Some(Err(_)) if this.decoder.ended_without_end() => {
+                    // Said as a lost connection, so that the worker's exit can explain it.
+                    return this.fail(crate::transport::ended_early());
                 }
-                let value: Value = match serde_json::from_slice(text) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        return this.fail(PluginError::fatal(format!(
-                            "the worker sent a stream line that is not JSON: {e}"
-                        )))
+                Some(Err(e)) => return this.fail(e),
+                None if this.decoder.is_over() => {
+                    this.finished = true;
+                    if let Some(conn) = this.conn.take() {
+                        this.client.transport().give_back(conn);
                     }
-                };
-                match StreamLine::interpret(value, this.client.flavor()) {
-                    StreamLine::Chunk(v) => {
-                        if this.saw_end {
-                            return this.fail(PluginError::fatal(
-                                "the worker sent data after the end of the stream",
-                            ));
-                        }
-                        this.chunks += 1;
-                        return Poll::Ready(Some(Ok(v)));
-                    }
-                    StreamLine::End { chunks } => {
-                        if chunks != this.chunks {
-                            return this.fail(PluginError::fatal(format!(
-                                "the stream ended after {} chunks but the worker counted {chunks}",
-                                this.chunks
-                            )));
-                        }
-                        this.saw_end = true;
-                        continue;
-                    }
-                    StreamLine::Error(e) => return this.fail(e),
+                    return Poll::Ready(None);
                 }
+                None => {}
             }
-            this.scanned = this.buf.len();
             if this.cancel.as_mut().poll(cx).is_ready() {
                 this.client.cancel_original();
                 return this.fail(PluginError::cancelled("the stream was cancelled"));
@@ -136,26 +104,12 @@ impl Stream for NdjsonStream {
             match Pin::new(&mut this.body).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        this.buf.extend_from_slice(&data);
+                    if let Some(data) = frame.data_ref() {
+                        this.decoder.push(data);
                     }
                 }
                 Poll::Ready(Some(Err(e))) => return this.fail(crate::transport::lost(e)),
-                Poll::Ready(None) => {
-                    if !this.buf.is_empty() {
-                        // A last line without its newline.
-                        this.buf.extend_from_slice(b"\n");
-                        continue;
-                    }
-                    if this.client.flavor() == WorkerFlavor::Cjm && !this.saw_end {
-                        return this.fail(crate::transport::ended_early());
-                    }
-                    this.finished = true;
-                    if let Some(conn) = this.conn.take() {
-                        this.client.transport().give_back(conn);
-                    }
-                    return Poll::Ready(None);
-                }
+                Poll::Ready(None) => this.decoder.close(),
             }
         }
     }

@@ -14,6 +14,7 @@
 //! - [`contain`]: the containment design that keeps every worker descendant from outliving
 //!   the host (per-worker cgroups plus a watchdog, or a process-group fallback). Its module
 //!   docs are the reference for what is guaranteed.
+//! - [`blob`]: sealed memfds mapped as `&[u8]` and passed over `SCM_RIGHTS` (zero-copy blobs).
 //! - [`rundir`]: the private runtime directory (0700, checked) and the sweep of dead hosts'.
 //!
 //! `unsafe` lives only here (each block says why it is sound) and in nothing that takes
@@ -33,6 +34,7 @@
 // The one crate where `unsafe` is allowed (the workspace denies it elsewhere).
 #![allow(unsafe_code)]
 
+pub mod blob;
 pub mod cgroup;
 pub mod child;
 pub mod contain;

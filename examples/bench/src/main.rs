@@ -11,6 +11,8 @@ use cjm_host::{Call, PluginError, PluginManager};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
 
+mod limits;
+
 const WORKERS: usize = 10;
 
 struct Bench {
@@ -136,13 +138,20 @@ fn print_table(f: &Map<String, Value>) {
         ),
     ];
     println!(
-        "cjm bench ({} cores)",
+        "cjm bench ({} cores); figure / its limit measured in the same run",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     for (key, label, scale, unit) in rows {
-        match f.get(key).and_then(Value::as_f64) {
-            Some(v) => println!("  {label:<46} {:>12.1} {unit}", v * scale),
-            None => println!("  {label:<46} {:>12} (not measured)", "-"),
+        let limit = f.get(&format!("{key}_limit")).and_then(Value::as_f64);
+        match (f.get(key).and_then(Value::as_f64), limit) {
+            (Some(v), Some(l)) => println!(
+                "  {label:<46} {:>12.1} / {:<12.1} {unit}  ({:.2}× the limit)",
+                v * scale,
+                l * scale,
+                v / l
+            ),
+            (Some(v), None) => println!("  {label:<46} {:>12.1} {unit}", v * scale),
+            (None, _) => println!("  {label:<46} {:>12} (not measured)", "-"),
         }
     }
 }
@@ -287,6 +296,8 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
     let t = Instant::now();
     m.unload_all().await;
     f.insert("unload_all_s".into(), json!(t.elapsed().as_secs_f64()));
+
+    limits::measure(&mut f).await?;
 
     if let Some(rtt) = python_rtt(&b).await? {
         f.insert("py_worker_sync_rtt_p50_us".into(), json!(rtt));

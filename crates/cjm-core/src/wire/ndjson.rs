@@ -36,6 +36,8 @@ pub struct StreamDecoder {
     chunks: u64,
     saw_end: bool,
     closed: bool,
+    /// The body stopped before a cjm worker's end line.
+    cut_short: bool,
     state: State,
 }
 
@@ -64,6 +66,7 @@ impl StreamDecoder {
             chunks: 0,
             saw_end: false,
             closed: false,
+            cut_short: false,
             state: State::Open,
         }
     }
@@ -84,7 +87,7 @@ impl StreamDecoder {
     /// is over (see [`is_over`](Self::is_over)).
     pub fn next_item(&mut self) -> Option<Result<Value, PluginError>> {
         while self.state == State::Open {
-            let line = match self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+            let line = match memchr::memchr(b'\n', &self.buf[self.scanned..]) {
                 Some(pos) => {
                     let end = self.scanned + pos;
                     self.scanned = 0;
@@ -108,6 +111,7 @@ impl StreamDecoder {
                 }
                 None => {
                     if self.flavor == WorkerFlavor::Cjm && !self.saw_end {
+                        self.cut_short = true;
                         return Some(self.fail(PluginError::transient(
                             "the stream ended without its end line: the worker died or closed \
                              the connection",
@@ -185,6 +189,12 @@ impl StreamDecoder {
     /// True when the stream is over and ended as the protocol says (no error item).
     pub fn ended_cleanly(&self) -> bool {
         self.state == State::Clean
+    }
+
+    /// True when the stream failed because its body ended before a cjm worker's end line (the
+    /// worker died or closed the connection), as opposed to a line that broke the rules.
+    pub fn ended_without_end(&self) -> bool {
+        self.cut_short
     }
 
     /// Chunks yielded so far.

@@ -1,0 +1,219 @@
+//! Each figure's limit, measured in the same run as the figure: what the machine does with no
+//! plugin system in the way. A figure is printed as `cjm / limit`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1 as server_http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Map, Value};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::{io, median, percentile};
+use cjm_host::PluginError;
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// Adds `<key>_limit` for every figure that has a limit.
+pub(crate) async fn measure(f: &mut Map<String, Value>) -> Result<(), PluginError> {
+    let dir = tempfile::tempdir().map_err(io)?;
+    let sock = dir.path().join("ping.sock");
+    let listener = UnixListener::bind(&sock).map_err(io)?;
+    let server = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let body = req.into_body().collect().await?.to_bytes();
+                    Ok::<_, hyper::Error>(hyper::Response::new(Full::new(body)))
+                });
+                let _ = server_http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+
+    // Round trip: one connection, sequential requests with an echo-sized body.
+    let mut one = connect(&sock).await?;
+    for _ in 0..50 {
+        ping(&mut one).await?;
+    }
+    let mut rtt = Vec::with_capacity(300);
+    for _ in 0..300 {
+        let t = Instant::now();
+        ping(&mut one).await?;
+        rtt.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    rtt.sort_by(f64::total_cmp);
+    f.insert("sync_rtt_p50_us_limit".into(), json!(percentile(&rtt, 0.5)));
+    f.insert(
+        "sync_rtt_p99_us_limit".into(),
+        json!(percentile(&rtt, 0.99)),
+    );
+
+    // Calls/s: 32 in flight over 32 connections, 1000 requests.
+    let mut conns = Vec::new();
+    for _ in 0..32 {
+        conns.push(connect(&sock).await?);
+    }
+    let total = 1000usize;
+    let t = Instant::now();
+    let results: Vec<Result<(), PluginError>> = futures::stream::iter(conns)
+        .map(|mut c| async move {
+            for _ in 0..total / 32 {
+                ping(&mut c).await?;
+            }
+            Ok(())
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    let done = (total / 32 * 32) as f64;
+    f.insert(
+        "async_calls_per_s_par32_limit".into(),
+        json!(done / t.elapsed().as_secs_f64()),
+    );
+    server.abort();
+
+    let chunks = tokio::task::spawn_blocking(ndjson_pipe)
+        .await
+        .map_err(|e| PluginError::fatal(format!("the NDJSON limit task failed: {e}")))??;
+    f.insert("stream_chunks_per_s_limit".into(), json!(chunks));
+
+    let copy = memcpy_mbps();
+    f.insert("payload_8MiB_roundtrip_MBps_limit".into(), json!(copy));
+    f.insert("payload_256MiB_blob_MBps_limit".into(), json!(copy));
+
+    f.insert("cold_start_one_s_limit".into(), json!(bare_spawn()?));
+    if let Some(rss) = idle_rss()? {
+        f.insert("idle_worker_rss_mb_limit".into(), json!(rss));
+    }
+    Ok(())
+}
+
+async fn connect(sock: &std::path::Path) -> Result<Sender, PluginError> {
+    let s = UnixStream::connect(sock).await.map_err(io)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .map_err(hyper_err)?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+fn hyper_err(e: hyper::Error) -> PluginError {
+    PluginError::fatal(format!("bare ping-pong: {e}"))
+}
+
+/// One request with a body the size of the bench's echo call, read back whole.
+async fn ping(s: &mut Sender) -> Result<(), PluginError> {
+    let body = Bytes::from_static(br#"{"args":["echo"],"kwargs":{"i":1,"text":"hello"}}"#);
+    let req = hyper::Request::post("/execute")
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .map_err(|e| PluginError::fatal(format!("bare ping-pong request: {e}")))?;
+    s.ready().await.map_err(hyper_err)?;
+    let res = s.send_request(req).await.map_err(hyper_err)?;
+    let body = res.into_body().collect().await.map_err(hyper_err)?;
+    let v: Value = serde_json::from_slice(&body.to_bytes())
+        .map_err(|e| PluginError::fatal(format!("bare ping-pong answer: {e}")))?;
+    if v.is_null() {
+        return Err(PluginError::fatal("bare ping-pong answered null"));
+    }
+    Ok(())
+}
+
+/// 20 000 JSON lines written by a thread into a socket pair, read and parsed one by one.
+fn ndjson_pipe() -> Result<f64, PluginError> {
+    const N: usize = 20_000;
+    let (mut w, r) = StdUnixStream::pair().map_err(io)?;
+    let t = Instant::now();
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::new(&mut w);
+        for i in 0..N {
+            writeln!(out, r#"{{"text":"word ","index":{i}}}"#)?;
+        }
+        out.flush()
+    });
+    let mut n = 0usize;
+    for line in BufReader::new(r).lines() {
+        let line = line.map_err(io)?;
+        let v: Value = serde_json::from_str(&line)
+            .map_err(|e| PluginError::fatal(format!("bare NDJSON pipe: {e}")))?;
+        if v.is_object() {
+            n += 1;
+        }
+        if n == N {
+            break;
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    writer
+        .join()
+        .map_err(|_| PluginError::fatal("the NDJSON writer thread panicked"))?
+        .map_err(io)?;
+    Ok(n as f64 / secs)
+}
+
+/// Bandwidth of one 256 MiB copy, median of 3, in MB/s.
+fn memcpy_mbps() -> f64 {
+    let src = vec![7u8; 256 << 20];
+    let mut dst = vec![0u8; 256 << 20];
+    let mut v = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        dst.copy_from_slice(&src);
+        std::hint::black_box(&mut dst);
+        v.push(src.len() as f64 / 1e6 / t.elapsed().as_secs_f64());
+    }
+    median(v)
+}
+
+/// The smallest program this machine has (`true`), spawned (posix_spawn, through std) until it
+/// exits, median of 5, in seconds.
+fn bare_spawn() -> Result<f64, PluginError> {
+    let mut v = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let st = std::process::Command::new("true").status().map_err(io)?;
+        v.push(t.elapsed().as_secs_f64());
+        if !st.success() {
+            return Err(PluginError::fatal("`true` failed"));
+        }
+    }
+    Ok(median(v))
+}
+
+/// RSS of an idle process with no plugin system in it (`sleep`), in MB.
+fn idle_rss() -> Result<Option<f64>, PluginError> {
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .map_err(io)?;
+    // Wait until it sleeps (state `S` in /proc/<pid>/stat): exec is done and its pages are in.
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    let path = format!("/proc/{}/stat", child.id());
+    while Instant::now() < deadline {
+        let stat = std::fs::read_to_string(&path).unwrap_or_default();
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        let exe = std::fs::read_link(format!("/proc/{}/exe", child.id()));
+        if state == Some('S') && exe.is_ok_and(|p| p.ends_with("sleep")) {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    let rss = crate::rss_mb(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(rss)
+}
