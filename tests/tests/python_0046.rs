@@ -104,6 +104,9 @@ fn write_manifest_with(s: &Scratch, g: Gen, extra: Value) {
         "name": "gen46", "version": "0.0.46-test", "category": "python",
         "module": "cjm_test_plugins_0046.plugins", "class": "Gen46Plugin",
         "python_path": interpreter(s, g),
+        // The interpreter is a test shim, beside which there is no installed environment to
+        // read the generation from: say it (the cjm extension field).
+        "worker_generation": match g { Gen::V0046 => "v0046", Gen::Substrate => "substrate" },
         "env_vars": {"PYTHONPATH": PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python")},
     });
     if let (Some(m), Some(e)) = (m.as_object_mut(), extra.as_object()) {
@@ -139,8 +142,12 @@ async fn typed_errors_streams_and_wire_envelopes(g: Gen) {
     let s = Scratch::new();
     let m = manager(&s, g, Duration::from_secs(5));
     m.load("gen46", None).await.unwrap();
-    // cjm-substrate answers the same probe; telling it apart is the launcher's (manifest).
-    assert_eq!(m.generation("gen46").unwrap(), WorkerGeneration::V0046);
+    // The launcher's generation (from the manifest) survives the handshake.
+    let expected = match g {
+        Gen::V0046 => WorkerGeneration::V0046,
+        Gen::Substrate => WorkerGeneration::Substrate,
+    };
+    assert_eq!(m.generation("gen46").unwrap(), expected);
 
     let e = m.execute("gen46", action("bad_input")).await.unwrap_err();
     assert_eq!(e.category, ErrorCategory::UserInput, "{e:?}");
