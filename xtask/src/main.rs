@@ -61,6 +61,66 @@ pub fn root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// The cargo target directory, as `cargo metadata` reports it: honours `CARGO_TARGET_DIR`,
+/// `build.target-dir` in a cargo config, and the default `<root>/target`.
+pub fn target_dir() -> Result<PathBuf, String> {
+    target_dir_with(None)
+}
+
+/// [`target_dir`], with `CARGO_TARGET_DIR` overridden for the `cargo metadata` child when
+/// `env_target` is given (for tests).
+fn target_dir_with(env_target: Option<&Path>) -> Result<PathBuf, String> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(root());
+    if let Some(t) = env_target {
+        cmd.env("CARGO_TARGET_DIR", t);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run `cargo metadata`: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`cargo metadata` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    json_string_field(&text, "target_directory")
+        .map(PathBuf::from)
+        .ok_or_else(|| "`cargo metadata` printed no target_directory".to_string())
+}
+
+/// The string value of the first `"key":"…"` in compact JSON text, unescaped (enough for
+/// `cargo metadata`'s one-line output; xtask stays dependency-free to build in seconds).
+fn json_string_field(json: &str, key: &str) -> Option<String> {
+    let start = json.find(&format!("\"{key}\":\""))? + key.len() + 4;
+    let mut out = String::new();
+    let mut chars = json[start..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                'u' => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                }
+                other => out.push(other),
+            },
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+/// A release binary of this workspace, in the target directory `cargo metadata` reports.
+pub fn release_bin(name: &str) -> Result<PathBuf, String> {
+    Ok(target_dir()?.join("release").join(name))
+}
+
 /// Runs `cargo <args>` in the workspace root, failing with the command line on error.
 pub fn cargo(args: &[&str]) -> Result<(), String> {
     run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(args))
@@ -78,5 +138,39 @@ pub fn run(cmd: &mut Command) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("`{line}` failed ({status})"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_dir_follows_cargo_target_dir() {
+        let relocated = std::env::temp_dir().join("cjm-xtask-relocated-target");
+        assert_eq!(target_dir_with(Some(&relocated)).unwrap(), relocated);
+    }
+
+    #[test]
+    fn target_dir_defaults_under_the_root_or_the_environment() {
+        let expected = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(d) if !d.is_empty() => root().join(d),
+            _ => root().join("target"),
+        };
+        let got = target_dir().unwrap();
+        assert_eq!(
+            got.canonicalize().unwrap_or(got),
+            expected.canonicalize().unwrap_or(expected)
+        );
+    }
+
+    #[test]
+    fn reads_escaped_json_strings() {
+        let j = r#"{"a":1,"target_directory":"/x/\"q\"/\\b\u00e9","z":"no"}"#;
+        assert_eq!(
+            json_string_field(j, "target_directory").unwrap(),
+            "/x/\"q\"/\\bé"
+        );
+        assert_eq!(json_string_field(j, "missing"), None);
     }
 }

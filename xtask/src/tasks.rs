@@ -47,7 +47,7 @@ pub fn demo(args: &[String]) -> Result<(), String> {
         "-p",
         "cjm-demo",
     ])?;
-    let bin = crate::root().join("target/release/cjm-demo");
+    let bin = crate::release_bin("cjm-demo")?;
     run(&mut Command::new(bin))
 }
 
@@ -64,7 +64,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         "-p",
         "cjm-bench",
     ])?;
-    let bin = crate::root().join("target/release/cjm-bench");
+    let bin = crate::release_bin("cjm-bench")?;
     run(Command::new(bin).args(args))
 }
 
