@@ -3,6 +3,7 @@
 //! - `test`: formatting, clippy, every workspace test and doc test, and the suites that need
 //!   outside tools (installed here when missing).
 //! - `test-plugins`: the sample plugins against the protocol conformance suite.
+//! - `readme`: both README quickstarts, built and run from the README's code blocks.
 //! - `demo`: the demo host on the built-in sample plugins.
 //! - `bench`: the performance figures.
 //!
@@ -13,6 +14,7 @@ use std::process::{Command, ExitCode};
 
 mod plugins;
 mod python;
+mod readme;
 mod tasks;
 
 fn main() -> ExitCode {
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
     let result = match task {
         "test" => tasks::test(rest),
         "test-plugins" => plugins::test_plugins(rest),
+        "readme" => readme::readme(rest),
         "demo" => tasks::demo(rest),
         "bench" => tasks::bench(rest),
         "-h" | "--help" | "help" => {
@@ -47,9 +50,11 @@ fn main() -> ExitCode {
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  test          fmt check, clippy -D warnings, all workspace tests and doc tests, test-plugins
+  test          fmt check, clippy -D warnings, all workspace tests and doc tests, test-plugins,
+                readme
   test-plugins  build the sample plugins and run the protocol conformance suite against each
                 and against the original's Python worker (prints a table)
+  readme        build and run both README quickstarts from the README's own code blocks
   demo          run the demo host on the built-in sample plugins
   bench         print the performance figures (release build); --json for one JSON object";
 
@@ -71,8 +76,14 @@ pub fn target_dir() -> Result<PathBuf, String> {
 /// `env_target` is given (for tests).
 fn target_dir_with(env_target: Option<&Path>) -> Result<PathBuf, String> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
-        .current_dir(root());
+    cmd.args([
+        "metadata",
+        "--format-version",
+        "1",
+        "--no-deps",
+        "--offline",
+    ])
+    .current_dir(root());
     if let Some(t) = env_target {
         cmd.env("CARGO_TARGET_DIR", t);
     }

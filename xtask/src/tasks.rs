@@ -30,6 +30,7 @@ pub fn test(args: &[String]) -> Result<(), String> {
     cargo(&["test", "--workspace", "--all-targets", "--no-fail-fast"])?;
     cargo(&["test", "--workspace", "--doc"])?;
     crate::plugins::test_plugins(&[])?;
+    crate::readme::readme(&[])?;
     eprintln!("\nxtask test: all suites passed");
     Ok(())
 }
