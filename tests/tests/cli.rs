@@ -648,3 +648,35 @@ fn new_scaffolds_a_worker_that_builds_and_answers() {
     let again = cjm(&s, &["new", "greeter", "--dir", &dir.display().to_string()]);
     assert_eq!(again.status.code(), Some(2));
 }
+
+#[test]
+fn config_errors_say_each_problem_once() {
+    let s = scratch();
+    let out = cjm(&s, &["config", "t", "--set", r#"{"level": "x"}"#]);
+    assert_eq!(out.status.code(), Some(11));
+    let err = text(&out.stderr);
+    assert_eq!(err.matches("is not of type").count(), 1, "{err}");
+    assert_eq!(err.matches("config error").count(), 1, "{err}");
+    assert!(
+        err.contains("field level: \"x\" is not of type \"integer\""),
+        "{err}"
+    );
+    // A saved file that no longer validates: named once, with its fix, each field once.
+    std::fs::create_dir_all(s.data().join("configs")).unwrap();
+    std::fs::write(s.data().join("configs/demo.t.json"), r#"{"level": 50}"#).unwrap();
+    let list = cjm(&s, &["list", "--json"]);
+    let category = serde_json::from_slice::<Value>(&list.stdout).unwrap()["plugins"][0]["category"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::rename(
+        s.data().join("configs/demo.t.json"),
+        s.data().join(format!("configs/{category}.t.json")),
+    )
+    .unwrap();
+    let call = cjm(&s, &["call", "t", "--args", r#"["pid"]"#]);
+    assert_eq!(call.status.code(), Some(11));
+    let err = text(&call.stderr);
+    assert_eq!(err.matches("greater than the maximum").count(), 1, "{err}");
+    assert!(err.contains("--unset level"), "{err}");
+}

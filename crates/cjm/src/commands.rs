@@ -138,7 +138,26 @@ fn saved_config_error(name: &str, e: cjm_registry::RegistryError) -> PluginError
             file.display()
         )
     };
-    PluginError::config(format!("{e}; to fix it, {way_out}"), fields)
+    PluginError::config(
+        format!("{}; to fix it, {way_out}", registry_message(&e)),
+        fields,
+    )
+}
+
+/// A registry error's message without the field list that [`output::report`] prints below it
+/// (the nested config error's text repeated each field on the same line).
+fn registry_message(e: &cjm_registry::RegistryError) -> String {
+    use cjm_registry::RegistryError as R;
+    match e {
+        R::Invalid { id, source } if !source.details.fields.is_empty() => {
+            format!("configuration for `{id}` rejected")
+        }
+        R::SavedInvalid { id, file, source } if !source.details.fields.is_empty() => format!(
+            "the saved configuration of `{id}` in {} is invalid",
+            file.display()
+        ),
+        other => other.to_string(),
+    }
 }
 
 /// The known name closest to a misspelt `name` (Jaro-Winkler similarity ≥ 0.8, or one edit
@@ -533,7 +552,7 @@ impl Context {
             if fields.is_empty() {
                 PluginError::fatal(e.to_string())
             } else {
-                PluginError::config(e.to_string(), fields)
+                PluginError::config(registry_message(&e), fields)
             }
         };
         if set.is_none() && unset.is_empty() {
