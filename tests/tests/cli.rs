@@ -680,3 +680,33 @@ fn config_errors_say_each_problem_once() {
     assert_eq!(err.matches("greater than the maximum").count(), 1, "{err}");
     assert!(err.contains("--unset level"), "{err}");
 }
+
+#[test]
+fn worker_logs_have_rfc3339_headers_and_no_colour_codes() {
+    let s = scratch();
+    let out = cjm(&s, &["-vv", "call", "t", "--args", r#"["pid"]"#]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = std::fs::read_to_string(s.data().join("logs/t.log")).unwrap();
+    assert!(
+        !log.contains('\x1b'),
+        "colour codes in the log file: {log:?}"
+    );
+    let header = log
+        .lines()
+        .find(|l| l.starts_with("--- Starting t at "))
+        .unwrap_or_else(|| panic!("no header in {log}"));
+    // e.g. `--- Starting t at 2026-12-04T23:24:29Z ---`
+    let stamp = header
+        .trim_start_matches("--- Starting t at ")
+        .trim_end_matches(" ---");
+    assert_eq!(stamp.len(), 20, "{header}");
+    let b = stamp.as_bytes();
+    assert!(
+        b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && b[13] == b':' && b[19] == b'Z',
+        "{header}"
+    );
+    assert!(
+        !out.stderr.contains(&0x1b),
+        "colour codes on a piped stderr"
+    );
+}
