@@ -510,3 +510,210 @@ fn a_call_works_in_a_read_only_data_dir() {
     );
     assert!(!s.data().join("configs").exists());
 }
+
+// ---- issue 14: polish, progress, completions, `cjm new` ------------------------------------
+
+#[test]
+fn list_has_a_header() {
+    let s = scratch();
+    let out = cjm(&s, &["list"]);
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    let first = stdout.lines().next().unwrap_or_default();
+    for col in ["NAME", "VERSION", "CATEGORY", "MODE", "MANIFEST"] {
+        assert!(first.contains(col), "{first:?}");
+    }
+    assert!(stdout.lines().nth(1).unwrap_or_default().starts_with("t "));
+}
+
+#[test]
+fn info_prints_the_schema_indented() {
+    let s = scratch();
+    let out = cjm(&s, &["info", "t"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim() == "schema:")
+        .unwrap_or_else(|| panic!("no schema: line in {stdout}"));
+    assert_eq!(lines[at + 1], "    {");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("      \"properties\": {")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_misspelt_plugin_gets_a_suggestion() {
+    let s = scratch();
+    s.worker_manifest("transcriber", json!({}));
+    let out = cjm(&s, &["call", "transcribr", "--args", r#"["pid"]"#]);
+    assert_eq!(out.status.code(), Some(16));
+    let err = text(&out.stderr);
+    assert!(err.contains("did you mean `transcriber`?"), "{err}");
+    let none = cjm(&s, &["info", "zzzzzzzz"]);
+    assert!(!text(&none.stderr).contains("did you mean"));
+}
+
+#[test]
+fn ui_on_a_busy_port_fails_before_printing_its_url() {
+    let s = scratch();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = cjm_bounded(&s, &["ui".into(), "--addr".into(), addr.clone()]);
+    assert_eq!(out.status.code(), Some(18));
+    let err = text(&out.stderr);
+    assert!(!err.contains("http://"), "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    drop(taken);
+}
+
+#[test]
+fn completions_for_each_shell_name_the_subcommands() {
+    let s = scratch();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = cjm(&s, &["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        for sub in ["list", "call", "stream", "config", "completions", "new"] {
+            assert!(script.contains(sub), "{shell} script lacks {sub}");
+        }
+    }
+    assert_eq!(cjm(&s, &["completions", "tcsh"]).status.code(), Some(2));
+}
+
+#[test]
+fn progress_is_silent_when_stderr_is_not_a_terminal() {
+    let s = scratch();
+    // `sleep` reports 0.25 "sleeping" and then waits, so a bar would have had time to draw.
+    let out = cjm(
+        &s,
+        &[
+            "call",
+            "t",
+            "--args",
+            r#"["sleep"]"#,
+            "--kwargs",
+            r#"{"ms": 400}"#,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        json!({"slept_ms": 400})
+    );
+    let err = text(&out.stderr);
+    assert!(err.is_empty(), "stderr not empty when piped: {err:?}");
+}
+
+#[test]
+fn new_scaffolds_a_worker_that_builds_and_answers() {
+    let s = scratch();
+    let dir = s.data().join("w");
+    let out = cjm(&s, &["new", "greeter", "--dir", &dir.display().to_string()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(dir.join(".cjm/manifests/greeter.json").is_file());
+    // Build it offline into the workspace's target dir (shared, so only the crate compiles).
+    let target = cjm_bin()
+        .parent()
+        .and_then(|p| p.parent())
+        .unwrap()
+        .to_path_buf();
+    let build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--offline", "--quiet", "--manifest-path"])
+        .arg(dir.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "{}", text(&build.stderr));
+    // The manifest names target/debug/greeter relative to the crate, as a plain build puts it.
+    std::os::unix::fs::symlink(&target, dir.join("target")).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(cjm_bin())
+            .current_dir(&dir)
+            .arg("--data-dir")
+            .arg(s.data())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let list = run(&["list"]);
+    assert!(
+        text(&list.stdout).contains("greeter"),
+        "{}",
+        text(&list.stdout)
+    );
+    let call = run(&["call", "greeter", "--kwargs", r#"{"name": "Ada"}"#]);
+    assert!(call.status.success(), "{}", text(&call.stderr));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&call.stdout).unwrap(),
+        json!({"greeting": "Hello, Ada!"})
+    );
+    let again = cjm(&s, &["new", "greeter", "--dir", &dir.display().to_string()]);
+    assert_eq!(again.status.code(), Some(2));
+}
+
+#[test]
+fn config_errors_say_each_problem_once() {
+    let s = scratch();
+    let out = cjm(&s, &["config", "t", "--set", r#"{"level": "x"}"#]);
+    assert_eq!(out.status.code(), Some(11));
+    let err = text(&out.stderr);
+    assert_eq!(err.matches("is not of type").count(), 1, "{err}");
+    assert_eq!(err.matches("config error").count(), 1, "{err}");
+    assert!(
+        err.contains("field level: \"x\" is not of type \"integer\""),
+        "{err}"
+    );
+    // A saved file that no longer validates: named once, with its fix, each field once.
+    std::fs::create_dir_all(s.data().join("configs")).unwrap();
+    std::fs::write(s.data().join("configs/demo.t.json"), r#"{"level": 50}"#).unwrap();
+    let list = cjm(&s, &["list", "--json"]);
+    let category = serde_json::from_slice::<Value>(&list.stdout).unwrap()["plugins"][0]["category"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::rename(
+        s.data().join("configs/demo.t.json"),
+        s.data().join(format!("configs/{category}.t.json")),
+    )
+    .unwrap();
+    let call = cjm(&s, &["call", "t", "--args", r#"["pid"]"#]);
+    assert_eq!(call.status.code(), Some(11));
+    let err = text(&call.stderr);
+    assert_eq!(err.matches("greater than the maximum").count(), 1, "{err}");
+    assert!(err.contains("--unset level"), "{err}");
+}
+
+#[test]
+fn worker_logs_have_rfc3339_headers_and_no_colour_codes() {
+    let s = scratch();
+    let out = cjm(&s, &["-vv", "call", "t", "--args", r#"["pid"]"#]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = std::fs::read_to_string(s.data().join("logs/t.log")).unwrap();
+    assert!(
+        !log.contains('\x1b'),
+        "colour codes in the log file: {log:?}"
+    );
+    let header = log
+        .lines()
+        .find(|l| l.starts_with("--- Starting t at "))
+        .unwrap_or_else(|| panic!("no header in {log}"));
+    // e.g. `--- Starting t at 2026-12-04T23:24:29Z ---`
+    let stamp = header
+        .trim_start_matches("--- Starting t at ")
+        .trim_end_matches(" ---");
+    assert_eq!(stamp.len(), 20, "{header}");
+    let b = stamp.as_bytes();
+    assert!(
+        b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && b[13] == b':' && b[19] == b'Z',
+        "{header}"
+    );
+    assert!(
+        !out.stderr.contains(&0x1b),
+        "colour codes on a piped stderr"
+    );
+}

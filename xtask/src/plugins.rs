@@ -3,18 +3,9 @@
 //! against every sample worker and the Python worker. The suite prints a table and fails on
 //! any failed check; the generated sample manifests land in `target/sample-plugins/manifests`.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use crate::{cargo, root, run};
-
-/// The cargo target directory (`CARGO_TARGET_DIR`, else `target`).
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if !d.is_empty() => root().join(PathBuf::from(d)),
-        _ => root().join("target"),
-    }
-}
+use crate::{cargo, run};
 
 /// `cargo xtask test-plugins`.
 pub(crate) fn test_plugins(args: &[String]) -> Result<(), String> {
@@ -26,7 +17,7 @@ pub(crate) fn test_plugins(args: &[String]) -> Result<(), String> {
     let python = crate::python::ensure_venv()?;
     // The 0.0.46 and cjm-substrate venvs (their paths reach the suite through the environment).
     crate::python312::ensure_venvs()?;
-    let target = target_dir();
+    let target = crate::target_dir()?;
     let bin_dir = target.join("debug");
     run(Command::new(bin_dir.join("conformance"))
         .arg("--bin-dir")

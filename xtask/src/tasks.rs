@@ -38,6 +38,7 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
     cargo(&["test", "--workspace", "--all-targets", "--no-fail-fast"])?;
     cargo(&["test", "--workspace", "--doc"])?;
     crate::plugins::test_plugins(&[])?;
+    crate::readme::readme(&[])?;
     eprintln!("\nxtask test: all suites passed");
     Ok(())
 }
@@ -101,7 +102,7 @@ pub(crate) fn demo(args: &[String]) -> Result<(), String> {
         "-p",
         "cjm-demo",
     ])?;
-    let bin = crate::root().join("target/release/cjm-demo");
+    let bin = crate::release_bin("cjm-demo")?;
     run(&mut Command::new(bin))
 }
 
@@ -118,7 +119,7 @@ pub(crate) fn bench(args: &[String]) -> Result<(), String> {
         "-p",
         "cjm-bench",
     ])?;
-    let bin = crate::root().join("target/release/cjm-bench");
+    let bin = crate::release_bin("cjm-bench")?;
     run(Command::new(bin).args(args))
 }
 

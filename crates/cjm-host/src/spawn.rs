@@ -598,10 +598,7 @@ fn new_token() -> Result<String, PluginError> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
+/// Now, as RFC 3339 UTC to the second (`2026-12-04T23:24:29Z`), for log headers.
 fn humantime_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!("unix time {secs}")
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }

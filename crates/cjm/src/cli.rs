@@ -171,6 +171,21 @@ pub(crate) enum Command {
     /// Per-plugin secrets (API keys) shared with the original's host: set, list, unset.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Write a new worker crate NAME (Cargo.toml, src/main.rs, .cjm/manifests/NAME.json) that
+    /// builds and runs as it is.
+    New {
+        /// The worker's name (also the crate's and the binary's).
+        name: String,
+        /// The folder to create (default: ./NAME); it must not exist or be empty.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Print a shell completion script (e.g. `cjm completions bash > ~/.local/share/bash-completion/completions/cjm`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Show the end of a plugin's log.
     Logs {
         /// The plugin.

@@ -51,6 +51,24 @@ pub(crate) async fn run(cli: Cli) -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "cjm", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::New { name, dir } => {
+            let dir = dir.clone().unwrap_or_else(|| PathBuf::from(name));
+            crate::scaffold::new_worker(name, &dir).map_err(Failure::Usage)?;
+            tell!(
+                "cjm: created the worker `{name}` in {}\n  cd {} && cargo build && cjm call {name} --kwargs '{{\"name\": \"Ada\"}}'",
+                dir.display(),
+                dir.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let ctx = Context::new(&cli)?;
     match cli.command {
         Command::List { json } => ctx.list(json),
@@ -82,6 +100,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
         } => ctx.config(&name, set, unset).await,
         Command::Logs { name, lines } => ctx.logs(&name, lines),
         Command::Secret(cmd) => Ok(crate::secret::run(&ctx.data_dir, cmd)?),
+        Command::Completions { .. } | Command::New { .. } => Ok(ExitCode::SUCCESS),
         Command::Ui {
             addr,
             allow_hosts,
@@ -147,12 +166,49 @@ fn saved_config_error(name: &str, e: cjm_registry::RegistryError) -> PluginError
             file.display()
         )
     };
-    PluginError::config(format!("{e}; to fix it, {way_out}"), fields)
+    PluginError::config(
+        format!("{}; to fix it, {way_out}", registry_message(&e)),
+        fields,
+    )
+}
+
+/// A registry error's message without the field list that [`output::report`] prints below it
+/// (the nested config error's text repeated each field on the same line).
+fn registry_message(e: &cjm_registry::RegistryError) -> String {
+    use cjm_registry::RegistryError as R;
+    match e {
+        R::Invalid { id, source } if !source.details.fields.is_empty() => {
+            format!("configuration for `{id}` rejected")
+        }
+        R::SavedInvalid { id, file, source } if !source.details.fields.is_empty() => format!(
+            "the saved configuration of `{id}` in {} is invalid",
+            file.display()
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// The known name closest to a misspelt `name` (Jaro-Winkler similarity ≥ 0.8, or one edit
+/// away), if any.
+fn did_you_mean<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(name, k), k))
+        .filter(|(score, k)| *score >= 0.8 || strsim::levenshtein(name, k) <= 1)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k.as_str())
 }
 
 struct Context {
     manager: PluginManager,
     data_dir: PathBuf,
+}
+
+/// `value` as pretty JSON on the lines after a label, each indented by `by` spaces.
+fn indented(value: &Value, by: usize) -> String {
+    let pretty = serde_json::to_string_pretty(value).unwrap_or_default();
+    let pad = " ".repeat(by);
+    pretty.lines().map(|l| format!("\n{pad}{l}")).collect()
 }
 
 fn parse_json(flag: &str, text: &str) -> Result<Value, Failure> {
@@ -183,7 +239,18 @@ impl Context {
     }
 
     fn manifest(&self, name: &str) -> Result<Arc<Manifest>, Failure> {
-        Ok(self.manager.require_discovered(name)?)
+        self.manager.require_discovered(name).map_err(|mut e| {
+            let names: Vec<String> = self
+                .manager
+                .discovered()
+                .iter()
+                .map(|m| m.name.clone())
+                .collect();
+            if let Some(near) = did_you_mean(name, &names) {
+                e.message = format!("{}; did you mean `{near}`?", e.message);
+            }
+            Failure::Plugin(e)
+        })
     }
 
     async fn registry(&self) -> Result<PluginRegistry, Failure> {
@@ -277,6 +344,15 @@ impl Context {
         }
         if plugins.is_empty() {
             say!("no plugins found in {}", self.search_paths_text());
+        }
+        if !plugins.is_empty() {
+            say!(
+                "{:<24} {:<10} {:<16} {:<12} MANIFEST",
+                "NAME",
+                "VERSION",
+                "CATEGORY",
+                "MODE"
+            );
         }
         for p in &plugins {
             say!(
@@ -450,17 +526,23 @@ impl Context {
             .with_cancel(cancel.clone())
             .with_deadline(timeout.and_then(|t| Instant::now().checked_add(t)));
         let call = Call::new(args).with_kwargs(kwargs).with_ctx(ctx);
+        let bar = crate::progress::bar();
         let work = async {
             if stream {
                 let mut s = self.manager.execute_stream(&a.name, call).await?;
-                let mut out = std::io::stdout().lock();
                 while let Some(chunk) = s.next().await {
-                    let _ = writeln!(out, "{}", output::json_line(&chunk?));
-                    let _ = out.flush();
+                    let line = output::json_line(&chunk?);
+                    bar.suspend(|| {
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "{line}");
+                        let _ = out.flush();
+                    });
                 }
                 Ok(())
             } else {
-                let out = self.manager.execute(&a.name, call).await?;
+                let out = self.manager.execute(&a.name, call).await;
+                bar.finish_and_clear();
+                let out = out?;
                 say!("{}", output::json(&out.value));
                 if !out.blobs.is_empty() {
                     note(&format!(
@@ -471,6 +553,12 @@ impl Context {
                 Ok(())
             }
         };
+        let work = async {
+            tokio::select! {
+                r = work => r,
+                () = crate::progress::follow(&self.manager, &a.name, &bar) => Ok(()),
+            }
+        };
         let result: Result<(), PluginError> = tokio::select! {
             r = work => r,
             _ = tokio::signal::ctrl_c() => {
@@ -478,6 +566,7 @@ impl Context {
                 Err(PluginError::cancelled("interrupted"))
             }
         };
+        bar.finish_and_clear();
         self.manager.unload_all().await;
         result?;
         Ok(ExitCode::SUCCESS)
@@ -566,7 +655,7 @@ impl Context {
                     " (defaults)"
                 }
             );
-            say!("  schema:     {}", info["config_schema"]);
+            say!("  schema:{}", indented(&info["config_schema"], 4));
             let s = &info["stats"];
             say!(
                 "  health:     started and answered; RSS {:.1} MB, state {}",
@@ -591,7 +680,7 @@ impl Context {
             if fields.is_empty() {
                 PluginError::fatal(e.to_string())
             } else {
-                PluginError::config(e.to_string(), fields)
+                PluginError::config(registry_message(&e), fields)
             }
         };
         if set.is_none() && unset.is_empty() {
@@ -632,5 +721,28 @@ impl Context {
             say!("{l}");
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_the_closest_name() {
+        let known = vec![
+            "echo".to_string(),
+            "transcriber".to_string(),
+            "slow".to_string(),
+        ];
+        assert_eq!(did_you_mean("ecoh", &known), Some("echo"));
+        assert_eq!(did_you_mean("transcriber2", &known), Some("transcriber"));
+        assert_eq!(did_you_mean("zzzzzz", &known), None);
+    }
+
+    #[test]
+    fn indents_pretty_json() {
+        let v = json!({"a": 1});
+        assert_eq!(indented(&v, 2), "\n  {\n    \"a\": 1\n  }");
     }
 }

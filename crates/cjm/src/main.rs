@@ -6,6 +6,8 @@
 mod cli;
 mod commands;
 mod output;
+mod progress;
+mod scaffold;
 mod secret;
 mod ui;
 

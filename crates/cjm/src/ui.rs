@@ -42,14 +42,26 @@ pub(crate) async fn run(
         .await
         .map_err(|e| PluginError::fatal(e.to_string()))?;
     let plugins = state.registry().plugins().len();
-    eprintln!("cjm: settings page for {plugins} plugin(s) on http://{addr}/ (Ctrl-C to stop)");
-    if !addr.ip().is_loopback() {
+    // Bind first, so a busy port fails before any URL is printed.
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        PluginError::fatal(format!(
+            "cannot listen on {addr}: {e} (another program uses it? choose one with --addr)"
+        ))
+    })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    eprintln!("cjm: settings page for {plugins} plugin(s) on http://{bound}/ (Ctrl-C to stop)");
+    if !bound.ip().is_loopback() {
         eprintln!(
             "cjm: open it once as http://HOST:{}/?token=TOKEN (the token in --token-file)",
-            addr.port()
+            bound.port()
         );
     }
-    let served = cjm_ui::serve(state, addr, access).await;
+    let served = cjm_ui::serve_listener(state, listener, access, async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    })
+    .await;
     manager.unload_all().await;
     served.map_err(|e| PluginError::fatal(e.to_string()))?;
     Ok(ExitCode::SUCCESS)

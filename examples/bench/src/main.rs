@@ -305,13 +305,29 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
     Ok(f)
 }
 
+/// The repository this bench was built from: found from its source directory, not from the
+/// binary's path, which moves with `CARGO_TARGET_DIR`.
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 /// Round trips to the original's Python worker, when the test venv exists (see
 /// `cargo xtask test`).
 async fn python_rtt(b: &Bench) -> Result<Option<f64>, PluginError> {
-    let root = b.bins.join("../..");
-    let python = root.join("target/py-venv/bin/python");
+    let root = repo_root();
+    // `CJM_TEST_PYTHON` (as the tests take it), else the venv `cargo xtask test` makes.
+    let python = std::env::var_os("CJM_TEST_PYTHON")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/py-venv/bin/python"));
     let plugins = root.join("tests/python");
     if !python.is_file() || !plugins.is_dir() {
+        eprintln!(
+            "bench: no Python figure: {} or {} is missing (set CJM_TEST_PYTHON or run \
+             `cargo xtask test-plugins` to make the venv)",
+            python.display(),
+            plugins.display()
+        );
         return Ok(None);
     }
     let dir = b.scratch.path().join("py");
