@@ -205,7 +205,7 @@ struct Context {
 }
 
 /// `value` as pretty JSON on the lines after a label, each indented by `by` spaces.
-fn indented(value: &Value, by: usize) -> String {
+pub(crate) fn indented(value: &Value, by: usize) -> String {
     let pretty = serde_json::to_string_pretty(value).unwrap_or_default();
     let pad = " ".repeat(by);
     pretty.lines().map(|l| format!("\n{pad}{l}")).collect()

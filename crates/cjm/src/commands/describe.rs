@@ -239,7 +239,7 @@ impl Context {
                 " (defaults)"
             }
         );
-        say!("  schema:     {}", output::json(&info["config_schema"]));
+        say!("  schema:{}", super::indented(&info["config_schema"], 4));
         match &d {
             Some(d) => {
                 say!("  operations:");
