@@ -205,6 +205,21 @@ struct Context {
 }
 
 /// `value` as pretty JSON on the lines after a label, each indented by `by` spaces.
+/// The first lines of `cjm info`, with or without `--live`: name, version, mode, description,
+/// category.
+pub(crate) fn say_info_head(m: &cjm_core::Manifest) {
+    say!(
+        "{} {} ({})",
+        m.name,
+        m.version,
+        m.effective_execution_mode().label()
+    );
+    if !m.description.is_empty() {
+        say!("  {}", m.description);
+    }
+    say!("  category:   {}", m.category);
+}
+
 pub(crate) fn indented(value: &Value, by: usize) -> String {
     let pretty = serde_json::to_string_pretty(value).unwrap_or_default();
     let pad = " ".repeat(by);
@@ -623,16 +638,7 @@ impl Context {
         if as_json {
             say!("{}", output::json(&info));
         } else {
-            say!(
-                "{} {} ({})",
-                m.name,
-                m.version,
-                m.effective_execution_mode().label()
-            );
-            if !m.description.is_empty() {
-                say!("  {}", m.description);
-            }
-            say!("  category:   {}", m.category);
+            say_info_head(&m);
             if let Some(g) = generation {
                 say!("  worker:     {g}");
             }

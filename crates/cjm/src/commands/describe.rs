@@ -216,16 +216,7 @@ impl Context {
             say!("{}", output::json(&info));
             return Ok(ExitCode::SUCCESS);
         }
-        say!(
-            "{} {} ({})",
-            m.name,
-            m.version,
-            m.effective_execution_mode().label()
-        );
-        if !m.description.is_empty() {
-            say!("  {}", m.description);
-        }
-        say!("  category:   {}", m.category);
+        super::say_info_head(&m);
         say!("  generation: {}", m.generation());
         if let Some(p) = &m.path {
             say!("  manifest:   {}", p.display());
