@@ -437,7 +437,9 @@ fn strip_position(e: &serde_json::Error) -> String {
     }
 }
 
-const KNOWN_FIELDS: &[&str] = &[
+/// The top-level fields of a v1 flat manifest that cjm reads (everything else is kept in
+/// [`Manifest::extra`]).
+pub const KNOWN_FIELDS: &[&str] = &[
     "name",
     "version",
     "description",

@@ -43,31 +43,8 @@ fn valid_field(field: &'static str) -> BoxedStrategy<Value> {
     }
 }
 
-const FIELDS: [&str; 23] = [
-    "name",
-    "version",
-    "description",
-    "author",
-    "title",
-    "module",
-    "class",
-    "python_path",
-    "env_vars",
-    "category",
-    "interface",
-    "type",
-    "config_schema",
-    "resources",
-    "db_path",
-    "conda_env",
-    "command",
-    "args",
-    "execution_mode",
-    "restart",
-    "max_concurrency",
-    "startup_timeout_secs",
-    "call_timeout_secs",
-];
+/// Every field the reader knows, from the reader itself.
+const FIELDS: &[&str] = cjm_core::manifest::KNOWN_FIELDS;
 
 /// A value for a field: absent, null, a valid value, or (with weight `wrong`) anything at all.
 fn some_value(valid: BoxedStrategy<Value>, wrong: u32) -> impl Strategy<Value = Option<Value>> {
