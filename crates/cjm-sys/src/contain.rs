@@ -442,6 +442,31 @@ mod containment_tests {
         while [ ! -s /tmp/cjm-sys-gc-$$ ]; do :; done; \
         g=$(cat /tmp/cjm-sys-gc-$$); rm -f /tmp/cjm-sys-gc-$$; echo $c $g; wait";
 
+    /// Starts [`FAMILY`] in its own session inside `w` (after `check` has seen the child's
+    /// setup) and returns the shell with the pids of its child and grandchild.
+    fn spawn_family(
+        w: &mut WorkerContainer,
+        check: impl FnOnce(&ChildSetup),
+    ) -> (std::process::Child, Vec<u32>) {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", FAMILY]).stdout(Stdio::piped());
+        let setup = w.setup(ChildSetup {
+            new_session: true,
+            ..Default::default()
+        });
+        check(&setup);
+        child::prepare(&mut cmd, setup);
+        let mut sh = cmd.spawn().unwrap();
+        w.started(sh.id());
+        let mut line = String::new();
+        io::BufReader::new(sh.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let pids = crate::proc::parse_children(&line);
+        assert_eq!(pids.len(), 2, "{line:?}");
+        (sh, pids)
+    }
+
     #[test]
     fn ending_a_worker_container_kills_setsid_grandchildren() {
         let c = Containment::start(None).unwrap();
@@ -451,23 +476,7 @@ mod containment_tests {
         };
         assert_eq!(c.mode(), Mode::Cgroup);
         let mut w = c.worker("w0").unwrap();
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", FAMILY]).stdout(Stdio::piped());
-        child::prepare(
-            &mut cmd,
-            w.setup(ChildSetup {
-                new_session: true,
-                ..Default::default()
-            }),
-        );
-        let mut sh = cmd.spawn().unwrap();
-        w.started(sh.id());
-        let mut line = String::new();
-        io::BufReader::new(sh.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let pids = crate::proc::parse_children(&line);
-        assert_eq!(pids.len(), 2, "{line:?}");
+        let (mut sh, pids) = spawn_family(&mut w, |_| {});
         let gc = crate::proc::stat(pids[1]).unwrap();
         assert_ne!(
             gc.session,
@@ -493,22 +502,9 @@ mod containment_tests {
         assert_eq!(c.mode(), Mode::ProcessGroups);
         let mut w = c.worker("w2").unwrap();
         assert!(w.cgroup().is_none());
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", FAMILY]).stdout(Stdio::piped());
-        let setup = w.setup(ChildSetup {
-            new_session: true,
-            ..Default::default()
+        let (mut sh, pids) = spawn_family(&mut w, |setup| {
+            assert!(setup.subreaper && setup.cgroup_procs.is_none());
         });
-        assert!(setup.subreaper && setup.cgroup_procs.is_none());
-        child::prepare(&mut cmd, setup);
-        let mut sh = cmd.spawn().unwrap();
-        w.started(sh.id());
-        let mut line = String::new();
-        io::BufReader::new(sh.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let pids = crate::proc::parse_children(&line);
-        assert_eq!(pids.len(), 2, "{line:?}");
         // The daemon's parent exited: re-parented to the subreaper, i.e. still in the tree.
         assert_eq!(crate::proc::stat(pids[1]).unwrap().ppid, sh.id());
         // The host "dies": only the pipe closes.
@@ -540,22 +536,7 @@ mod containment_tests {
             return;
         };
         let mut w = c.worker("w1").unwrap();
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", FAMILY]).stdout(Stdio::piped());
-        child::prepare(
-            &mut cmd,
-            w.setup(ChildSetup {
-                new_session: true,
-                ..Default::default()
-            }),
-        );
-        let mut sh = cmd.spawn().unwrap();
-        w.started(sh.id());
-        let mut line = String::new();
-        io::BufReader::new(sh.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let pids = crate::proc::parse_children(&line);
+        let (mut sh, pids) = spawn_family(&mut w, |_| {});
         // Simulate the host's death: only the pipe closes; nothing of ours tears down.
         let wd = c.watchdog_child.take().unwrap();
         c.host_cgroup = None;
