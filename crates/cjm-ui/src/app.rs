@@ -735,6 +735,16 @@ async fn config_post(
     let action = config_url(&id);
     let reset = reset_url(&id);
     let mut form = parse_config_form(schema, &form_pairs(&body));
+    // The form again, with what was typed, its errors and a notice.
+    let again = |form: &FormState, notice: Notice| {
+        page(render_config_form_with_reset(
+            schema,
+            &action,
+            Some(&reset),
+            form,
+            Some(&notice),
+        ))
+    };
 
     // Keys the form does not show (allowed by the schema) are kept as saved.
     let shown: Vec<String> = schema_fields(schema).into_iter().map(|f| f.key).collect();
@@ -756,13 +766,7 @@ async fn config_post(
         let fields = e.field_errors();
         if fields.is_empty() {
             let notice = Notice::Error(format!("Not saved: {e}"));
-            return page(render_config_form_with_reset(
-                schema,
-                &action,
-                Some(&reset),
-                &form,
-                Some(&notice),
-            ));
+            return again(&form, notice);
         }
         form.add_errors(
             fields
@@ -781,13 +785,7 @@ async fn config_post(
             if n == 1 { "" } else { "s" }
         ));
         tracing::debug!(id, problems = n, "configuration rejected");
-        return page(render_config_form_with_reset(
-            schema,
-            &action,
-            Some(&reset),
-            &form,
-            Some(&notice),
-        ));
+        return again(&form, notice);
     }
     let file = state
         .registry
@@ -810,23 +808,11 @@ async fn config_post(
         Err(e) if !e.field_errors().is_empty() => {
             form.add_errors(e.field_errors().iter().cloned());
             let notice = Notice::Error(format!("Not saved: {e}"));
-            return page(render_config_form_with_reset(
-                schema,
-                &action,
-                Some(&reset),
-                &form,
-                Some(&notice),
-            ));
+            return again(&form, notice);
         }
         Err(e) => {
             let notice = Notice::Error(format!("Not saved: {e}"));
-            return page(render_config_form_with_reset(
-                schema,
-                &action,
-                Some(&reset),
-                &form,
-                Some(&notice),
-            ));
+            return again(&form, notice);
         }
     };
     tracing::info!(id, "configuration saved");
