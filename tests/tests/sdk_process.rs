@@ -2,6 +2,7 @@
 //! message, SIGTERM's graceful shutdown with cleanup, and the host's death ending the worker.
 
 use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -10,7 +11,6 @@ use std::time::Duration;
 use cjm_tests::http::{send, Addr, Req, Resp};
 use cjm_tests::process::{
     hand_over_listener, running, sigterm, wait_exit_of, worker_command, ChildGuard, KillOnDrop,
-    LISTEN_FD,
 };
 use cjm_tests::scratch_dir;
 use serde_json::{json, Value};
@@ -35,11 +35,7 @@ fn json_of(r: &Resp) -> Value {
 }
 
 /// A worker started as the host starts it: listening socket handed over, token, env.
-fn spawn_inherited(
-    listener: &impl std::os::fd::AsRawFd,
-    kind: &str,
-    env: &[(&str, &str)],
-) -> ChildGuard {
+fn spawn_inherited(listener: &impl AsRawFd, kind: &str, env: &[(&str, &str)]) -> ChildGuard {
     let mut cmd = worker_command(WORKER, listener, kind);
     cmd.env("CJM_LOG", "warn").stdout(Stdio::null());
     for (k, v) in env {
@@ -66,6 +62,8 @@ struct UnixWorker {
     proc: ChildGuard,
     addr: Addr,
     marker: PathBuf,
+    /// What `/proc/*/fd/*` shows for the listening socket (`socket:[inode]`).
+    socket_link: PathBuf,
     // Last: removed after the process is gone.
     _dir: TempDir,
 }
@@ -77,6 +75,8 @@ fn unix_worker(env: &[(&str, &str)]) -> UnixWorker {
     let marker = dir.path().join("marker");
     let mut env = env.to_vec();
     env.push(("SDK_TEST_MARKER", marker.to_str().unwrap()));
+    let socket_link =
+        std::fs::read_link(format!("/proc/self/fd/{}", listener.as_raw_fd())).unwrap();
     let proc = spawn_inherited(&listener, "unix", &env);
     // The worker has its own copy; the socket already accepts, so there is nothing to wait for.
     drop(listener);
@@ -84,6 +84,7 @@ fn unix_worker(env: &[(&str, &str)]) -> UnixWorker {
         proc,
         addr: Addr::Unix(path),
         marker,
+        socket_link,
         _dir: dir,
     }
 }
@@ -119,7 +120,16 @@ fn an_inherited_unix_socket_with_auth_and_a_concurrency_cap() {
     let environ = String::from_utf8_lossy(&environ);
     assert!(!environ.contains("CJM_AUTH_TOKEN"), "{environ}");
     assert!(!environ.contains("CJM_LISTEN_FD"), "{environ}");
-    assert!(!Path::new(&format!("/proc/{child}/fd/{LISTEN_FD}")).exists());
+    // Whatever descriptors the child has (its environment may open some), none is the socket.
+    let fds: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{child}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .collect();
+    assert!(
+        !fds.contains(&uw.socket_link),
+        "{fds:?} holds {:?}",
+        uw.socket_link
+    );
 
     sigterm(w.id()).expect("SIGTERM");
     let status = w.wait().unwrap();
