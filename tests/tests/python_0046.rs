@@ -451,6 +451,22 @@ fn cli_info_shows_generation_and_drift_and_strict_drift_refuses() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let info: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["generation"], "v0046");
+    // `cjm list` starts nothing: drift is not known yet.
+    let listed = |s: &Scratch| -> Value {
+        let out = cjm(s, &["list", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+        all["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "gen46")
+            .cloned()
+            .unwrap()
+    };
+    let p = listed(&s);
+    assert_eq!(p["drift"], Value::Null, "{p}");
+    assert_eq!(p["drift_tracked"], true, "{p}");
     // Drift needs the live worker.
     let out = cjm(&s, &["info", "gen46", "--json", "--live"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -460,6 +476,16 @@ fn cli_info_shows_generation_and_drift_and_strict_drift_refuses() {
         info["drift"],
         json!({"config_schema": false, "structural_surface": true})
     );
+    // Once a command started it, `cjm list` shows what it found.
+    assert_eq!(
+        listed(&s)["drift"],
+        json!({"config_schema": false, "structural_surface": true})
+    );
+    let out = cjm(&s, &["list"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().next().unwrap().contains("DRIFT"), "{table}");
+    let row = table.lines().find(|l| l.starts_with("gen46 ")).unwrap();
+    assert!(row.contains(" surface "), "{table}");
     let out = cjm(&s, &["info", "gen46", "--live"]);
     assert!(
         String::from_utf8_lossy(&out.stdout)
@@ -468,4 +494,11 @@ fn cli_info_shows_generation_and_drift_and_strict_drift_refuses() {
     );
     let out = cjm(&s, &["--strict-drift", "info", "gen46", "--live"]);
     assert_eq!(out.status.code(), Some(11), "{out:?}");
+    // Reinstalled with witnesses of the live worker: the old finding no longer shows.
+    write_manifest_with(
+        &s,
+        Gen::V0046,
+        json!({"drift_tracking": {"structural_surface_hash": "sha256:1111"}}),
+    );
+    assert_eq!(listed(&s)["drift"], Value::Null);
 }

@@ -316,6 +316,10 @@ impl Context {
                     .unwrap_or_default();
                 json!({
                     "name": m.name, "version": m.version, "category": m.category,
+                    // `null`: not known yet (no command started it since it was
+                    // installed) or nothing to compare (no `drift_tracking`).
+                    "drift": crate::drift_cache::known(&self.data_dir, m),
+                    "drift_tracked": m.drift_tracking().is_some(),
                     "execution_mode": m.effective_execution_mode(),
                     "generation": m.generation(),
                     "format_version": m.format_version().unwrap_or("1.0"),
@@ -362,20 +366,23 @@ impl Context {
         }
         if !plugins.is_empty() {
             say!(
-                "{:<24} {:<10} {:<16} {:<12} MANIFEST",
+                "{:<24} {:<10} {:<16} {:<12} {:<14} MANIFEST",
                 "NAME",
                 "VERSION",
                 "CATEGORY",
-                "MODE"
+                "MODE",
+                "DRIFT"
             );
         }
         for p in &plugins {
+            let drift = serde_json::from_value(p["drift"].clone()).ok();
             say!(
-                "{:<24} {:<10} {:<16} {:<12} {}",
+                "{:<24} {:<10} {:<16} {:<12} {:<14} {}",
                 p["name"].as_str().unwrap_or_default(),
                 p["version"].as_str().unwrap_or_default(),
                 p["category"].as_str().unwrap_or_default(),
                 p["execution_mode"].as_str().unwrap_or_default(),
+                crate::drift_cache::column(p["drift_tracked"] == true, drift),
                 p["manifest"].as_str().unwrap_or_default()
             );
             for s in p["shadowed"].as_array().into_iter().flatten() {
@@ -499,6 +506,12 @@ impl Context {
         let t = Instant::now();
         note(&format!("starting {name}…"));
         self.manager.load(name, config).await?;
+        // Remembered for `cjm list`, which starts nothing.
+        if let (Ok(Some(d)), Some(m)) =
+            (self.manager.drift(name), self.manager.loaded_manifest(name))
+        {
+            crate::drift_cache::record(&self.data_dir, &m, d);
+        }
         note(&format!(
             "{name} ready in {:.0} ms",
             t.elapsed().as_secs_f64() * 1e3

@@ -5,6 +5,7 @@
 
 mod cli;
 mod commands;
+mod drift_cache;
 mod output;
 mod progress;
 mod scaffold;
