@@ -263,7 +263,11 @@ async fn hot_config_goes_through_reconfigure_and_fires_release_hooks(g: Gen) {
 
     assert_eq!(
         m.config_options("gen46").await.unwrap(),
-        json!({"lang": {"options": ["en", "de", "fr"]}})
+        json!({"lang": {"options": [
+            {"value": "en", "label": "English", "metadata": {}},
+            {"value": "de", "label": "German", "metadata": {}},
+            {"value": "fr", "label": "French", "metadata": {}},
+        ], "constraints": {}}})
     );
 
     m.disable_notified("gen46").await.unwrap();
@@ -501,4 +505,79 @@ fn cli_info_shows_generation_and_drift_and_strict_drift_refuses() {
         json!({"drift_tracking": {"structural_surface_hash": "sha256:1111"}}),
     );
     assert_eq!(listed(&s)["drift"], Value::Null);
+}
+
+#[tokio::test]
+async fn the_settings_form_offers_the_live_config_options_0046() {
+    the_settings_form_offers_the_live_config_options(Gen::V0046).await;
+}
+
+#[tokio::test]
+async fn the_settings_form_offers_the_live_config_options_substrate() {
+    the_settings_form_offers_the_live_config_options(Gen::Substrate).await;
+}
+
+/// `GET path` from the settings app at `addr` (HTTP/1.0, so the server closes when done).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+async fn the_settings_form_offers_the_live_config_options(g: Gen) {
+    let s = Scratch::new();
+    // The manifest's (static) schema: `lang` is free text.
+    let schema = json!({"type": "object", "properties": {
+        "lang": {"type": "string", "default": "en"}}});
+    write_manifest_with(&s, g, json!({"config_schema": schema}));
+    let m = PluginManager::builder()
+        .search_paths([s.manifests()])
+        .data_dir(s.data())
+        .build()
+        .unwrap();
+    let state = cjm_ui::AppState::from_manager(m.clone(), s.data().join("configs"))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(cjm_ui::serve_listener(
+        state,
+        listener,
+        cjm_ui::Access::new(addr),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let url = "/plugins/python.gen46/config";
+    let select = "<select";
+    // Not running: the static schema (a text field), nothing live to offer.
+    let page = http_get(addr, url).await;
+    assert!(page.starts_with("HTTP/1.0 200"), "{page}");
+    assert!(!page.contains("German"), "{page}");
+    let lang = page.find("name=\"lang\"").expect("a lang field");
+    let tag = page[..lang].rfind('<').unwrap();
+    assert!(!page[tag..].starts_with(select), "{page}");
+
+    // Running: the worker's live options, labelled, in a select.
+    m.load("gen46", None).await.unwrap();
+    let page = http_get(addr, url).await;
+    assert!(page.starts_with("HTTP/1.0 200"), "{page}");
+    let at = page.find("<select").expect("a select");
+    let field = &page[at..at + page[at..].find("</select>").unwrap()];
+    assert!(field.contains("name=\"lang\""), "{field}");
+    for (value, label) in [("en", "English"), ("de", "German"), ("fr", "French")] {
+        assert!(
+            field.contains(&format!("value=\"{value}\"")) && field.contains(label),
+            "{field}"
+        );
+    }
+    m.unload_all().await;
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 }

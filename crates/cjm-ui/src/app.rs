@@ -57,7 +57,7 @@ use crate::components::{DropdownSelector, PluginFacts};
 use crate::error::UiError;
 use crate::form::{parse_config_form, render_config_form_with_reset, FormState, Notice};
 use crate::page::{render_category_panel, render_error, render_page, url_encode, CategoryLink};
-use crate::schema_fields::schema_fields;
+use crate::schema_fields::{schema_fields, with_live_options};
 use crate::status::{
     render_live_status, render_overview, render_status_panel, LiveStatus, OverviewRow, StatusUrls,
 };
@@ -580,8 +580,26 @@ async fn status_panel(state: &AppState, plugin: &PluginMetadata, error: Option<&
     )
 }
 
+/// The schema the settings form shows: the plugin's, with the live option domains of its
+/// running worker (`/config_options`, e.g. the models installed now) merged on top. A plugin
+/// that is not loaded, or whose worker does not answer, gets its static schema, as in the
+/// original.
+async fn form_schema(state: &AppState, plugin: &PluginMetadata) -> Value {
+    if !state.manager.is_loaded(&plugin.name) {
+        return plugin.config_schema.clone();
+    }
+    match state.manager.config_options(&plugin.name).await {
+        Ok(options) => with_live_options(&plugin.config_schema, &options),
+        Err(e) => {
+            tracing::debug!(plugin = %plugin.name, error = %e, "no live config options");
+            plugin.config_schema.clone()
+        }
+    }
+}
+
 /// The form showing the effective configuration (defaults overlaid with the saved one).
-fn config_form(state: &AppState, plugin: &PluginMetadata, notice: Option<&Notice>) -> Markup {
+async fn config_form(state: &AppState, plugin: &PluginMetadata, notice: Option<&Notice>) -> Markup {
+    let schema = form_schema(state, plugin).await;
     let id = plugin.unique_id();
     let (values, problem) = match state.registry.effective_plugin_config(&id) {
         Ok(v) => (v, None),
@@ -591,7 +609,7 @@ fn config_form(state: &AppState, plugin: &PluginMetadata, notice: Option<&Notice
         ),
     };
     render_config_form_with_reset(
-        &plugin.config_schema,
+        &schema,
         &config_url(&id),
         Some(&reset_url(&id)),
         &FormState::new(values),
@@ -602,7 +620,7 @@ fn config_form(state: &AppState, plugin: &PluginMetadata, notice: Option<&Notice
 async fn settings(state: &AppState, plugin: &PluginMetadata) -> Markup {
     html! {
         h2 class="text-xl font-bold mt-6" { "Settings of " (plugin.title) }
-        (config_form(state, plugin, None))
+        (config_form(state, plugin, None).await)
         (status_panel(state, plugin, None).await)
     }
 }
@@ -718,7 +736,7 @@ async fn compare(
 
 async fn config_get(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
     match state.registry.plugin(&id) {
-        Some(p) => page(config_form(&state, &p, None)),
+        Some(p) => page(config_form(&state, &p, None).await),
         None => unknown_plugin(&id),
     }
 }
@@ -731,7 +749,7 @@ async fn config_post(
     let Some(plugin) = state.registry.plugin(&id) else {
         return unknown_plugin(&id);
     };
-    let schema = &plugin.config_schema;
+    let schema = &form_schema(&state, &plugin).await;
     let action = config_url(&id);
     let reset = reset_url(&id);
     let mut form = parse_config_form(schema, &form_pairs(&body));
@@ -816,7 +834,7 @@ async fn config_post(
         }
     };
     tracing::info!(id, "configuration saved");
-    page(config_form(&state, &plugin, Some(&notice)))
+    page(config_form(&state, &plugin, Some(&notice)).await)
 }
 
 async fn config_reset(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
@@ -845,7 +863,7 @@ async fn config_reset(State(state): State<AppState>, UrlPath(id): UrlPath<String
         }
     };
     tracing::info!(id, "configuration reset to defaults");
-    page(config_form(&state, &plugin, Some(&notice)))
+    page(config_form(&state, &plugin, Some(&notice)).await)
 }
 
 async fn status(State(state): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {

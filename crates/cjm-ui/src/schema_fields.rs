@@ -94,6 +94,63 @@ pub fn schema_fields(schema: &Value) -> Vec<FieldSpec> {
         .collect()
 }
 
+/// `schema` with the live option domains of a 0.0.46-line worker (`GET /config_options`:
+/// `{field: {"options": [{"value", "label", "metadata"}…], "constraints": {…}}}`, options may
+/// also be bare values) merged on top, as the original's settings UI does: each listed field
+/// of `schema` becomes an `enum` of the live values (labelled by their `label`s) and takes the
+/// `constraints` keywords. Fields the schema does not have and malformed entries are ignored;
+/// an empty `options` list leaves the field as the schema says.
+pub fn with_live_options(schema: &Value, options: &Value) -> Value {
+    let mut out = schema.clone();
+    let (Some(options), Some(props)) = (
+        options.as_object(),
+        out.get_mut("properties").and_then(Value::as_object_mut),
+    ) else {
+        return out;
+    };
+    for (key, domain) in options {
+        let Some(Value::Object(prop)) = props.get_mut(key) else {
+            continue;
+        };
+        let listed: &[Value] = domain
+            .get("options")
+            .and_then(Value::as_array)
+            .map_or(&[], Vec::as_slice);
+        let mut values = Vec::new();
+        let mut labels = Vec::new();
+        for o in listed {
+            let (value, label) = match o {
+                Value::Object(m) => match m.get("value") {
+                    Some(v) => (v.clone(), m.get("label").and_then(Value::as_str)),
+                    None => continue,
+                },
+                v => (v.clone(), None),
+            };
+            if value.is_array() || value.is_object() {
+                continue;
+            }
+            let text = match (label, &value) {
+                (Some(l), _) => l.to_owned(),
+                (None, Value::String(s)) => s.clone(),
+                (None, v) => v.to_string(),
+            };
+            values.push(value);
+            labels.push(Value::String(text));
+        }
+        if !values.is_empty() {
+            for k in ["enumNames", "x-enumNames", "oneOf"] {
+                prop.remove(k);
+            }
+            prop.insert("enum".into(), Value::Array(values));
+            prop.insert("x-enum-labels".into(), Value::Array(labels));
+        }
+        if let Some(c) = domain.get("constraints").and_then(Value::as_object) {
+            prop.extend(c.clone());
+        }
+    }
+    out
+}
+
 /// Follows local `$ref`s and single-entry `allOf`s (bounded, so cycles end), merging the
 /// referring schema's own keywords (title, description, default) over the target's.
 fn resolve(root: &Value, prop: &Value) -> Map<String, Value> {
@@ -403,6 +460,44 @@ mod tests {
         assert!(schema_fields(&json!({"properties": 3})).is_empty());
         let cyclic = json!({"$defs": {"A": {"$ref": "#/$defs/A"}}, "properties": {"x": {"$ref": "#/$defs/A"}}});
         assert_eq!(schema_fields(&cyclic)[0].kind, FieldKind::Json);
+    }
+
+    #[test]
+    fn live_options_become_a_labelled_select_with_their_constraints() {
+        let schema = json!({"type": "object", "properties": {
+            "model": {"type": "string", "default": "a", "description": "Model"},
+            "lang": {"type": "string", "enum": ["en"]},
+            "n": {"type": "integer"},
+        }});
+        let options = json!({
+            "model": {"options": [
+                {"value": "a", "label": "Model A", "metadata": {"tokens": 8}},
+                {"value": "b", "label": "Model B"},
+                {"label": "no value"},
+            ]},
+            "lang": {"options": ["en", "de"]},
+            "n": {"options": [], "constraints": {"maximum": 4}},
+            "gone": {"options": ["x"]},
+        });
+        let merged = with_live_options(&schema, &options);
+        let f = schema_fields(&merged);
+        let by = |k: &str| f.iter().find(|f| f.key == k).unwrap();
+        assert_eq!(
+            by("model").kind,
+            FieldKind::Enum(vec![json!("a"), json!("b")])
+        );
+        assert_eq!(by("model").enum_label(&json!("b")), Some("Model B"));
+        assert_eq!(by("model").description.as_deref(), Some("Model"));
+        assert_eq!(
+            by("lang").kind,
+            FieldKind::Enum(vec![json!("en"), json!("de")])
+        );
+        assert_eq!(by("n").kind, FieldKind::Integer);
+        assert_eq!(merged["properties"]["n"]["maximum"], 4);
+        assert!(merged["properties"].get("gone").is_none());
+        // Nothing live, or not an object: the schema as it is.
+        assert_eq!(with_live_options(&schema, &json!({})), schema);
+        assert_eq!(with_live_options(&schema, &Value::Null), schema);
     }
 
     #[test]

@@ -81,7 +81,16 @@ class Gen46Plugin(Base):
         return asdict(self.cfg)
 
     def get_config_options(self):
-        return {"lang": {"options": ["en", "de", "fr"]}}
+        # As the original's FieldOptions / ConfigOption dataclasses serialise.
+        names = {"en": "English", "de": "German", "fr": "French"}
+        return {
+            "lang": {
+                "options": [
+                    {"value": v, "label": l, "metadata": {}} for v, l in names.items()
+                ],
+                "constraints": {},
+            }
+        }
 
     def execute(self, action="state", **kwargs):
         if action == "state":
