@@ -581,3 +581,81 @@ async fn the_settings_form_offers_the_live_config_options(g: Gen) {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_changed_secret_or_env_respawns_the_worker_with_it_0046() {
+    a_changed_secret_or_env_respawns_the_worker_with_it(Gen::V0046).await;
+}
+
+#[tokio::test]
+async fn a_changed_secret_or_env_respawns_the_worker_with_it_substrate() {
+    a_changed_secret_or_env_respawns_the_worker_with_it(Gen::Substrate).await;
+}
+
+/// What the worker of gen46 sees of `API_KEY` and `MODE`.
+async fn worker_env(m: &PluginManager) -> Value {
+    let call = Call::new(vec![]).with_kwargs(
+        json!({"action": "env", "names": ["API_KEY", "MODE"]})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    );
+    m.execute("gen46", call).await.unwrap().value
+}
+
+async fn a_changed_secret_or_env_respawns_the_worker_with_it(g: Gen) {
+    let s = Scratch::new();
+    let with_mode = |mode: &str| {
+        json!({
+            "worker_env": [
+                {"name": "API_KEY", "secret": true, "required": false},
+                {"name": "MODE", "default": mode},
+            ],
+        })
+    };
+    write_manifest_with(&s, g, with_mode("fast"));
+    let m = PluginManager::builder()
+        .search_paths([s.manifests()])
+        .data_dir(s.data())
+        .build()
+        .unwrap();
+    m.load("gen46", None).await.unwrap();
+    m.update_config("gen46", json!({"lang": "de"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        worker_env(&m).await,
+        json!({"API_KEY": null, "MODE": "fast"})
+    );
+    let pid = m.pid("gen46").unwrap();
+
+    // Nothing changed: the worker is kept.
+    assert!(!m.refresh_environment("gen46").await.unwrap());
+    assert_eq!(m.pid("gen46"), Some(pid));
+
+    // A secret set: a new worker that sees it, with the configuration kept.
+    assert!(m.set_secret("gen46", "API_KEY", "s3cret").await.unwrap());
+    let pid2 = m.pid("gen46").unwrap();
+    assert_ne!(pid2, pid, "a new worker");
+    assert_eq!(
+        worker_env(&m).await,
+        json!({"API_KEY": "s3cret", "MODE": "fast"})
+    );
+    assert_eq!(state(&m).await["lang"], "de", "configuration kept");
+    // The same value again: nothing to do.
+    assert!(!m.set_secret("gen46", "API_KEY", "s3cret").await.unwrap());
+    assert_eq!(m.pid("gen46"), Some(pid2));
+
+    // The manifest's worker_env edited on disk (a reinstall): respawned with the new default.
+    write_manifest_with(&s, g, with_mode("slow"));
+    assert!(m.refresh_environment("gen46").await.unwrap());
+    let pid3 = m.pid("gen46").unwrap();
+    assert_ne!(pid3, pid2);
+    assert_eq!(
+        worker_env(&m).await,
+        json!({"API_KEY": "s3cret", "MODE": "slow"})
+    );
+    assert!(!m.refresh_environment("gen46").await.unwrap());
+    assert_eq!(m.pid("gen46"), Some(pid3));
+    m.unload_all().await;
+}

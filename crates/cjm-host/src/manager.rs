@@ -285,6 +285,7 @@ impl ManagerBuilder {
                 discovery: RwLock::new(Discovery::default()),
                 loaded: RwLock::new(BTreeMap::new()),
                 pending: std::sync::Mutex::new(BTreeSet::new()),
+                launch_env: std::sync::Mutex::new(HashMap::new()),
                 seq: Arc::new(AtomicU64::new(0)),
             }),
         };
@@ -325,6 +326,9 @@ struct Inner {
     loaded: RwLock<BTreeMap<String, Arc<PluginProxy>>>,
     /// Plugins being loaded right now, so two concurrent loads of one name cannot both spawn.
     pending: std::sync::Mutex<BTreeSet<String>>,
+    /// A digest of the environment each loaded worker was started with (see
+    /// [`PluginManager::refresh_environment`]); a digest, so secrets are not kept here.
+    launch_env: std::sync::Mutex<HashMap<String, u64>>,
     seq: Arc<AtomicU64>,
     /// Worker descriptions (`WORKER --describe`) by binary identity.
     describe: crate::describe::DescribeCache,
@@ -530,7 +534,12 @@ impl PluginManager {
         config: Option<Value>,
     ) -> Result<(), PluginError> {
         let pending = self.claim(&manifest.name)?;
+        // Before the start, so a change made while it starts is seen by the next refresh.
+        let env = self.env_fingerprint(&manifest).ok();
         let (proxy, reservation, worker) = self.start_worker(manifest, config).await?;
+        if let (Some(env), Ok(mut g)) = (env, self.inner.launch_env.lock()) {
+            g.insert(pending.name.clone(), env);
+        }
         self.insert(pending, Arc::new(proxy));
         reservation.commit();
         worker.hand_over();
@@ -846,11 +855,102 @@ impl PluginManager {
     /// Unloads and loads `name` again (a new process), with its current configuration unless
     /// `config` is given. The enabled flag and last-executed time survive.
     pub async fn reload(&self, name: &str, config: Option<Value>) -> Result<(), PluginError> {
+        let manifest = Arc::clone(self.proxy(name)?.manifest());
+        self.respawn(name, manifest, config).await
+    }
+
+    /// A digest of the environment a worker of `manifest` gets if started now
+    /// ([`launch_env::overlay`](crate::launch_env::overlay): `install.env_vars`, `code.worker_env`
+    /// with its secrets, the data paths).
+    fn env_fingerprint(&self, manifest: &Manifest) -> Result<u64, PluginError> {
+        use std::hash::{Hash as _, Hasher as _};
+        let overlay = crate::launch_env::overlay(
+            manifest,
+            &self.inner.data_dir,
+            self.inner.models_dir.as_deref(),
+        )?;
+        let mut h = std::hash::DefaultHasher::new();
+        overlay.hash(&mut h);
+        Ok(h.finish())
+    }
+
+    /// Respawns `name`'s worker when the environment it would get now differs from the one it
+    /// was started with: a secret of its `code.worker_env` set, changed or unset in the secret
+    /// store, or its manifest's `install.env_vars` / `code.worker_env` edited on disk (the
+    /// manifest is read again from its file). A worker's environment is fixed at spawn, so, as
+    /// in the original, such a change is a respawn, never a reconfigure. The configuration,
+    /// the enabled flag and the last-executed time are kept. Returns whether it respawned;
+    /// an unchanged environment (or an in-process plugin) leaves the worker alone.
+    ///
+    /// When the new environment cannot be composed (a `required` secret was unset) the error
+    /// is returned and the running worker is left as it is.
+    pub async fn refresh_environment(&self, name: &str) -> Result<bool, PluginError> {
+        let old = self.proxy(name)?;
+        if let Backend::InProcess(_) = old.backend() {
+            return Ok(false);
+        }
+        let current = Arc::clone(old.manifest());
+        let manifest = if current.path.is_some() {
+            self.discover();
+            self.discovered_manifest(name)
+                .filter(|m| m.path == current.path)
+                .unwrap_or(current)
+        } else {
+            current
+        };
+        let now = self.env_fingerprint(&manifest)?;
+        let then = self
+            .inner
+            .launch_env
+            .lock()
+            .map_err(|_| poisoned())?
+            .get(name)
+            .copied();
+        if then == Some(now) {
+            tracing::debug!(plugin = %name, "environment unchanged; worker kept");
+            return Ok(false);
+        }
+        tracing::info!(plugin = %name, "environment changed; respawning the worker");
+        self.respawn(name, manifest, None).await?;
+        Ok(true)
+    }
+
+    /// Sets the secret `key` of `plugin` in the secret store the workers' environments are
+    /// resolved from (the original's `LocalSecretStore` file under the data directory) and,
+    /// if `plugin` is loaded, respawns its worker when its environment changed (see
+    /// [`refresh_environment`](Self::refresh_environment)). Returns whether it respawned.
+    pub async fn set_secret(
+        &self,
+        plugin: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<bool, PluginError> {
+        crate::secrets::SecretStore::for_data_dir(&self.inner.data_dir)
+            .set(plugin, key, value)
+            .map_err(|e| match e {
+                crate::secrets::SecretError::InvalidName { .. } => {
+                    PluginError::user_input(format!("cannot set the secret: {e}"))
+                }
+                _ => PluginError::fatal(format!("cannot set the secret: {e}")),
+            })?;
+        if !self.is_loaded(plugin) {
+            return Ok(false);
+        }
+        self.refresh_environment(plugin).await
+    }
+
+    /// Unloads and loads `name` again from `manifest`, keeping its configuration (unless
+    /// `config` is given), enabled flag and last-executed time.
+    async fn respawn(
+        &self,
+        name: &str,
+        manifest: Arc<Manifest>,
+        config: Option<Value>,
+    ) -> Result<(), PluginError> {
         let old = self.proxy(name)?;
         let config = config.or_else(|| Some(old.config()));
         let enabled = old.is_enabled();
         let last = old.call_stats().last_executed_ms();
-        let manifest = Arc::clone(old.manifest());
         if let Backend::InProcess(_) = old.backend() {
             return Err(PluginError::user_input(format!(
                 "plugin `{name}` runs in-process and cannot be respawned"

@@ -2,6 +2,7 @@
 whose release hook must fire on reconfigure, prefetch with progress, enable hooks, live config
 options and a `__wire__` result. Used by tests/tests/python_0046.rs."""
 
+import os
 import threading
 from dataclasses import asdict, dataclass, field
 
@@ -112,6 +113,8 @@ class Gen46Plugin(Base):
             raise TransientError("model server busy", retry_after_seconds=1.5)
         if action == "crash":
             raise RuntimeError("plugin bug")
+        if action == "env":  # the worker's environment, for the respawn tests
+            return {k: os.environ.get(k) for k in kwargs.get("names", [])}
         if action == "wire":
             return {"__wire__": "test.tokens", "data": {"tokens": ["a", "b"]}}
         raise InputError(f"unknown action {action!r}", fields_invalid=["action"])
