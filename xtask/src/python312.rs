@@ -127,3 +127,83 @@ pub(crate) fn ensure_venvs() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Where the real published plugin is installed (tests/tests/real_plugin_0046.rs).
+const REAL_DIR: &str = "target/real-0046";
+
+/// The plugins file `cjm-ctl install-all` reads, and the shim standing in for conda.
+const REAL_PLUGINS: &str = "tests/python/conda-shim/plugins.yaml";
+const CONDA_SHIM: &str = "tests/python/conda-shim";
+
+/// The most an install may take (a cold one measured 12 s with a warm pip cache).
+const REAL_INSTALL_LIMIT_S: u32 = 600;
+
+/// Installs the real published plugin and its adapter (tests/python/conda-shim/plugins.yaml)
+/// with the original's own `cjm-ctl install-all` from the 0.0.46 venv, conda mapped onto venvs
+/// by the test shim, into `target/real-0046` (envs under `envs/`, the `.cjm` data root under
+/// `cjm/`). Cached: a stamp holds the plugins file it was made from, so a changed file
+/// reinstalls. Exports the folder to the tests as `CJM_TEST_REAL_0046`. Call after
+/// [`ensure_venvs`].
+pub(crate) fn ensure_real_plugin() -> Result<(), String> {
+    let dir = root().join(REAL_DIR);
+    let plugins = root().join(REAL_PLUGINS);
+    let wanted = std::fs::read_to_string(&plugins)
+        .map_err(|e| format!("cannot read {}: {e}", plugins.display()))?;
+    let stamp = dir.join("installed-from.yaml");
+    let manifests = dir.join("cjm/manifests");
+    let done = std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted)
+        && manifests.join("cjm-graph-plugin-sqlite.json").is_file()
+        && manifests
+            .join("adapter-graph-storage-GenericGraphStorageAdapter.json")
+            .is_file();
+    if !done {
+        let started = std::time::Instant::now();
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let shim = root().join(CONDA_SHIM);
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let path = std::env::join_paths(std::iter::once(shim).chain(std::env::split_paths(&path)))
+            .map_err(|e| format!("cannot put the conda shim on PATH: {e}"))?;
+        let ctl = root().join("target/py312-v0046/bin/cjm-ctl");
+        run(Command::new("timeout")
+            .arg(REAL_INSTALL_LIMIT_S.to_string())
+            .arg(&ctl)
+            .args(["install-all", "--plugins"])
+            .arg(&plugins)
+            .env("PATH", path)
+            .env("CJM_CONDA_SHIM_ROOT", &dir)
+            .env("CJM_CONDA_SHIM_PYTHON", find_python312()?)
+            .env("CJM_DATA_DIR", dir.join("cjm")))
+        .map_err(|e| {
+            format!(
+                "{e}\ncannot install the real plugin of {} (within {REAL_INSTALL_LIMIT_S} s)",
+                plugins.display()
+            )
+        })?;
+        // install-all reports a failed manifest generation but exits 0: check the result.
+        for m in [
+            "cjm-graph-plugin-sqlite.json",
+            "adapter-graph-storage-GenericGraphStorageAdapter.json",
+        ] {
+            if !manifests.join(m).is_file() {
+                return Err(format!(
+                    "cjm-ctl install-all wrote no {} (see its output above)",
+                    manifests.join(m).display()
+                ));
+            }
+        }
+        std::fs::write(&stamp, &wanted)
+            .map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
+        eprintln!(
+            "==> real plugin installed by cjm-ctl install-all in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    eprintln!("\n==> real plugin ready: {}", dir.display());
+    std::env::set_var("CJM_TEST_REAL_0046", &dir);
+    Ok(())
+}

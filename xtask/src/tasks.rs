@@ -31,6 +31,9 @@ pub(crate) fn test(args: &[String]) -> Result<(), String> {
     std::env::set_var("CJM_TEST_PYTHON", &python);
     // cjm-plugin-system 0.0.46 and cjm-substrate (Python 3.12), for tests/tests/python_0046.rs.
     crate::python312::ensure_venvs()?;
+    // A real published plugin and its adapter, installed by the original's cjm-ctl
+    // (tests/tests/real_plugin_0046.rs).
+    crate::python312::ensure_real_plugin()?;
     // The settings page's browser test (tests/tests/ui_browser.rs).
     ensure_chromium()?;
     // Build everything first, so the integration tests find every worker binary.
