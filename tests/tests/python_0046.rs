@@ -455,6 +455,7 @@ fn cli_info_shows_generation_and_drift_and_strict_drift_refuses() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let info: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["generation"], "v0046");
+    assert_eq!(info["drift"], Value::Null, "not known before a start");
     // `cjm list` starts nothing: drift is not known yet.
     let listed = |s: &Scratch| -> Value {
         let out = cjm(s, &["list", "--json"]);
@@ -480,7 +481,14 @@ fn cli_info_shows_generation_and_drift_and_strict_drift_refuses() {
         info["drift"],
         json!({"config_schema": false, "structural_surface": true})
     );
-    // Once a command started it, `cjm list` shows what it found.
+    // Once a command started it, `cjm list` and `cjm info` (without starting) show what it
+    // found.
+    let out = cjm(&s, &["info", "gen46", "--json"]);
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        info["drift"],
+        json!({"config_schema": false, "structural_surface": true})
+    );
     assert_eq!(
         listed(&s)["drift"],
         json!({"config_schema": false, "structural_surface": true})

@@ -205,6 +205,8 @@ impl Context {
             "description": m.description,
             "execution_mode": m.effective_execution_mode(),
             "generation": m.generation(),
+            // Without starting it: what the last command that started it found, if any.
+            "drift": crate::drift_cache::known(&self.data_dir, &m),
             "manifest_file": m.path,
             "manifest": &*m,
             "config_schema": schema,
@@ -218,6 +220,13 @@ impl Context {
         }
         super::say_info_head(&m);
         say!("  generation: {}", m.generation());
+        if let Some(d) = crate::drift_cache::known(&self.data_dir, &m).filter(|d| d.any()) {
+            say!(
+                "  drift:      when last started, the worker's {} differed from the manifest \
+                 (regenerate it)",
+                d.describe()
+            );
+        }
         if let Some(p) = &m.path {
             say!("  manifest:   {}", p.display());
         }
