@@ -667,3 +667,30 @@ async fn a_changed_secret_or_env_respawns_the_worker_with_it(g: Gen) {
     assert_eq!(m.pid("gen46"), Some(pid3));
     m.unload_all().await;
 }
+
+#[tokio::test]
+async fn the_workers_connections_do_not_wait_for_delayed_acks_0046() {
+    the_workers_connections_do_not_wait_for_delayed_acks(Gen::V0046).await;
+}
+
+#[tokio::test]
+async fn the_workers_connections_do_not_wait_for_delayed_acks_substrate() {
+    the_workers_connections_do_not_wait_for_delayed_acks(Gen::Substrate).await;
+}
+
+/// uvicorn adopts the `--fd` socket as AF_UNIX, so nothing in the worker sets TCP_NODELAY on
+/// the connections it accepts; without it on the handed-over listener every answer waited
+/// out the host's delayed ACK (40 ms a call instead of half a millisecond).
+async fn the_workers_connections_do_not_wait_for_delayed_acks(g: Gen) {
+    let s = Scratch::new();
+    let m = manager(&s, g, Duration::from_secs(5));
+    m.load("gen46", None).await.unwrap();
+    let seen = m.execute("gen46", action("nodelay")).await.unwrap().value;
+    let seen = seen.as_array().unwrap();
+    assert!(!seen.is_empty(), "the call's own connection is one");
+    assert!(
+        seen.iter().all(|v| v == &json!(true)),
+        "TCP_NODELAY per accepted connection: {seen:?}"
+    );
+    m.unload_all().await;
+}

@@ -440,6 +440,14 @@ async fn start_python_fd(
     };
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(|e| PluginError::transient(format!("cannot bind a worker socket: {e}")))?;
+    // uvicorn adopts a `--fd` socket as AF_UNIX, so asyncio never sets TCP_NODELAY on the
+    // connections it accepts, and each answer's second write waits out the host's delayed
+    // ACK (40 ms a call). Linux copies the option from the listener to accepted sockets.
+    socket2::SockRef::from(&listener)
+        .set_tcp_nodelay(true)
+        .map_err(|e| {
+            PluginError::transient(format!("cannot set TCP_NODELAY on the worker socket: {e}"))
+        })?;
     let addr = listener
         .local_addr()
         .map_err(|e| PluginError::transient(format!("cannot read the worker socket: {e}")))?;

@@ -36,6 +36,28 @@ class Gen46Config:
     prefetch_steps: int = 20
 
 
+def _accepted_nodelay():
+    """TCP_NODELAY of each connected (not listening) IPv4 TCP socket of this process."""
+    import socket
+
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            s = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        with s:
+            try:
+                if s.family != socket.AF_INET or s.type != socket.SOCK_STREAM:
+                    continue
+                if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    continue
+                out.append(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0)
+            except OSError:
+                continue
+    return out
+
+
 class Gen46Plugin(Base):
     """Everything the host must handle on a 0.0.46 worker."""
 
@@ -115,6 +137,8 @@ class Gen46Plugin(Base):
             raise RuntimeError("plugin bug")
         if action == "env":  # the worker's environment, for the respawn tests
             return {k: os.environ.get(k) for k in kwargs.get("names", [])}
+        if action == "nodelay":  # TCP_NODELAY of the worker's accepted TCP connections
+            return _accepted_nodelay()
         if action == "wire":
             return {"__wire__": "test.tokens", "data": {"tokens": ["a", "b"]}}
         raise InputError(f"unknown action {action!r}", fields_invalid=["action"])
