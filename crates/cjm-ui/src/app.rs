@@ -203,9 +203,7 @@ impl Access {
 /// The app's routes, with the request guards of `access`. Refuses a non-loopback address
 /// without a token ([`UiError::TokenRequired`]).
 pub fn router(state: AppState, access: Access) -> Result<Router, UiError> {
-    access.check()?;
-    let access = Arc::new(access);
-    Ok(Router::new()
+    let routes = Router::new()
         .route("/", get(index))
         .route("/category/{category}", get(category))
         .route("/plugins/details", get(details))
@@ -220,10 +218,37 @@ pub fn router(state: AppState, access: Access) -> Result<Router, UiError> {
         .route("/plugins/{id}/unload", post(unload))
         .route("/static/htmx.min.js", get(htmx_js))
         .route("/static/app.css", get(app_css))
-        .layer(middleware::from_fn(move |req: Request, next: Next| {
-            guard(Arc::clone(&access), req, next)
-        }))
-        .with_state(state))
+        .with_state(state);
+    with_guard(routes, access, Changes::Htmx)
+}
+
+/// Puts `routes` (another app's, e.g. the `cjm serve` JSON API) behind the settings page's
+/// request guards: the `Host` check and, when `access` has a token, the bearer token or cookie.
+/// Requests that change something (not `GET`/`HEAD`) must say `Content-Type:
+/// application/json`, which no page of another site can send without a CORS preflight (never
+/// answered), so a cross-site form cannot drive the API. Refuses a non-loopback address
+/// without a token ([`UiError::TokenRequired`]).
+pub fn guarded(routes: Router, access: Access) -> Result<Router, UiError> {
+    with_guard(routes, access, Changes::Json)
+}
+
+/// What a request that changes something must carry to prove it is not a cross-site one.
+#[derive(Debug, Clone, Copy)]
+enum Changes {
+    /// htmx's `HX-Request: true` (the settings page).
+    Htmx,
+    /// `Content-Type: application/json` (an API client).
+    Json,
+}
+
+fn with_guard(routes: Router, access: Access, changes: Changes) -> Result<Router, UiError> {
+    access.check()?;
+    let access = Arc::new(access);
+    Ok(
+        routes.layer(middleware::from_fn(move |req: Request, next: Next| {
+            guard(Arc::clone(&access), changes, req, next)
+        })),
+    )
 }
 
 /// Serves the settings app on `addr` until Ctrl-C, for `access` (whose address is replaced by
@@ -305,7 +330,7 @@ fn query_token(req: &Request) -> Option<(String, String)> {
     token.map(|t| (t, url))
 }
 
-async fn guard(access: Arc<Access>, req: Request, next: Next) -> Response {
+async fn guard(access: Arc<Access>, changes: Changes, req: Request, next: Next) -> Response {
     let host = req
         .headers()
         .get(header::HOST)
@@ -334,15 +359,32 @@ async fn guard(access: Arc<Access>, req: Request, next: Next) -> Response {
         );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let htmx = req
-            .headers()
-            .get("hx-request")
-            .is_some_and(|v| v.as_bytes() == b"true");
-        if !htmx {
-            return failure(
-                StatusCode::FORBIDDEN,
-                "Changes are accepted only from the settings page.",
-            );
+        let headers = req.headers();
+        match changes {
+            Changes::Htmx
+                if headers
+                    .get("hx-request")
+                    .is_none_or(|v| v.as_bytes() != b"true") =>
+            {
+                return failure(
+                    StatusCode::FORBIDDEN,
+                    "Changes are accepted only from the settings page.",
+                );
+            }
+            Changes::Json
+                if !headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split(';').next())
+                    .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json")) =>
+            {
+                return (
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "requests that change something need `Content-Type: application/json`\n",
+                )
+                    .into_response();
+            }
+            _ => {}
         }
     }
     next.run(req).await

@@ -50,7 +50,7 @@ pub mod page;
 pub mod schema_fields;
 pub mod status;
 
-pub use app::{router, serve, serve_listener, Access, AppState};
+pub use app::{guarded, router, serve, serve_listener, Access, AppState};
 pub use cjm_core as core;
 pub use components::{
     config_differences, execution_mode_badge_html, render_comparison_table,

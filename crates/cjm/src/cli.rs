@@ -42,6 +42,13 @@ pub(crate) struct Cli {
     /// Show the host's and the workers' logs on stderr (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Send `call` and `stream` to the `cjm serve` at URL (http://HOST:PORT or unix:PATH)
+    /// instead of starting the worker here; default: $CJM_HOST, else the local service's
+    /// socket if one is running. A token, if the service needs one, is read from the file
+    /// named by $CJM_TOKEN_FILE.
+    #[arg(long, value_name = "URL", global = true)]
+    pub host: Option<String>,
+
     /// Refuse to load a plugin whose live worker drifted from its manifest's
     /// `drift_tracking` witnesses (default: warn, and validate against the live schema).
     #[arg(long, global = true)]
@@ -165,6 +172,22 @@ pub(crate) enum Command {
         allow_hosts: Vec<String>,
         /// Require the access token in FILE (at least 16 characters) on every request; a
         /// browser passes it once as /?token=TOKEN and keeps it in a cookie.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+    },
+    /// Run the host as a service: the JSON API (/api/v1), /metrics, /healthz, /readyz and the
+    /// settings page on ADDR, and a private local socket (<data-dir>/run/serve.sock) where
+    /// `cjm call` and `cjm stream` find it. Plugins stay loaded between calls; SIGTERM or
+    /// Ctrl-C unloads them all (a second one, or 30 s, forces the exit).
+    Serve {
+        /// The address to listen on. A non-loopback address needs --token-file.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8766")]
+        addr: std::net::SocketAddr,
+        /// Also answer requests whose Host is NAME (repeatable).
+        #[arg(long = "allow-host", value_name = "NAME")]
+        allow_hosts: Vec<String>,
+        /// Require the access token in FILE (at least 16 characters) as
+        /// `Authorization: Bearer TOKEN` on every request (except /healthz and /readyz).
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
     },

@@ -110,6 +110,15 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
                 .map_err(Failure::Usage)?;
             Ok(crate::ui::run(&ctx.manager, &ctx.data_dir, addr, access).await?)
         }
+        Command::Serve {
+            addr,
+            allow_hosts,
+            token_file,
+        } => {
+            let access = crate::ui::access(addr, allow_hosts, token_file.as_deref())
+                .map_err(Failure::Usage)?;
+            Ok(crate::serve::run(&ctx.manager, &ctx.data_dir, addr, access).await?)
+        }
     }
 }
 
@@ -202,6 +211,8 @@ fn did_you_mean<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
 struct Context {
     manager: PluginManager,
     data_dir: PathBuf,
+    /// `--host`.
+    host: Option<String>,
 }
 
 /// `value` as pretty JSON on the lines after a label, each indented by `by` spaces.
@@ -250,6 +261,7 @@ impl Context {
         Ok(Self {
             manager: b.build()?,
             data_dir,
+            host: cli.host.clone(),
         })
     }
 
@@ -541,6 +553,16 @@ impl Context {
             Some(_) => return Err(Failure::Usage("--kwargs: expected a JSON object".into())),
         };
         let timeout = a.timeout.map(timeout_duration).transpose()?;
+        let service = crate::remote::Service::find(self.host.as_deref(), &self.data_dir)
+            .map_err(Failure::Usage)?;
+        if let Some(service) = service {
+            let config = a
+                .config
+                .as_deref()
+                .map(|t| parse_json("--config", t))
+                .transpose()?;
+            return remote_call(&service, &a.name, args, kwargs, config, timeout, stream).await;
+        }
         let m = self.manifest(&a.name)?;
         if a.args.is_none() {
             if let Some(code) = self.list_operations_instead(&a.name)? {
@@ -741,6 +763,53 @@ impl Context {
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// `cjm call` / `cjm stream` through a running `cjm serve`: the plugin stays loaded there.
+async fn remote_call(
+    service: &crate::remote::Service,
+    name: &str,
+    args: Vec<Value>,
+    kwargs: Map<String, Value>,
+    config: Option<Value>,
+    timeout: Option<Duration>,
+    stream: bool,
+) -> Result<ExitCode, Failure> {
+    if let Some(config) = &config {
+        if !config.is_object() {
+            return Err(Failure::Usage("--config: expected a JSON object".into()));
+        }
+        service.reload(name, config).await?;
+    }
+    let mut body = json!({"args": args, "kwargs": kwargs});
+    if let Some(t) = timeout {
+        body["timeout_s"] = json!(t.as_secs_f64());
+    }
+    let work = async {
+        if stream {
+            service
+                .stream(name, &body, |chunk| {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{}", output::json_line(&chunk));
+                    let _ = out.flush();
+                })
+                .await
+        } else {
+            let (value, blobs) = service.call(name, &body).await?;
+            say!("{}", output::json(&value));
+            if blobs > 0 {
+                note(&format!("({blobs} binary payload(s) not shown)"));
+            }
+            Ok(())
+        }
+    };
+    // Ctrl-C closes the connection, which cancels the call in the service.
+    let result: Result<(), PluginError> = tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => Err(PluginError::cancelled("interrupted")),
+    };
+    result?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -8,8 +8,10 @@ mod commands;
 mod drift_cache;
 mod output;
 mod progress;
+mod remote;
 mod scaffold;
 mod secret;
+mod serve;
 mod ui;
 
 use std::process::ExitCode;

@@ -129,6 +129,12 @@ pub trait Scheduler: Send + Sync + std::fmt::Debug {
 
     /// A call has finished.
     fn on_finish(&self, _plugin: &str) {}
+
+    /// Loads and calls waiting for admission now (0 for policies that never wait); exported
+    /// as a queue-depth metric by `cjm serve`.
+    fn queued(&self) -> usize {
+        0
+    }
 }
 
 #[cfg(test)]

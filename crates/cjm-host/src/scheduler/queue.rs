@@ -225,6 +225,10 @@ impl Scheduler for QueueScheduler {
     fn on_finish(&self, _plugin: &str) {
         self.wake.notify_waiters();
     }
+
+    fn queued(&self) -> usize {
+        QueueScheduler::queued(self)
+    }
 }
 
 fn cancelled(request: &Admission<'_>, started: Instant) -> PluginError {

@@ -1,0 +1,412 @@
+//! `cjm serve` with real workers: the CLI reuses the service's loaded worker, the JSON API,
+//! `/metrics`, the guards, 200 concurrent clients, and a SIGTERM that leaves nothing behind.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use cjm_tests::http::{send, Addr, Req};
+use cjm_tests::process::{sigterm, wait_child, wait_exit_of};
+use common::Scratch;
+use serde_json::{json, Value};
+
+fn cjm_bin() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_host-test-worker")).with_file_name("cjm");
+    assert!(
+        p.is_file(),
+        "{} is not built: run `cargo build -p cjm` (cargo xtask test does)",
+        p.display()
+    );
+    p
+}
+
+fn base(s: &Scratch) -> Command {
+    let mut c = Command::new(cjm_bin());
+    c.arg("--search-path")
+        .arg(s.manifests())
+        .arg("--data-dir")
+        .arg(s.data())
+        .env_remove("CJM_HOST")
+        .env_remove("CJM_TOKEN_FILE");
+    c
+}
+
+fn cjm(s: &Scratch, args: &[&str]) -> Output {
+    base(s).args(args).output().expect("run cjm")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A running `cjm serve`; SIGKILLed (with its workers swept by the test) if a test fails
+/// before it stops it.
+struct Served {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cjm serve` and waits for its "serving … on http://ADDR/" line.
+fn serve(s: &Scratch, extra: &[&str]) -> Served {
+    let mut child = base(s)
+        .args(["serve", "--addr"])
+        .args(if extra.is_empty() {
+            &["127.0.0.1:0"][..]
+        } else {
+            extra
+        })
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start cjm serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split(" on http://").nth(1) {
+                let _ = tx.send(rest.split('/').next().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("cjm serve printed its address");
+    Served {
+        child,
+        addr: addr.parse().expect("an address"),
+    }
+}
+
+fn call_json(s: &Scratch, args: &[&str]) -> Value {
+    let out = cjm(s, args);
+    assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+fn metric(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == name_and_labels).then(|| v.parse().ok())?
+    })
+}
+
+fn scratch() -> Scratch {
+    let s = Scratch::new();
+    s.worker_manifest(
+        "t",
+        json!({"config_schema": {"type": "object", "additionalProperties": false, "properties": {
+            "greeting": {"type": "string", "default": "hello"},
+            "level": {"type": "integer", "minimum": 1, "maximum": 10, "default": 1}}}}),
+    );
+    s
+}
+
+#[test]
+fn the_cli_reuses_the_services_worker_and_sigterm_unloads_it() {
+    let s = scratch();
+    let mut served = serve(&s, &[]);
+    let addr = Addr::Tcp(served.addr);
+    let socket = s.data().join("run/serve.sock");
+    assert!(socket.exists(), "the local socket is there");
+
+    // Through the local socket (found by itself), twice, then through --host: one worker.
+    let pid = call_json(&s, &["call", "t", "--args", r#"["pid"]"#]);
+    assert_eq!(call_json(&s, &["call", "t", "--args", r#"["pid"]"#]), pid);
+    let host = format!("http://{}", served.addr);
+    assert_eq!(
+        call_json(&s, &["--host", &host, "call", "t", "--args", r#"["pid"]"#]),
+        pid
+    );
+    let pid = pid.as_u64().expect("a pid") as u32;
+    let listed = send(&addr, None, &Req::get("/api/v1/plugins/t"))
+        .unwrap()
+        .ok_json()
+        .unwrap();
+    assert_eq!(listed["pid"], pid);
+    assert_eq!(listed["loaded"], true);
+
+    // Streams: every chunk, and an error line becomes the exit code, never data.
+    let out = cjm(&s, &["stream", "t", "--kwargs", r#"{"n": 3}"#]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "{\"i\":0}\n{\"i\":1}\n{\"i\":2}\n");
+    let out = cjm(
+        &s,
+        &["stream", "t", "--kwargs", r#"{"n": 3, "fail_at": 1}"#],
+    );
+    assert_eq!(out.status.code(), Some(13), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "{\"i\":0}\n");
+    assert!(text(&out.stderr).contains("out of memory (simulated)"));
+    // A typed failure keeps its category's exit code.
+    let out = cjm(&s, &["call", "t", "--args", r#"["nope"]"#]);
+    assert_eq!(out.status.code(), Some(10), "{}", text(&out.stderr));
+    // --config reloads the plugin with it (a new worker).
+    let greet = call_json(
+        &s,
+        &[
+            "call",
+            "t",
+            "--config",
+            r#"{"greeting": "hey"}"#,
+            "--args",
+            r#"["greet"]"#,
+            "--kwargs",
+            r#"{"name": "Ada"}"#,
+        ],
+    );
+    assert_eq!(greet, "hey Ada");
+
+    // The configuration API validates, saves and applies.
+    let put = |v: &Value| {
+        send(
+            &addr,
+            None,
+            &Req::new("PUT", "/api/v1/plugins/t/config").json(v),
+        )
+        .unwrap()
+    };
+    let bad = put(&json!({"config": {"level": 99}}));
+    assert_eq!(bad.status, 422, "{}", bad.text());
+    let bad = bad.json().unwrap();
+    assert_eq!(bad["cjm_error"]["category"], "config");
+    assert_eq!(bad["cjm_error"]["details"]["fields"][0]["field"], "level");
+    let ok = put(&json!({"config": {"greeting": "hi", "level": 2}}));
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json().unwrap()["applied"], true);
+    let saved = call_json(&s, &["config", "t"]);
+    assert_eq!(saved["greeting"], "hi", "{saved}");
+    let greet = call_json(
+        &s,
+        &[
+            "call",
+            "t",
+            "--args",
+            r#"["greet"]"#,
+            "--kwargs",
+            r#"{"name": "Bo"}"#,
+        ],
+    );
+    assert_eq!(greet, "hi Bo");
+
+    // Bad requests are named, unknown plugins are 404, foreign Hosts are refused.
+    let garbled = send(
+        &addr,
+        None,
+        &Req::post("/api/v1/plugins/t/call").raw("application/json", b"{\"args\": 5}".to_vec()),
+    )
+    .unwrap();
+    assert_eq!(garbled.status, 400);
+    assert!(garbled.text().contains("`args`"), "{}", garbled.text());
+    let unknown = send(
+        &addr,
+        None,
+        &Req::post("/api/v1/plugins/zz/call").json(&json!({})),
+    )
+    .unwrap();
+    // A change without `Content-Type: application/json` could come from a cross-site form.
+    let form = send(&addr, None, &Req::post("/api/v1/plugins/t/unload")).unwrap();
+    assert_eq!(form.status, 415, "{}", form.text());
+    assert!(served_pid_alive(&addr));
+    assert_eq!(unknown.status, 404, "{}", unknown.text());
+    assert!(raw_status(served.addr, "evil.example").starts_with("HTTP/1.1 403"));
+    assert!(raw_status(served.addr, "localhost").starts_with("HTTP/1.1 200"));
+
+    // /metrics, parsed.
+    let m = send(&addr, None, &Req::get("/metrics")).unwrap();
+    assert_eq!(m.status, 200);
+    let m = String::from_utf8_lossy(&m.body).into_owned();
+    assert!(m.trim_end().ends_with("# EOF"), "{m}");
+    let calls = metric(&m, r#"cjm_calls_total{plugin="t"}"#).expect("calls counted");
+    // pid ×3, two streams, one typed failure, greet ×2.
+    assert_eq!(calls, 8.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            r#"cjm_call_errors_total{plugin="t",category="user_input"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"cjm_call_errors_total{plugin="t",category="resource"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, r#"cjm_call_duration_seconds_count{plugin="t"}"#),
+        Some(calls)
+    );
+    assert_eq!(
+        metric(&m, r#"cjm_plugin_state{plugin="t",state="ready"}"#),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(metric(&m, r#"cjm_worker_rss_bytes{plugin="t"}"#).is_some_and(|b| b > 0.0));
+    assert_eq!(metric(&m, "cjm_plugins_loaded"), Some(1.0));
+    assert_eq!(send(&addr, None, &Req::get("/readyz")).unwrap().status, 200);
+
+    // SIGTERM: the service stops, unloads the worker and removes its socket.
+    let worker = send(&addr, None, &Req::get("/api/v1/plugins/t"))
+        .unwrap()
+        .ok_json()
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap() as u32;
+    sigterm(served.child.id()).unwrap();
+    let status = wait_child(&mut served.child, Duration::from_secs(60))
+        .unwrap()
+        .expect("the service exited");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        wait_exit_of(worker, Duration::from_secs(10)),
+        "the worker outlived the service"
+    );
+    assert!(!socket.exists(), "the socket was removed");
+    // Without a service, the CLI works on its own again.
+    assert_eq!(
+        call_json(&s, &["call", "t", "--args", r#"["echo", 1]"#])["args"],
+        json!([1])
+    );
+}
+
+#[test]
+fn off_loopback_the_service_needs_its_token() {
+    let s = scratch();
+    let out = cjm(&s, &["serve", "--addr", "0.0.0.0:0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("token"), "{}", text(&out.stderr));
+
+    let token = "0123456789abcdef-token";
+    let file = s.dir.path().join("token");
+    std::fs::write(&file, token).unwrap();
+    let served = serve(
+        &s,
+        &[
+            "0.0.0.0:0",
+            "--allow-host",
+            "localhost",
+            "--token-file",
+            file.to_str().unwrap(),
+        ],
+    );
+    let addr = Addr::Tcp(SocketAddr::from(([127, 0, 0, 1], served.addr.port())));
+    let no_token = send(&addr, None, &Req::get("/api/v1/plugins").header("X", "y")).unwrap();
+    assert_eq!(no_token.status, 401);
+    // Probes need no token.
+    assert_eq!(
+        send(&addr, None, &Req::get("/healthz")).unwrap().status,
+        200
+    );
+    let listed = send(&addr, Some(token), &Req::get("/api/v1/plugins")).unwrap();
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.json().unwrap()["plugins"][0]["name"], "t");
+    // The CLI sends the token from $CJM_TOKEN_FILE.
+    let host = format!("http://127.0.0.1:{}", served.addr.port());
+    let out = base(&s)
+        .env("CJM_HOST", &host)
+        .args(["call", "t", "--args", r#"["echo", 2]"#])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(18), "no token: refused");
+    let out = base(&s)
+        .env("CJM_HOST", &host)
+        .env("CJM_TOKEN_FILE", &file)
+        .args(["call", "t", "--args", r#"["echo", 2]"#])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["args"],
+        json!([2])
+    );
+    stop(served);
+}
+
+#[test]
+fn two_hundred_concurrent_clients_get_their_own_answers() {
+    let s = scratch();
+    let served = serve(&s, &[]);
+    let addr = Addr::Tcp(served.addr);
+    let handles: Vec<_> = (0..200)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let r = send(
+                    &addr,
+                    None,
+                    &Req::post("/api/v1/plugins/t/call")
+                        .json(&json!({"args": ["echo"], "kwargs": {"i": i}})),
+                )
+                .map_err(|e| format!("client {i}: {e}"))?;
+                let v = r.ok_json()?;
+                if v["value"]["kwargs"]["i"] != i {
+                    return Err(format!("client {i} got {v}"));
+                }
+                Ok::<_, String>(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("client thread").expect("answer");
+    }
+    let m = send(&addr, None, &Req::get("/metrics")).unwrap();
+    let m = String::from_utf8_lossy(&m.body).into_owned();
+    assert_eq!(
+        metric(&m, r#"cjm_calls_total{plugin="t"}"#),
+        Some(200.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, r#"cjm_calls_in_flight{plugin="t"}"#),
+        Some(0.0),
+        "{m}"
+    );
+    stop(served);
+}
+
+/// True while plugin `t` is loaded in the service.
+fn served_pid_alive(addr: &Addr) -> bool {
+    let v = send(addr, None, &Req::get("/api/v1/plugins/t"))
+        .unwrap()
+        .ok_json()
+        .unwrap();
+    v["loaded"] == true
+}
+
+/// SIGTERM, and the service's exit.
+fn stop(mut served: Served) {
+    sigterm(served.child.id()).unwrap();
+    let status = wait_child(&mut served.child, Duration::from_secs(60))
+        .unwrap()
+        .expect("the service exited");
+    assert!(status.success(), "{status:?}");
+}
+
+/// The status line of `GET /api/v1/plugins` sent with `Host: host`.
+fn raw_status(addr: SocketAddr, host: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        c,
+        "GET /api/v1/plugins HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    out.lines().next().unwrap_or_default().to_owned()
+}
