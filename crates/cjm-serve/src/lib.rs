@@ -50,4 +50,5 @@ mod service;
 
 pub use api::MAX_BODY;
 pub use error::ServeError;
+pub use metrics::SAMPLE_EVERY;
 pub use service::{local_socket_path, Service, LOCAL_SOCKET};

@@ -2,16 +2,18 @@
 //! (`prometheus-client`).
 //!
 //! Call counters, errors by category, the latency histogram and in-flight calls are counted by
-//! the service as calls pass through it ([`CallTimer`]). Worker state, restarts, RSS, CPU, GPU
-//! memory, reservations and the scheduler's queue depth are read from the manager at each
-//! scrape ([`Metrics::render`]).
+//! the service as calls pass through it ([`CallTimer`]). Plugin states, reservations and the
+//! scheduler's queue depth are read from the manager at each scrape ([`Metrics::render`]).
+//! Restarts, RSS, CPU and GPU memory need a request to each worker and a walk of its process
+//! tree, so they are sampled at most every [`SAMPLE_EVERY`], in the background: a scrape never
+//! waits on a worker (except the very first, which takes the first sample).
 
 use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use cjm_core::ErrorCategory;
-use cjm_host::{PluginManager, PluginState};
+use cjm_host::PluginManager;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -19,7 +21,48 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// How old a scrape's worker samples (restarts, RSS, CPU, GPU memory) may be.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
 type Labels = Vec<(&'static str, String)>;
+
+/// One plugin's worker, as last sampled.
+#[derive(Debug, Clone)]
+struct Sample {
+    name: String,
+    restarts: u32,
+    rss_mb: f64,
+    cpu: f64,
+    gpu: Vec<(u32, u64)>,
+}
+
+#[derive(Debug, Default)]
+struct Samples {
+    at: Option<Instant>,
+    refreshing: bool,
+    plugins: Vec<Sample>,
+}
+
+/// Samples every loaded plugin's worker, concurrently.
+async fn sample(manager: &PluginManager) -> Vec<Sample> {
+    let names = manager.loaded();
+    let each = names.into_iter().map(|name| async move {
+        let stats = manager.stats(&name).await.ok();
+        let usage = manager.resource_usage(&name).await.ok();
+        let worker = stats.as_ref().and_then(|s| s.worker.as_ref());
+        Sample {
+            restarts: stats.as_ref().map_or(0, |s| s.restarts),
+            rss_mb: usage.as_ref().map_or_else(
+                || worker.map_or(0.0, |w| w.memory_rss_mb),
+                |u| u.ram_mb as f64,
+            ),
+            cpu: worker.map_or(0.0, |w| w.cpu_percent),
+            gpu: usage.map(|u| u.gpu_memory_mb).unwrap_or_default(),
+            name,
+        }
+    });
+    futures::future::join_all(each).await
+}
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 fn latency_histogram() -> Histogram {
@@ -47,6 +90,7 @@ pub(crate) struct Metrics {
     queued: Gauge,
     loaded: Gauge,
     discovered: Gauge,
+    samples: Arc<Mutex<Samples>>,
 }
 
 impl Metrics {
@@ -67,6 +111,7 @@ impl Metrics {
             queued: Gauge::default(),
             loaded: Gauge::default(),
             discovered: Gauge::default(),
+            samples: Arc::default(),
         };
         if let Ok(mut r) = m.registry.lock() {
             r.register(
@@ -150,33 +195,52 @@ impl Metrics {
         }
     }
 
-    /// The exposition text: the counters, and the manager's state read now.
-    pub(crate) async fn render(&self, manager: &PluginManager) -> String {
-        struct Live {
-            name: String,
-            state: Option<PluginState>,
-            restarts: u32,
-            rss_mb: f64,
-            cpu: f64,
-            gpu: Vec<(u32, u64)>,
+    /// The worker samples: taken now the first time, else the last ones, refreshed in the
+    /// background once older than [`SAMPLE_EVERY`].
+    async fn samples(&self, manager: &PluginManager) -> Vec<Sample> {
+        let (now, background) = match self.samples.lock() {
+            Ok(mut g) => match g.at {
+                None => (true, false),
+                Some(t) if t.elapsed() > SAMPLE_EVERY && !g.refreshing => {
+                    g.refreshing = true;
+                    (false, true)
+                }
+                Some(_) => (false, false),
+            },
+            Err(_) => (true, false),
+        };
+        if now {
+            let plugins = sample(manager).await;
+            if let Ok(mut g) = self.samples.lock() {
+                g.at = Some(Instant::now());
+                g.plugins = plugins.clone();
+            }
+            return plugins;
         }
-        let mut live = Vec::new();
-        for name in manager.loaded() {
-            let stats = manager.stats(&name).await.ok();
-            let usage = manager.resource_usage(&name).await.ok();
-            let worker = stats.as_ref().and_then(|s| s.worker.as_ref());
-            live.push(Live {
-                state: manager.state(&name),
-                restarts: stats.as_ref().map_or(0, |s| s.restarts),
-                rss_mb: usage.as_ref().map_or_else(
-                    || worker.map_or(0.0, |w| w.memory_rss_mb),
-                    |u| u.ram_mb as f64,
-                ),
-                cpu: worker.map_or(0.0, |w| w.cpu_percent),
-                gpu: usage.map(|u| u.gpu_memory_mb).unwrap_or_default(),
-                name,
+        if background {
+            let (samples, manager) = (Arc::clone(&self.samples), manager.clone());
+            tokio::spawn(async move {
+                let plugins = sample(&manager).await;
+                if let Ok(mut g) = samples.lock() {
+                    *g = Samples {
+                        at: Some(Instant::now()),
+                        refreshing: false,
+                        plugins,
+                    };
+                }
             });
         }
+        self.samples
+            .lock()
+            .map(|g| g.plugins.clone())
+            .unwrap_or_default()
+    }
+
+    /// The exposition text: the counters, the manager's state read now and the latest worker
+    /// samples.
+    pub(crate) async fn render(&self, manager: &PluginManager) -> String {
+        let samples = self.samples(manager).await;
+        let loaded = manager.loaded();
         let reservations = manager.reservations();
         let Ok(registry) = self.registry.lock() else {
             return String::new();
@@ -188,15 +252,17 @@ impl Metrics {
         self.cpu.clear();
         self.reserved_ram.clear();
         self.reserved_vram.clear();
-        for l in &live {
-            let plugin = || vec![("plugin", l.name.clone())];
-            if let Some(state) = l.state {
+        for name in &loaded {
+            if let Some(state) = manager.state(name) {
                 let labels = vec![
-                    ("plugin", l.name.clone()),
+                    ("plugin", name.clone()),
                     ("state", state.as_str().to_owned()),
                 ];
                 self.state.get_or_create(&labels).set(1);
             }
+        }
+        for l in samples.iter().filter(|l| loaded.contains(&l.name)) {
+            let plugin = || vec![("plugin", l.name.clone())];
             self.restarts
                 .get_or_create(&plugin())
                 .set(i64::from(l.restarts));
@@ -221,7 +287,7 @@ impl Metrics {
         }
         self.queued
             .set(i64::try_from(manager.scheduler().queued()).unwrap_or(i64::MAX));
-        self.loaded.set(live.len() as i64);
+        self.loaded.set(loaded.len() as i64);
         self.discovered.set(manager.discovered().len() as i64);
         let mut out = String::new();
         if let Err(e) = encode(&mut out, &registry) {

@@ -123,9 +123,14 @@ impl Service {
         })
     }
 
-    /// Stops accepting work (`/readyz` answers 503) and unloads every plugin.
-    pub async fn shutdown(&self) {
+    /// Marks the service as shutting down: `/readyz` answers 503 from now on.
+    pub fn drain(&self) {
         self.inner.draining.store(true, Ordering::Release);
+    }
+
+    /// [`drain`](Self::drain)s and unloads every plugin.
+    pub async fn shutdown(&self) {
+        self.drain();
         self.manager().unload_all().await;
     }
 }

@@ -59,6 +59,7 @@ pub(crate) async fn run(
     let result = tokio::select! {
         r = &mut served => r,
         () = next_signal() => {
+            service.drain();
             stop.cancel();
             eprintln!("cjm: stopping: letting calls in flight finish (signal again to force)");
             tokio::select! {

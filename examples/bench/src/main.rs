@@ -12,6 +12,7 @@ use futures::StreamExt;
 use serde_json::{json, Map, Value};
 
 mod limits;
+mod serve;
 
 const WORKERS: usize = 10;
 
@@ -129,6 +130,18 @@ fn print_table(f: &Map<String, Value>) {
             "MB/s",
         ),
         ("idle_worker_rss_mb", "idle worker RSS", 1.0, "MB"),
+        (
+            "serve_sync_rtt_p50_us",
+            "sync call through cjm serve p50 (limit 2× host)",
+            1.0,
+            "µs",
+        ),
+        (
+            "metrics_scrape_100_s",
+            "/metrics scrape, 100 plugins (goal 5 ms)",
+            1e3,
+            "ms",
+        ),
         ("unload_all_s", "unload all 10 workers", 1e3, "ms"),
         (
             "py_worker_sync_rtt_p50_us",
@@ -176,6 +189,9 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
         b.manifest(&format!("echo{i}"), "echo", json!({}))?;
     }
     b.manifest("transcriber", "transcriber", json!({}))?;
+    for i in 0..serve::SCRAPED_PLUGINS {
+        b.manifest(&format!("m{i}"), "echo", json!({}))?;
+    }
     let m = b.manager()?;
 
     // Cold start of one worker, median of 5.
@@ -296,6 +312,8 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
     let t = Instant::now();
     m.unload_all().await;
     f.insert("unload_all_s".into(), json!(t.elapsed().as_secs_f64()));
+
+    serve::measure(&m, &b.scratch.path().join("configs"), &mut f).await?;
 
     limits::measure(&mut f).await?;
 
