@@ -34,11 +34,14 @@ pub enum PluginExecutionMode {
     CloudCpu,
     /// A Kubernetes workload.
     Kubernetes,
+    /// A cjm worker that runs elsewhere and serves HTTPS with a bearer token; the host connects
+    /// to it (`remote.url`) and never starts or stops it. cjm's own mode, not the original's.
+    Remote,
 }
 
 impl PluginExecutionMode {
     /// Every variant, in the original's declaration order.
-    pub const ALL: [PluginExecutionMode; 12] = [
+    pub const ALL: [PluginExecutionMode; 13] = [
         Self::InProcess,
         Self::Subprocess,
         Self::Docker,
@@ -51,6 +54,7 @@ impl PluginExecutionMode {
         Self::CloudGpu,
         Self::CloudCpu,
         Self::Kubernetes,
+        Self::Remote,
     ];
 
     /// The serialized value (`"in_process"`, `"external"`, …).
@@ -68,6 +72,7 @@ impl PluginExecutionMode {
             Self::CloudGpu => "cloud_gpu",
             Self::CloudCpu => "cloud_cpu",
             Self::Kubernetes => "kubernetes",
+            Self::Remote => "remote",
         }
     }
 
@@ -101,6 +106,7 @@ impl PluginExecutionMode {
             Self::CloudGpu => "Cloud GPU",
             Self::CloudCpu => "Cloud CPU",
             Self::Kubernetes => "Kubernetes",
+            Self::Remote => "Remote (TLS)",
         }
     }
 
@@ -243,6 +249,7 @@ mod tests {
             "cloud_gpu",
             "cloud_cpu",
             "kubernetes",
+            "remote",
         ];
         for (mode, want) in PluginExecutionMode::ALL.into_iter().zip(expected) {
             let json = serde_json::to_string(&mode).unwrap();
@@ -279,7 +286,7 @@ mod tests {
         );
         let labels: std::collections::HashSet<_> =
             PluginExecutionMode::ALL.iter().map(|m| m.label()).collect();
-        assert_eq!(labels.len(), 12, "labels are distinct");
+        assert_eq!(labels.len(), 13, "labels are distinct");
     }
 
     #[test]

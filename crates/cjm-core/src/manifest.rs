@@ -108,8 +108,39 @@ pub enum WorkerSpec<'a> {
         /// Class name.
         class: &'a str,
     },
+    /// Nothing to spawn: a worker that runs elsewhere, reached over HTTPS
+    /// (`execution_mode: remote`).
+    Remote(&'a RemoteWorker),
     /// Nothing to spawn: the plugin is registered in-process from Rust.
     InProcess,
+}
+
+/// Where a remote worker serves (`"remote": {...}` with `execution_mode: remote`): the host
+/// connects to it and never starts or stops it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteWorker {
+    /// `https://HOST:PORT` of the worker.
+    pub url: String,
+    /// The PEM file of the certificate authority that signed the worker's certificate
+    /// (relative paths resolve against the manifest's directory).
+    pub ca_file: String,
+    /// The key, among the plugin's secrets (`cjm secret set NAME KEY`), of the worker's bearer
+    /// token. The token itself never appears in a manifest.
+    pub token_secret: String,
+}
+
+impl RemoteWorker {
+    /// The host and port of [`url`](Self::url), when it is `https://HOST:PORT[/]`.
+    pub fn authority(&self) -> Option<(&str, u16)> {
+        let rest = self.url.strip_prefix("https://")?.trim_end_matches('/');
+        let (host, port) = rest.rsplit_once(':')?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(['/', '@', '?', '#']) {
+            return None;
+        }
+        Some((host, port.parse().ok()?))
+    }
 }
 
 /// A plugin manifest.
@@ -173,6 +204,9 @@ pub struct Manifest {
     /// Where the plugin runs (cjm extension; derived when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_mode: Option<PluginExecutionMode>,
+    /// Where a remote worker serves (`execution_mode: remote`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteWorker>,
     /// Restart policy (cjm extension; `on-failure` by default).
     #[serde(default)]
     pub restart: RestartPolicy,
@@ -377,6 +411,9 @@ impl Manifest {
 
     /// How to start the plugin.
     pub fn worker(&self) -> WorkerSpec<'_> {
+        if let Some(r) = &self.remote {
+            return WorkerSpec::Remote(r);
+        }
         match (&self.command, &self.python_path, &self.module, &self.class) {
             (Some(command), _, _, _) => WorkerSpec::Native {
                 command,
@@ -398,6 +435,7 @@ impl Manifest {
             return m;
         }
         match self.worker() {
+            WorkerSpec::Remote(_) => PluginExecutionMode::Remote,
             WorkerSpec::InProcess => PluginExecutionMode::InProcess,
             WorkerSpec::Python { .. } if self.conda_env.is_some() => PluginExecutionMode::CondaEnv,
             _ => PluginExecutionMode::Subprocess,
@@ -459,6 +497,7 @@ pub const KNOWN_FIELDS: &[&str] = &[
     "command",
     "args",
     "execution_mode",
+    "remote",
     "restart",
     "max_concurrency",
     "startup_timeout_secs",
@@ -540,6 +579,69 @@ impl<'a> Checker<'a> {
 }
 
 /// Every problem of a manifest document, in field order.
+/// `remote` and `execution_mode: remote` go together; `remote` holds `url`
+/// (`https://HOST:PORT`), `ca_file` and `token_secret`, and never the token itself.
+fn check_remote(c: &mut Checker<'_>, mode: Option<PluginExecutionMode>) {
+    let remote = c.get("remote").cloned();
+    match (&remote, mode) {
+        (None, Some(PluginExecutionMode::Remote)) => {
+            c.problem("remote", "is required with execution_mode `remote`")
+        }
+        (Some(_), Some(m)) if m != PluginExecutionMode::Remote => c.problem(
+            "execution_mode",
+            format!("must be `remote` (or absent) when `remote` is given, not `{m}`"),
+        ),
+        _ => {}
+    }
+    let Some(remote) = remote else { return };
+    let Value::Object(r) = &remote else {
+        return c.problem(
+            "remote",
+            format!("must be an object, found {}", json_kind(&remote)),
+        );
+    };
+    for key in r.keys() {
+        match key.as_str() {
+            "url" | "ca_file" | "token_secret" => {}
+            "token" | "auth_token" | "bearer_token" => c.problem(
+                &format!("remote.{key}"),
+                "a token is never written in a manifest: store it with `cjm secret set NAME KEY` \
+                 and name the KEY in `remote.token_secret`",
+            ),
+            other => c.problem(
+                &format!("remote.{other}"),
+                "is not a field of `remote` (url, ca_file, token_secret)",
+            ),
+        }
+    }
+    for field in ["url", "ca_file", "token_secret"] {
+        match r.get(field) {
+            None => c.problem(&format!("remote.{field}"), "is required"),
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                c.problem(&format!("remote.{field}"), "must not be empty")
+            }
+            Some(Value::String(_)) => {}
+            Some(other) => c.problem(
+                &format!("remote.{field}"),
+                format!("must be a string, found {}", json_kind(other)),
+            ),
+        }
+    }
+    if let Some(Value::String(url)) = r.get("url") {
+        let probe = RemoteWorker {
+            url: url.clone(),
+            ca_file: String::new(),
+            token_secret: String::new(),
+        };
+        if probe.authority().is_none() {
+            c.problem(
+                "remote.url",
+                format!("{url:?} is not https://HOST:PORT (the host speaks only TLS to a remote worker)"),
+            );
+        }
+    }
+}
+
 fn validate(value: &Value) -> Vec<ManifestProblem> {
     let Value::Object(obj) = value else {
         return vec![ManifestProblem {
@@ -621,7 +723,16 @@ fn validate(value: &Value) -> Vec<ManifestProblem> {
     let any_python = ["python_path", "module", "class"]
         .iter()
         .any(|f| c.get(f).is_some());
-    if command.is_some() && any_python {
+    let remote = c.get("remote").is_some();
+    check_remote(&mut c, mode);
+    if remote && (c.get("command").is_some() || any_python) {
+        c.problem(
+            "remote",
+            "a remote worker is not started by the host: give `remote` without `command`, \
+             `python_path`, `module` or `class`",
+        );
+    } else if remote {
+    } else if command.is_some() && any_python {
         c.problem(
             "command",
             "a manifest gives either `command` (a native worker) or `python_path`/`module`/`class` \

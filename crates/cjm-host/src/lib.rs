@@ -70,6 +70,7 @@ mod monitor;
 #[allow(unsafe_code)]
 mod platform;
 mod proxy;
+mod remote;
 pub mod scheduler;
 pub mod secrets;
 mod spawn;

@@ -165,10 +165,10 @@ impl PluginProxy {
         }
     }
 
-    /// The worker's pid (none in-process or before the first start).
+    /// The worker's pid (none in-process, for a remote worker, or before the first start).
     pub(crate) fn pid(&self) -> Option<u32> {
         match &self.backend {
-            Backend::Worker(slot) => Some(slot.pid()),
+            Backend::Worker(slot) => Some(slot.pid()).filter(|&p| p != 0),
             Backend::InProcess(_) => None,
         }
     }
@@ -286,10 +286,12 @@ impl PluginProxy {
                     None => None,
                 };
                 if let Some(w) = w.as_mut() {
-                    self.fill_in(slot.pid(), w);
+                    if !slot.spec().is_remote() {
+                        self.fill_in(slot.pid(), w);
+                    }
                 }
                 (
-                    Some(slot.pid()),
+                    Some(slot.pid()).filter(|&p| p != 0),
                     slot.restarts(),
                     slot.last_exit(),
                     slot.uptime(),

@@ -58,15 +58,20 @@ impl LaunchSpec {
     pub(crate) fn generation(&self) -> WorkerGeneration {
         self.manifest.generation()
     }
+
+    /// A remote worker: no local process; it is connected to, never started or stopped.
+    pub(crate) fn is_remote(&self) -> bool {
+        matches!(self.manifest.worker(), WorkerSpec::Remote(_))
+    }
 }
 
 /// A running, answering worker.
 pub(crate) struct Started {
     /// The protocol client.
     pub client: Arc<WorkerClient>,
-    /// The worker's pid (also its process group).
+    /// The worker's pid (also its process group); 0 for a remote worker (no local process).
     pub pid: u32,
-    /// Resolves when the worker has exited.
+    /// Resolves when the worker has exited (a remote one: stopped answering).
     pub exit: oneshot::Receiver<io::Result<ExitStatus>>,
     /// Its cgroup and socket, released once it has ended.
     pub resources: Option<WorkerResources>,
@@ -144,6 +149,7 @@ pub(crate) async fn start(spec: &LaunchSpec, seq: u64) -> Result<Started, Plugin
                 }
             }
         }
+        WorkerSpec::Remote(r) => crate::remote::connect(spec, r).await,
         WorkerSpec::InProcess => Err(PluginError::fatal(
             "this plugin runs in-process: register it with PluginManager::register_in_process",
         )),

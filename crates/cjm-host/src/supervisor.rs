@@ -149,6 +149,9 @@ impl WorkerSlot {
     /// Kills the worker's process group at once, without waiting (for `Drop`).
     pub(crate) fn kill_now(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        if self.spec.is_remote() {
+            return;
+        }
         if self.state().is_serving() || self.state() == PluginState::Starting {
             platform::kill_group(self.pid(), platform::SIGKILL);
         }
@@ -181,7 +184,15 @@ impl WorkerSlot {
             if let Ok(mut g) = self.current.write() {
                 *g = None;
             }
-            let (described, clean) = describe(&status);
+            let (described, clean) = if self.spec.is_remote() {
+                let why = match &status {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "the remote worker is gone".to_owned(),
+                };
+                (why, false)
+            } else {
+                describe(&status)
+            };
             tracing::warn!(plugin = %name, pid = started.pid, "worker {described}");
             if let Ok(mut g) = self.last_exit.lock() {
                 *g = Some(described.clone());
@@ -194,11 +205,13 @@ impl WorkerSlot {
                 self.finish(PluginState::Stopped);
                 return self.idle_until_stopped(stop_rx).await;
             }
-            let restart = match self.spec.manifest.restart {
-                RestartPolicy::Never => false,
-                RestartPolicy::OnFailure => !clean,
-                RestartPolicy::Always => true,
-            };
+            // A remote worker that stopped answering is reconnected to, whatever the policy.
+            let restart = self.spec.is_remote()
+                || match self.spec.manifest.restart {
+                    RestartPolicy::Never => false,
+                    RestartPolicy::OnFailure => !clean,
+                    RestartPolicy::Always => true,
+                };
             if !restart {
                 self.finish(PluginState::Crashed);
                 return self.idle_until_stopped(stop_rx).await;
@@ -212,7 +225,7 @@ impl WorkerSlot {
             {
                 crashes.pop_front();
             }
-            if crashes.len() >= self.opts.max_crashes {
+            if crashes.len() >= self.opts.max_crashes && !self.spec.is_remote() {
                 tracing::error!(plugin = %name, crashes = crashes.len(), "crash loop: giving up");
                 self.finish(PluginState::Failed);
                 return self.idle_until_stopped(stop_rx).await;
@@ -264,7 +277,9 @@ impl WorkerSlot {
                     Err(e) => {
                         tracing::warn!(plugin = %name, error = %e, "restart failed");
                         crashes.push_back(Instant::now());
-                        if crashes.len() >= self.opts.max_crashes {
+                        // A remote worker is retried until it answers or the plugin is
+                        // unloaded (the backoff caps the pace).
+                        if crashes.len() >= self.opts.max_crashes && !self.spec.is_remote() {
                             self.finish(PluginState::Failed);
                             return self.idle_until_stopped(stop_rx).await;
                         }
@@ -296,6 +311,11 @@ impl WorkerSlot {
         pid: u32,
         exit: &mut oneshot::Receiver<io::Result<ExitStatus>>,
     ) {
+        if self.spec.is_remote() {
+            // Not ours to clean up or stop: other hosts may use it. Forget the connections.
+            client.transport().clear();
+            return;
+        }
         if let Err(e) = client
             .cleanup(Instant::now() + self.opts.cleanup_timeout)
             .await
@@ -319,6 +339,10 @@ impl WorkerSlot {
 /// Kills what is left of a worker's subtree: the processes seen before, and any still in its
 /// session or process group.
 fn sweep(pid: u32, snapshot: &[u32]) {
+    if pid == 0 {
+        // A remote worker: nothing of it runs here.
+        return;
+    }
     platform::kill_group(pid, platform::SIGKILL);
     for p in snapshot.iter().copied().chain(platform::subtree(pid)) {
         if platform::is_alive(p) {
@@ -366,6 +390,10 @@ async fn start_and_configure(
         }
     };
     if let Err(e) = result {
+        if spec.is_remote() {
+            // Nothing to stop: dropping `started` ends its health watch.
+            return Err(e.with_plugin(&spec.manifest.name));
+        }
         let pid = started.pid;
         platform::kill_group(pid, platform::SIGTERM);
         if tokio::time::timeout(opts.grace, &mut started.exit)

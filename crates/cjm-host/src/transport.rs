@@ -1,5 +1,5 @@
 //! The HTTP/1.1 client to one worker: a small pool of keep-alive connections over the worker's
-//! Unix socket (or loopback TCP), bearer auth, per-request deadlines.
+//! Unix socket (or loopback TCP, or TLS to a remote worker), bearer auth, per-request deadlines.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -30,6 +30,8 @@ pub(crate) enum Endpoint {
     Unix(PathBuf),
     /// A TCP address (loopback).
     Tcp(SocketAddr),
+    /// A remote worker over TLS (`execution_mode: remote`).
+    Tls(std::sync::Arc<crate::remote::TlsTarget>),
 }
 
 impl std::fmt::Display for Endpoint {
@@ -37,6 +39,7 @@ impl std::fmt::Display for Endpoint {
         match self {
             Self::Unix(p) => write!(f, "unix:{}", p.display()),
             Self::Tcp(a) => write!(f, "tcp:{a}"),
+            Self::Tls(t) => write!(f, "{t}"),
         }
     }
 }
@@ -155,6 +158,7 @@ impl Transport {
                 s.set_nodelay(true)?;
                 handshake(s).await
             }
+            Endpoint::Tls(t) => handshake(t.connect().await?).await,
         }
     }
 

@@ -116,8 +116,12 @@ pub fn children_of(pid: u32) -> Option<Vec<u32>> {
 }
 
 /// Every descendant of `root` by parent link, breadth first (not `root` itself). Uses the
-/// `children` files where the kernel has them, else one scan of `/proc`.
+/// `children` files where the kernel has them, else one scan of `/proc`. Pid 0 is not a
+/// process (it would make `init` and every process a "descendant"): it has none.
 pub fn descendants(root: u32) -> Vec<u32> {
+    if root == 0 {
+        return Vec::new();
+    }
     if children_of(root).is_none() {
         let stats = all_stats();
         return descendants_in(&children_map(&stats), root);

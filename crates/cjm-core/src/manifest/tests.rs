@@ -451,3 +451,61 @@ fn plugin_names() {
         assert!(!is_valid_plugin_name(bad), "{bad:?}");
     }
 }
+
+#[test]
+fn a_remote_worker_is_named_by_url_ca_and_secret_key() {
+    let m = Manifest::parse(
+        r#"{"name": "far", "execution_mode": "remote",
+            "remote": {"url": "https://gpu-box:7000", "ca_file": "ca.pem", "token_secret": "TOKEN"}}"#,
+        None,
+    )
+    .unwrap();
+    assert_eq!(m.effective_execution_mode(), PluginExecutionMode::Remote);
+    let WorkerSpec::Remote(r) = m.worker() else {
+        panic!("not remote: {:?}", m.worker())
+    };
+    assert_eq!(r.authority(), Some(("gpu-box", 7000)));
+    // The mode follows from `remote` alone.
+    let m = Manifest::parse(
+        r#"{"name": "far", "remote": {"url": "https://[::1]:7000/", "ca_file": "c", "token_secret": "T"}}"#,
+        None,
+    )
+    .unwrap();
+    assert_eq!(m.effective_execution_mode(), PluginExecutionMode::Remote);
+    assert_eq!(
+        m.remote.as_ref().and_then(|r| r.authority()),
+        Some(("::1", 7000))
+    );
+}
+
+#[test]
+fn remote_problems_name_their_field() {
+    let problems = |text: &str| -> Vec<(String, String)> {
+        match Manifest::parse(text, None) {
+            Ok(m) => panic!("accepted: {m:?}"),
+            Err(e) => e
+                .problems
+                .into_iter()
+                .map(|p| (p.field, p.reason))
+                .collect(),
+        }
+    };
+    let p = problems(r#"{"name": "far", "execution_mode": "remote"}"#);
+    assert_eq!(p[0].0, "remote", "{p:?}");
+    let p = problems(
+        r#"{"name": "far", "remote": {"url": "http://box:1", "ca_file": "c", "token_secret": "T", "token": "s3cret"}}"#,
+    );
+    let fields: Vec<&str> = p.iter().map(|(f, _)| f.as_str()).collect();
+    assert!(fields.contains(&"remote.token"), "{p:?}");
+    assert!(fields.contains(&"remote.url"), "{p:?}");
+    assert!(p.iter().any(|(_, r)| r.contains("cjm secret set")), "{p:?}");
+    let p = problems(
+        r#"{"name": "far", "command": "w", "remote": {"url": "https://b:1", "ca_file": "c", "token_secret": ""}}"#,
+    );
+    let fields: Vec<&str> = p.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(fields, ["remote.token_secret", "remote"], "{p:?}");
+    let p = problems(
+        r#"{"name": "far", "execution_mode": "subprocess", "remote": {"url": "https://b:1", "ca_file": "c", "token_secret": "T"}}"#,
+    );
+    assert_eq!(p[0].0, "execution_mode", "{p:?}");
+}

@@ -21,6 +21,12 @@ listening socket (CJM_LISTEN_FD / CJM_LISTEN_KIND). To run it by hand, give it a
     --listen unix:/tmp/plugin.sock     a Unix socket (created; removed again on exit)
     --listen tcp:127.0.0.1:8700        a TCP address
 
+A remote worker (a host elsewhere reaches it with a manifest of execution_mode `remote`):
+
+    --listen tcp:0.0.0.0:7000 --tls-cert cert.pem --tls-key key.pem --token-file token
+                                       HTTPS, every request with `Authorization: Bearer`
+                                       and the token in the file (required off loopback)
+
     --describe                         print the plugin's description (JSON: name, version,
                                        config schema, operations) and exit, without serving
 
@@ -51,7 +57,7 @@ pub enum ListenError {
 }
 
 impl ListenError {
-    fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub(super) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io {
             context: context.into(),
             source,
@@ -107,6 +113,12 @@ pub struct CommandLine {
     pub help: bool,
     /// `--describe`: print the worker's description and exit.
     pub describe: bool,
+    /// `--tls-cert FILE`: serve HTTPS with this PEM certificate chain (with `--tls-key`).
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key FILE`: the PEM private key of `--tls-cert`.
+    pub tls_key: Option<PathBuf>,
+    /// `--token-file FILE`: require `Authorization: Bearer` with the token in the file.
+    pub token_file: Option<PathBuf>,
 }
 
 impl CommandLine {
@@ -132,7 +144,27 @@ impl CommandLine {
                 out.listen = Some(value.to_string_lossy().parse()?);
             } else if let Some(value) = arg.strip_prefix("--listen=") {
                 out.listen = Some(value.parse()?);
+            } else {
+                for (flag, slot) in [
+                    ("--tls-cert", &mut out.tls_cert),
+                    ("--tls-key", &mut out.tls_key),
+                    ("--token-file", &mut out.token_file),
+                ] {
+                    if arg == flag {
+                        let value = it.next().ok_or_else(|| {
+                            ListenError::Invalid(format!("{flag} needs a file name"))
+                        })?;
+                        *slot = Some(PathBuf::from(value));
+                    } else if let Some(value) = arg.strip_prefix(&format!("{flag}=")) {
+                        *slot = Some(PathBuf::from(value));
+                    }
+                }
             }
+        }
+        if out.tls_cert.is_some() != out.tls_key.is_some() {
+            return Err(ListenError::Invalid(
+                "--tls-cert and --tls-key go together".into(),
+            ));
         }
         Ok(out)
     }

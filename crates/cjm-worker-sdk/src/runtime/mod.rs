@@ -5,8 +5,9 @@
 //! - Entry points: [`run_worker`] (what `main!` expands to), [`run_plugin`], and their parts
 //!   [`init_logging`] and [`options_from_env`]; exit statuses [`EXIT_USAGE`] and
 //!   [`EXIT_FAILURE`].
-//! - Where to listen: [`CommandLine`] (`--listen`, `--help`, with [`USAGE`]), [`ListenAddr`],
-//!   and the [`Listener`] inherited from the host or bound by hand.
+//! - Where to listen: [`CommandLine`] (`--listen`, `--tls-cert`, `--tls-key`, `--token-file`,
+//!   `--help`, with [`USAGE`]), [`ListenAddr`], the [`Listener`] inherited from the host or
+//!   bound by hand, and the [`TlsIdentity`] a network-facing worker serves with.
 //! - The [`Server`] around a plugin: [`Server::run`] on this thread until a signal or the
 //!   host's death, or [`Server::spawn`] on a thread of its own ([`ServerHandle`]); why it
 //!   stopped: [`ShutdownReason`].
@@ -23,6 +24,7 @@
 mod listener;
 mod run;
 pub(crate) mod shutdown;
+mod tls;
 
 pub use crate::server::{Server, ServerHandle};
 pub use listener::{CommandLine, ListenAddr, ListenError, Listener, USAGE};
@@ -31,6 +33,7 @@ pub use run::{
     EXIT_FAILURE, EXIT_USAGE,
 };
 pub use shutdown::ShutdownReason;
+pub use tls::TlsIdentity;
 
 /// The runtime plumbing is not at the crate root (each block must fail to compile):
 ///

@@ -91,6 +91,50 @@ pub fn options_from_env(mut options: Options) -> Options {
     options
 }
 
+/// Applies `--token-file` and `--tls-cert`/`--tls-key`, and refuses to serve a TCP address off
+/// loopback without a token: anyone who can reach the port could call the plugin.
+fn network_options(mut options: Options, cmd: &CommandLine) -> Result<Options, ListenError> {
+    if let Some(file) = &cmd.token_file {
+        let token = std::fs::read_to_string(file)
+            .map_err(|e| ListenError::Invalid(format!("--token-file {}: {e}", file.display())))?;
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(ListenError::Invalid(format!(
+                "--token-file {}: the file is empty",
+                file.display()
+            )));
+        }
+        options = options.auth_token(token);
+    }
+    if let (Some(cert), Some(key)) = (&cmd.tls_cert, &cmd.tls_key) {
+        options = options.tls(super::TlsIdentity::from_pem_files(cert, key)?);
+    }
+    Ok(options)
+}
+
+/// Refuses TLS on a Unix socket, and a TCP address off loopback without a token: anyone who
+/// can reach the port could call the plugin.
+fn check_exposure(listener: &Listener, options: &Options) -> Result<(), ListenError> {
+    match listener {
+        Listener::Unix { .. } if options.tls.is_some() => Err(ListenError::Invalid(
+            "--tls-cert needs a TCP socket (--listen tcp:ADDR)".into(),
+        )),
+        Listener::Tcp(l) => {
+            let addr = l
+                .local_addr()
+                .map_err(|e| ListenError::io("reading the listening address", e))?;
+            if !addr.ip().is_loopback() && options.auth_token.is_none() {
+                return Err(ListenError::Invalid(format!(
+                    "tcp:{addr} is reachable from other machines: give --token-file (and \
+                     --tls-cert/--tls-key so the token does not travel in clear text)"
+                )));
+            }
+            Ok(())
+        }
+        Listener::Unix { .. } => Ok(()),
+    }
+}
+
 fn usage_error(e: &ListenError) -> ExitCode {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "error: {e}\n\n{USAGE}");
@@ -178,7 +222,10 @@ pub fn run_plugin(plugin: Arc<dyn Plugin>, options: Options) -> ExitCode {
         );
         return ExitCode::from(EXIT_USAGE);
     }
-    let options = options_from_env(options);
+    let options = match network_options(options_from_env(options), &cmd) {
+        Ok(o) => o,
+        Err(e) => return usage_error(&e),
+    };
     let listener = match Listener::from_command_line_or_env(&cmd) {
         Ok(l) => l,
         Err(e @ (ListenError::Missing | ListenError::Invalid(_))) => return usage_error(&e),
@@ -187,6 +234,9 @@ pub fn run_plugin(plugin: Arc<dyn Plugin>, options: Options) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    if let Err(e) = check_exposure(&listener, &options) {
+        return usage_error(&e);
+    }
     match Server::new(plugin, options).run(listener) {
         Ok(reason) => {
             tracing::info!("worker stopped ({reason})");

@@ -17,6 +17,9 @@ use super::route;
 use super::state::{lock, State};
 use crate::runtime::{Listener, ShutdownReason};
 
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
 /// How long cancelled calls get to answer during shutdown.
 const AFTER_CANCEL_WAIT: Duration = Duration::from_millis(250);
 
@@ -35,6 +38,7 @@ enum Accepted {
 pub(super) async fn serve(
     state: Arc<State>,
     listener: Listener,
+    tls: Option<crate::runtime::TlsIdentity>,
     grace: Duration,
     shutdown: impl Future<Output = ShutdownReason>,
 ) -> std::io::Result<ShutdownReason> {
@@ -57,6 +61,7 @@ pub(super) async fn serve(
         state.plugin.name(),
         state.plugin.version()
     );
+    let tls = tls.map(|t| t.acceptor());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     let reason = loop {
@@ -73,7 +78,21 @@ pub(super) async fn serve(
             Ok(Accepted::Unix(s)) => serve_connection(s, &state, &graceful),
             Ok(Accepted::Tcp(s)) => {
                 let _ = s.set_nodelay(true);
-                serve_connection(s, &state, &graceful);
+                match &tls {
+                    None => serve_connection(s, &state, &graceful),
+                    Some(acceptor) => {
+                        // The handshake runs on its own task: a slow client holds up nobody.
+                        let (acceptor, state) = (acceptor.clone(), Arc::clone(&state));
+                        let watcher = graceful.watcher();
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(s)).await {
+                                Ok(Ok(tls)) => serve_watched(tls, &state, watcher),
+                                Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+                                Err(_) => tracing::debug!("TLS handshake timed out"),
+                            }
+                        });
+                    }
+                }
             }
             Err(e) => {
                 // Out of descriptors and the like: pause instead of spinning.
@@ -115,11 +134,20 @@ fn serve_connection<I>(io: I, state: &Arc<State>, graceful: &GracefulShutdown)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    serve_watched(io, state, graceful.watcher());
+}
+
+/// [`serve_connection`] with a watcher taken earlier (a TLS connection's, before its
+/// handshake).
+fn serve_watched<I>(io: I, state: &Arc<State>, watcher: hyper_util::server::graceful::Watcher)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let st = Arc::clone(state);
     let service = service_fn(move |req| route::handle(Arc::clone(&st), req));
     let conn =
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
-    let conn = graceful.watch(conn);
+    let conn = watcher.watch(conn);
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!("connection ended: {e}");

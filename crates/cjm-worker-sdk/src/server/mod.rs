@@ -133,10 +133,11 @@ impl Server {
             .build()?;
         let host_pid = self.options.host_pid;
         let grace = self.options.shutdown_grace;
+        let tls = self.options.tls.clone();
         let result = server_rt.block_on(async move {
             let signals = crate::runtime::shutdown::signals()?;
             let stop = crate::runtime::shutdown::wait(signals, host_pid, std::future::pending());
-            accept::serve(state, listener, grace, stop).await
+            accept::serve(state, listener, tls, grace, stop).await
         });
         plugin_rt.shutdown_timeout(Duration::from_millis(100));
         let ended = crate::platform::end_leftovers(LEFTOVER_PATIENCE);
@@ -173,12 +174,13 @@ impl Server {
                 let state = self.state(&plugin_rt);
                 let host_pid = self.options.host_pid;
                 let grace = self.options.shutdown_grace;
+                let tls = self.options.tls.clone();
                 let result = server_rt.block_on(async move {
                     let requested = async move {
                         let _ = triggered.await;
                     };
                     let stop = crate::runtime::shutdown::wait(None, host_pid, requested);
-                    accept::serve(state, listener, grace, stop).await
+                    accept::serve(state, listener, tls, grace, stop).await
                 });
                 plugin_rt.shutdown_timeout(Duration::from_millis(100));
                 result

@@ -47,6 +47,8 @@ pub struct Options {
     pub(crate) host_pid: Option<u32>,
     /// Worker threads of the plugin runtime (`None`: `max_concurrency` clamped to 2..=cores).
     pub(crate) plugin_threads: Option<usize>,
+    /// Serve HTTPS with this identity (TCP listeners only).
+    pub(crate) tls: Option<crate::runtime::TlsIdentity>,
 }
 
 impl std::fmt::Debug for Options {
@@ -61,6 +63,7 @@ impl std::fmt::Debug for Options {
             .field("auth_token", &self.auth_token.as_ref().map(|_| "<set>"))
             .field("host_pid", &self.host_pid)
             .field("plugin_threads", &self.plugin_threads)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -88,6 +91,7 @@ impl Options {
             auth_token: None,
             host_pid: None,
             plugin_threads: None,
+            tls: None,
         }
     }
 
@@ -147,6 +151,12 @@ impl Options {
     /// Requires `Authorization: Bearer <token>` on every request (`CJM_AUTH_TOKEN`).
     pub fn auth_token(mut self, token: impl Into<String>) -> Self {
         self.auth_token = Some(token.into());
+        self
+    }
+
+    /// Serves HTTPS with `identity` (`--tls-cert` / `--tls-key`); TCP listeners only.
+    pub fn tls(mut self, identity: crate::runtime::TlsIdentity) -> Self {
+        self.tls = Some(identity);
         self
     }
 
