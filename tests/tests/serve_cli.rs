@@ -410,3 +410,55 @@ fn raw_status(addr: SocketAddr, host: &str) -> String {
     let _ = c.read_to_string(&mut out);
     out.lines().next().unwrap_or_default().to_owned()
 }
+
+#[test]
+fn a_secret_set_while_serving_respawns_the_worker_that_uses_it() {
+    let s = scratch();
+    s.worker_manifest(
+        "keyed",
+        json!({"worker_env": [{"name": "API_KEY", "secret": true, "required": false}]}),
+    );
+    let served = serve(&s, &[]);
+    let pid = call_json(&s, &["call", "keyed", "--args", r#"["pid"]"#]);
+    let set = |value: &str| {
+        let mut child = base(&s)
+            .args(["secret", "set", "keyed", "API_KEY"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(value.as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    let said = set("first-value");
+    assert!(said.contains("restarted keyed"), "{said}");
+    let respawned = call_json(&s, &["call", "keyed", "--args", r#"["pid"]"#]);
+    assert_ne!(respawned, pid, "a new worker with the secret");
+    assert!(wait_exit_of(
+        pid.as_u64().unwrap() as u32,
+        Duration::from_secs(10)
+    ));
+    // The same value again changes nothing: the worker stays.
+    let said = set("first-value");
+    assert!(!said.contains("restarted"), "{said}");
+    assert_eq!(
+        call_json(&s, &["call", "keyed", "--args", r#"["pid"]"#]),
+        respawned
+    );
+    // A plugin that does not use the secret is never restarted by it.
+    let other = call_json(&s, &["call", "t", "--args", r#"["pid"]"#]);
+    let out = base(&s)
+        .args(["secret", "set", "t", "UNUSED"])
+        .stdin(Stdio::piped())
+        .output();
+    assert!(out.is_ok());
+    assert_eq!(call_json(&s, &["call", "t", "--args", r#"["pid"]"#]), other);
+    stop(served);
+}

@@ -41,6 +41,7 @@ pub(crate) fn routes() -> Router<Service> {
         .route("/api/v1/plugins/{name}/load", post(load))
         .route("/api/v1/plugins/{name}/unload", post(unload))
         .route("/api/v1/plugins/{name}/reload", post(reload))
+        .route("/api/v1/plugins/{name}/refresh", post(refresh))
         .route("/api/v1/plugins/{name}/enable", post(enable))
         .route("/api/v1/plugins/{name}/disable", post(disable))
         .route("/api/v1/plugins/{name}/call", post(call))
@@ -158,6 +159,20 @@ async fn reload(State(s): State<Service>, Path(name): Path<String>, b: Bytes) ->
 async fn unload(State(s): State<Service>, Path(name): Path<String>) -> ApiResult {
     s.manager().unload(&name).await?;
     Ok(Json(plugin_json(s.manager(), &name)).into_response())
+}
+
+/// Recomputes the worker's environment (secrets, env vars) and respawns it only when that
+/// changed (`cjm secret set` calls this on a running service).
+async fn refresh(State(s): State<Service>, Path(name): Path<String>) -> ApiResult {
+    s.manager().require_discovered(&name)?;
+    let respawned = if s.manager().is_loaded(&name) {
+        s.manager().refresh_environment(&name).await?
+    } else {
+        false
+    };
+    let mut v = plugin_json(s.manager(), &name);
+    v["respawned"] = json!(respawned);
+    Ok(Json(v).into_response())
 }
 
 async fn enable(State(s): State<Service>, Path(name): Path<String>) -> ApiResult {

@@ -246,3 +246,13 @@ pub(crate) enum SecretCommand {
         key: String,
     },
 }
+
+impl SecretCommand {
+    /// The plugin whose secrets this command changes (`set`, `unset`).
+    pub(crate) fn plugin_changed(&self) -> Option<&str> {
+        match self {
+            Self::Set { name, .. } | Self::Unset { name, .. } => Some(name),
+            Self::List { .. } => None,
+        }
+    }
+}

@@ -99,7 +99,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             name, set, unset, ..
         } => ctx.config(&name, set, unset).await,
         Command::Logs { name, lines } => ctx.logs(&name, lines),
-        Command::Secret(cmd) => Ok(crate::secret::run(&ctx.data_dir, cmd)?),
+        Command::Secret(cmd) => {
+            let changed = cmd.plugin_changed().map(str::to_owned);
+            let code = crate::secret::run(&ctx.data_dir, cmd)?;
+            if let Some(name) = changed {
+                refresh_in_service(&ctx, &name).await;
+            }
+            Ok(code)
+        }
         Command::Completions { .. } | Command::New { .. } => Ok(ExitCode::SUCCESS),
         Command::Ui {
             addr,
@@ -762,6 +769,22 @@ impl Context {
             say!("{l}");
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// After a secret of `name` changed: a running service respawns the plugin's worker if its
+/// environment changed. The secret is saved either way; a service that cannot be reached is
+/// only mentioned.
+async fn refresh_in_service(ctx: &Context, name: &str) {
+    let service = match crate::remote::Service::find(ctx.host.as_deref(), &ctx.data_dir) {
+        Ok(Some(s)) => s,
+        Ok(None) => return,
+        Err(e) => return tell!("cjm: not telling the service: {e}"),
+    };
+    match service.refresh(name).await {
+        Ok(true) => tell!("cjm: the running service restarted {name} with it"),
+        Ok(false) => {}
+        Err(e) => tell!("cjm: the running service could not apply it: {e}"),
     }
 }
 

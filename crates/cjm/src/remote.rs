@@ -204,6 +204,21 @@ impl Service {
         .map(drop)
     }
 
+    /// Asks the service to respawn `name`'s worker if its environment (secrets, env vars)
+    /// changed; whether it did.
+    pub(crate) async fn refresh(&self, name: &str) -> Result<bool, PluginError> {
+        let path = format!("/api/v1/plugins/{}/refresh", encode(name));
+        let resp = self.send(Method::POST, &path, None).await?;
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.unreachable(e))?
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        Ok(v["respawned"] == true)
+    }
+
     /// One call: the result's value and how many binary payloads it had.
     pub(crate) async fn call(&self, name: &str, body: &Value) -> Result<(Value, u64), PluginError> {
         let path = format!("/api/v1/plugins/{}/call", encode(name));

@@ -25,7 +25,7 @@ pub(crate) fn run(data_dir: &Path, cmd: SecretCommand) -> Result<ExitCode, Plugi
             let value = read_value(&name, &key)?;
             store.set(&name, &key, &value).map_err(store_error)?;
             note(&format!(
-                "set {key} for {name} in {} (takes effect at the plugin's next start)",
+                "set {key} for {name} in {} (takes effect at the plugin's next start, and at once in a running `cjm serve`)",
                 store.path().display()
             ));
         }

@@ -12,6 +12,7 @@ use futures::StreamExt;
 use serde_json::{json, Map, Value};
 
 mod limits;
+mod remote;
 mod serve;
 
 const WORKERS: usize = 10;
@@ -137,6 +138,12 @@ fn print_table(f: &Map<String, Value>) {
             "µs",
         ),
         (
+            "remote_tls_rtt_p50_us",
+            "remote TLS worker round trip p50 (limit 3× unix)",
+            1.0,
+            "µs",
+        ),
+        (
             "metrics_scrape_100_s",
             "/metrics scrape, 100 plugins (goal 5 ms)",
             1e3,
@@ -192,6 +199,7 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
     for i in 0..serve::SCRAPED_PLUGINS {
         b.manifest(&format!("m{i}"), "echo", json!({}))?;
     }
+    let remote = remote::prepare(&b)?;
     let m = b.manager()?;
 
     // Cold start of one worker, median of 5.
@@ -314,6 +322,7 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
     f.insert("unload_all_s".into(), json!(t.elapsed().as_secs_f64()));
 
     serve::measure(&m, &b.scratch.path().join("configs"), &mut f).await?;
+    remote::measure(&b, remote, &m, &mut f).await?;
 
     limits::measure(&mut f).await?;
 

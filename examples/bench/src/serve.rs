@@ -51,10 +51,7 @@ pub(crate) async fn measure(
         })
     };
 
-    let stream = TcpStream::connect(addr).await.map_err(io)?;
-    stream.set_nodelay(true).map_err(io)?;
-    let (mut tx, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(fail)?;
-    tokio::spawn(conn);
+    let mut tx = connect(addr).await?;
     let mut post = async |path: &str, body: &Value| -> Result<Bytes, PluginError> {
         let req = hyper::Request::post(path)
             .header("host", addr.to_string())
@@ -90,6 +87,9 @@ pub(crate) async fn measure(
     for r in futures::future::join_all(names.iter().map(|n| m.load(n, None))).await {
         r?;
     }
+    // A new connection: the service closes one left idle longer than its header timeout, and
+    // starting 100 workers on a busy machine can take that long.
+    let mut tx = connect(addr).await?;
     let mut scrape = async || -> Result<usize, PluginError> {
         let req = hyper::Request::get("/metrics")
             .header("host", addr.to_string())
@@ -117,4 +117,15 @@ pub(crate) async fn measure(
     server.await.map_err(fail)?.map_err(fail)?;
     service.shutdown().await;
     Ok(())
+}
+
+/// A keep-alive HTTP/1.1 connection to the service.
+async fn connect(
+    addr: std::net::SocketAddr,
+) -> Result<http1::SendRequest<Full<Bytes>>, PluginError> {
+    let stream = TcpStream::connect(addr).await.map_err(io)?;
+    stream.set_nodelay(true).map_err(io)?;
+    let (tx, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(fail)?;
+    tokio::spawn(conn);
+    Ok(tx)
 }
