@@ -58,7 +58,14 @@ pub(crate) async fn measure(
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(fail)?;
-        let resp = tx.send_request(req).await.map_err(fail)?;
+        // The previous response's connection state settles first (else hyper cancels).
+        tx.ready()
+            .await
+            .map_err(|e| fail(format!("POST {path}: {e}")))?;
+        let resp = tx
+            .send_request(req)
+            .await
+            .map_err(|e| fail(format!("POST {path}: {e}")))?;
         let ok = resp.status().is_success();
         let bytes = resp.into_body().collect().await.map_err(fail)?.to_bytes();
         if !ok {
@@ -95,7 +102,13 @@ pub(crate) async fn measure(
             .header("host", addr.to_string())
             .body(Full::new(Bytes::new()))
             .map_err(fail)?;
-        let resp = tx.send_request(req).await.map_err(fail)?;
+        tx.ready()
+            .await
+            .map_err(|e| fail(format!("GET /metrics: {e}")))?;
+        let resp = tx
+            .send_request(req)
+            .await
+            .map_err(|e| fail(format!("GET /metrics: {e}")))?;
         let bytes = resp.into_body().collect().await.map_err(fail)?.to_bytes();
         Ok(bytes.len())
     };
@@ -114,7 +127,10 @@ pub(crate) async fn measure(
     f.insert("metrics_scrape_100_s_limit".into(), json!(SCRAPE_GOAL_S));
 
     let _ = stop.send(());
-    server.await.map_err(fail)?.map_err(fail)?;
+    server
+        .await
+        .map_err(|e| fail(format!("server task: {e}")))?
+        .map_err(|e| fail(format!("server: {e}")))?;
     service.shutdown().await;
     Ok(())
 }
