@@ -62,6 +62,7 @@ mod client;
 mod describe;
 mod discovery;
 mod gpu;
+mod launch;
 mod launch_env;
 mod logs;
 mod manager;
