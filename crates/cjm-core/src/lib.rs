@@ -30,6 +30,7 @@ pub mod manifest_v2;
 pub mod metadata;
 pub mod plugin;
 pub mod protocols;
+pub mod remote;
 pub mod schema;
 pub mod unique_id;
 pub mod wire;

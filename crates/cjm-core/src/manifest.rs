@@ -391,6 +391,14 @@ impl Manifest {
         }
     }
 
+    /// The manifest's `remote` block (a worker reached over TLS, see [`crate::remote`]),
+    /// checked; `None` when the manifest has none.
+    pub fn remote(&self) -> Option<Result<crate::remote::RemoteWorker, Vec<ManifestProblem>>> {
+        self.extra
+            .get("remote")
+            .map(crate::remote::RemoteWorker::from_value)
+    }
+
     /// The execution mode: the declared one, else derived (`in_process` with nothing to spawn,
     /// `conda_env` for a Python worker with `conda_env` set, else `subprocess`).
     pub fn effective_execution_mode(&self) -> PluginExecutionMode {
