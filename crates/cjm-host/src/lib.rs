@@ -62,6 +62,7 @@ mod client;
 mod describe;
 mod discovery;
 mod gpu;
+mod launch;
 mod launch_env;
 mod logs;
 mod manager;
@@ -70,7 +71,6 @@ mod monitor;
 #[allow(unsafe_code)]
 mod platform;
 mod proxy;
-mod remote;
 pub mod scheduler;
 pub mod secrets;
 mod spawn;

@@ -69,9 +69,9 @@ impl LaunchSpec {
 pub(crate) struct Started {
     /// The protocol client.
     pub client: Arc<WorkerClient>,
-    /// The worker's pid (also its process group); 0 for a remote worker (no local process).
+    /// The worker's pid (also its process group).
     pub pid: u32,
-    /// Resolves when the worker has exited (a remote one: stopped answering).
+    /// Resolves when the worker has exited.
     pub exit: oneshot::Receiver<io::Result<ExitStatus>>,
     /// Its cgroup and socket, released once it has ended.
     pub resources: Option<WorkerResources>,
@@ -149,7 +149,9 @@ pub(crate) async fn start(spec: &LaunchSpec, seq: u64) -> Result<Started, Plugin
                 }
             }
         }
-        WorkerSpec::Remote(r) => crate::remote::connect(spec, r).await,
+        WorkerSpec::Remote(_) => Err(PluginError::fatal(
+            "a remote worker is connected to (launch::remote), never started here",
+        )),
         WorkerSpec::InProcess => Err(PluginError::fatal(
             "this plugin runs in-process: register it with PluginManager::register_in_process",
         )),

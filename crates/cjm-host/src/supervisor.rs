@@ -14,8 +14,9 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::client::WorkerClient;
+use crate::launch::{self, Killer, Launched};
 use crate::platform;
-use crate::spawn::{self, LaunchSpec, Started};
+use crate::spawn::LaunchSpec;
 use crate::state::PluginState;
 
 /// Teardown and restart settings.
@@ -48,13 +49,16 @@ impl Default for SupervisorOptions {
     }
 }
 
-/// The shared view of one worker: the current client, pid, state and restart count.
+/// The shared view of one worker: the current client, local pid (0 when the worker is not a
+/// local process), state and restart count.
 #[derive(Debug)]
 pub(crate) struct WorkerSlot {
     spec: LaunchSpec,
     opts: SupervisorOptions,
     current: RwLock<Option<Arc<WorkerClient>>>,
     pid: AtomicU32,
+    /// Ends the current worker at once (for `Drop`), if the launcher can.
+    kill: Mutex<Option<Killer>>,
     state: watch::Sender<PluginState>,
     restarts: AtomicU32,
     config: Arc<RwLock<Value>>,
@@ -80,7 +84,8 @@ impl WorkerSlot {
             spec,
             opts,
             current: RwLock::new(Some(Arc::clone(&started.client))),
-            pid: AtomicU32::new(started.pid),
+            pid: AtomicU32::new(started.pid.unwrap_or(0)),
+            kill: Mutex::new(started.control.killer()),
             state,
             restarts: AtomicU32::new(0),
             config,
@@ -99,7 +104,7 @@ impl WorkerSlot {
         self.current.read().ok().and_then(|g| g.clone())
     }
 
-    /// The worker's pid (the last one, if it is down).
+    /// The worker's local pid (the last one, if it is down); 0 when it is not a local process.
     pub(crate) fn pid(&self) -> u32 {
         self.pid.load(Ordering::Relaxed)
     }
@@ -146,14 +151,14 @@ impl WorkerSlot {
         }
     }
 
-    /// Kills the worker's process group at once, without waiting (for `Drop`).
+    /// Ends the worker at once, without waiting (for `Drop`); remote workers are left alone.
     pub(crate) fn kill_now(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        if self.spec.is_remote() {
-            return;
-        }
         if self.state().is_serving() || self.state() == PluginState::Starting {
-            platform::kill_group(self.pid(), platform::SIGKILL);
+            let kill = self.kill.lock().ok().and_then(|g| g.clone());
+            if let Some(kill) = kill {
+                kill.kill();
+            }
         }
     }
 
@@ -163,7 +168,7 @@ impl WorkerSlot {
 
     async fn supervise(
         self: Arc<Self>,
-        mut started: Started,
+        mut started: Launched,
         mut stop_rx: mpsc::Receiver<oneshot::Sender<()>>,
     ) {
         let name = self.spec.manifest.name.clone();
@@ -172,10 +177,10 @@ impl WorkerSlot {
         loop {
             // Running: wait for the worker to exit or for a stop request.
             let status = tokio::select! {
-                status = &mut started.exit => status,
+                status = &mut started.gone => status,
                 done = stop_rx.recv() => {
-                    self.teardown(&started.client, started.pid, &mut started.exit).await;
-                    release(&mut started).await;
+                    self.teardown(&mut started).await;
+                    started.control.release().await;
                     self.finish(PluginState::Stopped);
                     if let Some(done) = done { let _ = done.send(()); }
                     return;
@@ -193,14 +198,13 @@ impl WorkerSlot {
             } else {
                 describe(&status)
             };
-            tracing::warn!(plugin = %name, pid = started.pid, "worker {described}");
+            tracing::warn!(plugin = %name, pid = ?started.pid, "worker {described}");
             if let Ok(mut g) = self.last_exit.lock() {
                 *g = Some(described.clone());
             }
-            sweep(started.pid, &[]);
-            // Takes what the dead worker left (its cgroup, its socket) with it; `started`
-            // keeps an empty shell until a restart replaces it.
-            release(&mut started).await;
+            // Takes what the dead worker left (stray processes, its cgroup, its socket) with
+            // it; `started` keeps an empty shell until a restart replaces it.
+            started.control.release().await;
             if self.stopping.load(Ordering::SeqCst) {
                 self.finish(PluginState::Stopped);
                 return self.idle_until_stopped(stop_rx).await;
@@ -262,7 +266,10 @@ impl WorkerSlot {
                 match result {
                     Ok(s) => {
                         started = s;
-                        self.pid.store(started.pid, Ordering::Relaxed);
+                        self.pid.store(started.pid.unwrap_or(0), Ordering::Relaxed);
+                        if let Ok(mut k) = self.kill.lock() {
+                            *k = started.control.killer();
+                        }
                         if let Ok(mut g) = self.current.write() {
                             *g = Some(Arc::clone(&started.client));
                         }
@@ -270,7 +277,7 @@ impl WorkerSlot {
                             *t = Instant::now();
                         }
                         self.restarts.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(plugin = %name, pid = started.pid, "worker restarted");
+                        tracing::info!(plugin = %name, pid = ?started.pid, "worker restarted");
                         self.set_state(PluginState::Ready);
                         break;
                     }
@@ -305,57 +312,24 @@ impl WorkerSlot {
         }
     }
 
-    async fn teardown(
-        &self,
-        client: &Arc<WorkerClient>,
-        pid: u32,
-        exit: &mut oneshot::Receiver<io::Result<ExitStatus>>,
-    ) {
+    async fn teardown(&self, started: &mut Launched) {
         if self.spec.is_remote() {
             // Not ours to clean up or stop: other hosts may use it. Forget the connections.
-            client.transport().clear();
+            started.client.transport().clear();
             return;
         }
-        if let Err(e) = client
+        if let Err(e) = started
+            .client
             .cleanup(Instant::now() + self.opts.cleanup_timeout)
             .await
         {
             tracing::debug!(plugin = %self.spec.manifest.name, error = %e, "cleanup before shutdown failed");
         }
-        let snapshot = platform::subtree(pid);
-        platform::kill_group(pid, platform::SIGTERM);
-        if tokio::time::timeout(self.opts.grace, &mut *exit)
-            .await
-            .is_err()
-        {
-            platform::kill_group(pid, platform::SIGKILL);
-            let _ = exit.await;
-        }
-        sweep(pid, &snapshot);
-        client.transport().clear();
-    }
-}
-
-/// Kills what is left of a worker's subtree: the processes seen before, and any still in its
-/// session or process group.
-fn sweep(pid: u32, snapshot: &[u32]) {
-    if pid == 0 {
-        // A remote worker: nothing of it runs here.
-        return;
-    }
-    platform::kill_group(pid, platform::SIGKILL);
-    for p in snapshot.iter().copied().chain(platform::subtree(pid)) {
-        if platform::is_alive(p) {
-            platform::kill(p, platform::SIGKILL);
-        }
-    }
-}
-
-/// Ends what is left of a worker that has exited: its cgroup (every process in it) and its
-/// socket file.
-async fn release(started: &mut Started) {
-    if let Some(r) = started.resources.take() {
-        r.release().await;
+        started
+            .control
+            .stop(self.opts.grace, &mut started.gone)
+            .await;
+        started.client.transport().clear();
     }
 }
 
@@ -373,15 +347,24 @@ async fn start_and_configure(
     opts: &SupervisorOptions,
     config: &RwLock<Value>,
     seq: &AtomicU64,
-) -> Result<Started, PluginError> {
-    let mut started = spawn::start(spec, seq.fetch_add(1, Ordering::Relaxed)).await?;
+) -> Result<Launched, PluginError> {
+    let launcher = launch::launcher_for(&spec.manifest);
+    let mut started = launcher
+        .launch(spec, seq.fetch_add(1, Ordering::Relaxed))
+        .await?;
+    tracing::debug!(
+        plugin = %spec.manifest.name,
+        launcher = launcher.kind(),
+        endpoint = ?started.endpoint(),
+        pid = ?started.pid,
+        "worker launched"
+    );
     let cfg = config.read().map(|g| g.clone()).unwrap_or(Value::Null);
     let init = started.client.initialize(&cfg, None);
     let result = tokio::select! {
         r = init => r,
-        status = &mut started.exit => {
-            sweep(started.pid, &[]);
-            release(&mut started).await;
+        status = &mut started.gone => {
+            started.control.release().await;
             let (described, _) = describe(&status);
             let mut e = PluginError::fatal(format!("the worker {described} while applying its configuration"));
             e.details.exit_status = Some(described);
@@ -390,21 +373,8 @@ async fn start_and_configure(
         }
     };
     if let Err(e) = result {
-        if spec.is_remote() {
-            // Nothing to stop: dropping `started` ends its health watch.
-            return Err(e.with_plugin(&spec.manifest.name));
-        }
-        let pid = started.pid;
-        platform::kill_group(pid, platform::SIGTERM);
-        if tokio::time::timeout(opts.grace, &mut started.exit)
-            .await
-            .is_err()
-        {
-            platform::kill_group(pid, platform::SIGKILL);
-            let _ = (&mut started.exit).await;
-        }
-        sweep(pid, &[]);
-        release(&mut started).await;
+        started.control.stop(opts.grace, &mut started.gone).await;
+        started.control.release().await;
         return Err(e.with_plugin(&spec.manifest.name));
     }
     Ok(started)

@@ -31,7 +31,7 @@ pub(crate) enum Endpoint {
     /// A TCP address (loopback).
     Tcp(SocketAddr),
     /// A remote worker over TLS (`execution_mode: remote`).
-    Tls(std::sync::Arc<crate::remote::TlsTarget>),
+    Tls(std::sync::Arc<crate::launch::remote::TlsTarget>),
 }
 
 impl std::fmt::Display for Endpoint {

@@ -16,10 +16,48 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::sync::oneshot;
 use tokio_rustls::rustls;
 
+use async_trait::async_trait;
+
+use super::{Gone, Killer, Launched, Launcher, WorkerControl};
 use crate::client::WorkerClient;
 use crate::secrets::SecretStore;
-use crate::spawn::{LaunchSpec, Started};
+use crate::spawn::LaunchSpec;
 use crate::transport::{Endpoint, ReqBody, Transport};
+
+/// Connects to remote workers.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RemoteLauncher;
+
+#[async_trait]
+impl Launcher for RemoteLauncher {
+    fn kind(&self) -> &'static str {
+        "remote"
+    }
+
+    async fn launch(&self, spec: &LaunchSpec, _seq: u64) -> Result<Launched, PluginError> {
+        let cjm_core::WorkerSpec::Remote(remote) = spec.manifest.worker() else {
+            return Err(PluginError::fatal("not a remote worker's manifest"));
+        };
+        connect(spec, remote)
+            .await
+            .map_err(|e| e.with_plugin(&spec.manifest.name))
+    }
+}
+
+/// A remote worker is never stopped, killed or cleaned up by this host: other hosts may use
+/// it. Stopping only forgets it.
+struct RemoteControl;
+
+#[async_trait]
+impl WorkerControl for RemoteControl {
+    async fn stop(&mut self, _grace: Duration, _gone: &mut Gone) {}
+
+    fn killer(&self) -> Option<Killer> {
+        None
+    }
+
+    async fn release(&mut self) {}
+}
 
 /// How often a connected remote worker is asked for `/health`.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
@@ -121,7 +159,7 @@ impl TlsTarget {
 pub(crate) async fn connect(
     spec: &LaunchSpec,
     remote: &RemoteWorker,
-) -> Result<Started, PluginError> {
+) -> Result<Launched, PluginError> {
     let m = &spec.manifest;
     let ca = {
         let p = PathBuf::from(&remote.ca_file);
@@ -151,14 +189,14 @@ pub(crate) async fn connect(
         .await
         .map_err(|e| unreachable_error(&endpoint, e))?;
     let client = Arc::new(client);
-    let (tx, exit) = oneshot::channel();
+    let (tx, gone) = oneshot::channel();
     tokio::spawn(watch(Arc::clone(&client), tx));
     tracing::info!(plugin = %m.name, %endpoint, "connected to the remote worker");
-    Ok(Started {
+    Ok(Launched {
         client,
-        pid: 0,
-        exit,
-        resources: None,
+        pid: None,
+        gone,
+        control: Box::new(RemoteControl),
     })
 }
 
