@@ -584,9 +584,10 @@ impl<'a> Checker<'a> {
 fn check_remote(c: &mut Checker<'_>, mode: Option<PluginExecutionMode>) {
     let remote = c.get("remote").cloned();
     match (&remote, mode) {
-        (None, Some(PluginExecutionMode::Remote)) => {
-            c.problem("remote", "is required with execution_mode `remote`")
-        }
+        (None, Some(PluginExecutionMode::Remote)) => c.problem(
+            "execution_mode",
+            "`remote` needs a `remote` block (url, ca_file, token_secret)",
+        ),
         (Some(_), Some(m)) if m != PluginExecutionMode::Remote => c.problem(
             "execution_mode",
             format!("must be `remote` (or absent) when `remote` is given, not `{m}`"),

@@ -28,9 +28,18 @@ fn valid_field(field: &'static str) -> BoxedStrategy<Value> {
             .prop_map(|props| json!({"type": "object", "properties": props}))
             .boxed(),
         "resources" => resources(0).boxed(),
-        "execution_mode" => prop::sample::select(PluginExecutionMode::ALL.to_vec())
-            .prop_map(|m| json!(m.as_str()))
-            .boxed(),
+        // These manifests start a process (`command`): every mode but `remote`, which has no
+        // command and a `remote` block instead.
+        "execution_mode" => prop::sample::select(
+            PluginExecutionMode::ALL
+                .into_iter()
+                .filter(|m| *m != PluginExecutionMode::Remote)
+                .collect::<Vec<_>>(),
+        )
+        .prop_map(|m| json!(m.as_str()))
+        .boxed(),
+        // No `remote` block is valid beside a `command`: null, which reads as absent.
+        "remote" => Just(Value::Null).boxed(),
         "restart" => prop::sample::select(vec!["never", "on-failure", "on_failure", "always"])
             .prop_map(|r| json!(r))
             .boxed(),

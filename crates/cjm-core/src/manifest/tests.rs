@@ -491,7 +491,8 @@ fn remote_problems_name_their_field() {
         }
     };
     let p = problems(r#"{"name": "far", "execution_mode": "remote"}"#);
-    assert_eq!(p[0].0, "remote", "{p:?}");
+    assert_eq!(p[0].0, "execution_mode", "{p:?}");
+    assert!(p[0].1.contains("`remote` block"), "{p:?}");
     let p = problems(
         r#"{"name": "far", "remote": {"url": "http://box:1", "ca_file": "c", "token_secret": "T", "token": "s3cret"}}"#,
     );
