@@ -852,8 +852,14 @@ fn check_hooks(w: &Worker) -> Check {
         format!("/on_enable: {v}")
     })?;
     let v = w.get("/config_options")?.ok_json()?;
+    // The test plugin answers as the original's FieldOptions serialise: value, label, metadata.
+    let values: Vec<&Value> = v["lang"]["options"]
+        .as_array()
+        .map(|o| o.iter().map(|e| &e["value"]).collect())
+        .unwrap_or_default();
     ensure(
-        v == json!({"lang": {"options": ["en", "de", "fr"]}}),
+        values == [&json!("en"), &json!("de"), &json!("fr")]
+            && v["lang"]["options"][1]["label"] == "German",
         || format!("/config_options: {v}"),
     )?;
     let v = w.get("/structural_surface")?.ok_json()?;
