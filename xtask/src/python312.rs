@@ -1,7 +1,8 @@
-//! The Python 3.12 venvs of the 0.0.46-line suite (tests/tests/python_0046.rs): one with
-//! cjm-plugin-system 0.0.46 and one with cjm-substrate, from PyPI, cached under
-//! `target/py312-v0046` and `target/py312-substrate`. A cold install of both takes about
-//! 15 s on a warm pip cache (9 s and 6 s measured); a cached venv costs one import check.
+//! The Python 3.12 venvs of the tests, from PyPI, cached under `target/`: cjm-plugin-system
+//! 0.0.46 and cjm-substrate for the 0.0.46-line suite (tests/tests/python_0046.rs), and Ray
+//! with its dashboard (job server) for tests/tests/ray_placement.rs. A cold install takes
+//! about 15 s for the first two and 21 s for Ray on a warm pip cache; a cached venv costs one
+//! import check.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,7 +21,7 @@ struct Venv {
 }
 
 /// The venvs, each exported to the tests under its `env` variable.
-const VENVS: [Venv; 2] = [
+const VENVS: [Venv; 3] = [
     Venv {
         dir: "target/py312-v0046",
         requirement: "cjm-plugin-system==0.0.46",
@@ -36,6 +37,14 @@ const VENVS: [Venv; 2] = [
         version: "0.0.74",
         module: "cjm_substrate.core.worker",
         env: "CJM_TEST_PYTHON_SUBSTRATE",
+    },
+    Venv {
+        dir: "target/py312-ray",
+        requirement: "ray[default]==2.60.0",
+        dist: "ray",
+        version: "2.60.0",
+        module: "ray.dashboard.modules.job.sdk",
+        env: "CJM_TEST_RAY_PYTHON",
     },
 ];
 
@@ -85,7 +94,7 @@ fn ready(python: &Path, v: &Venv) -> bool {
 }
 
 /// Creates whatever venv is missing or incomplete and exports each interpreter's path to the
-/// tests (`CJM_TEST_PYTHON_0046`, `CJM_TEST_PYTHON_SUBSTRATE`).
+/// tests (`CJM_TEST_PYTHON_0046`, `CJM_TEST_PYTHON_SUBSTRATE`, `CJM_TEST_RAY_PYTHON`).
 pub(crate) fn ensure_venvs() -> Result<(), String> {
     let mut base: Option<PathBuf> = None;
     for v in &VENVS {

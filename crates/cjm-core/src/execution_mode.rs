@@ -37,11 +37,15 @@ pub enum PluginExecutionMode {
     /// A cjm worker that runs elsewhere and serves HTTPS with a bearer token; the host connects
     /// to it (`remote.url`) and never starts or stops it. cjm's own mode, not the original's.
     Remote,
+    /// A native worker placed on a Ray cluster as a Ray job (the cluster is the host's
+    /// configuration; the manifest's optional `ray` block gives resources and `runtime_env`).
+    /// cjm's own mode, not the original's.
+    Ray,
 }
 
 impl PluginExecutionMode {
     /// Every variant, in the original's declaration order.
-    pub const ALL: [PluginExecutionMode; 13] = [
+    pub const ALL: [PluginExecutionMode; 14] = [
         Self::InProcess,
         Self::Subprocess,
         Self::Docker,
@@ -55,6 +59,7 @@ impl PluginExecutionMode {
         Self::CloudCpu,
         Self::Kubernetes,
         Self::Remote,
+        Self::Ray,
     ];
 
     /// The serialized value (`"in_process"`, `"external"`, …).
@@ -73,6 +78,7 @@ impl PluginExecutionMode {
             Self::CloudCpu => "cloud_cpu",
             Self::Kubernetes => "kubernetes",
             Self::Remote => "remote",
+            Self::Ray => "ray",
         }
     }
 
@@ -107,6 +113,7 @@ impl PluginExecutionMode {
             Self::CloudCpu => "Cloud CPU",
             Self::Kubernetes => "Kubernetes",
             Self::Remote => "Remote (TLS)",
+            Self::Ray => "Ray cluster",
         }
     }
 
@@ -286,7 +293,11 @@ mod tests {
         );
         let labels: std::collections::HashSet<_> =
             PluginExecutionMode::ALL.iter().map(|m| m.label()).collect();
-        assert_eq!(labels.len(), 13, "labels are distinct");
+        assert_eq!(
+            labels.len(),
+            PluginExecutionMode::ALL.len(),
+            "labels are distinct"
+        );
     }
 
     #[test]

@@ -39,8 +39,8 @@ pub use error::{ErrorCategory, ErrorDetails, FieldError, PluginError, ResourceSh
 pub use execution_mode::{CloudProviderType, PluginExecutionMode, UnknownVariant};
 pub use generation::WorkerGeneration;
 pub use manifest::{
-    is_valid_plugin_name, Manifest, ManifestError, ManifestProblem, RemoteWorker, Resources,
-    RestartPolicy, WorkerSpec,
+    is_valid_plugin_name, Manifest, ManifestError, ManifestProblem, RayPlacement, RemoteWorker,
+    Resources, RestartPolicy, WorkerSpec,
 };
 pub use manifest_v2::{
     AdapterManifest, AdapterMatch, DriftTracking, EnvVarSpec, ManifestFile, Taxonomy,

@@ -207,6 +207,9 @@ pub struct Manifest {
     /// Where a remote worker serves (`execution_mode: remote`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<RemoteWorker>,
+    /// What a worker placed on a Ray cluster asks of it (`execution_mode: ray`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ray: Option<RayPlacement>,
     /// Restart policy (cjm extension; `on-failure` by default).
     #[serde(default)]
     pub restart: RestartPolicy,
@@ -434,6 +437,9 @@ impl Manifest {
         if let Some(m) = self.execution_mode {
             return m;
         }
+        if self.ray.is_some() {
+            return PluginExecutionMode::Ray;
+        }
         match self.worker() {
             WorkerSpec::Remote(_) => PluginExecutionMode::Remote,
             WorkerSpec::InProcess => PluginExecutionMode::InProcess,
@@ -498,6 +504,7 @@ pub const KNOWN_FIELDS: &[&str] = &[
     "args",
     "execution_mode",
     "remote",
+    "ray",
     "restart",
     "max_concurrency",
     "startup_timeout_secs",
@@ -726,6 +733,7 @@ fn validate(value: &Value) -> Vec<ManifestProblem> {
         .any(|f| c.get(f).is_some());
     let remote = c.get("remote").is_some();
     check_remote(&mut c, mode);
+    ray::check_ray(&mut c, mode);
     if remote && (c.get("command").is_some() || any_python) {
         c.problem(
             "remote",
@@ -910,5 +918,8 @@ fn validate(value: &Value) -> Vec<ManifestProblem> {
     c.problems
 }
 
+mod ray;
 #[cfg(test)]
 mod tests;
+
+pub use ray::RayPlacement;

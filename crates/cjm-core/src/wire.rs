@@ -11,6 +11,7 @@ use crate::error::{ErrorCategory, PluginError};
 pub mod drift;
 mod ndjson;
 pub mod original;
+pub mod register;
 
 pub use ndjson::{StreamDecoder, MAX_STREAM_LINE};
 

@@ -40,6 +40,9 @@ fn valid_field(field: &'static str) -> BoxedStrategy<Value> {
         .boxed(),
         // No `remote` block is valid beside a `command`: null, which reads as absent.
         "remote" => Just(Value::Null).boxed(),
+        // A `ray` block implies `execution_mode: ray`, so beside any other mode only null
+        // (absent) is valid; its own checks are unit tests.
+        "ray" => Just(Value::Null).boxed(),
         "restart" => prop::sample::select(vec!["never", "on-failure", "on_failure", "always"])
             .prop_map(|r| json!(r))
             .boxed(),

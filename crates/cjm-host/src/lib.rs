@@ -87,6 +87,7 @@ pub use cjm_core::{
 };
 pub use describe::{describe_binary, DESCRIBE_TIMEOUT};
 pub use discovery::{default_data_dir, default_search_paths, DiscoveredPlugin};
+pub use launch::ray::RayCluster;
 pub use manager::{
     CallOptions, LoadResults, ManagerBuilder, PluginManager, DEFAULT_CALL_TIMEOUT,
     DEFAULT_CONFIG_TIMEOUT, DEFAULT_NATIVE_CONCURRENCY, DEFAULT_PREFETCH_STALL,

@@ -123,6 +123,7 @@ pub struct ManagerBuilder {
     config_timeout: Duration,
     prefetch_stall: Duration,
     strict_drift: bool,
+    ray: Option<Arc<crate::RayCluster>>,
     #[cfg(feature = "testing")]
     load_hook: Option<HookCell>,
 }
@@ -154,6 +155,7 @@ impl Default for ManagerBuilder {
             config_timeout: DEFAULT_CONFIG_TIMEOUT,
             prefetch_stall: DEFAULT_PREFETCH_STALL,
             strict_drift: false,
+            ray: None,
             #[cfg(feature = "testing")]
             load_hook: None,
         }
@@ -242,6 +244,13 @@ impl ManagerBuilder {
         self
     }
 
+    /// Places plugins of `execution_mode: ray` on this Ray cluster (as Ray jobs submitted to
+    /// its job server). Without it, loading such a plugin fails with a `config` error.
+    pub fn ray(mut self, cluster: crate::RayCluster) -> Self {
+        self.ray = Some(Arc::new(cluster));
+        self
+    }
+
     /// Test hook: awaited at each stage of a load, so a test can drop the load there.
     #[cfg(feature = "testing")]
     pub fn load_hook(mut self, hook: LoadHook) -> Self {
@@ -279,6 +288,7 @@ impl ManagerBuilder {
                 config_timeout: self.config_timeout,
                 prefetch_stall: self.prefetch_stall,
                 strict_drift: self.strict_drift,
+                ray: self.ray,
                 #[cfg(feature = "testing")]
                 load_hook: self.load_hook,
                 runtime_dir,
@@ -319,6 +329,7 @@ struct Inner {
     config_timeout: Duration,
     prefetch_stall: Duration,
     strict_drift: bool,
+    ray: Option<Arc<crate::RayCluster>>,
     #[cfg(feature = "testing")]
     load_hook: Option<HookCell>,
     runtime_dir: Arc<crate::platform::Runtime>,
@@ -592,12 +603,21 @@ impl PluginManager {
         };
         let mut load = Admission::new(&name, &manifest.resources, Phase::Load);
         load.gpu = pinned_gpu(&manifest);
-        let grant: Grant = self
-            .inner
-            .scheduler
-            .admit(&load, &self.inner.resources)
-            .await
-            .map_err(|e| e.with_plugin(&name))?;
+        // A worker on another machine (remote, or placed by Ray with its own resources) takes
+        // nothing of this machine's.
+        let elsewhere = matches!(
+            manifest.effective_execution_mode(),
+            cjm_core::PluginExecutionMode::Remote | cjm_core::PluginExecutionMode::Ray
+        );
+        let grant: Grant = if elsewhere {
+            Grant::default()
+        } else {
+            self.inner
+                .scheduler
+                .admit(&load, &self.inner.resources)
+                .await
+                .map_err(|e| e.with_plugin(&name))?
+        };
         if let Some(g) = grant.gpu {
             tracing::info!(plugin = %name, gpu = g, "placed on GPU");
         }
@@ -610,6 +630,7 @@ impl PluginManager {
             log: PluginLog::open(&self.inner.logs_dir, &name, self.inner.log_cap),
             max_concurrency: limit,
             gpu: grant.gpu,
+            ray: self.inner.ray.clone(),
             adapters: self.with_discovery(|d| d.adapter_specs_for(&manifest)),
         };
         let config = Arc::new(RwLock::new(full));

@@ -286,7 +286,8 @@ impl PluginProxy {
                     None => None,
                 };
                 if let Some(w) = w.as_mut() {
-                    if !slot.spec().is_remote() {
+                    // Process figures exist only for a local process.
+                    if slot.pid() != 0 {
                         self.fill_in(slot.pid(), w);
                     }
                 }

@@ -47,6 +47,8 @@ pub(crate) struct LaunchSpec {
     pub max_concurrency: u32,
     /// The GPU the scheduler placed the plugin on: the worker sees only it.
     pub gpu: Option<u32>,
+    /// The Ray cluster `execution_mode: ray` plugins are placed on, if the host has one.
+    pub ray: Option<Arc<crate::RayCluster>>,
     /// Adapter implementations (`module:Class`) bound in the worker at spawn (`--adapters`;
     /// 0.0.46 and substrate workers only), from [`crate::discovery::Discovery::adapter_specs_for`].
     pub adapters: Vec<String>,
@@ -607,7 +609,7 @@ async fn finish_pumps(pumps: Vec<JoinHandle<()>>) {
 }
 
 /// A fresh 256-bit token, hex.
-fn new_token() -> Result<String, PluginError> {
+pub(crate) fn new_token() -> Result<String, PluginError> {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b)
         .map_err(|e| PluginError::fatal(format!("cannot generate an auth token: {e}")))?;

@@ -189,10 +189,11 @@ impl WorkerSlot {
             if let Ok(mut g) = self.current.write() {
                 *g = None;
             }
-            let (described, clean) = if self.spec.is_remote() {
+            // A worker without a local process (remote, or a Ray job) reports why it is gone.
+            let (described, clean) = if started.pid.is_none() {
                 let why = match &status {
                     Ok(Err(e)) => e.to_string(),
-                    _ => "the remote worker is gone".to_owned(),
+                    _ => "the worker is gone".to_owned(),
                 };
                 (why, false)
             } else {

@@ -3,6 +3,7 @@
 // The doc comments are `--help` text, where `<data-dir>` is a placeholder, not HTML.
 #![allow(rustdoc::invalid_html_tags)]
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -53,6 +54,21 @@ pub(crate) struct Cli {
     /// `drift_tracking` witnesses (default: warn, and validate against the live schema).
     #[arg(long, global = true)]
     pub strict_drift: bool,
+
+    /// Place plugins of `execution_mode: ray` on the Ray cluster whose job server is at URL
+    /// (http://HEAD:8265). Default: $CJM_RAY_ADDRESS.
+    #[arg(long, value_name = "URL", global = true)]
+    pub ray_address: Option<String>,
+
+    /// Listen for Ray workers' registration on ADDR (default 127.0.0.1:0, enough for a
+    /// cluster on this machine). Default: $CJM_RAY_REGISTER.
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub ray_register: Option<SocketAddr>,
+
+    /// The host name or IP the cluster's nodes reach this host at (default: the address of
+    /// --ray-register). Default: $CJM_RAY_ADVERTISE.
+    #[arg(long, value_name = "HOST", global = true)]
+    pub ray_advertise: Option<String>,
 
     /// What to do.
     #[command(subcommand)]

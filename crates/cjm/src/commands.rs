@@ -248,6 +248,38 @@ fn parse_json(flag: &str, text: &str) -> Result<Value, Failure> {
     serde_json::from_str(text).map_err(|e| Failure::Usage(format!("{flag}: not valid JSON: {e}")))
 }
 
+/// The Ray cluster of `--ray-address` (or `$CJM_RAY_ADDRESS`), with where to listen for its
+/// workers' registration and the address to advertise.
+fn ray_cluster(cli: &Cli) -> Result<Option<cjm_host::RayCluster>, Failure> {
+    let from_env = |var: &str| std::env::var(var).ok().filter(|v| !v.trim().is_empty());
+    let Some(address) = cli
+        .ray_address
+        .clone()
+        .or_else(|| from_env("CJM_RAY_ADDRESS"))
+    else {
+        return Ok(None);
+    };
+    let mut cluster = cjm_host::RayCluster::new(address);
+    let register = match (cli.ray_register, from_env("CJM_RAY_REGISTER")) {
+        (Some(a), _) => Some(a),
+        (None, Some(text)) => Some(text.trim().parse().map_err(|e| {
+            Failure::Usage(format!("CJM_RAY_REGISTER={text:?}: not HOST:PORT ({e})"))
+        })?),
+        (None, None) => None,
+    };
+    if let Some(a) = register {
+        cluster = cluster.register_on(a);
+    }
+    if let Some(h) = cli
+        .ray_advertise
+        .clone()
+        .or_else(|| from_env("CJM_RAY_ADVERTISE"))
+    {
+        cluster = cluster.advertise(h);
+    }
+    Ok(Some(cluster))
+}
+
 impl Context {
     fn new(cli: &Cli) -> Result<Self, Failure> {
         let data_dir = cli
@@ -259,6 +291,9 @@ impl Context {
             .strict_drift(cli.strict_drift);
         if !cli.search_paths.is_empty() {
             b = b.search_paths(cli.search_paths.clone());
+        }
+        if let Some(cluster) = ray_cluster(cli)? {
+            b = b.ray(cluster);
         }
         b = match cli.scheduler {
             SchedulerKind::Permissive => b,

@@ -91,6 +91,10 @@ impl Worker for TestWorker {
                 ))))
             }
             "pid" => Ok(plain(json!(std::process::id()))),
+            "env" => Ok(plain(json!(std::env::var(
+                kw(&call, "name").as_str().unwrap_or_default()
+            )
+            .ok()))),
             "sleep" => {
                 let ms = kw(&call, "ms").as_u64().unwrap_or(60_000);
                 ctx.report_progress(0.25, "sleeping");

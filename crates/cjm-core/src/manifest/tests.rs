@@ -510,3 +510,75 @@ fn remote_problems_name_their_field() {
     );
     assert_eq!(p[0].0, "execution_mode", "{p:?}");
 }
+
+#[test]
+fn a_ray_placement_is_a_native_worker_with_optional_resources() {
+    let m = Manifest::parse(
+        r#"{"name": "big", "command": "/opt/w", "execution_mode": "ray",
+            "ray": {"num_cpus": 2, "num_gpus": 0.5, "memory": 1073741824,
+                    "runtime_env": {"pip": ["numpy"], "env_vars": {"A": "1"}}}}"#,
+        None,
+    )
+    .unwrap();
+    assert_eq!(m.effective_execution_mode(), PluginExecutionMode::Ray);
+    assert!(matches!(m.worker(), WorkerSpec::Native { .. }));
+    let ray = m.ray.as_ref().unwrap();
+    assert_eq!(ray.num_gpus, Some(0.5));
+    assert_eq!(ray.memory, Some(1 << 30));
+    assert_eq!(ray.runtime_env.as_ref().unwrap()["pip"][0], "numpy");
+    // The block alone implies the mode, and the mode needs no block.
+    let m = Manifest::parse(r#"{"name": "big", "command": "w", "ray": {}}"#, None).unwrap();
+    assert_eq!(m.effective_execution_mode(), PluginExecutionMode::Ray);
+    let m = Manifest::parse(
+        r#"{"name": "big", "command": "w", "execution_mode": "ray"}"#,
+        None,
+    )
+    .unwrap();
+    assert_eq!(m.effective_execution_mode(), PluginExecutionMode::Ray);
+    assert_eq!(m.ray, None);
+}
+
+#[test]
+fn ray_problems_name_their_field() {
+    let problems = |text: &str| -> Vec<(String, String)> {
+        match Manifest::parse(text, None) {
+            Ok(m) => panic!("accepted: {m:?}"),
+            Err(e) => e
+                .problems
+                .into_iter()
+                .map(|p| (p.field, p.reason))
+                .collect(),
+        }
+    };
+    let p = problems(
+        r#"{"name": "x", "command": "w", "ray": {"num_gpus": -1, "memory": 1.5,
+            "runtime_env": {"env_vars": {"A": 1}}, "nodes": 3}}"#,
+    );
+    let fields: Vec<&str> = p.iter().map(|(f, _)| f.as_str()).collect();
+    for f in [
+        "ray.num_gpus",
+        "ray.memory",
+        "ray.runtime_env.env_vars.A",
+        "ray.nodes",
+    ] {
+        assert!(fields.contains(&f), "{f} missing from {p:?}");
+    }
+    let p = problems(r#"{"name": "x", "command": "w", "execution_mode": "subprocess", "ray": {}}"#);
+    assert_eq!(p[0].0, "execution_mode", "{p:?}");
+    let p = problems(
+        r#"{"name": "x", "execution_mode": "ray", "python_path": "/p", "module": "m", "class": "C"}"#,
+    );
+    assert!(
+        p.iter()
+            .any(|(f, r)| f == "execution_mode" && r.contains("native")),
+        "{p:?}"
+    );
+    let p = problems(r#"{"name": "x", "command": "w", "ray": []}"#);
+    assert_eq!(
+        p[0],
+        (
+            "ray".to_owned(),
+            "must be an object, found an array".to_owned()
+        )
+    );
+}

@@ -8,6 +8,7 @@
 //! a cluster launcher stops its job.
 
 pub(crate) mod local;
+pub(crate) mod ray;
 pub(crate) mod remote;
 
 use std::io;
@@ -100,7 +101,8 @@ impl Launched {
 pub(crate) fn launcher_for(m: &Manifest) -> Arc<dyn Launcher> {
     match m.effective_execution_mode() {
         PluginExecutionMode::Remote => Arc::new(remote::RemoteLauncher),
-        // New launchers (ray, kubernetes, …) get their arm here.
+        PluginExecutionMode::Ray => Arc::new(ray::RayLauncher),
+        // New launchers (kubernetes, …) get their arm here.
         _ => Arc::new(local::LocalLauncher),
     }
 }

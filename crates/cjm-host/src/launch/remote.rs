@@ -24,6 +24,10 @@ use crate::secrets::SecretStore;
 use crate::spawn::LaunchSpec;
 use crate::transport::{Endpoint, ReqBody, Transport};
 
+fn config_error(why: String) -> PluginError {
+    PluginError::new(cjm_core::ErrorCategory::Config, why)
+}
+
 /// Connects to remote workers.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct RemoteLauncher;
@@ -101,27 +105,40 @@ impl Eq for TlsTarget {}
 impl TlsTarget {
     /// The worker of `remote`, trusting only the certificates in the PEM file `ca`.
     pub(crate) fn new(remote: &RemoteWorker, ca: &std::path::Path) -> Result<Self, PluginError> {
-        let config_error = |why: String| PluginError::new(cjm_core::ErrorCategory::Config, why);
         let (host, port) = remote.authority().ok_or_else(|| {
             config_error(format!(
                 "remote.url {:?} is not https://HOST:PORT",
                 remote.url
             ))
         })?;
-        let mut roots = rustls::RootCertStore::empty();
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
             .and_then(|it| it.collect::<Result<_, _>>())
             .map_err(|e| config_error(format!("remote.ca_file {}: {e}", ca.display())))?;
+        Self::trusting(host, port, certs)
+            .map_err(|e| config_error(format!("remote.ca_file {}: {e}", ca.display())))
+    }
+
+    /// The worker at `host:port`, trusting only the certificates in `ca_pem` (the CA a Ray
+    /// worker's certificate was issued by at its registration).
+    pub(crate) fn with_ca_pem(host: &str, port: u16, ca_pem: &[u8]) -> Result<Self, PluginError> {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(ca_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| PluginError::fatal(format!("the worker's CA certificate: {e}")))?;
+        Self::trusting(host, port, certs)
+            .map_err(|e| PluginError::fatal(format!("the worker's CA certificate: {e}")))
+    }
+
+    fn trusting(
+        host: &str,
+        port: u16,
+        certs: Vec<CertificateDer<'static>>,
+    ) -> Result<Self, String> {
+        let mut roots = rustls::RootCertStore::empty();
         for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| config_error(format!("remote.ca_file {}: {e}", ca.display())))?;
+            roots.add(cert).map_err(|e| e.to_string())?;
         }
         if roots.is_empty() {
-            return Err(config_error(format!(
-                "remote.ca_file {}: no PEM certificate in the file",
-                ca.display()
-            )));
+            return Err("no PEM certificate in it".into());
         }
         // ring, as in the SDK: rustls deprecates its provider only for lacking post-quantum
         // key exchange.
@@ -129,12 +146,12 @@ impl TlsTarget {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| PluginError::fatal(format!("TLS set-up: {e}")))?
+            .map_err(|e| format!("TLS set-up: {e}"))?
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let server_name = ServerName::try_from(host.to_owned())
-            .map_err(|e| config_error(format!("remote.url host {host:?}: {e}")))?;
+            .map_err(|e| format!("the worker's host {host:?}: {e}"))?;
         Ok(Self {
             host: host.to_owned(),
             port,

@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use cjm_core::wire::env;
+use cjm_core::wire::register::{FLAG_PIN, FLAG_TOKEN, FLAG_URL};
+
+use super::register::Registration;
 
 use crate::platform::{self, SocketKind};
 
@@ -26,6 +29,11 @@ A remote worker (a host elsewhere reaches it with a manifest of execution_mode `
     --listen tcp:0.0.0.0:7000 --tls-cert cert.pem --tls-key key.pem --token-file token
                                        HTTPS, every request with `Authorization: Bearer`
                                        and the token in the file (required off loopback)
+
+A worker placed on a cluster by its host (execution_mode `ray`) registers before serving:
+
+    --listen tcp:0.0.0.0:0 --register https://HOST:PORT/PATH --register-pin SHA256
+        --register-token TOKEN         the host answers with its certificate and token
 
     --describe                         print the plugin's description (JSON: name, version,
                                        config schema, operations) and exit, without serving
@@ -119,6 +127,9 @@ pub struct CommandLine {
     pub tls_key: Option<PathBuf>,
     /// `--token-file FILE`: require `Authorization: Bearer` with the token in the file.
     pub token_file: Option<PathBuf>,
+    /// `--register URL --register-pin SHA256 --register-token T`: a worker placed on a cluster
+    /// registers with its host before serving (see [`Registration`]).
+    pub register: Option<Registration>,
 }
 
 impl CommandLine {
@@ -130,6 +141,7 @@ impl CommandLine {
         S: Into<OsString>,
     {
         let mut out = Self::default();
+        let mut register: [Option<String>; 3] = [None, None, None];
         let mut it = args.into_iter().map(Into::into);
         while let Some(arg) = it.next() {
             let arg = arg.to_string_lossy().into_owned();
@@ -144,6 +156,22 @@ impl CommandLine {
                 out.listen = Some(value.to_string_lossy().parse()?);
             } else if let Some(value) = arg.strip_prefix("--listen=") {
                 out.listen = Some(value.parse()?);
+            } else if let Some(flag) = [FLAG_URL, FLAG_PIN, FLAG_TOKEN]
+                .into_iter()
+                .find(|f| arg == *f || arg.starts_with(&format!("{f}=")))
+            {
+                let value = match arg.strip_prefix(&format!("{flag}=")) {
+                    Some(v) => v.to_owned(),
+                    None => it
+                        .next()
+                        .ok_or_else(|| ListenError::Invalid(format!("{flag} needs a value")))?
+                        .to_string_lossy()
+                        .into_owned(),
+                };
+                register[[FLAG_URL, FLAG_PIN, FLAG_TOKEN]
+                    .iter()
+                    .position(|f| *f == flag)
+                    .unwrap_or(0)] = Some(value);
             } else {
                 for (flag, slot) in [
                     ("--tls-cert", &mut out.tls_cert),
@@ -166,6 +194,27 @@ impl CommandLine {
                 "--tls-cert and --tls-key go together".into(),
             ));
         }
+        out.register = match register {
+            [None, None, None] => None,
+            [Some(url), Some(pin), Some(token)] => {
+                if out.tls_cert.is_some() || out.token_file.is_some() {
+                    return Err(ListenError::Invalid(format!(
+                        "{FLAG_URL} receives the certificate and token from the host: give no \
+                         --tls-cert, --tls-key or --token-file with it"
+                    )));
+                }
+                Some(Registration {
+                    url,
+                    pin: Registration::parse_pin(&pin)?,
+                    token,
+                })
+            }
+            _ => {
+                return Err(ListenError::Invalid(format!(
+                    "{FLAG_URL}, {FLAG_PIN} and {FLAG_TOKEN} go together"
+                )))
+            }
+        };
         Ok(out)
     }
 }
@@ -345,6 +394,52 @@ mod tests {
             CommandLine::parse(Vec::<String>::new()).unwrap(),
             CommandLine::default()
         );
+    }
+
+    #[test]
+    fn registration_flags_go_together() {
+        let pin = "0f".repeat(32);
+        let c = CommandLine::parse([
+            "--listen",
+            "tcp:0.0.0.0:0",
+            "--register",
+            "https://10.0.0.1:7400/cjm/register",
+            &format!("--register-pin={pin}"),
+            "--register-token",
+            "t0k",
+        ])
+        .unwrap();
+        let r = c.register.unwrap();
+        assert_eq!(r.url, "https://10.0.0.1:7400/cjm/register");
+        assert_eq!(r.pin, [0x0f; 32]);
+        assert_eq!(r.token, "t0k");
+        // The token never shows in debug output.
+        assert!(!format!("{r:?}").contains("t0k"));
+        let e = CommandLine::parse(["--register", "https://h:1/"]).unwrap_err();
+        assert!(e.to_string().contains("go together"), "{e}");
+        let e = CommandLine::parse([
+            "--register",
+            "https://h:1/",
+            "--register-pin",
+            &pin,
+            "--register-token",
+            "t",
+            "--token-file",
+            "f",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("--token-file"), "{e}");
+        let e = CommandLine::parse([
+            "--register-pin",
+            "xyz",
+            "--register",
+            "u",
+            "--register-token",
+            "t",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("--register-pin"), "{e}");
+        assert!(CommandLine::parse(["--register-token"]).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!   [`init_logging`] and [`options_from_env`]; exit statuses [`EXIT_USAGE`] and
 //!   [`EXIT_FAILURE`].
 //! - Where to listen: [`CommandLine`] (`--listen`, `--tls-cert`, `--tls-key`, `--token-file`,
-//!   `--help`, with [`USAGE`]), [`ListenAddr`], the [`Listener`] inherited from the host or
+//!   `--register` ([`Registration`]), `--help`, with [`USAGE`]), [`ListenAddr`], the [`Listener`] inherited from the host or
 //!   bound by hand, and the [`TlsIdentity`] a network-facing worker serves with.
 //! - The [`Server`] around a plugin: [`Server::run`] on this thread until a signal or the
 //!   host's death, or [`Server::spawn`] on a thread of its own ([`ServerHandle`]); why it
@@ -22,12 +22,14 @@
 //! ```
 
 mod listener;
+mod register;
 mod run;
 pub(crate) mod shutdown;
 mod tls;
 
 pub use crate::server::{Server, ServerHandle};
 pub use listener::{CommandLine, ListenAddr, ListenError, Listener, USAGE};
+pub use register::Registration;
 pub use run::{
     describe_worker, init_logging, options_from_env, run_plugin, run_worker, run_worker_with,
     EXIT_FAILURE, EXIT_USAGE,

@@ -135,6 +135,23 @@ fn check_exposure(listener: &Listener, options: &Options) -> Result<(), ListenEr
     }
 }
 
+/// Registers with the host and serves with what it grants: its certificate, its token, and
+/// the plugin's secrets in the environment (set here, before any other thread exists).
+fn registered(
+    reg: &super::Registration,
+    port: u16,
+    options: Options,
+) -> Result<Options, ListenError> {
+    let grant = reg.register(port)?;
+    let identity =
+        super::TlsIdentity::from_pem(grant.tls_cert_pem.as_bytes(), grant.tls_key_pem.as_bytes())?;
+    for (k, v) in &grant.env {
+        std::env::set_var(k, v);
+    }
+    tracing::info!(port, "registered with the host");
+    Ok(options.auth_token(grant.auth_token).tls(identity))
+}
+
 fn usage_error(e: &ListenError) -> ExitCode {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "error: {e}\n\n{USAGE}");
@@ -232,6 +249,27 @@ pub fn run_plugin(plugin: Arc<dyn Plugin>, options: Options) -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let options = match (&cmd.register, &listener) {
+        (None, _) => options,
+        (Some(reg), Listener::Tcp(l)) => {
+            match l
+                .local_addr()
+                .map_err(|e| ListenError::io("reading the listening address", e))
+                .and_then(|a| registered(reg, a.port(), options))
+            {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return ExitCode::from(EXIT_FAILURE);
+                }
+            }
+        }
+        (Some(_), Listener::Unix { .. }) => {
+            return usage_error(&ListenError::Invalid(
+                "--register needs a TCP socket (--listen tcp:0.0.0.0:0)".into(),
+            ))
         }
     };
     if let Err(e) = check_exposure(&listener, &options) {

@@ -1,0 +1,343 @@
+//! Placement on a real Ray cluster (`execution_mode: ray`).
+//!
+//! The test starts a real Ray head on loopback (`ray start --head --block` from the venv
+//! `cargo xtask test` makes, `target/py312-ray`, or `CJM_TEST_RAY_PYTHON`). It places the test
+//! worker on it as a Ray job through the job server's REST API, then calls it, streams from it,
+//! kills it (Ray reports the job failed, and the supervisor restarts it as a new job) and
+//! unloads it. It checks through Ray's own API that no job is left, and that every process the
+//! head started is gone after it stops.
+//!
+//! Without the venv this test fails with a message saying so: it never skips silently.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cjm_host::{Call, ErrorCategory, PluginManager, PluginState, RayCluster};
+use common::Scratch;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+fn ray_bin() -> PathBuf {
+    let python = std::env::var_os("CJM_TEST_RAY_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/py312-ray/bin/python")
+        });
+    let ray = python.with_file_name("ray");
+    assert!(
+        ray.is_file(),
+        "no Ray at {}: run `cargo xtask test` (it creates the venv with ray[default]) or set \
+         CJM_TEST_RAY_PYTHON to the venv's python",
+        ray.display()
+    );
+    ray
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A blocking HTTP/1.0 request to the job server; (status, JSON body).
+fn http(port: u16, method: &str, path: &str) -> Option<(u16, Value)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
+
+/// A Ray head on loopback, stopped with everything it started when dropped.
+struct RayHead {
+    child: Child,
+    dashboard: u16,
+    temp: PathBuf,
+}
+
+impl RayHead {
+    fn start() -> Self {
+        let ray = ray_bin();
+        // Ray puts Unix sockets under its temp dir: keep the path short.
+        let temp = PathBuf::from(format!("/tmp/cjm-ray-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&temp);
+        let dashboard = free_port();
+        let mut cmd = Command::new(&ray);
+        cmd.args(["start", "--head", "--block", "--disable-usage-stats"])
+            .arg(format!("--port={}", free_port()))
+            .arg("--node-ip-address=127.0.0.1")
+            .arg("--dashboard-host=127.0.0.1")
+            .arg(format!("--dashboard-port={dashboard}"))
+            .arg(format!("--ray-client-server-port={}", free_port()))
+            .arg(format!("--dashboard-agent-listen-port={}", free_port()))
+            .args(["--num-cpus=2", "--num-gpus=0", "--include-dashboard=true"])
+            .arg("--object-store-memory=100000000")
+            .arg(format!("--temp-dir={}", temp.display()))
+            .env("RAY_USAGE_STATS_ENABLED", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        let child = cmd.spawn().expect("start `ray start --head`");
+        let head = Self {
+            child,
+            dashboard,
+            temp,
+        };
+        // Ready when the job server answers (Ray has no readiness signal but its API).
+        let until = Instant::now() + Duration::from_secs(180);
+        loop {
+            if let Some((200, v)) = http(dashboard, "GET", "/api/version") {
+                assert!(v["ray_version"].is_string(), "{v}");
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "the Ray head's job server did not answer within 180 s"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        head
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.dashboard)
+    }
+
+    /// Ray's jobs started by cjm: (submission id, status).
+    fn cjm_jobs(&self) -> Vec<(String, String)> {
+        let (status, v) = http(self.dashboard, "GET", "/api/jobs/").expect("list jobs");
+        assert_eq!(status, 200, "{v}");
+        v.as_array()
+            .expect("a job list")
+            .iter()
+            .filter(|j| j["metadata"]["cjm_plugin"].is_string())
+            .map(|j| {
+                (
+                    j["submission_id"].as_str().unwrap_or_default().to_owned(),
+                    j["status"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for RayHead {
+    fn drop(&mut self) {
+        let pid = self.child.id();
+        let family = cjm_sys::proc::descendants(pid);
+        // `ray start --block` stops every process it started on SIGTERM.
+        cjm_sys::signal::kill(pid, libc::SIGTERM);
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until && self.child.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cjm_sys::signal::kill_group(pid, libc::SIGKILL);
+        let _ = self.child.wait();
+        let mut left = common::wait_gone(&family, Duration::from_secs(30));
+        for p in &left {
+            cjm_sys::signal::kill(*p, libc::SIGKILL);
+        }
+        left = common::wait_gone(&left, Duration::from_secs(10));
+        let _ = std::fs::remove_dir_all(&self.temp);
+        if !std::thread::panicking() {
+            assert!(left.is_empty(), "Ray left processes behind: {left:?}");
+        }
+    }
+}
+
+/// True when `pid` descends from `ancestor`.
+fn descends_from(pid: u32, ancestor: u32) -> bool {
+    let mut p = pid;
+    for _ in 0..64 {
+        match cjm_sys::proc::stat(p) {
+            Some(s) if s.ppid == ancestor => return true,
+            Some(s) if s.ppid > 1 => p = s.ppid,
+            _ => return false,
+        }
+    }
+    false
+}
+
+fn pid_of(v: &Value) -> u32 {
+    v.as_u64().expect("a pid") as u32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_placed_on_ray_is_called_restarted_and_leaves_nothing_on_the_cluster() {
+    let head = RayHead::start();
+    let s = Scratch::new();
+    s.worker_manifest(
+        "onray",
+        json!({"execution_mode": "ray", "startup_timeout_secs": 180,
+               "env_vars": {"CJM_RAY_TEST": "from-the-registration"},
+               "ray": {"num_cpus": 1, "runtime_env": {"env_vars": {"FROM_RAY": "runtime-env"}}}}),
+    );
+    s.write(
+        "broken.json",
+        &json!({"name": "broken", "version": "1.0.0", "category": "test",
+                "command": "/nonexistent/cjm-worker", "execution_mode": "ray",
+                "startup_timeout_secs": 180})
+        .to_string(),
+    );
+    let m = PluginManager::builder()
+        .search_paths([s.manifests()])
+        .data_dir(s.data())
+        .ray(RayCluster::new(head.url()))
+        .build()
+        .unwrap();
+    assert_eq!(m.discover(), 2, "{:?}", m.invalid_manifests());
+
+    // Placed as a Ray job: the worker runs under the Ray head, not under this host.
+    m.load("onray", None).await.expect("load on Ray");
+    assert_eq!(m.pid("onray"), None);
+    let pid = pid_of(
+        &m.execute("onray", Call::new(vec![json!("pid")]))
+            .await
+            .unwrap()
+            .value,
+    );
+    assert!(
+        descends_from(pid, head.child.id()),
+        "worker {pid} does not run under the Ray head"
+    );
+    let jobs = head.cjm_jobs();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].1, "RUNNING", "{jobs:?}");
+    // The environment came through the registration, the runtime_env through Ray.
+    let env = |name: &str| Call::new(vec![json!("env")]).kwarg("name", json!(name));
+    let v = m.execute("onray", env("CJM_RAY_TEST")).await.unwrap().value;
+    assert_eq!(v, json!("from-the-registration"));
+    let v = m.execute("onray", env("FROM_RAY")).await.unwrap().value;
+    assert_eq!(v, json!("runtime-env"));
+    // Streams.
+    let mut stream = m
+        .execute_stream("onray", Call::new(vec![]).kwarg("n", json!(3)))
+        .await
+        .unwrap();
+    let mut chunks = Vec::new();
+    while let Some(c) = stream.next().await {
+        chunks.push(c.unwrap());
+    }
+    assert_eq!(
+        chunks,
+        vec![json!({"i": 0}), json!({"i": 1}), json!({"i": 2})]
+    );
+
+    // The worker dies: Ray reports the job failed, the supervisor places a new one.
+    cjm_sys::signal::kill(pid, libc::SIGKILL);
+    m.wait_for_state("onray", Duration::from_secs(120), |st| {
+        st != PluginState::Ready
+    })
+    .await
+    .expect("the host noticed the job ended");
+    m.wait_for_state("onray", Duration::from_secs(240), |st| {
+        st == PluginState::Ready
+    })
+    .await
+    .expect("restarted on Ray");
+    let again = pid_of(
+        &m.execute("onray", Call::new(vec![json!("pid")]))
+            .await
+            .unwrap()
+            .value,
+    );
+    assert_ne!(again, pid);
+    assert!(descends_from(again, head.child.id()));
+    let stats = m.stats("onray").await.unwrap();
+    assert!(stats.restarts >= 1, "{stats:?}");
+    assert!(
+        stats
+            .last_exit
+            .as_deref()
+            .unwrap_or_default()
+            .contains("Ray job"),
+        "{stats:?}"
+    );
+    // The dead job was deleted; only the new one runs.
+    let jobs = head.cjm_jobs();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].1, "RUNNING", "{jobs:?}");
+    // Its log reached the plugin's log.
+    let logs = m.logs("onray", 200).unwrap().join("\n");
+    assert!(logs.contains("registered with the host"), "{logs}");
+
+    // A job that cannot start fails the load with Ray's account of it, and leaves no job.
+    let e = m.load("broken", None).await.unwrap_err();
+    assert!(e.message.contains("before its worker registered"), "{e}");
+    assert!(e.message.contains("/nonexistent/cjm-worker"), "{e}");
+    // The other plugin was not disturbed.
+    assert_eq!(
+        pid_of(
+            &m.execute("onray", Call::new(vec![json!("pid")]))
+                .await
+                .unwrap()
+                .value
+        ),
+        again
+    );
+
+    // Unloading stops the job and deletes it: nothing of cjm is left on the cluster.
+    m.unload("onray").await.unwrap();
+    assert!(
+        common::wait_gone(&[again], Duration::from_secs(60)).is_empty(),
+        "the worker outlived its unload"
+    );
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let jobs = head.cjm_jobs();
+        if jobs.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < until, "jobs left on the cluster: {jobs:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_reachable_cluster_a_ray_plugin_fails_clearly() {
+    let s = Scratch::new();
+    s.worker_manifest("onray", json!({"execution_mode": "ray"}));
+    // No cluster configured: a config error saying how to give one.
+    let m = s.manager();
+    assert_eq!(m.discover(), 1, "{:?}", m.invalid_manifests());
+    let e = m.load("onray", None).await.unwrap_err();
+    assert_eq!(e.category, ErrorCategory::Config, "{e}");
+    assert!(e.message.contains("--ray-address"), "{e}");
+    // A cluster nobody answers at: transient, naming the address.
+    let port = free_port();
+    let m = PluginManager::builder()
+        .search_paths([s.manifests()])
+        .data_dir(s.data())
+        .ray(RayCluster::new(format!("http://127.0.0.1:{port}")))
+        .build()
+        .unwrap();
+    m.discover();
+    let e = m.load("onray", None).await.unwrap_err();
+    assert_eq!(e.category, ErrorCategory::Transient, "{e}");
+    assert!(e.message.contains(&format!("127.0.0.1:{port}")), "{e}");
+    // Not an address of a job server at all.
+    let m = PluginManager::builder()
+        .search_paths([s.manifests()])
+        .data_dir(s.data())
+        .ray(RayCluster::new("ray://head:10001"))
+        .build()
+        .unwrap();
+    m.discover();
+    let e = m.load("onray", None).await.unwrap_err();
+    assert_eq!(e.category, ErrorCategory::Config, "{e}");
+    assert!(e.message.contains("ray://head:10001"), "{e}");
+    assert!(!m.is_loaded("onray"));
+}
