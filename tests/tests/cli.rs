@@ -2,24 +2,13 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use common::Scratch;
 use serde_json::{json, Value};
 
-fn cjm_bin() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_host-test-worker")).with_file_name("cjm");
-    assert!(
-        p.is_file(),
-        "{} is not built: run `cargo build -p cjm` (cargo xtask test does)",
-        p.display()
-    );
-    p
-}
-
 fn cjm(s: &Scratch, args: &[&str]) -> Output {
-    Command::new(cjm_bin())
+    Command::new(common::cjm_bin())
         .arg("--search-path")
         .arg(s.manifests())
         .arg("--data-dir")
@@ -310,7 +299,7 @@ fn a_call_creates_no_config_directory() {
 /// `cjm args`, killed (and the test failed) if it runs past a minute: for commands that used to
 /// hang.
 fn cjm_bounded(s: &Scratch, args: &[String]) -> Output {
-    let child = Command::new(cjm_bin())
+    let child = Command::new(common::cjm_bin())
         .arg("--search-path")
         .arg(s.manifests())
         .arg("--data-dir")
@@ -418,7 +407,7 @@ fn ui_off_loopback_needs_a_token_and_keeps_the_host_guard() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = Command::new(cjm_bin())
+    let mut child = Command::new(common::cjm_bin())
         .arg("--search-path")
         .arg(s.manifests())
         .arg("--data-dir")
@@ -487,7 +476,7 @@ fn a_call_works_in_a_read_only_data_dir() {
     }
     let out = Command::new(setpriv)
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(cjm_bin())
+        .arg(common::cjm_bin())
         .arg("--search-path")
         .arg(s.manifests())
         .arg("--data-dir")
@@ -617,7 +606,7 @@ fn new_scaffolds_a_worker_that_builds_and_answers() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(dir.join(".cjm/manifests/greeter.json").is_file());
     // Build it offline into the workspace's target dir (shared, so only the crate compiles).
-    let target = cjm_bin()
+    let target = common::cjm_bin()
         .parent()
         .and_then(|p| p.parent())
         .unwrap()
@@ -632,7 +621,7 @@ fn new_scaffolds_a_worker_that_builds_and_answers() {
     // The manifest names target/debug/greeter relative to the crate, as a plain build puts it.
     std::os::unix::fs::symlink(&target, dir.join("target")).unwrap();
     let run = |args: &[&str]| {
-        Command::new(cjm_bin())
+        Command::new(common::cjm_bin())
             .current_dir(&dir)
             .arg("--data-dir")
             .arg(s.data())

@@ -11,16 +11,6 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
 
-fn cjm_bin() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_host-test-worker")).with_file_name("cjm");
-    assert!(
-        p.is_file(),
-        "{} is not built: run `cargo build -p cjm` (cargo xtask test does)",
-        p.display()
-    );
-    p
-}
-
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crates/cjm-core/tests/fixtures/cjm-ctl-0046")
 }
@@ -52,7 +42,7 @@ impl Project {
     }
 
     fn cjm(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new(cjm_bin())
+        let mut child = Command::new(common::cjm_bin())
             .current_dir(self.dir.path())
             .arg("--data-dir")
             .arg(self.data())
@@ -245,7 +235,7 @@ fn a_secret_typed_at_a_terminal_prompt_is_never_echoed() {
     let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/pty_answer.py");
     let out = Command::new(&python)
         .arg(driver)
-        .arg(cjm_bin())
+        .arg(common::cjm_bin())
         .arg("--data-dir")
         .arg(p.data())
         .args(["secret", "set", "cjm-text-plugin-nltk", "NLTK_PROXY_TOKEN"])

@@ -289,6 +289,35 @@ async fn a_worker_placed_on_ray_is_called_restarted_and_leaves_nothing_on_the_cl
         again
     );
 
+    // The command line places it the same way (`--ray-address`), in a host of its own, and
+    // leaves no job behind when it exits.
+    let out = Command::new(common::cjm_bin())
+        .arg("--search-path")
+        .arg(s.manifests())
+        .arg("--data-dir")
+        .arg(s.data())
+        .args(["--ray-address", &head.url(), "call", "onray", "--args"])
+        .arg(r#"["env"]"#)
+        .args(["--kwargs", r#"{"name": "FROM_RAY"}"#])
+        .env_remove("CJM_HOST")
+        .output()
+        .expect("run cjm");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#""runtime-env""#);
+    let until = Instant::now() + Duration::from_secs(60);
+    while head.cjm_jobs().len() != 1 {
+        assert!(
+            Instant::now() < until,
+            "the CLI's job is left: {:?}",
+            head.cjm_jobs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // Unloading stops the job and deletes it: nothing of cjm is left on the cluster.
     m.unload("onray").await.unwrap();
     assert!(

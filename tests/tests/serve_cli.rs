@@ -5,7 +5,6 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -15,18 +14,8 @@ use cjm_tests::process::{sigterm, wait_child, wait_exit_of};
 use common::Scratch;
 use serde_json::{json, Value};
 
-fn cjm_bin() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_host-test-worker")).with_file_name("cjm");
-    assert!(
-        p.is_file(),
-        "{} is not built: run `cargo build -p cjm` (cargo xtask test does)",
-        p.display()
-    );
-    p
-}
-
 fn base(s: &Scratch) -> Command {
-    let mut c = Command::new(cjm_bin());
+    let mut c = Command::new(common::cjm_bin());
     c.arg("--search-path")
         .arg(s.manifests())
         .arg("--data-dir")

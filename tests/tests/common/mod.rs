@@ -12,6 +12,17 @@ pub(crate) fn worker_bin() -> &'static str {
     env!("CARGO_BIN_EXE_host-test-worker")
 }
 
+/// The `cjm` command, built beside the test worker.
+pub(crate) fn cjm_bin() -> PathBuf {
+    let p = PathBuf::from(worker_bin()).with_file_name("cjm");
+    assert!(
+        p.is_file(),
+        "{} is not built: run `cargo build -p cjm` (cargo xtask test does)",
+        p.display()
+    );
+    p
+}
+
 /// A scratch directory with `manifests/` and a data dir.
 pub(crate) struct Scratch {
     pub dir: tempfile::TempDir,

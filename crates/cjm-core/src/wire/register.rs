@@ -3,7 +3,8 @@
 //! registration endpoint (the worker pins the endpoint's certificate by its SHA-256), with a
 //! one-time token. The host answers with what the worker serves with: a TLS certificate for
 //! its address, the bearer token every call will carry, and the plugin's secrets. None of
-//! these travel through the cluster's job API. PROTOCOL.md §10 is the contract.
+//! these travel through the cluster's job API. PROTOCOL.md §1 ("Workers placed on a Ray cluster") is
+//! the contract.
 
 use std::collections::BTreeMap;
 

@@ -175,13 +175,14 @@ async fn place(spec: &LaunchSpec, seq: u64) -> Result<Launched, PluginError> {
             .into_iter()
             .collect();
     let body = submission(m, &id, &entrypoint);
-    api.submit(&body).await?;
-    tracing::info!(plugin = %m.name, job = %id, cluster = %api.address(), "submitted the worker to Ray");
-    // From here a job exists: if this start fails or is dropped, the guard stops and deletes it.
+    // From the moment the submission is sent a job may exist: if this start fails or is
+    // dropped, the guard stops and deletes it (a job Ray never made is a 404, which is fine).
     let mut guard = JobGuard {
         api: Some(Arc::clone(&api)),
         id: id.clone(),
     };
+    api.submit(&body).await?;
+    tracing::info!(plugin = %m.name, job = %id, cluster = %api.address(), "submitted the worker to Ray");
     let deadline = Instant::now() + m.startup_timeout();
     let registered = tokio::select! {
         r = registrar.accept(env) => r?,
