@@ -307,7 +307,10 @@ async fn a_worker_placed_on_ray_is_called_restarted_and_leaves_nothing_on_the_cl
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#""runtime-env""#);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#""runtime-env""#
+    );
     let until = Instant::now() + Duration::from_secs(60);
     while head.cjm_jobs().len() != 1 {
         assert!(
