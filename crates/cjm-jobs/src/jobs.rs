@@ -1,0 +1,816 @@
+//! The jobs layer over a [`PluginManager`]: submission (journaled before it is accepted),
+//! admission in lanes, the run of each job (retries, progress, cancel phases), waiting and
+//! watching, and recovery from the journal at open.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use cjm_core::{ErrorCategory, PluginError};
+use cjm_host::{CallOptions, PluginManager};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{Bus, CancelPhase, JobEvent, JobEventKind, Subscription};
+use crate::job::{now_ms, Job, JobCall, JobId, JobOptions, JobState};
+use crate::journal::{Journal, JournalError, Row};
+
+/// Why a jobs operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// The journal could not be opened.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The journal cannot be written: new submissions are refused.
+    #[error("the job journal cannot be written ({0}); no new job is accepted")]
+    JournalUnavailable(String),
+    /// No plugin of that name is discovered or loaded.
+    #[error("no plugin `{0}` to run a job on")]
+    UnknownTarget(String),
+    /// No job with that id (never submitted, or past retention).
+    #[error("no job `{0}`")]
+    NotFound(String),
+    /// A malformed request.
+    #[error("{0}")]
+    Invalid(String),
+    /// The jobs layer is shut down.
+    #[error("the jobs layer is shut down")]
+    Closed,
+}
+
+/// Which jobs [`Jobs::list`] returns (newest first).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only in this state.
+    pub state: Option<JobState>,
+    /// Only on this plugin.
+    pub target: Option<String>,
+    /// At most this many (default 100).
+    pub limit: Option<usize>,
+}
+
+/// How the jobs layer runs; see [`Jobs::builder`].
+#[derive(Debug, Clone)]
+pub struct JobsBuilder {
+    max_in_flight: usize,
+    per_target: usize,
+    cancel_grace: Duration,
+    retry_base: Duration,
+    retry_max: Duration,
+    keep_jobs: usize,
+    keep_for: Duration,
+    journal: Option<PathBuf>,
+}
+
+impl Default for JobsBuilder {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 4,
+            per_target: 1,
+            cancel_grace: Duration::from_secs(5),
+            retry_base: Duration::from_millis(500),
+            retry_max: Duration::from_secs(30),
+            keep_jobs: 10_000,
+            keep_for: Duration::from_secs(7 * 24 * 3600),
+            journal: None,
+        }
+    }
+}
+
+impl JobsBuilder {
+    /// At most `n` jobs run at once (default 4; at least 1).
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// At most `n` jobs run at once on one plugin (default 1; at least 1).
+    pub fn per_target(mut self, n: usize) -> Self {
+        self.per_target = n.max(1);
+        self
+    }
+
+    /// How long a running job has to stop after a cooperative cancel before its call is
+    /// abandoned and its worker respawned (default 5 s).
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
+        self
+    }
+
+    /// Backoff between retries: `base` doubling up to `max` (default 0.5 s, 30 s).
+    pub fn retry_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.retry_base = base;
+        self.retry_max = max.max(base);
+        self
+    }
+
+    /// Keeps at most `jobs` finished jobs, none older than `age` (default 10 000, 7 days):
+    /// older ones leave memory and the journal.
+    pub fn retention(mut self, jobs: usize, age: Duration) -> Self {
+        self.keep_jobs = jobs;
+        self.keep_for = age;
+        self
+    }
+
+    /// The journal's file (default `<data_dir>/journal.db`).
+    pub fn journal(mut self, path: impl Into<PathBuf>) -> Self {
+        self.journal = Some(path.into());
+        self
+    }
+
+    /// Opens the journal, rebuilds the jobs from it, and starts running: queued jobs resume;
+    /// jobs that were running when the last host died are marked `interrupted`, or queued
+    /// again when they have an idempotency key. Call inside a Tokio runtime.
+    pub fn open(self, manager: PluginManager) -> Result<Jobs, JobError> {
+        let path = self
+            .journal
+            .clone()
+            .unwrap_or_else(|| manager.data_dir().join("journal.db"));
+        let (journal, replay) = Journal::open(&path)?;
+        if replay.unreadable > 0 {
+            tracing::warn!(rows = replay.unreadable, path = %path.display(), "unreadable job-journal rows were skipped");
+        }
+        let inner = Arc::new(Inner {
+            manager,
+            journal,
+            bus: Bus::default(),
+            opts: self,
+            closed: AtomicBool::new(false),
+            state: Mutex::new(State {
+                seq: replay.last_seq,
+                ..State::default()
+            }),
+        });
+        inner.recover(replay.events);
+        Ok(Jobs { inner })
+    }
+}
+
+/// The jobs of one host. Cheap to clone.
+#[derive(Clone)]
+pub struct Jobs {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Jobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jobs")
+            .field("journal", &self.inner.journal.path())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    manager: PluginManager,
+    journal: Journal,
+    bus: Bus,
+    opts: JobsBuilder,
+    closed: AtomicBool,
+    state: Mutex<State>,
+}
+
+/// A queued job's place: higher priority first, then earlier submission.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Pending {
+    neg_priority: i64,
+    order: u64,
+    id: JobId,
+}
+
+struct Running {
+    target: String,
+    cancel: CancellationToken,
+    task: Option<tokio::task::AbortHandle>,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: HashMap<JobId, Job>,
+    pending: BTreeSet<Pending>,
+    places: HashMap<JobId, Pending>,
+    running: HashMap<JobId, Running>,
+    per_target: HashMap<String, usize>,
+    finished: VecDeque<(u64, JobId)>,
+    by_key: HashMap<String, JobId>,
+    waiters: HashMap<JobId, Vec<oneshot::Sender<Job>>>,
+    watched_targets: HashSet<String>,
+    seq: u64,
+}
+
+/// How often a running job's progress is read from its worker.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// The longest idempotency key accepted.
+const MAX_KEY: usize = 256;
+
+impl Jobs {
+    /// The default configuration, to adjust before [`JobsBuilder::open`].
+    pub fn builder() -> JobsBuilder {
+        JobsBuilder::default()
+    }
+
+    /// Opens the jobs layer of `manager` with the default configuration.
+    pub fn open(manager: PluginManager) -> Result<Self, JobError> {
+        JobsBuilder::default().open(manager)
+    }
+
+    /// The manager the jobs run on.
+    pub fn manager(&self) -> &PluginManager {
+        &self.inner.manager
+    }
+
+    /// Submits a job; its id once the submission is in the journal. The same idempotency key
+    /// as a job that is queued, running or succeeded returns that job's id.
+    pub async fn submit(
+        &self,
+        target: &str,
+        call: JobCall,
+        options: JobOptions,
+    ) -> Result<JobId, JobError> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::SeqCst) {
+            return Err(JobError::Closed);
+        }
+        let m = &inner.manager;
+        if m.discovered_manifest(target).is_none() && !m.is_loaded(target) {
+            return Err(JobError::UnknownTarget(target.to_owned()));
+        }
+        if let Some(k) = &options.idempotency_key {
+            if k.is_empty() || k.len() > MAX_KEY {
+                return Err(JobError::Invalid(format!(
+                    "an idempotency key has 1 to {MAX_KEY} bytes, not {}",
+                    k.len()
+                )));
+            }
+        }
+        let (ev, durable) = {
+            let mut st = inner.lock();
+            if let Some(k) = &options.idempotency_key {
+                if let Some(id) = st.by_key.get(k) {
+                    let reusable = st.jobs.get(id).is_none_or(|j| {
+                        !matches!(
+                            j.state,
+                            JobState::Failed | JobState::Cancelled | JobState::Interrupted
+                        )
+                    });
+                    if reusable {
+                        return Ok(id.clone());
+                    }
+                }
+            }
+            if let Some(why) = inner.journal.broken() {
+                return Err(JobError::JournalUnavailable(why));
+            }
+            let id = JobId::generate();
+            st.seq += 1;
+            let ev = JobEvent {
+                seq: st.seq,
+                at_ms: now_ms(),
+                job: id.clone(),
+                kind: JobEventKind::Submitted {
+                    target: target.to_owned(),
+                    call: call.clone(),
+                    options: options.clone(),
+                },
+            };
+            if let Some(k) = &options.idempotency_key {
+                st.by_key.insert(k.clone(), id.clone());
+            }
+            let durable = inner.journal.append_durable(vec![Row::of(&ev)]);
+            (ev, durable)
+        };
+        let written = match durable.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(why),
+            Err(_) => Err("its writer is gone".to_owned()),
+        };
+        let mut st = inner.lock();
+        if let Err(why) = written {
+            if let Some(k) = &options.idempotency_key {
+                if st.by_key.get(k) == Some(&ev.job) {
+                    st.by_key.remove(k);
+                }
+            }
+            return Err(JobError::JournalUnavailable(why));
+        }
+        let id = ev.job.clone();
+        let job = Job::submitted(id.clone(), ev.at_ms, target.to_owned(), call, options);
+        st.jobs.insert(id.clone(), job);
+        inner.enqueue(&mut st, &id, ev.seq);
+        inner.bus.publish(&ev);
+        inner.pump(&mut st);
+        Ok(id)
+    }
+
+    /// The job as it stands.
+    pub fn get(&self, id: &JobId) -> Option<Job> {
+        self.inner.lock().jobs.get(id).cloned()
+    }
+
+    /// Jobs, newest first.
+    pub fn list(&self, filter: &JobFilter) -> Vec<Job> {
+        let st = self.inner.lock();
+        let mut out: Vec<Job> = st
+            .jobs
+            .values()
+            .filter(|j| filter.state.is_none_or(|s| j.state == s))
+            .filter(|j| filter.target.as_ref().is_none_or(|t| *t == j.target))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| b.id.cmp(&a.id));
+        out.truncate(filter.limit.unwrap_or(100));
+        out
+    }
+
+    /// Cancels a job: a queued one leaves the queue at once; a running one is asked to stop
+    /// (cooperative), then abandoned with its worker respawned after the grace period
+    /// (forced); each phase is an event. Returns the state right after the request.
+    pub fn cancel(&self, id: &JobId) -> Result<JobState, JobError> {
+        let inner = &self.inner;
+        let mut st = inner.lock();
+        let state = st
+            .jobs
+            .get(id)
+            .map(|j| j.state)
+            .ok_or_else(|| JobError::NotFound(id.to_string()))?;
+        match state {
+            JobState::Queued => {
+                if let Some(p) = st.places.remove(id) {
+                    st.pending.remove(&p);
+                }
+                inner.emit(&mut st, id, JobEventKind::Cancelled);
+                Ok(JobState::Cancelled)
+            }
+            JobState::Running => {
+                if let Some(r) = st.running.get(id) {
+                    r.cancel.cancel();
+                }
+                Ok(JobState::Running)
+            }
+            done => Ok(done),
+        }
+    }
+
+    /// Waits until the job has ended.
+    pub async fn wait(&self, id: &JobId) -> Result<Job, JobError> {
+        let rx = {
+            let mut st = self.inner.lock();
+            let job = st
+                .jobs
+                .get(id)
+                .ok_or_else(|| JobError::NotFound(id.to_string()))?;
+            if job.state.is_terminal() {
+                return Ok(job.clone());
+            }
+            let (tx, rx) = oneshot::channel();
+            st.waiters.entry(id.clone()).or_default().push(tx);
+            rx
+        };
+        rx.await.map_err(|_| JobError::Closed)
+    }
+
+    /// Every event from now on, or one job's.
+    pub fn watch(&self, job: Option<JobId>) -> Subscription {
+        self.inner.bus.subscribe(job)
+    }
+
+    /// Stops running jobs: running ones are marked `interrupted` (their calls are dropped, so
+    /// their workers are told to cancel), queued ones stay queued in the journal for the next
+    /// host. No submission is accepted afterwards.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.closed.store(true, Ordering::SeqCst);
+        {
+            let mut st = inner.lock();
+            let running: Vec<(JobId, Running)> = st.running.drain().collect();
+            for (id, r) in running {
+                if let Some(t) = r.task {
+                    t.abort();
+                }
+                inner.emit(
+                    &mut st,
+                    &id,
+                    JobEventKind::Interrupted {
+                        reason: "the host shut down while it ran".into(),
+                    },
+                );
+            }
+            st.per_target.clear();
+        }
+        inner.journal.flush().await;
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records, applies and publishes one event of a job.
+    fn emit(&self, st: &mut State, id: &JobId, kind: JobEventKind) -> JobEvent {
+        st.seq += 1;
+        let ev = JobEvent {
+            seq: st.seq,
+            at_ms: now_ms(),
+            job: id.clone(),
+            kind,
+        };
+        self.journal.append(vec![Row::of(&ev)]);
+        if let Some(job) = st.jobs.get_mut(id) {
+            job.apply(ev.at_ms, &ev.kind);
+            if ev.kind.is_terminal() {
+                let snapshot = job.clone();
+                st.finished.push_back((ev.at_ms, id.clone()));
+                for w in st.waiters.remove(id).unwrap_or_default() {
+                    let _ = w.send(snapshot.clone());
+                }
+                self.retain(st);
+            }
+        }
+        self.bus.publish(&ev);
+        ev
+    }
+
+    fn enqueue(&self, st: &mut State, id: &JobId, order: u64) {
+        let Some(job) = st.jobs.get(id) else { return };
+        let p = Pending {
+            neg_priority: -i64::from(job.options.priority),
+            order,
+            id: id.clone(),
+        };
+        st.places.insert(id.clone(), p.clone());
+        st.pending.insert(p);
+    }
+
+    /// Forgets finished jobs past retention, in memory and in the journal.
+    fn retain(&self, st: &mut State) {
+        let oldest_kept = now_ms().saturating_sub(self.opts.keep_for.as_millis() as u64);
+        let mut gone = Vec::new();
+        while let Some((at, _)) = st.finished.front() {
+            if st.finished.len() <= self.opts.keep_jobs && *at >= oldest_kept {
+                break;
+            }
+            if let Some((_, id)) = st.finished.pop_front() {
+                if let Some(job) = st.jobs.remove(&id) {
+                    if let Some(k) = &job.options.idempotency_key {
+                        if st.by_key.get(k) == Some(&id) {
+                            st.by_key.remove(k);
+                        }
+                    }
+                }
+                gone.push(id);
+            }
+        }
+        self.journal.forget(gone);
+    }
+
+    /// Starts every queued job a lane admits: highest priority first, skipping (never
+    /// waiting on) jobs whose plugin is at its cap.
+    fn pump(self: &Arc<Self>, st: &mut State) {
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let now = now_ms();
+        let mut start = Vec::new();
+        let mut expired = Vec::new();
+        let mut planned: HashMap<&str, usize> = HashMap::new();
+        for p in &st.pending {
+            if st.running.len() + start.len() >= self.opts.max_in_flight {
+                break;
+            }
+            let Some(job) = st.jobs.get(&p.id) else {
+                continue;
+            };
+            if job.options.deadline_ms.is_some_and(|d| d <= now) {
+                expired.push(p.clone());
+                continue;
+            }
+            let busy = st.per_target.get(&job.target).copied().unwrap_or(0)
+                + planned.get(job.target.as_str()).copied().unwrap_or(0);
+            if busy >= self.opts.per_target {
+                continue;
+            }
+            *planned.entry(job.target.as_str()).or_default() += 1;
+            start.push(p.clone());
+        }
+        for p in expired {
+            st.pending.remove(&p);
+            st.places.remove(&p.id);
+            self.emit(
+                st,
+                &p.id,
+                JobEventKind::Failed {
+                    error: PluginError::timeout("the job's deadline passed before it started"),
+                },
+            );
+        }
+        for p in start {
+            st.pending.remove(&p);
+            st.places.remove(&p.id);
+            let Some(job) = st.jobs.get(&p.id).cloned() else {
+                continue;
+            };
+            *st.per_target.entry(job.target.clone()).or_default() += 1;
+            let in_flight = st.running.len() + 1;
+            self.emit(st, &p.id, JobEventKind::Admitted { in_flight });
+            let cancel = CancellationToken::new();
+            let task = tokio::spawn(Arc::clone(self).run(job.clone(), cancel.clone()));
+            st.running.insert(
+                p.id.clone(),
+                Running {
+                    target: job.target.clone(),
+                    cancel,
+                    task: Some(task.abort_handle()),
+                },
+            );
+            self.watch_worker(st, &job.target);
+        }
+    }
+
+    /// Journals the state changes of a plugin's worker (spawned, ready, crashed, …) from its
+    /// first job on.
+    fn watch_worker(self: &Arc<Self>, st: &mut State, target: &str) {
+        if !st.watched_targets.insert(target.to_owned()) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let target = target.to_owned();
+        tokio::spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let Some(mut rx) = inner.manager.watch_state(&target) else {
+                    // Not loaded yet: look again shortly (the job loads it).
+                    drop(inner);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                let state = *rx.borrow_and_update();
+                inner.worker_record(&target, state.to_string());
+                drop(inner);
+                if rx.changed().await.is_err() {
+                    // Unloaded: watch the next load.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+    }
+
+    fn worker_record(&self, target: &str, state: String) {
+        let mut st = self.lock();
+        st.seq += 1;
+        let body = serde_json::json!({"target": target, "state": state, "pid": self.manager.pid(target)});
+        self.journal.append(vec![Row {
+            seq: st.seq,
+            at_ms: now_ms(),
+            job: None,
+            kind: "worker",
+            body: body.to_string(),
+        }]);
+    }
+
+    /// Ends a running job with `kind` and admits what can run next.
+    fn finish(self: &Arc<Self>, id: &JobId, kind: JobEventKind) {
+        let mut st = self.lock();
+        let Some(r) = st.running.remove(id) else {
+            return; // shut down meanwhile: already marked interrupted
+        };
+        if let Some(n) = st.per_target.get_mut(&r.target) {
+            *n = n.saturating_sub(1);
+        }
+        self.emit(&mut st, id, kind);
+        self.pump(&mut st);
+    }
+
+    fn event(self: &Arc<Self>, id: &JobId, kind: JobEventKind) {
+        let mut st = self.lock();
+        if st.running.contains_key(id) {
+            self.emit(&mut st, id, kind);
+        }
+    }
+
+    async fn run(self: Arc<Self>, job: Job, cancel: CancellationToken) {
+        let outcome = self.attempts(&job, &cancel).await;
+        self.finish(&job.id, outcome);
+    }
+
+    /// Runs the job's attempts; the terminal event.
+    async fn attempts(self: &Arc<Self>, job: &Job, cancel: &CancellationToken) -> JobEventKind {
+        let mut attempt = job.attempts;
+        loop {
+            attempt += 1;
+            self.event(&job.id, JobEventKind::Started { attempt });
+            let result = match self.attempt(job, cancel).await {
+                Attempt::Done(r) => r,
+                Attempt::Cancelled => return JobEventKind::Cancelled,
+            };
+            let error = match result {
+                Ok(value) => return JobEventKind::Succeeded { result: value },
+                Err(e) => e,
+            };
+            if !error.retriable || attempt > job.options.retries {
+                return JobEventKind::Failed { error };
+            }
+            let after = self
+                .opts
+                .retry_base
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(self.opts.retry_max);
+            self.event(
+                &job.id,
+                JobEventKind::Retrying {
+                    attempt,
+                    error,
+                    after_ms: after.as_millis() as u64,
+                },
+            );
+            tokio::select! {
+                () = tokio::time::sleep(after) => {}
+                () = cancel.cancelled() => return JobEventKind::Cancelled,
+            }
+        }
+    }
+
+    async fn attempt(self: &Arc<Self>, job: &Job, cancel: &CancellationToken) -> Attempt {
+        let m = &self.manager;
+        let target = job.target.as_str();
+        let timeout = job
+            .options
+            .deadline_ms
+            .map(|d| Duration::from_millis(d.saturating_sub(now_ms())));
+        if timeout == Some(Duration::ZERO) {
+            return Attempt::Done(Err(PluginError::timeout("the job's deadline passed")));
+        }
+        let mut opts = CallOptions::new().priority(job.options.priority);
+        if let Some(t) = timeout {
+            opts = opts.timeout(t);
+        }
+        let call = job.call.to_call();
+        let exec = async {
+            if !m.is_loaded(target) {
+                if let Err(e) = m.load(target, None).await {
+                    if !m.is_loaded(target) {
+                        return Err(e);
+                    }
+                }
+            }
+            m.execute_with(target, call, opts).await.map(|o| o.value)
+        };
+        let mut exec = std::pin::pin!(exec);
+        let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last: Option<(f64, String)> = None;
+        loop {
+            tokio::select! {
+                r = &mut exec => return Attempt::Done(r),
+                () = cancel.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Ok(p) = m.progress(target).await {
+                        let now = (p.progress, p.message.clone());
+                        if last.as_ref() != Some(&now) && (p.progress > 0.0 || !p.message.is_empty()) {
+                            self.event(&job.id, JobEventKind::Progress {
+                                progress: (p.progress >= 0.0).then_some(p.progress),
+                                message: (!p.message.is_empty()).then_some(p.message),
+                            });
+                        }
+                        last = Some(now);
+                    }
+                }
+            }
+        }
+        // Cancel: ask the worker, give it the grace period, then abandon the call and
+        // respawn the worker.
+        self.event(
+            &job.id,
+            JobEventKind::Cancelling {
+                phase: CancelPhase::Cooperative,
+            },
+        );
+        if let Err(e) = m.cancel(target).await {
+            tracing::debug!(job = %job.id, error = %e, "the cooperative cancel was not delivered");
+        }
+        let stopped = tokio::time::timeout(self.opts.cancel_grace, &mut exec)
+            .await
+            .is_ok();
+        if !stopped {
+            self.event(
+                &job.id,
+                JobEventKind::Cancelling {
+                    phase: CancelPhase::Forced,
+                },
+            );
+            if let Err(e) = m.reload(target, None).await {
+                tracing::warn!(job = %job.id, plugin = target, error = %e, "respawning the worker after a forced cancel failed");
+            }
+        }
+        Attempt::Cancelled
+    }
+
+    /// Rebuilds the jobs from the journal and resumes: see [`JobsBuilder::open`].
+    fn recover(self: &Arc<Self>, events: Vec<JobEvent>) {
+        let mut st = self.lock();
+        let mut order: Vec<JobId> = Vec::new();
+        for ev in events {
+            match &ev.kind {
+                JobEventKind::Submitted {
+                    target,
+                    call,
+                    options,
+                } => {
+                    order.push(ev.job.clone());
+                    st.jobs.insert(
+                        ev.job.clone(),
+                        Job::submitted(
+                            ev.job.clone(),
+                            ev.at_ms,
+                            target.clone(),
+                            call.clone(),
+                            options.clone(),
+                        ),
+                    );
+                }
+                kind => {
+                    if let Some(j) = st.jobs.get_mut(&ev.job) {
+                        j.apply(ev.at_ms, kind);
+                    }
+                }
+            }
+        }
+        let mut finished: Vec<(u64, JobId)> = Vec::new();
+        let (mut resumed, mut interrupted, mut requeued) = (0, 0, 0);
+        for id in order {
+            let Some(job) = st.jobs.get(&id).cloned() else {
+                continue;
+            };
+            if let Some(k) = &job.options.idempotency_key {
+                st.by_key.insert(k.clone(), id.clone());
+            }
+            match job.state {
+                JobState::Queued => {
+                    resumed += 1;
+                    let seq = st.seq;
+                    self.enqueue(&mut st, &id, seq);
+                }
+                JobState::Running if job.options.idempotency_key.is_some() => {
+                    requeued += 1;
+                    self.emit(
+                        &mut st,
+                        &id,
+                        JobEventKind::Requeued {
+                            reason: "its host stopped while it ran; its idempotency key allows \
+                                     running it again"
+                                .into(),
+                        },
+                    );
+                    let seq = st.seq;
+                    self.enqueue(&mut st, &id, seq);
+                }
+                JobState::Running => {
+                    interrupted += 1;
+                    self.emit(
+                        &mut st,
+                        &id,
+                        JobEventKind::Interrupted {
+                            reason: "its host stopped while it ran".into(),
+                        },
+                    );
+                }
+                _ => finished.push((job.finished_ms.unwrap_or(job.submitted_ms), id)),
+            }
+        }
+        finished.sort();
+        let mut all: Vec<(u64, JobId)> = finished;
+        all.extend(st.finished.drain(..));
+        st.finished = all.into();
+        self.retain(&mut st);
+        if resumed + interrupted + requeued > 0 {
+            tracing::info!(
+                resumed,
+                interrupted,
+                requeued,
+                "jobs recovered from the journal"
+            );
+        }
+        self.pump(&mut st);
+    }
+}
+
+enum Attempt {
+    Done(Result<serde_json::Value, PluginError>),
+    Cancelled,
+}
+
+impl From<JobError> for PluginError {
+    fn from(e: JobError) -> Self {
+        let category = match &e {
+            JobError::UnknownTarget(_) | JobError::NotFound(_) => ErrorCategory::NotLoaded,
+            JobError::Invalid(_) => ErrorCategory::UserInput,
+            JobError::Journal(_) | JobError::JournalUnavailable(_) => ErrorCategory::Resource,
+            JobError::Closed => ErrorCategory::Fatal,
+        };
+        PluginError::new(category, e.to_string())
+    }
+}

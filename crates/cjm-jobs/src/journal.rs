@@ -1,0 +1,368 @@
+//! The durable journal: an append-only SQLite database (WAL) of every job event and of the
+//! workers' lives, written by one thread in batched transactions (group commit). A submission
+//! waits until its event is committed; later events are written in order without waiting. An
+//! exclusive lock file keeps a second host off the same journal, so no job runs twice.
+
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+
+use rusqlite::{params, Connection};
+use tokio::sync::oneshot;
+
+use crate::event::{JobEvent, JobEventKind};
+use crate::job::JobId;
+
+/// Why the journal cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the job journal {path}: {reason}")]
+pub struct JournalError {
+    /// The database file.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// One row: a job event, or a record about a worker (`job` absent).
+pub(crate) struct Row {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub job: Option<JobId>,
+    pub kind: &'static str,
+    pub body: String,
+}
+
+impl Row {
+    pub(crate) fn of(ev: &JobEvent) -> Self {
+        Self {
+            seq: ev.seq,
+            at_ms: ev.at_ms,
+            job: Some(ev.job.clone()),
+            kind: ev.kind.name(),
+            body: serde_json::to_string(&ev.kind).unwrap_or_else(|_| "{}".into()),
+        }
+    }
+}
+
+type Ack = oneshot::Sender<Result<(), String>>;
+
+enum Cmd {
+    Append(Vec<Row>, Option<Ack>),
+    Forget(Vec<JobId>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The journal's writer.
+pub(crate) struct Journal {
+    tx: Mutex<Option<mpsc::Sender<Cmd>>>,
+    broken: Arc<Mutex<Option<String>>>,
+    path: PathBuf,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    _lock: std::fs::File,
+}
+
+/// What the journal held at open.
+pub(crate) struct Replay {
+    /// Every job event, in order.
+    pub events: Vec<JobEvent>,
+    /// The highest sequence number in use.
+    pub last_seq: u64,
+    /// Rows that could not be read (skipped).
+    pub unreadable: usize,
+}
+
+/// The most commands one transaction takes.
+const BATCH: usize = 4096;
+
+impl Journal {
+    /// Opens (creating) the journal at `path`, takes its lock, and reads it back.
+    pub(crate) fn open(path: &Path) -> Result<(Self, Replay), JournalError> {
+        let err = |reason: String| JournalError {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let lock_path = path.with_extension("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| err(format!("cannot open {}: {e}", lock_path.display())))?;
+        match fs4::FileExt::try_lock(&lock) {
+            Ok(()) => {}
+            Err(fs4::TryLockError::WouldBlock) => {
+                return Err(err(
+                    "another host has it open (one host per data directory runs jobs)".into(),
+                ))
+            }
+            Err(fs4::TryLockError::Error(e)) => {
+                return Err(err(format!("cannot lock {}: {e}", lock_path.display())))
+            }
+        }
+        let conn = Connection::open(path).map_err(|e| err(e.to_string()))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA busy_timeout = 5000;
+             CREATE TABLE IF NOT EXISTS events (
+                 seq   INTEGER PRIMARY KEY,
+                 at_ms INTEGER NOT NULL,
+                 job   TEXT,
+                 kind  TEXT NOT NULL,
+                 body  TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS events_job ON events(job);",
+        )
+        .map_err(|e| err(e.to_string()))?;
+        let replay = read_back(&conn).map_err(|e| err(e.to_string()))?;
+        let (tx, rx) = mpsc::channel();
+        let broken = Arc::new(Mutex::new(None));
+        let broken2 = Arc::clone(&broken);
+        let thread = std::thread::Builder::new()
+            .name("cjm-journal".into())
+            .spawn(move || writer(conn, rx, broken2))
+            .map_err(|e| err(format!("cannot start its writer: {e}")))?;
+        Ok((
+            Self {
+                tx: Mutex::new(Some(tx)),
+                broken,
+                path: path.to_path_buf(),
+                thread: Mutex::new(Some(thread)),
+                _lock: lock,
+            },
+            replay,
+        ))
+    }
+
+    /// The database file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Why the journal stopped working, if it did.
+    pub(crate) fn broken(&self) -> Option<String> {
+        self.broken.lock().ok().and_then(|g| g.clone())
+    }
+
+    fn send(&self, cmd: Cmd) -> bool {
+        self.tx
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(|tx| tx.send(cmd).is_ok()))
+            .unwrap_or(false)
+    }
+
+    /// Queues rows; they are written in order, without waiting.
+    pub(crate) fn append(&self, rows: Vec<Row>) {
+        if !self.send(Cmd::Append(rows, None)) {
+            tracing::warn!(path = %self.path.display(), "the job journal is closed: events not recorded");
+        }
+    }
+
+    /// Queues rows and returns what resolves once they are committed (or failed).
+    pub(crate) fn append_durable(&self, rows: Vec<Row>) -> oneshot::Receiver<Result<(), String>> {
+        let (ack, rx) = oneshot::channel();
+        if let Some(why) = self.broken() {
+            let _ = ack.send(Err(why));
+        } else if !self.send(Cmd::Append(rows, Some(ack))) {
+            // The sender is dropped with the command: the receiver sees it closed.
+        }
+        rx
+    }
+
+    /// Deletes every record of these jobs (retention).
+    pub(crate) fn forget(&self, jobs: Vec<JobId>) {
+        if !jobs.is_empty() {
+            self.send(Cmd::Forget(jobs));
+        }
+    }
+
+    /// Waits until everything queued so far is written.
+    pub(crate) async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Cmd::Flush(tx)) {
+            let _ = rx.await;
+        }
+    }
+
+    /// Stops the writer after it has written everything queued.
+    pub(crate) fn close(&self) {
+        if let Ok(mut g) = self.tx.lock() {
+            g.take();
+        }
+        if let Some(t) = self.thread.lock().ok().and_then(|mut g| g.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn read_back(conn: &Connection) -> rusqlite::Result<Replay> {
+    let last_seq: u64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
+        r.get::<_, i64>(0).map(|v| v.max(0) as u64)
+    })?;
+    let mut stmt = conn.prepare(
+        "SELECT seq, at_ms, job, body FROM events WHERE job IS NOT NULL ORDER BY seq",
+    )?;
+    let mut events = Vec::new();
+    let mut unreadable = 0;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (seq, at_ms, job, body) = row?;
+        match (
+            JobId::parse(&job),
+            serde_json::from_str::<JobEventKind>(&body),
+        ) {
+            (Some(job), Ok(kind)) => events.push(JobEvent {
+                seq: seq.max(0) as u64,
+                at_ms: at_ms.max(0) as u64,
+                job,
+                kind,
+            }),
+            _ => {
+                unreadable += 1;
+                tracing::warn!(seq, "an unreadable job-journal row was skipped");
+            }
+        }
+    }
+    Ok(Replay {
+        events,
+        last_seq,
+        unreadable,
+    })
+}
+
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Cmd>, broken: Arc<Mutex<Option<String>>>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let result = write(&mut conn, &batch).map_err(|e| e.to_string());
+        if let Err(why) = &result {
+            tracing::error!(error = %why, "the job journal cannot be written");
+            if let Ok(mut g) = broken.lock() {
+                *g = Some(why.clone());
+            }
+        }
+        for cmd in batch {
+            match cmd {
+                Cmd::Append(_, Some(ack)) => {
+                    let _ = ack.send(result.clone());
+                }
+                Cmd::Flush(done) => {
+                    let _ = done.send(());
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn write(conn: &mut Connection, batch: &[Cmd]) -> rusqlite::Result<()> {
+    let t = conn.transaction()?;
+    {
+        let mut insert = t.prepare_cached(
+            "INSERT OR REPLACE INTO events (seq, at_ms, job, kind, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut delete = t.prepare_cached("DELETE FROM events WHERE job = ?1")?;
+        for cmd in batch {
+            match cmd {
+                Cmd::Append(rows, _) => {
+                    for r in rows {
+                        insert.execute(params![
+                            r.seq as i64,
+                            r.at_ms as i64,
+                            r.job.as_ref().map(JobId::as_str),
+                            r.kind,
+                            r.body
+                        ])?;
+                    }
+                }
+                Cmd::Forget(jobs) => {
+                    for j in jobs {
+                        delete.execute(params![j.as_str()])?;
+                    }
+                }
+                Cmd::Flush(_) => {}
+            }
+        }
+    }
+    t.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, job: &JobId) -> JobEvent {
+        JobEvent {
+            seq,
+            at_ms: 7,
+            job: job.clone(),
+            kind: JobEventKind::Started { attempt: 1 },
+        }
+    }
+
+    #[tokio::test]
+    async fn events_survive_a_reopen_and_forget_removes_a_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.db");
+        let (a, b) = (JobId::generate(), JobId::generate());
+        {
+            let (j, replay) = Journal::open(&path).unwrap();
+            assert!(replay.events.is_empty());
+            j.append_durable(vec![Row::of(&event(1, &a))])
+                .await
+                .unwrap()
+                .unwrap();
+            j.append(vec![Row::of(&event(2, &b)), Row::of(&event(3, &a))]);
+            j.append(vec![Row {
+                seq: 4,
+                at_ms: 1,
+                job: None,
+                kind: "worker",
+                body: "{}".into(),
+            }]);
+            // A second host is refused while this one has it.
+            let e = Journal::open(&path).err().unwrap();
+            assert!(e.reason.contains("another host"), "{e}");
+            j.flush().await;
+        }
+        let (j, replay) = Journal::open(&path).unwrap();
+        let seqs: Vec<u64> = replay.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        assert_eq!(replay.last_seq, 4);
+        j.forget(vec![a]);
+        j.flush().await;
+        drop(j);
+        let (_j, replay) = Journal::open(&path).unwrap();
+        assert_eq!(replay.events.len(), 1);
+        assert_eq!(replay.events[0].job, b);
+    }
+
+    #[test]
+    fn a_journal_that_cannot_be_created_says_where() {
+        let e = Journal::open(Path::new("/proc/no/such/journal.db")).err().unwrap();
+        assert!(e.to_string().contains("/proc/no/such"), "{e}");
+    }
+}
