@@ -124,7 +124,10 @@ impl JobEventKind {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            Self::Succeeded { .. } | Self::Failed { .. } | Self::Cancelled | Self::Interrupted { .. }
+            Self::Succeeded { .. }
+                | Self::Failed { .. }
+                | Self::Cancelled
+                | Self::Interrupted { .. }
         )
     }
 }

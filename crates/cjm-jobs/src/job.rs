@@ -16,22 +16,28 @@ use crate::event::{CancelPhase, JobEventKind};
 pub struct JobId(String);
 
 impl JobId {
-    /// A new id.
+    /// A new id: the time in milliseconds, then a counter that starts at a random value in
+    /// each process, so ids of one host sort in submission order.
     pub(crate) fn generate() -> Self {
-        let mut r = [0u8; 4];
-        // Without randomness the time and a counter still order and (in one host) separate.
-        if getrandom::fill(&mut r).is_err() {
-            use std::sync::atomic::{AtomicU32, Ordering};
-            static N: AtomicU32 = AtomicU32::new(0);
-            r = N.fetch_add(1, Ordering::Relaxed).to_be_bytes();
-        }
-        Self(format!("{:012x}{:08x}", now_ms(), u32::from_be_bytes(r)))
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::sync::OnceLock;
+        static COUNTER: OnceLock<AtomicU32> = OnceLock::new();
+        let counter = COUNTER.get_or_init(|| {
+            let mut r = [0u8; 4];
+            let _ = getrandom::fill(&mut r);
+            // The top bit clear: two billion ids before the counter wraps.
+            AtomicU32::new(u32::from_be_bytes(r) >> 1)
+        });
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        Self(format!("{:012x}{n:08x}", now_ms()))
     }
 
     /// Parses an id as printed; `None` for anything else.
     pub fn parse(s: &str) -> Option<Self> {
-        (s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| Self(s.to_owned()))
+        (s.len() == 20
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| Self(s.to_owned()))
     }
 
     /// The id as text.
@@ -338,7 +344,7 @@ mod tests {
     fn ids_are_ordered_parsable_and_unique() {
         let a = JobId::generate();
         let b = JobId::generate();
-        assert_ne!(a, b);
+        assert!(a < b, "{a} then {b}");
         assert_eq!(JobId::parse(a.as_str()), Some(a.clone()));
         assert_eq!(a.as_str().len(), 20);
         for bad in ["", "xyz", "0123456789abcdef012G", "0123456789ABCDEF0123"] {
@@ -348,7 +354,14 @@ mod tests {
 
     #[test]
     fn states_parse_and_print() {
-        for s in ["queued", "running", "succeeded", "failed", "cancelled", "interrupted"] {
+        for s in [
+            "queued",
+            "running",
+            "succeeded",
+            "failed",
+            "cancelled",
+            "interrupted",
+        ] {
             let st: JobState = s.parse().unwrap();
             assert_eq!(st.as_str(), s);
             assert_eq!(st.is_terminal(), !matches!(s, "queued" | "running"));

@@ -134,6 +134,7 @@ impl JobsBuilder {
         }
         let inner = Arc::new(Inner {
             manager,
+            loading: Mutex::new(HashMap::new()),
             journal,
             bus: Bus::default(),
             opts: self,
@@ -164,6 +165,8 @@ impl std::fmt::Debug for Jobs {
 
 struct Inner {
     manager: PluginManager,
+    /// One load at a time per plugin: jobs that find it unloaded wait for the first one's.
+    loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     journal: Journal,
     bus: Bus,
     opts: JobsBuilder,
@@ -378,7 +381,8 @@ impl Jobs {
 
     /// Stops running jobs: running ones are marked `interrupted` (their calls are dropped, so
     /// their workers are told to cancel), queued ones stay queued in the journal for the next
-    /// host. No submission is accepted afterwards.
+    /// host. No submission is accepted afterwards, and the journal is closed (another host may
+    /// open it).
     pub async fn shutdown(&self) {
         let inner = &self.inner;
         inner.closed.store(true, Ordering::SeqCst);
@@ -400,6 +404,8 @@ impl Jobs {
             st.per_target.clear();
         }
         inner.journal.flush().await;
+        let me = Arc::clone(inner);
+        let _ = tokio::task::spawn_blocking(move || me.journal.close()).await;
     }
 }
 
@@ -562,7 +568,8 @@ impl Inner {
     fn worker_record(&self, target: &str, state: String) {
         let mut st = self.lock();
         st.seq += 1;
-        let body = serde_json::json!({"target": target, "state": state, "pid": self.manager.pid(target)});
+        let body =
+            serde_json::json!({"target": target, "state": state, "pid": self.manager.pid(target)});
         self.journal.append(vec![Row {
             seq: st.seq,
             at_ms: now_ms(),
@@ -650,16 +657,11 @@ impl Inner {
         }
         let call = job.call.to_call();
         let exec = async {
-            if !m.is_loaded(target) {
-                if let Err(e) = m.load(target, None).await {
-                    if !m.is_loaded(target) {
-                        return Err(e);
-                    }
-                }
-            }
+            self.ensure_loaded(target).await?;
             m.execute_with(target, call, opts).await.map(|o| o.value)
         };
-        let mut exec = std::pin::pin!(exec);
+        // Boxed so that a forced cancel can drop the call before it respawns the worker.
+        let mut exec = Box::pin(exec);
         let mut tick = tokio::time::interval(PROGRESS_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last: Option<(f64, String)> = None;
@@ -696,6 +698,8 @@ impl Inner {
             .await
             .is_ok();
         if !stopped {
+            // Abandon the call first: a respawn waits for the calls in flight.
+            drop(exec);
             self.event(
                 &job.id,
                 JobEventKind::Cancelling {
@@ -707,6 +711,26 @@ impl Inner {
             }
         }
         Attempt::Cancelled
+    }
+
+    /// Loads `target` (with its saved configuration, else the defaults) unless it is loaded;
+    /// concurrent jobs wait for one load.
+    async fn ensure_loaded(&self, target: &str) -> Result<(), PluginError> {
+        if self.manager.is_loaded(target) {
+            return Ok(());
+        }
+        let gate = {
+            let mut g = self
+                .loading
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(g.entry(target.to_owned()).or_default())
+        };
+        let _one = gate.lock().await;
+        if self.manager.is_loaded(target) {
+            return Ok(());
+        }
+        self.manager.load(target, None).await
     }
 
     /// Rebuilds the jobs from the journal and resumes: see [`JobsBuilder::open`].

@@ -58,7 +58,7 @@ pub(crate) struct Journal {
     broken: Arc<Mutex<Option<String>>>,
     path: PathBuf,
     thread: Mutex<Option<JoinHandle<()>>>,
-    _lock: std::fs::File,
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 /// What the journal held at open.
@@ -132,7 +132,7 @@ impl Journal {
                 broken,
                 path: path.to_path_buf(),
                 thread: Mutex::new(Some(thread)),
-                _lock: lock,
+                lock: Mutex::new(Some(lock)),
             },
             replay,
         ))
@@ -189,13 +189,17 @@ impl Journal {
         }
     }
 
-    /// Stops the writer after it has written everything queued.
+    /// Stops the writer after it has written everything queued, and releases the lock so
+    /// another host may open the journal.
     pub(crate) fn close(&self) {
         if let Ok(mut g) = self.tx.lock() {
             g.take();
         }
         if let Some(t) = self.thread.lock().ok().and_then(|mut g| g.take()) {
             let _ = t.join();
+        }
+        if let Ok(mut g) = self.lock.lock() {
+            g.take();
         }
     }
 }
@@ -210,9 +214,8 @@ fn read_back(conn: &Connection) -> rusqlite::Result<Replay> {
     let last_seq: u64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
         r.get::<_, i64>(0).map(|v| v.max(0) as u64)
     })?;
-    let mut stmt = conn.prepare(
-        "SELECT seq, at_ms, job, body FROM events WHERE job IS NOT NULL ORDER BY seq",
-    )?;
+    let mut stmt = conn
+        .prepare("SELECT seq, at_ms, job, body FROM events WHERE job IS NOT NULL ORDER BY seq")?;
     let mut events = Vec::new();
     let mut unreadable = 0;
     let rows = stmt.query_map([], |r| {
@@ -362,7 +365,9 @@ mod tests {
 
     #[test]
     fn a_journal_that_cannot_be_created_says_where() {
-        let e = Journal::open(Path::new("/proc/no/such/journal.db")).err().unwrap();
+        let e = Journal::open(Path::new("/proc/no/such/journal.db"))
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("/proc/no/such"), "{e}");
     }
 }

@@ -105,6 +105,31 @@ impl Worker for TestWorker {
                 Ok(plain(json!({"slept_ms": ms})))
             }
             "fail" => Err(PluginError::user_input("you asked for a failure")),
+            // Ignores cancellation: sleeps its `ms` whatever the host asks.
+            "stubborn" => {
+                let ms = kw(&call, "ms").as_u64().unwrap_or(60_000);
+                ctx.report_progress(0.5, "ignoring cancels");
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(plain(json!({"slept_ms": ms})))
+            }
+            // Fails with a retriable (transient) error for the first `failures` calls that name
+            // the same `file` (a counter kept in it), then answers the attempt number.
+            "flaky" => {
+                let file = kw(&call, "file").as_str().unwrap_or_default().to_owned();
+                let failures = kw(&call, "failures").as_u64().unwrap_or(1);
+                let n = std::fs::read_to_string(&file)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+                    + 1;
+                std::fs::write(&file, n.to_string())
+                    .map_err(|e| PluginError::fatal(e.to_string()))?;
+                if n <= failures {
+                    Err(PluginError::transient(format!("flaky failure {n}")))
+                } else {
+                    Ok(plain(json!({"attempt": n})))
+                }
+            }
             "exit" => std::process::exit(kw(&call, "code").as_i64().unwrap_or(3) as i32),
             "spawn_child" => {
                 let child = std::process::Command::new("sleep")

@@ -1,0 +1,347 @@
+//! The jobs layer (`cjm-jobs`) with real worker processes: lanes and priorities, cancel in
+//! every phase, retries, events, the journal's history after a reopen, and recovery after the
+//! host was SIGKILLed with jobs queued and running.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use cjm_host::ErrorCategory;
+use cjm_jobs::{
+    CancelPhase, JobCall, JobError, JobEventKind, JobFilter, JobId, JobOptions, JobState, Jobs,
+};
+use common::Scratch;
+use serde_json::json;
+
+fn sleep(ms: u64) -> JobCall {
+    JobCall::new(vec![json!("sleep")]).kwarg("ms", json!(ms))
+}
+
+fn pid() -> JobCall {
+    JobCall::new(vec![json!("pid")])
+}
+
+/// Waits for the first event of `id` that `pred` accepts.
+async fn event_of(
+    events: &mut cjm_jobs::Subscription,
+    id: &JobId,
+    pred: impl Fn(&JobEventKind) -> bool,
+) -> JobEventKind {
+    loop {
+        let e = events.next().await.expect("the bus is open");
+        if &e.job == id && pred(&e.kind) {
+            return e.kind;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_admit_by_priority_and_a_busy_plugin_holds_back_nothing() {
+    let s = Scratch::new();
+    s.worker_manifest("a", json!({}));
+    s.worker_manifest("b", json!({}));
+    let m = s.manager();
+    m.discover();
+    let jobs = Jobs::builder()
+        .max_in_flight(2)
+        .per_target(1)
+        .open(m)
+        .unwrap();
+    let mut events = jobs.watch(None);
+    // `a` is busy with a1; a2..a4 wait behind it, b1 must not.
+    let a1 = jobs
+        .submit("a", sleep(400), JobOptions::new())
+        .await
+        .unwrap();
+    event_of(&mut events, &a1, |k| {
+        matches!(k, JobEventKind::Started { .. })
+    })
+    .await;
+    let a2 = jobs.submit("a", pid(), JobOptions::new()).await.unwrap();
+    let a3 = jobs
+        .submit("a", pid(), JobOptions::new().priority(5))
+        .await
+        .unwrap();
+    let a4 = jobs.submit("a", pid(), JobOptions::new()).await.unwrap();
+    let b1 = jobs.submit("b", pid(), JobOptions::new()).await.unwrap();
+    let done = jobs.wait(&b1).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!(jobs.get(&a1).unwrap().state, JobState::Running);
+    for id in [&a2, &a3, &a4] {
+        assert_eq!(jobs.get(id).unwrap().state, JobState::Queued);
+    }
+    // Then a3 (priority 5), a2, a4 (arrival order), one at a time on `a`.
+    let mut started = Vec::new();
+    while started.len() < 3 {
+        let e = events.next().await.unwrap();
+        if matches!(e.kind, JobEventKind::Started { .. }) && e.job != a1 && e.job != b1 {
+            started.push(e.job);
+        }
+    }
+    assert_eq!(started, vec![a3.clone(), a2.clone(), a4.clone()]);
+    for id in [&a1, &a2, &a3, &a4] {
+        let j = jobs.wait(id).await.unwrap();
+        assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+        assert!(j.finished_ms >= j.started_ms && j.started_ms.unwrap() >= j.submitted_ms);
+    }
+    let pid_a = jobs.get(&a2).unwrap().result.unwrap();
+    assert_eq!(
+        jobs.get(&a4).unwrap().result.unwrap(),
+        pid_a,
+        "one worker for `a`"
+    );
+    let listed = jobs.list(&JobFilter {
+        target: Some("a".into()),
+        ..JobFilter::default()
+    });
+    assert_eq!(listed.len(), 4);
+    assert_eq!(listed[0].id, a4, "newest first");
+    // Unknown plugins are refused at submission.
+    let e = jobs
+        .submit("nope", pid(), JobOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(e, JobError::UnknownTarget("nope".into()));
+    jobs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_in_every_phase() {
+    let s = Scratch::new();
+    s.worker_manifest("w", json!({}));
+    let m = s.manager();
+    m.discover();
+    let jobs = Jobs::builder()
+        .cancel_grace(Duration::from_millis(300))
+        .open(m.clone())
+        .unwrap();
+    let mut events = jobs.watch(None);
+
+    // Running, cooperative: the worker's `sleep` honours the cancel. Its progress report
+    // shows the call is in the worker.
+    let running = jobs
+        .submit("w", sleep(60_000), JobOptions::new())
+        .await
+        .unwrap();
+    let p = event_of(&mut events, &running, |k| {
+        matches!(k, JobEventKind::Progress { .. })
+    })
+    .await;
+    assert_eq!(
+        p,
+        JobEventKind::Progress {
+            progress: Some(0.25),
+            message: Some("sleeping".into())
+        }
+    );
+    assert_eq!(jobs.get(&running).unwrap().progress, Some(0.25));
+    // Queued behind it (one lane per plugin): leaves the queue at once, never starts.
+    let queued = jobs.submit("w", pid(), JobOptions::new()).await.unwrap();
+    assert_eq!(jobs.cancel(&queued).unwrap(), JobState::Cancelled);
+    assert_eq!(jobs.get(&queued).unwrap().attempts, 0);
+    let pid_before = m.pid("w").unwrap();
+    assert_eq!(jobs.cancel(&running).unwrap(), JobState::Running);
+    let j = jobs.wait(&running).await.unwrap();
+    assert_eq!(j.state, JobState::Cancelled);
+    assert_eq!(j.cancel_phase, Some(CancelPhase::Cooperative));
+    assert_eq!(
+        m.pid("w"),
+        Some(pid_before),
+        "a cooperative cancel keeps the worker"
+    );
+
+    // Running, forced: `stubborn` ignores the cancel; after the grace the worker is respawned.
+    let stubborn = JobCall::new(vec![json!("stubborn")]).kwarg("ms", json!(60_000));
+    let forced = jobs.submit("w", stubborn, JobOptions::new()).await.unwrap();
+    // In the worker (it reports progress), then cancelled.
+    event_of(&mut events, &forced, |k| {
+        matches!(k, JobEventKind::Progress { .. })
+    })
+    .await;
+    jobs.cancel(&forced).unwrap();
+    let phases: Vec<CancelPhase> = {
+        let mut v = Vec::new();
+        while v.len() < 2 {
+            if let JobEventKind::Cancelling { phase } = event_of(&mut events, &forced, |k| {
+                matches!(k, JobEventKind::Cancelling { .. })
+            })
+            .await
+            {
+                v.push(phase);
+            }
+        }
+        v
+    };
+    assert_eq!(phases, vec![CancelPhase::Cooperative, CancelPhase::Forced]);
+    let j = jobs.wait(&forced).await.unwrap();
+    assert_eq!(j.state, JobState::Cancelled);
+    assert_eq!(j.cancel_phase, Some(CancelPhase::Forced));
+    let pid_after = m.pid("w").expect("respawned");
+    assert_ne!(pid_after, pid_before);
+    assert!(common::wait_gone(&[pid_before], Duration::from_secs(10)).is_empty());
+    // The lane is free again.
+    let next = jobs.submit("w", pid(), JobOptions::new()).await.unwrap();
+    let j = jobs.wait(&next).await.unwrap();
+    assert_eq!(j.result, Some(json!(pid_after)));
+    // Finished jobs stay as they ended.
+    assert_eq!(jobs.cancel(&next).unwrap(), JobState::Succeeded);
+    let e = jobs
+        .cancel(&JobId::parse("00000000000000000000").unwrap())
+        .unwrap_err();
+    assert!(matches!(e, JobError::NotFound(_)), "{e}");
+    jobs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retriable_failures_are_retried_and_the_rest_fail_typed() {
+    let s = Scratch::new();
+    s.worker_manifest("w", json!({}));
+    let m = s.manager();
+    m.discover();
+    let jobs = Jobs::builder()
+        .retry_backoff(Duration::from_millis(20), Duration::from_millis(50))
+        .open(m)
+        .unwrap();
+    let mut events = jobs.watch(None);
+    let counter = s.dir.path().join("flaky-count");
+    let flaky = JobCall::new(vec![json!("flaky")])
+        .kwarg("file", json!(common::path_str(&counter)))
+        .kwarg("failures", json!(2));
+    let id = jobs
+        .submit("w", flaky.clone(), JobOptions::new().retries(2))
+        .await
+        .unwrap();
+    let j = jobs.wait(&id).await.unwrap();
+    assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+    assert_eq!(j.result, Some(json!({"attempt": 3})));
+    assert_eq!(j.attempts, 3);
+    let mut retries = 0;
+    while let Some(e) = events.try_next() {
+        if e.job == id && matches!(e.kind, JobEventKind::Retrying { .. }) {
+            retries += 1;
+        }
+    }
+    assert_eq!(retries, 2);
+    // Too few retries: the last error, typed.
+    std::fs::remove_file(&counter).unwrap();
+    let id = jobs
+        .submit("w", flaky, JobOptions::new().retries(1))
+        .await
+        .unwrap();
+    let j = jobs.wait(&id).await.unwrap();
+    assert_eq!(j.state, JobState::Failed);
+    let e = j.error.unwrap();
+    assert_eq!(e.category, ErrorCategory::Transient);
+    assert!(e.message.contains("flaky failure 2"), "{e}");
+    // Not retriable: one attempt, whatever the budget.
+    let id = jobs
+        .submit(
+            "w",
+            JobCall::new(vec![json!("fail")]),
+            JobOptions::new().retries(5),
+        )
+        .await
+        .unwrap();
+    let j = jobs.wait(&id).await.unwrap();
+    assert_eq!((j.state, j.attempts), (JobState::Failed, 1));
+    assert_eq!(j.error.unwrap().category, ErrorCategory::UserInput);
+    // A deadline already passed fails before starting.
+    let id = jobs
+        .submit("w", pid(), JobOptions::new().deadline_in(Duration::ZERO))
+        .await
+        .unwrap();
+    let j = jobs.wait(&id).await.unwrap();
+    assert_eq!(j.state, JobState::Failed);
+    assert_eq!(j.error.unwrap().category, ErrorCategory::Timeout);
+    // An idempotency key returns the same job.
+    let a = jobs
+        .submit("w", pid(), JobOptions::new().idempotency_key("k"))
+        .await
+        .unwrap();
+    let b = jobs
+        .submit("w", pid(), JobOptions::new().idempotency_key("k"))
+        .await
+        .unwrap();
+    assert_eq!(a, b);
+    jobs.wait(&a).await.unwrap();
+    jobs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_killed_with_jobs_queued_and_running_loses_none() {
+    let s = Scratch::new();
+    s.worker_manifest("slow", json!({}));
+    let mut host = Command::new(env!("CARGO_BIN_EXE_jobs-harness"))
+        .arg(s.manifests())
+        .arg(s.data())
+        .arg("104")
+        .env("CJM_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the harness host");
+    let mut line = String::new();
+    BufReader::new(host.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "RUNNING");
+    host.kill().unwrap();
+    host.wait().unwrap();
+
+    // A new host on the same data directory: every one of the 104 jobs is accounted for.
+    let m = s.manager();
+    m.discover();
+    let jobs = Jobs::builder()
+        .max_in_flight(4)
+        .per_target(4)
+        .open(m)
+        .unwrap();
+    let all = jobs.list(&JobFilter {
+        limit: Some(1000),
+        ..JobFilter::default()
+    });
+    assert_eq!(all.len(), 104);
+    let count = |st: JobState| all.iter().filter(|j| j.state == st).count();
+    // The two running jobs without a key are interrupted; the two with one run again.
+    assert_eq!(count(JobState::Interrupted), 2, "{all:?}");
+    let interrupted: Vec<_> = all
+        .iter()
+        .filter(|j| j.state == JobState::Interrupted)
+        .collect();
+    for j in &interrupted {
+        assert!(j.options.idempotency_key.is_none());
+        assert_eq!(j.attempts, 1);
+    }
+    assert_eq!(count(JobState::Queued) + count(JobState::Running), 102);
+    assert_eq!(count(JobState::Succeeded) + count(JobState::Failed), 0);
+    let keyed: Vec<_> = all
+        .iter()
+        .filter(|j| j.options.idempotency_key.is_some())
+        .collect();
+    assert_eq!(keyed.len(), 2);
+    for j in keyed {
+        assert!(!j.state.is_terminal(), "{j:?}");
+    }
+    // The journal still refuses a second host while this one runs.
+    let e = Jobs::open(s.manager()).unwrap_err();
+    assert!(e.to_string().contains("another host"), "{e}");
+    jobs.shutdown().await;
+    drop(jobs);
+    // And after a clean shutdown the history reads back the same.
+    let jobs = Jobs::open(s.manager()).unwrap();
+    let again = jobs.list(&JobFilter {
+        limit: Some(1000),
+        ..JobFilter::default()
+    });
+    assert_eq!(again.len(), 104);
+    assert_eq!(
+        again
+            .iter()
+            .filter(|j| j.state == JobState::Interrupted)
+            .count(),
+        6,
+        "the 4 running at the clean shutdown are interrupted too"
+    );
+    jobs.shutdown().await;
+}
