@@ -451,3 +451,77 @@ fn a_secret_set_while_serving_respawns_the_worker_that_uses_it() {
     assert_eq!(call_json(&s, &["call", "t", "--args", r#"["pid"]"#]), other);
     stop(served);
 }
+
+#[test]
+fn jobs_run_in_the_service_and_survive_its_restart() {
+    let s = scratch();
+    let served = serve(&s, &[]);
+    let last_line = |out: &Output| -> String {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).lines().last().unwrap_or_default().trim().to_owned()
+    };
+    // Submit prints the id on its last line; wait prints the result and exits 0.
+    let id = last_line(&cjm(
+        &s,
+        &["jobs", "submit", "t", "--args", r#"["sleep"]"#, "--kwargs", r#"{"ms": 50}"#],
+    ));
+    assert_eq!(id.len(), 20, "{id}");
+    let out = cjm(&s, &["jobs", "wait", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v, json!({"slept_ms": 50}));
+    let shown = call_json(&s, &["jobs", "show", &id, "--json"]);
+    assert_eq!(shown["state"], "succeeded");
+    assert_eq!(shown["attempts"], 1);
+
+    // A long job, cancelled: `wait` exits with the cancelled code (15); `watch` shows its
+    // events up to the end.
+    let long = last_line(&cjm(
+        &s,
+        &["jobs", "submit", "t", "--args", r#"["sleep"]"#, "--kwargs", r#"{"ms": 60000}"#],
+    ));
+    let watch = base(&s)
+        .args(["jobs", "watch", &long])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cancelled = call_json(&s, &["jobs", "cancel", &long, "--json"]);
+    assert!(
+        cancelled["state"] == "running" || cancelled["state"] == "cancelled",
+        "{cancelled}"
+    );
+    let out = cjm(&s, &["jobs", "wait", &long]);
+    assert_eq!(out.status.code(), Some(15), "{}", text(&out.stderr));
+    let watched = watch.wait_with_output().unwrap();
+    let lines: Vec<Value> = text(&watched.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.first().unwrap()["type"], "snapshot");
+    assert_eq!(lines.last().unwrap()["type"], "cancelled", "{lines:?}");
+
+    // Errors are typed: an unknown job (16), an unknown plugin (16), a bad state filter (2).
+    let out = cjm(&s, &["jobs", "show", "00000000000000000000"]);
+    assert_eq!(out.status.code(), Some(16), "{}", text(&out.stderr));
+    let out = cjm(&s, &["jobs", "submit", "nope"]);
+    assert_eq!(out.status.code(), Some(16), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("nope"));
+    let out = cjm(&s, &["jobs", "list", "--state", "done"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("done"), "{}", text(&out.stderr));
+
+    // The history outlives the service: stopped and started again, it lists both jobs.
+    drop(served);
+    let _again = serve(&s, &[]);
+    let listed = call_json(&s, &["jobs", "list", "--json"]);
+    let states: Vec<(&str, &str)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| (j["id"].as_str().unwrap(), j["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![(long.as_str(), "cancelled"), (id.as_str(), "succeeded")]
+    );
+}

@@ -168,12 +168,12 @@ impl Bus {
         let dropped = Arc::new(AtomicU64::new(0));
         if let Ok(mut g) = self.subscribers.lock() {
             g.push(Subscriber {
-                job,
+                job: job.clone(),
                 tx,
                 dropped: Arc::clone(&dropped),
             });
         }
-        Subscription { rx, dropped }
+        Subscription { rx, dropped, job }
     }
 
     /// Publishes to every interested subscriber without waiting; forgets closed ones.
@@ -201,6 +201,7 @@ impl Bus {
 pub struct Subscription {
     rx: mpsc::Receiver<JobEvent>,
     dropped: Arc<AtomicU64>,
+    job: Option<JobId>,
 }
 
 impl Subscription {
@@ -212,6 +213,11 @@ impl Subscription {
     /// The next event if one is waiting.
     pub fn try_next(&mut self) -> Option<JobEvent> {
         self.rx.try_recv().ok()
+    }
+
+    /// The one job this subscription follows, if it follows one.
+    pub fn job(&self) -> Option<&JobId> {
+        self.job.as_ref()
     }
 
     /// Events dropped for this subscriber because its queue was full.

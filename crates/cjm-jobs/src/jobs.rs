@@ -52,7 +52,7 @@ pub struct JobFilter {
 }
 
 /// How the jobs layer runs; see [`Jobs::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct JobsBuilder {
     max_in_flight: usize,
     per_target: usize,
@@ -62,6 +62,22 @@ pub struct JobsBuilder {
     keep_jobs: usize,
     keep_for: Duration,
     journal: Option<PathBuf>,
+    config: Option<ConfigSource>,
+}
+
+/// Where the configuration a job loads its plugin with comes from.
+type ConfigSource =
+    Arc<dyn Fn(&str) -> Result<Option<serde_json::Value>, PluginError> + Send + Sync>;
+
+impl std::fmt::Debug for JobsBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobsBuilder")
+            .field("max_in_flight", &self.max_in_flight)
+            .field("per_target", &self.per_target)
+            .field("cancel_grace", &self.cancel_grace)
+            .field("journal", &self.journal)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for JobsBuilder {
@@ -75,6 +91,7 @@ impl Default for JobsBuilder {
             keep_jobs: 10_000,
             keep_for: Duration::from_secs(7 * 24 * 3600),
             journal: None,
+            config: None,
         }
     }
 }
@@ -111,6 +128,16 @@ impl JobsBuilder {
     pub fn retention(mut self, jobs: usize, age: Duration) -> Self {
         self.keep_jobs = jobs;
         self.keep_for = age;
+        self
+    }
+
+    /// The configuration a job loads an unloaded plugin with (a service's saved one, say);
+    /// `Ok(None)`, or no source, loads it with its defaults.
+    pub fn load_config(
+        mut self,
+        source: impl Fn(&str) -> Result<Option<serde_json::Value>, PluginError> + Send + Sync + 'static,
+    ) -> Self {
+        self.config = Some(Arc::new(source));
         self
     }
 
@@ -730,7 +757,11 @@ impl Inner {
         if self.manager.is_loaded(target) {
             return Ok(());
         }
-        self.manager.load(target, None).await
+        let config = match &self.opts.config {
+            Some(source) => source(target)?,
+            None => None,
+        };
+        self.manager.load(target, config).await
     }
 
     /// Rebuilds the jobs from the journal and resumes: see [`JobsBuilder::open`].

@@ -57,7 +57,7 @@ pub(crate) fn routes() -> Router<Service> {
 
 /// A JSON body, or `{}` when there is none; otherwise a `user_input` error naming what is
 /// wrong (`Json`'s own rejection is plain text).
-fn body<T: serde::de::DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn body<T: serde::de::DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -115,15 +115,30 @@ struct LoadBody {
 
 /// The registry id of the plugin `name` (configurations are kept by id).
 fn registry_id(s: &Service, name: &str) -> Result<String, ApiError> {
-    s.manager().require_discovered(name)?;
-    s.inner
-        .app
-        .registry()
+    registry_id_in(&s.inner.app, name).map_err(ApiError)
+}
+
+fn registry_id_in(app: &cjm_ui::AppState, name: &str) -> Result<String, PluginError> {
+    app.manager().require_discovered(name)?;
+    app.registry()
         .plugins()
         .into_iter()
         .find(|p| p.name == name)
         .map(|p| p.unique_id())
-        .ok_or_else(|| ApiError(PluginError::not_loaded(name)))
+        .ok_or_else(|| PluginError::not_loaded(name))
+}
+
+/// The configuration a plugin is loaded with when none is given: the saved one (checked
+/// against its schema) over the schema's defaults. What calls and jobs of a service use.
+pub fn saved_config(app: &cjm_ui::AppState, name: &str) -> Result<Value, PluginError> {
+    let id = registry_id_in(app, name)?;
+    let reg = app.registry();
+    reg.load_valid_plugin_config(&id)
+        .map_err(|e| ApiError::from(e).0)?;
+    Ok(Value::Object(
+        reg.effective_plugin_config(&id)
+            .map_err(|e| ApiError::from(e).0)?,
+    ))
 }
 
 /// The configuration a load of `name` uses: `given`, else the saved one (checked against the
@@ -136,10 +151,7 @@ fn config_for(
     if let Some(c) = given {
         return Ok(Value::Object(c));
     }
-    let id = registry_id(s, name)?;
-    let reg = s.inner.app.registry();
-    reg.load_valid_plugin_config(&id)?;
-    Ok(Value::Object(reg.effective_plugin_config(&id)?))
+    saved_config(&s.inner.app, name).map_err(ApiError)
 }
 
 async fn load(State(s): State<Service>, Path(name): Path<String>, b: Bytes) -> ApiResult {

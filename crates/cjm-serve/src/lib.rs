@@ -5,7 +5,9 @@
 //!
 //! [`Service::router`] serves, on one address:
 //! - the JSON API under `/api/v1` (list, load, unload, reload, enable, disable, call, stream as
-//!   NDJSON, configuration, stats, logs; API.md at the repository root documents it);
+//!   NDJSON, configuration, stats, logs; API.md at the repository root documents it), and the
+//!   jobs of [`cjm_jobs`] under `/api/v1/jobs` once [`Service::attach_jobs`] gave it them
+//!   (submit, list, show, cancel, wait, live events as NDJSON);
 //! - `/metrics` in the Prometheus text format (calls, errors by category, latency histograms,
 //!   in-flight calls, worker state, restarts, RSS, CPU, GPU memory, reservations, queue depth);
 //! - `/healthz` and `/readyz` for probes;
@@ -45,10 +47,11 @@
 
 mod api;
 mod error;
+mod jobs_api;
 mod metrics;
 mod service;
 
-pub use api::MAX_BODY;
+pub use api::{saved_config, MAX_BODY};
 pub use error::ServeError;
 pub use metrics::SAMPLE_EVERY;
 pub use service::{local_socket_path, Service, LOCAL_SOCKET};

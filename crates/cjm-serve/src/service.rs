@@ -41,6 +41,8 @@ pub(crate) struct Inner {
     pub(crate) metrics: Metrics,
     /// Held while a call loads its plugin on demand.
     pub(crate) loading: tokio::sync::Mutex<()>,
+    /// The jobs layer, or why there is none.
+    jobs: std::sync::OnceLock<Result<cjm_jobs::Jobs, String>>,
     draining: AtomicBool,
 }
 
@@ -52,6 +54,7 @@ impl Service {
                 app,
                 metrics: Metrics::new(),
                 loading: tokio::sync::Mutex::new(()),
+                jobs: std::sync::OnceLock::new(),
                 draining: AtomicBool::new(false),
             }),
         }
@@ -60,6 +63,21 @@ impl Service {
     /// The plugin manager.
     pub fn manager(&self) -> &PluginManager {
         self.inner.app.manager()
+    }
+
+    /// Gives the service its jobs layer (`/api/v1/jobs`), or the reason it has none, which
+    /// the jobs routes then answer with. Only the first call counts.
+    pub fn attach_jobs(&self, jobs: Result<cjm_jobs::Jobs, cjm_jobs::JobError>) {
+        let _ = self.inner.jobs.set(jobs.map_err(|e| e.to_string()));
+    }
+
+    /// The jobs layer, or why there is none.
+    pub fn jobs(&self) -> Result<&cjm_jobs::Jobs, &str> {
+        match self.inner.jobs.get() {
+            Some(Ok(j)) => Ok(j),
+            Some(Err(why)) => Err(why),
+            None => Err("this service was started without one"),
+        }
     }
 
     /// Ready for work: not shutting down (`/readyz`).
@@ -74,6 +92,7 @@ impl Service {
     pub fn router(&self, access: Access) -> Result<Router, ServeError> {
         let ui = cjm_ui::router(self.inner.app.clone(), access.clone())?;
         let api = crate::api::routes()
+            .merge(crate::jobs_api::routes())
             .route("/metrics", get(metrics))
             .with_state(self.clone());
         let probes = Router::new()
@@ -128,9 +147,13 @@ impl Service {
         self.inner.draining.store(true, Ordering::Release);
     }
 
-    /// [`drain`](Self::drain)s and unloads every plugin.
+    /// [`drain`](Self::drain)s, stops the jobs layer (running jobs are marked interrupted,
+    /// queued ones stay in the journal for the next start) and unloads every plugin.
     pub async fn shutdown(&self) {
         self.drain();
+        if let Ok(jobs) = self.jobs() {
+            jobs.shutdown().await;
+        }
         self.manager().unload_all().await;
     }
 }

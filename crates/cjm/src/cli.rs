@@ -210,6 +210,10 @@ pub(crate) enum Command {
     /// Per-plugin secrets (API keys) shared with the original's host: set, list, unset.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Durable jobs in a running `cjm serve` (found as `call` finds it): submit, list, show,
+    /// cancel, wait, watch.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
     /// Write a new worker crate NAME (Cargo.toml, src/main.rs, .cjm/manifests/NAME.json) that
     /// builds and runs as it is.
     New {
@@ -232,6 +236,82 @@ pub(crate) enum Command {
         /// How many lines.
         #[arg(long, default_value_t = 50)]
         lines: usize,
+    },
+}
+
+/// `cjm jobs …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum JobsCommand {
+    /// Submits a job; prints its id on the last line (or the job as JSON).
+    Submit {
+        /// The plugin.
+        name: String,
+        /// Positional arguments as a JSON array.
+        #[arg(long, value_name = "JSON-ARRAY")]
+        args: Option<String>,
+        /// Keyword arguments as a JSON object.
+        #[arg(long, value_name = "JSON-OBJECT")]
+        kwargs: Option<String>,
+        /// Higher runs first.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i32,
+        /// Retries of a retriable failure.
+        #[arg(long, default_value_t = 0)]
+        retries: u32,
+        /// Fail the job if it has not ended this many seconds from now.
+        #[arg(long, value_name = "SECS")]
+        deadline: Option<f64>,
+        /// Submitting again with the same key returns the same job.
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists jobs, newest first.
+    List {
+        /// Only in this state (queued, running, succeeded, failed, cancelled, interrupted).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only on this plugin.
+        #[arg(long, value_name = "NAME")]
+        plugin: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows one job.
+    Show {
+        /// The job's id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancels a job (a running one in phases: cooperative, then forced).
+    Cancel {
+        /// The job's id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Waits for a job to end; prints its result, and exits as `call` would (0 when it
+    /// succeeded, its error's code when it failed, 15 when cancelled or interrupted).
+    Wait {
+        /// The job's id.
+        id: String,
+        /// Print the whole job as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints events as they happen (one JSON line each): one job's until it ends, or all.
+    Watch {
+        /// The job's id (default: every job).
+        id: Option<String>,
     },
 }
 

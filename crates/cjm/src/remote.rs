@@ -192,6 +192,64 @@ impl Service {
         Ok(sender)
     }
 
+    /// One request whose answer is JSON (an empty answer is `null`).
+    pub(crate) async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, PluginError> {
+        let resp = self.send(method, path, body).await?;
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.unreachable(e))?
+            .to_bytes();
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| PluginError::fatal(format!("the service answered invalid JSON: {e}")))
+    }
+
+    /// A `GET` whose answer is NDJSON: `on_line` gets each line's value until the answer ends
+    /// (or it returns false). A line longer than 16 MiB is an error.
+    pub(crate) async fn lines(
+        &self,
+        path: &str,
+        mut on_line: impl FnMut(Value) -> bool,
+    ) -> Result<(), PluginError> {
+        const MAX_LINE: usize = 16 << 20;
+        let mut resp = self.send(Method::GET, path, None).await?;
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                let v: Value = serde_json::from_slice(&line).map_err(|e| {
+                    PluginError::fatal(format!("the service sent an invalid event line: {e}"))
+                })?;
+                if !on_line(v) {
+                    return Ok(());
+                }
+            }
+            if buf.len() > MAX_LINE {
+                return Err(PluginError::fatal(
+                    "the service sent an event line over 16 MiB",
+                ));
+            }
+            match resp.body_mut().frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        buf.extend_from_slice(data);
+                    }
+                }
+                Some(Err(e)) => return Err(self.unreachable(e)),
+                None => return Ok(()),
+            }
+        }
+    }
+
     /// Reloads `name` with `config` (for `--config`).
     pub(crate) async fn reload(&self, name: &str, config: &Value) -> Result<(), PluginError> {
         let path = format!("/api/v1/plugins/{}/reload", encode(name));
@@ -274,8 +332,8 @@ impl Service {
     }
 }
 
-/// `name` as one URL path segment.
-fn encode(name: &str) -> String {
+/// `name` as one URL path segment (or query value).
+pub(crate) fn encode(name: &str) -> String {
     name.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -28,7 +28,15 @@ pub(crate) async fn run(
         .await
         .map_err(|e| fatal(&e))?;
     let plugins = state.registry().plugins().len();
-    let service = Service::new(state);
+    let service = Service::new(state.clone());
+    // Jobs load plugins with their saved configuration, as calls do.
+    let jobs = cjm_jobs::Jobs::builder()
+        .load_config(move |name| cjm_serve::saved_config(&state, name).map(Some))
+        .open(manager.clone());
+    if let Err(e) = &jobs {
+        eprintln!("cjm: jobs are not available: {e}");
+    }
+    service.attach_jobs(jobs);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         PluginError::fatal(format!(
             "cannot listen on {addr}: {e} (another program uses it? choose one with --addr)"
