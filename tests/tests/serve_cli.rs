@@ -458,12 +458,25 @@ fn jobs_run_in_the_service_and_survive_its_restart() {
     let served = serve(&s, &[]);
     let last_line = |out: &Output| -> String {
         assert!(out.status.success(), "{}", text(&out.stderr));
-        text(&out.stdout).lines().last().unwrap_or_default().trim().to_owned()
+        text(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
     };
     // Submit prints the id on its last line; wait prints the result and exits 0.
     let id = last_line(&cjm(
         &s,
-        &["jobs", "submit", "t", "--args", r#"["sleep"]"#, "--kwargs", r#"{"ms": 50}"#],
+        &[
+            "jobs",
+            "submit",
+            "t",
+            "--args",
+            r#"["sleep"]"#,
+            "--kwargs",
+            r#"{"ms": 50}"#,
+        ],
     ));
     assert_eq!(id.len(), 20, "{id}");
     let out = cjm(&s, &["jobs", "wait", &id]);
@@ -478,7 +491,15 @@ fn jobs_run_in_the_service_and_survive_its_restart() {
     // events up to the end.
     let long = last_line(&cjm(
         &s,
-        &["jobs", "submit", "t", "--args", r#"["sleep"]"#, "--kwargs", r#"{"ms": 60000}"#],
+        &[
+            "jobs",
+            "submit",
+            "t",
+            "--args",
+            r#"["sleep"]"#,
+            "--kwargs",
+            r#"{"ms": 60000}"#,
+        ],
     ));
     let watch = base(&s)
         .args(["jobs", "watch", &long])
