@@ -11,6 +11,7 @@ use cjm_host::{Call, PluginError, PluginManager};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
 
+mod jobs;
 mod limits;
 mod remote;
 mod serve;
@@ -150,6 +151,24 @@ fn print_table(f: &Map<String, Value>) {
             "ms",
         ),
         ("unload_all_s", "unload all 10 workers", 1e3, "ms"),
+        (
+            "jobs_submit_ack_p50_us",
+            "job submission journaled p50 (goal 50 µs)",
+            1.0,
+            "µs",
+        ),
+        (
+            "jobs_submit_to_running_p50_us",
+            "job submit → running, idle lane (goal 200 µs)",
+            1.0,
+            "µs",
+        ),
+        (
+            "jobs_noop_per_s",
+            "no-op jobs through the journal (goal 10 000/s)",
+            1.0,
+            "jobs/s",
+        ),
         (
             "py_worker_sync_rtt_p50_us",
             "original Python worker round trip p50",
@@ -320,6 +339,9 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
     let t = Instant::now();
     m.unload_all().await;
     f.insert("unload_all_s".into(), json!(t.elapsed().as_secs_f64()));
+
+    jobs::measure(&m, &names, b.scratch.path(), &mut f).await?;
+    m.unload_all().await;
 
     serve::measure(&m, &b.scratch.path().join("configs"), &mut f).await?;
     remote::measure(&b, remote, &m, &mut f).await?;
