@@ -345,3 +345,56 @@ async fn a_host_killed_with_jobs_queued_and_running_loses_none() {
     );
     jobs.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_forgets_old_jobs_and_a_broken_journal_refuses_submissions() {
+    let s = Scratch::new();
+    s.worker_manifest("w", json!({}));
+    let m = s.manager();
+    m.discover();
+    let jobs = Jobs::builder()
+        .retention(3, Duration::from_secs(3600))
+        .open(m.clone())
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let id = jobs.submit("w", pid(), JobOptions::new()).await.unwrap();
+        jobs.wait(&id).await.unwrap();
+        ids.push(id);
+    }
+    // The three newest finished jobs are kept, in memory and in the journal.
+    let kept: Vec<JobId> = jobs
+        .list(&JobFilter::default())
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(kept, vec![ids[5].clone(), ids[4].clone(), ids[3].clone()]);
+    assert!(jobs.get(&ids[0]).is_none());
+    jobs.shutdown().await;
+    drop(jobs);
+    let jobs = Jobs::builder()
+        .retention(3, Duration::from_secs(3600))
+        .open(m.clone())
+        .unwrap();
+    assert_eq!(jobs.list(&JobFilter::default()).len(), 3);
+
+    // The journal's table disappears under it (as a corrupted or foreign-edited file would
+    // fail): the next write fails, and from then on submissions are refused, naming why.
+    let other = rusqlite::Connection::open(s.data().join("journal.db")).unwrap();
+    other.execute_batch("DROP TABLE events").unwrap();
+    drop(other);
+    // The first submission after the damage may or may not be the one whose write fails.
+    let mut refused = None;
+    for _ in 0..2 {
+        if let Err(e) = jobs.submit("w", pid(), JobOptions::new()).await {
+            refused = Some(e);
+            break;
+        }
+    }
+    let e = refused.expect("submissions are refused once the journal cannot be written");
+    assert!(matches!(e, JobError::JournalUnavailable(_)), "{e}");
+    assert!(e.to_string().contains("events"), "{e}");
+    // Reading still works.
+    assert!(jobs.list(&JobFilter::default()).len() >= 3);
+    jobs.shutdown().await;
+}

@@ -690,10 +690,8 @@ impl Inner {
         // Boxed so that a forced cancel can drop the call before it respawns the worker.
         let mut exec = Box::pin(exec);
         // The first read after one period: a job that ends sooner costs no progress request.
-        let mut tick = tokio::time::interval_at(
-            tokio::time::Instant::now() + PROGRESS_EVERY,
-            PROGRESS_EVERY,
-        );
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last: Option<(f64, String)> = None;
         loop {

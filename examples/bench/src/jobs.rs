@@ -69,7 +69,10 @@ pub(crate) async fn measure(
     drop(events);
     ack.sort_by(f64::total_cmp);
     start.sort_by(f64::total_cmp);
-    f.insert("jobs_submit_ack_p50_us".into(), json!(percentile(&ack, 0.5)));
+    f.insert(
+        "jobs_submit_ack_p50_us".into(),
+        json!(percentile(&ack, 0.5)),
+    );
     f.insert("jobs_submit_ack_p50_us_limit".into(), json!(ACK_GOAL_US));
     f.insert(
         "jobs_submit_to_running_p50_us".into(),
