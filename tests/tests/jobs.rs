@@ -398,3 +398,62 @@ async fn retention_forgets_old_jobs_and_a_broken_journal_refuses_submissions() {
     assert!(jobs.list(&JobFilter::default()).len() >= 3);
     jobs.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_composition_passes_results_along_and_stops_at_failures() {
+    let s = Scratch::new();
+    s.worker_manifest("w", json!({}));
+    s.worker_manifest("v", json!({}));
+    let m = s.manager();
+    m.discover();
+    let jobs = Jobs::builder().max_in_flight(4).open(m).unwrap();
+    let comp: cjm_jobs::Composition = serde_json::from_value(json!({"nodes": {
+        "pid":   {"target": "w", "call": {"args": ["pid"]}},
+        "echo":  {"target": "v", "call": {"args": ["echo", {"$ref": "pid"}],
+                                          "kwargs": {"again": {"$ref": "pid"}}}},
+        "deep":  {"target": "w", "call": {"args": ["echo"], "kwargs": {"k": {"$ref": "echo.kwargs.again"}}}},
+        "fails": {"target": "v", "call": {"args": ["fail"]}},
+        "after": {"target": "w", "call": {"args": ["echo", {"$ref": "fails"}]}},
+        "hole":  {"target": "w", "call": {"args": ["echo", {"$ref": "pid.no_such_field"}]}}
+    }}))
+    .unwrap();
+    let out = jobs.run_composition(comp).await.unwrap();
+    let pid = out["pid"].result.clone().unwrap();
+    assert!(pid.is_u64());
+    assert_eq!(
+        out["echo"].result,
+        Some(json!({"args": [pid], "kwargs": {"again": pid}}))
+    );
+    assert_eq!(
+        out["deep"].result,
+        Some(json!({"args": [], "kwargs": {"k": pid}}))
+    );
+    assert_eq!(out["fails"].state, JobState::Failed);
+    assert_eq!(out["after"].state, JobState::Cancelled);
+    assert!(out["after"].job.is_none(), "never submitted");
+    assert!(out["after"]
+        .error
+        .as_ref()
+        .unwrap()
+        .message
+        .contains("`fails`"));
+    assert_eq!(out["hole"].state, JobState::Failed);
+    let e = out["hole"].error.as_ref().unwrap();
+    assert_eq!(e.category, ErrorCategory::UserInput);
+    assert!(e.message.contains("no_such_field"), "{e}");
+    // Each node that ran is an ordinary job.
+    let id = out["echo"].job.clone().unwrap();
+    assert_eq!(jobs.get(&id).unwrap().target, "v");
+
+    // Checked at submission: nothing runs when the composition is wrong.
+    let cyclic: cjm_jobs::Composition = serde_json::from_value(json!({"nodes": {
+        "a": {"target": "w", "call": {"args": ["echo", {"$ref": "b"}]}},
+        "b": {"target": "w", "call": {"args": ["echo", {"$ref": "a"}]}}
+    }}))
+    .unwrap();
+    let before = jobs.list(&JobFilter::default()).len();
+    let e = jobs.run_composition(cyclic).await.unwrap_err();
+    assert!(e.to_string().contains("cycle through a, b"), "{e}");
+    assert_eq!(jobs.list(&JobFilter::default()).len(), before);
+    jobs.shutdown().await;
+}

@@ -11,6 +11,9 @@
 //!   asked to stop, then abandoned with its worker respawned after a grace period.
 //! - **Retries** of retriable errors with backoff.
 //! - **Events** on a bus with bounded per-subscriber queues ([`Jobs::watch`]).
+//! - **Compositions** ([`Jobs::run_composition`]): a DAG of calls whose arguments take
+//!   earlier results (`{"$ref": "node.field"}`), checked at submission (unknown nodes,
+//!   cycles), each node run as a job.
 //! - **Recovery**: the journal (SQLite, WAL, `<data_dir>/journal.db`) rebuilds the history at
 //!   open. Queued jobs resume. Jobs that were running when the host died are marked
 //!   `interrupted`, or run again when their idempotency key allows it. None is lost, and none
@@ -29,11 +32,13 @@
 //! # Ok(()) }
 //! ```
 
+mod composition;
 mod event;
 mod job;
 mod jobs;
 mod journal;
 
+pub use composition::{Composition, Node, NodeOutcome};
 pub use event::{CancelPhase, JobEvent, JobEventKind, Subscription, SUBSCRIBER_QUEUE};
 pub use job::{Job, JobCall, JobId, JobOptions, JobState};
 pub use jobs::{JobError, JobFilter, Jobs, JobsBuilder};
