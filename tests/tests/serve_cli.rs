@@ -546,3 +546,45 @@ fn jobs_run_in_the_service_and_survive_its_restart() {
         vec![(long.as_str(), "cancelled"), (id.as_str(), "succeeded")]
     );
 }
+
+#[test]
+fn instances_run_in_the_service_with_their_own_configuration() {
+    let s = scratch();
+    let _served = serve(&s, &[]);
+    let out = cjm(
+        &s,
+        &["instance", "add", "t", "--id", "loud", "--config", r#"{"greeting": "HEY"}"#],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "loud");
+    let greet = ["--args", r#"["greet"]"#, "--kwargs", r#"{"name": "Ada"}"#];
+    let mut args = vec!["call", "loud"];
+    args.extend(greet);
+    assert_eq!(call_json(&s, &args), json!("HEY Ada"));
+    let mut args = vec!["call", "t"];
+    args.extend(greet);
+    assert_eq!(call_json(&s, &args), json!("hello Ada"));
+    let listed = call_json(&s, &["instance", "list", "--json"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["name"], "loud");
+    assert_eq!(listed[0]["instance_of"], "t");
+    assert_ne!(
+        listed[0]["pid"],
+        call_json(&s, &["call", "t", "--args", r#"["pid"]"#])
+    );
+    // A job on the instance.
+    let out = cjm(&s, &["jobs", "submit", "loud", "--args", r#"["greet"]"#]);
+    let id = text(&out.stdout).trim().to_owned();
+    let out = cjm(&s, &["jobs", "wait", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        json!("HEY ?")
+    );
+    // A bad id is refused (user_input, exit 10); removing stops it.
+    let out = cjm(&s, &["instance", "add", "t", "--id", "no.dots"]);
+    assert_eq!(out.status.code(), Some(10), "{}", text(&out.stderr));
+    let out = cjm(&s, &["instance", "remove", "loud"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(call_json(&s, &["instance", "list", "--json"]), json!([]));
+}

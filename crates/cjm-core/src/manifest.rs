@@ -228,6 +228,10 @@ pub struct Manifest {
     /// The file this manifest was read from, if any.
     #[serde(skip)]
     pub path: Option<PathBuf>,
+    /// The plugin this manifest is an instance of, when it was made for one (its `name` is
+    /// then the instance id); never read from or written to a file.
+    #[serde(skip)]
+    pub instance_of: Option<String>,
 }
 
 fn default_version() -> String {
@@ -410,6 +414,12 @@ impl Manifest {
         manifest.path = file.map(Path::to_path_buf);
         manifest.derive_category();
         Ok(manifest)
+    }
+
+    /// The plugin's own name: [`instance_of`](Self::instance_of) for an instance's manifest,
+    /// else [`name`](Self::name). Secrets are the plugin's, shared by its instances.
+    pub fn plugin_name(&self) -> &str {
+        self.instance_of.as_deref().unwrap_or(&self.name)
     }
 
     /// How to start the plugin.

@@ -107,13 +107,14 @@ pub(crate) fn overlay(
         for spec in specs {
             let resolved = if spec.secret {
                 store
-                    .get(&manifest.name, &spec.name)
+                    .get(manifest.plugin_name(), &spec.name)
                     .map_err(|e| format!("cannot read the secret store: {e}"))
                     .and_then(|v| {
                         v.ok_or_else(|| {
                             format!(
                                 "the secret is not set (run `cjm secret set {} {}`)",
-                                manifest.name, spec.name
+                                manifest.plugin_name(),
+                                spec.name
                             )
                         })
                     })

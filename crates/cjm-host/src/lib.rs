@@ -62,6 +62,7 @@ mod client;
 mod describe;
 mod discovery;
 mod gpu;
+mod instance;
 mod launch;
 mod launch_env;
 mod logs;
@@ -87,6 +88,7 @@ pub use cjm_core::{
 };
 pub use describe::{describe_binary, DESCRIBE_TIMEOUT};
 pub use discovery::{default_data_dir, default_search_paths, DiscoveredPlugin};
+pub use instance::{is_valid_instance_id, MAX_INSTANCE_ID};
 pub use launch::ray::RayCluster;
 pub use manager::{
     CallOptions, LoadResults, ManagerBuilder, PluginManager, DEFAULT_CALL_TIMEOUT,

@@ -938,8 +938,9 @@ impl PluginManager {
 
     /// Sets the secret `key` of `plugin` in the secret store the workers' environments are
     /// resolved from (the original's `LocalSecretStore` file under the data directory) and,
-    /// if `plugin` is loaded, respawns its worker when its environment changed (see
-    /// [`refresh_environment`](Self::refresh_environment)). Returns whether it respawned.
+    /// if `plugin` or instances of it are loaded, respawns each worker whose environment
+    /// changed (see [`refresh_environment`](Self::refresh_environment)). Returns whether any
+    /// respawned.
     pub async fn set_secret(
         &self,
         plugin: &str,
@@ -954,10 +955,14 @@ impl PluginManager {
                 }
                 _ => PluginError::fatal(format!("cannot set the secret: {e}")),
             })?;
-        if !self.is_loaded(plugin) {
-            return Ok(false);
+        let mut respawned = false;
+        if self.is_loaded(plugin) {
+            respawned |= self.refresh_environment(plugin).await?;
         }
-        self.refresh_environment(plugin).await
+        for instance in self.instances(plugin) {
+            respawned |= self.refresh_environment(&instance).await?;
+        }
+        Ok(respawned)
     }
 
     /// Unloads and loads `name` again from `manifest`, keeping its configuration (unless

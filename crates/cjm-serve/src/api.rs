@@ -39,6 +39,7 @@ pub(crate) fn routes() -> Router<Service> {
         .route("/api/v1/plugins", get(list))
         .route("/api/v1/plugins/{name}", get(show))
         .route("/api/v1/plugins/{name}/load", post(load))
+        .route("/api/v1/plugins/{name}/instances", post(add_instance))
         .route("/api/v1/plugins/{name}/unload", post(unload))
         .route("/api/v1/plugins/{name}/reload", post(reload))
         .route("/api/v1/plugins/{name}/refresh", post(refresh))
@@ -74,7 +75,9 @@ pub(crate) fn body<T: serde::de::DeserializeOwned + Default>(bytes: &Bytes) -> R
 }
 
 fn plugin_json(m: &PluginManager, name: &str) -> Value {
-    let manifest = m.discovered_manifest(name);
+    let manifest = m
+        .discovered_manifest(name)
+        .or_else(|| m.loaded_manifest(name));
     json!({
         "name": name,
         "version": manifest.as_ref().map(|m| m.version.clone()),
@@ -83,6 +86,8 @@ fn plugin_json(m: &PluginManager, name: &str) -> Value {
         "loaded": m.is_loaded(name),
         "state": m.state(name).map(|s| s.as_str()),
         "pid": m.pid(name),
+        "instance_of": m.instance_of(name),
+        "instances": m.instances(name),
     })
 }
 
@@ -102,8 +107,34 @@ async fn list(State(s): State<Service>) -> Json<Value> {
 }
 
 async fn show(State(s): State<Service>, Path(name): Path<String>) -> ApiResult {
-    s.manager().require_discovered(&name)?;
+    if s.manager().instance_of(&name).is_none() {
+        s.manager().require_discovered(&name)?;
+    }
     Ok(Json(plugin_json(s.manager(), &name)).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstanceBody {
+    /// The instance id; generated when absent.
+    instance: Option<String>,
+    /// Its configuration; default: the plugin's saved one.
+    config: Option<Map<String, Value>>,
+}
+
+/// Loads another worker of `name` as an instance (`cjm_host::PluginManager::load_instance`).
+async fn add_instance(State(s): State<Service>, Path(name): Path<String>, b: Bytes) -> ApiResult {
+    let b: InstanceBody = body(&b)?;
+    let config = config_for(&s, &name, b.config)?;
+    let id = s
+        .manager()
+        .load_instance(&name, b.instance.as_deref(), Some(config))
+        .await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(plugin_json(s.manager(), &id)),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]

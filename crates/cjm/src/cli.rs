@@ -214,6 +214,10 @@ pub(crate) enum Command {
     /// cancel, wait, watch.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Instances in a running `cjm serve`: more workers of one plugin, each with its own
+    /// configuration, addressed by instance id wherever a plugin name goes.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
     /// Write a new worker crate NAME (Cargo.toml, src/main.rs, .cjm/manifests/NAME.json) that
     /// builds and runs as it is.
     New {
@@ -236,6 +240,38 @@ pub(crate) enum Command {
         /// How many lines.
         #[arg(long, default_value_t = 50)]
         lines: usize,
+    },
+}
+
+/// `cjm instance …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum InstanceCommand {
+    /// Starts another worker of NAME; prints the instance id on the last line.
+    Add {
+        /// The plugin.
+        name: String,
+        /// The instance id (1–64 of A-Z a-z 0-9 - _; default: generated).
+        #[arg(long)]
+        id: Option<String>,
+        /// Its configuration as a JSON object (default: the plugin's saved one).
+        #[arg(long, value_name = "JSON")]
+        config: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists the instances (of NAME, or of every plugin).
+    List {
+        /// Only this plugin's.
+        name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stops an instance's worker.
+    Remove {
+        /// The instance id.
+        id: String,
     },
 }
 

@@ -16,6 +16,7 @@ use crate::cli::{CallArgs, Cli, Command, SchedulerKind};
 use crate::output::{self, note, report, say, tell};
 
 mod describe;
+mod instances;
 mod jobs;
 
 /// Exit code for a bad command line.
@@ -109,6 +110,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(code)
         }
         Command::Jobs(cmd) => jobs::run(&ctx, cmd).await,
+        Command::Instance(cmd) => instances::run(&ctx, cmd).await,
         Command::Completions { .. } | Command::New { .. } => Ok(ExitCode::SUCCESS),
         Command::Ui {
             addr,

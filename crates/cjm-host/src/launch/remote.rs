@@ -187,7 +187,7 @@ pub(crate) async fn connect(
     };
     let target = TlsTarget::new(remote, &ca)?;
     let token = SecretStore::for_data_dir(&spec.data_dir)
-        .get(&m.name, &remote.token_secret)
+        .get(m.plugin_name(), &remote.token_secret)
         .map_err(|e| PluginError::fatal(e.to_string()))?
         .ok_or_else(|| {
             PluginError::new(
@@ -195,7 +195,8 @@ pub(crate) async fn connect(
                 format!(
                     "the token of the remote worker is not set: `cjm secret set {} {}` \
                      (remote.token_secret)",
-                    m.name, remote.token_secret
+                    m.plugin_name(),
+                    remote.token_secret
                 ),
             )
         })?;

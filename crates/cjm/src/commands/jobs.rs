@@ -11,16 +11,21 @@ use crate::cli::JobsCommand;
 use crate::output::say;
 use crate::remote::Service;
 
-pub(super) async fn run(ctx: &Context, cmd: JobsCommand) -> Result<ExitCode, Failure> {
-    let service = Service::find(ctx.host.as_deref(), &ctx.data_dir)
+/// The running service `what` needs, or a `transient` error saying how to start one.
+pub(super) fn service_for(ctx: &Context, what: &str) -> Result<Service, Failure> {
+    Service::find(ctx.host.as_deref(), &ctx.data_dir)
         .map_err(Failure::Usage)?
         .ok_or_else(|| {
             Failure::Plugin(PluginError::transient(format!(
-                "`cjm jobs` needs a running `cjm serve` (none found for {}): start one, or give \
+                "`{what}` needs a running `cjm serve` (none found for {}): start one, or give \
                  --host / $CJM_HOST",
                 ctx.data_dir.display()
             )))
-        })?;
+        })
+}
+
+pub(super) async fn run(ctx: &Context, cmd: JobsCommand) -> Result<ExitCode, Failure> {
+    let service = service_for(ctx, "cjm jobs")?;
     match cmd {
         JobsCommand::Submit {
             name,
@@ -223,7 +228,7 @@ fn show(j: &Value) {
     }
 }
 
-fn print_json(v: &Value) {
+pub(super) fn print_json(v: &Value) {
     say!(
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
