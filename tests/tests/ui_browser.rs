@@ -697,3 +697,89 @@ fn settings_page_in_a_real_browser() {
         manager.unload_all().await;
     });
 }
+
+#[test]
+fn the_jobs_page_updates_live_and_cancels() {
+    require_tools();
+    let s = scratch();
+    let configs = s.data().join("configs");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let manager: PluginManager = s.manager();
+    let state = rt
+        .block_on(AppState::from_manager(manager.clone(), &configs))
+        .expect("app state");
+    let service = cjm_serve::Service::new(state);
+    let jobs = rt
+        .block_on(async { cjm_jobs::Jobs::open(manager.clone()) })
+        .expect("jobs");
+    service.attach_jobs(Ok(jobs.clone()));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = {
+        let service = service.clone();
+        rt.spawn(async move {
+            service
+                .serve_tcp(listener, cjm_ui::Access::new(addr), async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        })
+    };
+    let base = format!("http://{addr}");
+    let done = rt
+        .block_on(jobs.submit(
+            "t",
+            cjm_jobs::JobCall::new(vec![json!("pid")]),
+            cjm_jobs::JobOptions::new(),
+        ))
+        .unwrap();
+    rt.block_on(jobs.wait(&done)).unwrap();
+
+    let profile = tempfile::tempdir().expect("profile dir");
+    let driver = Driver::start(profile.path());
+    let b = Session::new(&driver, profile.path());
+    b.goto(&format!("{base}/jobs"));
+    // Rendered by the server, then live from server-sent events.
+    b.wait_text(&format!("#job-{done} .job-state"), "to show the finished job", |t| {
+        t == "succeeded"
+    });
+    b.wait_text("#jobs-live", "to be connected", |t| t == "live");
+
+    // A job submitted after the page opened appears, running, with its progress: no reload.
+    let long = rt
+        .block_on(jobs.submit(
+            "u",
+            cjm_jobs::JobCall::new(vec![json!("sleep")]).kwarg("ms", json!(60_000)),
+            cjm_jobs::JobOptions::new(),
+        ))
+        .unwrap();
+    b.wait_text(&format!("#job-{long} .job-state"), "to show it running", |t| {
+        t == "running"
+    });
+    b.wait_text(&format!("#job-{long} .job-percent"), "to show its progress", |t| {
+        t == "25%"
+    });
+    // The worker's log tail of the selected job.
+    b.click(&format!("#job-{long} .job-state"));
+    b.wait_text("#log-of", "to name the plugin", |t| t == "(u)");
+    // Cancel from the page.
+    b.click(&format!("#job-{long} .job-cancel"));
+    b.wait_text(&format!("#job-{long} .job-state"), "to show it cancelled", |t| {
+        t == "cancelled"
+    });
+    assert_eq!(b.count(&format!("#job-{long} .job-cancel")), 0);
+    b.screenshot("ui-e2e-jobs.png");
+    assert_eq!(
+        rt.block_on(jobs.wait(&long)).unwrap().state,
+        cjm_jobs::JobState::Cancelled
+    );
+
+    drop(b);
+    drop(driver);
+    let _ = stop_tx.send(());
+    rt.block_on(server).expect("server task").expect("served");
+    rt.block_on(service.shutdown());
+}

@@ -318,7 +318,13 @@ impl Job {
                 self.finish(JobState::Failed, at);
                 self.error = Some(error.clone());
             }
-            JobEventKind::Cancelled => self.finish(JobState::Cancelled, at),
+            JobEventKind::Cancelled => {
+                self.finish(JobState::Cancelled, at);
+                self.message = Some(match self.cancel_phase {
+                    Some(p) => format!("cancelled ({})", p.as_str()),
+                    None => "cancelled before it started".to_owned(),
+                });
+            }
             JobEventKind::Interrupted { reason } => {
                 self.finish(JobState::Interrupted, at);
                 self.message = Some(reason.clone());

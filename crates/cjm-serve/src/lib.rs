@@ -10,6 +10,8 @@
 //!   (submit, list, show, cancel, wait, live events as NDJSON);
 //! - `/metrics` in the Prometheus text format (calls, errors by category, latency histograms,
 //!   in-flight calls, worker state, restarts, RSS, CPU, GPU memory, reservations, queue depth);
+//! - the jobs page `/jobs`, live from server-sent events (`/jobs/stream`), with a cancel button
+//!   per job and the tail of its worker's log;
 //! - `/healthz` and `/readyz` for probes;
 //! - the settings page of [`cjm_ui`].
 //!
@@ -48,6 +50,7 @@
 mod api;
 mod error;
 mod jobs_api;
+mod jobs_page;
 mod metrics;
 mod service;
 

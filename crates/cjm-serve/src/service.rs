@@ -93,6 +93,7 @@ impl Service {
         let ui = cjm_ui::router(self.inner.app.clone(), access.clone())?;
         let api = crate::api::routes()
             .merge(crate::jobs_api::routes())
+            .merge(crate::jobs_page::routes())
             .route("/metrics", get(metrics))
             .with_state(self.clone());
         let probes = Router::new()
