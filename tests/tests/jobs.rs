@@ -457,3 +457,49 @@ async fn a_composition_passes_results_along_and_stops_at_failures() {
     assert_eq!(jobs.list(&JobFilter::default()).len(), before);
     jobs.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_job_has_its_own_log_lines_even_on_a_shared_worker() {
+    let s = Scratch::new();
+    s.worker_manifest("w", json!({}));
+    let m = s.manager();
+    m.discover();
+    // Two jobs at once on one worker, logging interleaved.
+    let jobs = Jobs::builder().per_target(2).open(m.clone()).unwrap();
+    let say = |word: &str| {
+        JobCall::new(vec![json!("log")])
+            .kwarg("word", json!(word))
+            .kwarg("n", json!(4))
+            .kwarg("ms", json!(20))
+    };
+    let a = jobs
+        .submit("w", say("alpha"), JobOptions::new())
+        .await
+        .unwrap();
+    let b = jobs
+        .submit("w", say("beta"), JobOptions::new())
+        .await
+        .unwrap();
+    jobs.wait(&a).await.unwrap();
+    jobs.wait(&b).await.unwrap();
+    // The worker's log is written by the host as lines arrive; the last ones may lag a moment.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let (la, lb) = loop {
+        let (la, lb) = (jobs.logs(&a, 100).unwrap(), jobs.logs(&b, 100).unwrap());
+        if (la.len() >= 4 && lb.len() >= 4) || std::time::Instant::now() > until {
+            break (la, lb);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(la.len(), 4, "{la:?}");
+    assert_eq!(lb.len(), 4, "{lb:?}");
+    assert!(la.iter().all(|l| l.contains("said alpha")), "{la:?}");
+    assert!(lb.iter().all(|l| l.contains("said beta")), "{lb:?}");
+    // Both ran on the same worker, at the same time.
+    let all = m.logs("w", 1000).unwrap().join("\n");
+    let first_beta = all.find("said beta 0").unwrap();
+    let last_alpha = all.find("said alpha 3").unwrap();
+    assert!(first_beta < last_alpha, "the two jobs overlapped:\n{all}");
+    assert_eq!(jobs.logs(&a, 2).unwrap().len(), 2);
+    jobs.shutdown().await;
+}

@@ -531,7 +531,34 @@ fn jobs_run_in_the_service_and_survive_its_restart() {
     assert_ne!(out.status.code(), Some(0));
     assert!(text(&out.stderr).contains("done"), "{}", text(&out.stderr));
 
-    // The history outlives the service: stopped and started again, it lists both jobs.
+    // A job's own log lines.
+    let talker = last_line(&cjm(
+        &s,
+        &[
+            "jobs",
+            "submit",
+            "t",
+            "--args",
+            r#"["log"]"#,
+            "--kwargs",
+            r#"{"word": "chatty", "n": 2, "ms": 1}"#,
+        ],
+    ));
+    assert!(cjm(&s, &["jobs", "wait", &talker]).status.success());
+    let logged = (0..200)
+        .map(|_| {
+            let out = cjm(&s, &["jobs", "logs", &talker]);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            text(&out.stdout)
+        })
+        .find(|t| t.lines().count() == 2)
+        .expect("the job's two lines");
+    assert!(
+        logged.lines().all(|l| l.contains("said chatty")),
+        "{logged}"
+    );
+
+    // The history outlives the service: stopped and started again, it lists every job.
     drop(served);
     let _again = serve(&s, &[]);
     let listed = call_json(&s, &["jobs", "list", "--json"]);
@@ -543,7 +570,11 @@ fn jobs_run_in_the_service_and_survive_its_restart() {
         .collect();
     assert_eq!(
         states,
-        vec![(long.as_str(), "cancelled"), (id.as_str(), "succeeded")]
+        vec![
+            (talker.as_str(), "succeeded"),
+            (long.as_str(), "cancelled"),
+            (id.as_str(), "succeeded")
+        ]
     );
 }
 
@@ -553,7 +584,15 @@ fn instances_run_in_the_service_with_their_own_configuration() {
     let _served = serve(&s, &[]);
     let out = cjm(
         &s,
-        &["instance", "add", "t", "--id", "loud", "--config", r#"{"greeting": "HEY"}"#],
+        &[
+            "instance",
+            "add",
+            "t",
+            "--id",
+            "loud",
+            "--config",
+            r#"{"greeting": "HEY"}"#,
+        ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "loud");

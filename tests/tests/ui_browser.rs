@@ -743,9 +743,11 @@ fn the_jobs_page_updates_live_and_cancels() {
     let b = Session::new(&driver, profile.path());
     b.goto(&format!("{base}/jobs"));
     // Rendered by the server, then live from server-sent events.
-    b.wait_text(&format!("#job-{done} .job-state"), "to show the finished job", |t| {
-        t == "succeeded"
-    });
+    b.wait_text(
+        &format!("#job-{done} .job-state"),
+        "to show the finished job",
+        |t| t == "succeeded",
+    );
     b.wait_text("#jobs-live", "to be connected", |t| t == "live");
 
     // A job submitted after the page opened appears, running, with its progress: no reload.
@@ -756,20 +758,26 @@ fn the_jobs_page_updates_live_and_cancels() {
             cjm_jobs::JobOptions::new(),
         ))
         .unwrap();
-    b.wait_text(&format!("#job-{long} .job-state"), "to show it running", |t| {
-        t == "running"
-    });
-    b.wait_text(&format!("#job-{long} .job-percent"), "to show its progress", |t| {
-        t == "25%"
-    });
+    b.wait_text(
+        &format!("#job-{long} .job-state"),
+        "to show it running",
+        |t| t == "running",
+    );
+    b.wait_text(
+        &format!("#job-{long} .job-percent"),
+        "to show its progress",
+        |t| t == "25%",
+    );
     // The worker's log tail of the selected job.
     b.click(&format!("#job-{long} .job-state"));
     b.wait_text("#log-of", "to name the plugin", |t| t == "(u)");
     // Cancel from the page.
     b.click(&format!("#job-{long} .job-cancel"));
-    b.wait_text(&format!("#job-{long} .job-state"), "to show it cancelled", |t| {
-        t == "cancelled"
-    });
+    b.wait_text(
+        &format!("#job-{long} .job-state"),
+        "to show it cancelled",
+        |t| t == "cancelled",
+    );
     assert_eq!(b.count(&format!("#job-{long} .job-cancel")), 0);
     b.screenshot("ui-e2e-jobs.png");
     assert_eq!(

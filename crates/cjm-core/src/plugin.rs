@@ -77,6 +77,7 @@ pub struct CallContext {
     cancel: CancellationToken,
     progress: ProgressCell,
     deadline: Option<Instant>,
+    tag: Option<std::sync::Arc<str>>,
 }
 
 impl CallContext {
@@ -89,6 +90,18 @@ impl CallContext {
     pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
         self.deadline = deadline;
         self
+    }
+
+    /// Tags the call (a job id, say): a cjm worker logs what the call does under the tag
+    /// (`x-cjm-call-tag`, PROTOCOL.md §4).
+    pub fn with_tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = Some(tag.into().into());
+        self
+    }
+
+    /// The call's tag, if it has one.
+    pub fn tag(&self) -> Option<&str> {
+        self.tag.as_deref()
     }
 
     /// Uses `token` for cancellation.

@@ -50,6 +50,11 @@ pub mod headers {
     pub const TIMEOUT_MS: &str = "x-cjm-timeout-ms";
     /// Sent by cjm workers on every response: the protocol version.
     pub const PROTOCOL: &str = "x-cjm-protocol";
+    /// A tag for the call's log lines (the host's job id): a cjm worker logs what the call
+    /// does inside a `call{tag=…}` span. At most [`MAX_CALL_TAG`] visible ASCII characters.
+    pub const CALL_TAG: &str = "x-cjm-call-tag";
+    /// The longest call tag.
+    pub const MAX_CALL_TAG: usize = 128;
 }
 
 /// Content types.

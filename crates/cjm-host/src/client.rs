@@ -343,6 +343,29 @@ impl WorkerClient {
     }
 
     fn execute_request(&self, path: &str, call: &Call) -> Result<Request<ReqBody>, PluginError> {
+        let mut req = self.execute_request_untagged(path, call)?;
+        if let (Some(tag), WorkerFlavor::Cjm) = (call.ctx.tag(), self.flavor()) {
+            let valid = tag.len() <= headers::MAX_CALL_TAG && !tag.is_empty();
+            match http::HeaderValue::from_str(tag) {
+                Ok(v) if valid => {
+                    req.headers_mut().insert(headers::CALL_TAG, v);
+                }
+                _ => {
+                    return Err(PluginError::user_input(format!(
+                        "a call tag is 1 to {} visible ASCII characters, not {tag:?}",
+                        headers::MAX_CALL_TAG
+                    )))
+                }
+            }
+        }
+        Ok(req)
+    }
+
+    fn execute_request_untagged(
+        &self,
+        path: &str,
+        call: &Call,
+    ) -> Result<Request<ReqBody>, PluginError> {
         if call.blobs.is_empty() {
             let body = serde_json::to_vec(&ExecuteBody {
                 args: &call.args,

@@ -401,6 +401,26 @@ impl Jobs {
         rx.await.map_err(|_| JobError::Closed)
     }
 
+    /// The log lines the job's worker wrote while it ran the job's calls: the lines of the
+    /// plugin's log tagged `tag=<id>` (a cjm worker logs each call inside a `call{tag=…}`
+    /// span; output outside `tracing`, and original Python workers' lines, carry no tag).
+    /// At most `lines`, the last ones, from the plugin's last 10 000.
+    pub fn logs(&self, id: &JobId, lines: usize) -> Result<Vec<String>, JobError> {
+        let target = self
+            .get(id)
+            .map(|j| j.target)
+            .ok_or_else(|| JobError::NotFound(id.to_string()))?;
+        let all = match self.inner.manager.logs(&target, 10_000) {
+            Ok(l) => l,
+            Err(_) => return Ok(Vec::new()),
+        };
+        let needle = format!("tag={id}");
+        let mut mine: Vec<String> = all.into_iter().filter(|l| l.contains(&needle)).collect();
+        let skip = mine.len().saturating_sub(lines);
+        mine.drain(..skip);
+        Ok(mine)
+    }
+
     /// Every event from now on, or one job's.
     pub fn watch(&self, job: Option<JobId>) -> Subscription {
         self.inner.bus.subscribe(job)
@@ -682,7 +702,9 @@ impl Inner {
         if let Some(t) = timeout {
             opts = opts.timeout(t);
         }
-        let call = job.call.to_call();
+        // Tagged with the job's id: the worker's log lines for this call carry it.
+        let mut call = job.call.to_call();
+        call.ctx = std::mem::take(&mut call.ctx).with_tag(job.id.as_str());
         let exec = async {
             self.ensure_loaded(target).await?;
             m.execute_with(target, call, opts).await.map(|o| o.value)

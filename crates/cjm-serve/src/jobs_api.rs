@@ -30,6 +30,7 @@ pub(crate) fn routes() -> Router<Service> {
         .route("/api/v1/jobs/{id}", get(show))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/wait", get(wait))
+        .route("/api/v1/jobs/{id}/logs", get(logs))
 }
 
 impl From<JobError> for ApiError {
@@ -170,6 +171,23 @@ async fn wait(
             .ok_or_else(|| ApiError::from(JobError::NotFound(id.to_string())))?,
     };
     Ok(Json(job).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    lines: Option<usize>,
+}
+
+/// The worker's log lines tagged with the job (`cjm_jobs::Jobs::logs`).
+async fn logs(
+    State(s): State<Service>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult {
+    let id = job_id(&id)?;
+    let lines = jobs(&s)?.logs(&id, q.lines.unwrap_or(100).min(10_000))?;
+    Ok(Json(json!({"lines": lines})).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -344,6 +344,14 @@ pub(crate) enum JobsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Prints the log lines the job's worker wrote while it ran it.
+    Logs {
+        /// The job's id.
+        id: String,
+        /// At most this many (the last ones).
+        #[arg(long, default_value_t = 100)]
+        lines: usize,
+    },
     /// Prints events as they happen (one JSON line each): one job's until it ends, or all.
     Watch {
         /// The job's id (default: every job).

@@ -105,6 +105,18 @@ impl Worker for TestWorker {
                 Ok(plain(json!({"slept_ms": ms})))
             }
             "fail" => Err(PluginError::user_input("you asked for a failure")),
+            // Logs `word` `n` times through tracing, `ms` apart.
+            "log" => {
+                let word = kw(&call, "word").as_str().unwrap_or("word").to_owned();
+                for i in 0..kw(&call, "n").as_u64().unwrap_or(3) {
+                    tracing::info!("said {word} {i}");
+                    tokio::time::sleep(Duration::from_millis(
+                        kw(&call, "ms").as_u64().unwrap_or(10),
+                    ))
+                    .await;
+                }
+                Ok(plain(json!(word)))
+            }
             // Ignores cancellation: sleeps its `ms` whatever the host asks.
             "stubborn" => {
                 let ms = kw(&call, "ms").as_u64().unwrap_or(60_000);

@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::DropGuard;
+use tracing::Instrument;
 
 use super::decode::read_call;
 use super::respond::{error, output, respond};
@@ -25,20 +26,34 @@ use super::state::{lock, panicked, shutting_down, State};
 use super::stats::RunningGuard;
 use super::stream::{self, Body, PumpEnd};
 
+/// The span a call runs in: `call{tag=…}` when the host tagged it (`x-cjm-call-tag`), so
+/// every log line the plugin writes through `tracing` during the call carries the tag;
+/// otherwise none.
+fn call_span(call: &Call) -> tracing::Span {
+    match call.ctx.tag() {
+        Some(tag) => tracing::info_span!("call", tag = %tag),
+        None => tracing::Span::none(),
+    }
+}
+
 /// `POST /execute`: the plugin's result, whole (JSON, or a frame with blobs).
 pub(super) async fn execute(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let (call, waiter, runner) = match begin(&state, req).await {
         Ok(started) => started,
         Err(refused) => return refused,
     };
-    let task = state.plugin_rt.spawn(async move {
-        let result = runner
-            .invoke(|p| async move { p.execute(call).await })
-            .await
-            .map(|(out, _slot)| out);
-        runner.state.stats.finished(result.is_ok());
-        result
-    });
+    let span = call_span(&call);
+    let task = state.plugin_rt.spawn(
+        async move {
+            let result = runner
+                .invoke(|p| async move { p.execute(call).await })
+                .await
+                .map(|(out, _slot)| out);
+            runner.state.stats.finished(result.is_ok());
+            result
+        }
+        .instrument(span),
+    );
     let result = waiter.first_answer(task).await;
     waiter.disconnect.disarm();
     match result {
@@ -59,26 +74,32 @@ pub(super) async fn execute_stream(state: Arc<State>, req: Request<Incoming>) ->
     };
     let (tx, rx) = mpsc::channel(stream::STREAM_BUFFER);
     let (start_tx, start_rx) = oneshot::channel::<Result<(), PluginError>>();
-    drop(state.plugin_rt.spawn(async move {
-        let started = runner
-            .invoke(|p| async move { p.execute_stream(call).await })
-            .await;
-        let (chunks, _slot) = match started {
-            Ok(s) => s,
-            Err(e) => {
-                runner.state.stats.finished(false);
-                let _ = start_tx.send(Err(e));
-                return;
+    let span = call_span(&call);
+    drop(
+        state.plugin_rt.spawn(
+            async move {
+                let started = runner
+                    .invoke(|p| async move { p.execute_stream(call).await })
+                    .await;
+                let (chunks, _slot) = match started {
+                    Ok(s) => s,
+                    Err(e) => {
+                        runner.state.stats.finished(false);
+                        let _ = start_tx.send(Err(e));
+                        return;
+                    }
+                };
+                if start_tx.send(Ok(())).is_err() {
+                    runner.token.cancel();
+                    runner.state.stats.finished(false);
+                    return;
+                }
+                let end = stream::pump(chunks, tx, runner.token.clone(), runner.deadline).await;
+                runner.state.stats.finished(end == PumpEnd::Completed);
             }
-        };
-        if start_tx.send(Ok(())).is_err() {
-            runner.token.cancel();
-            runner.state.stats.finished(false);
-            return;
-        }
-        let end = stream::pump(chunks, tx, runner.token.clone(), runner.deadline).await;
-        runner.state.stats.finished(end == PumpEnd::Completed);
-    }));
+            .instrument(span),
+        ),
+    );
     match waiter.first_answer(start_rx).await {
         Ok(()) => respond(
             StatusCode::OK,
@@ -113,10 +134,13 @@ async fn begin(
     let token = CancellationToken::new();
     let cell = ProgressCell::default();
     *lock(&state.latest) = cell.clone();
-    let ctx = CallContext::new()
+    let mut ctx = CallContext::new()
         .with_cancel(token.clone())
         .with_progress(cell)
         .with_deadline(r.deadline.map(Instant::into_std));
+    if let Some(tag) = r.tag {
+        ctx = ctx.with_tag(tag);
+    }
     let id = state.next_id.fetch_add(1, Ordering::Relaxed);
     lock(&state.calls).insert(id, token.clone());
     state.cleaned.store(false, Ordering::Relaxed);

@@ -140,6 +140,8 @@ pub(super) struct CallRequest {
     pub(super) req: ExecuteRequest,
     pub(super) blobs: Vec<Bytes>,
     pub(super) deadline: Option<Instant>,
+    /// `x-cjm-call-tag`: what the call's log lines are tagged with.
+    pub(super) tag: Option<String>,
 }
 
 /// Decodes the request of `/execute` or `/execute_stream`.
@@ -162,6 +164,26 @@ pub(super) async fn read_call(
                 })?;
             Some(Instant::now() + Duration::from_millis(ms))
         }
+    };
+    let tag = match req.headers().get(wire_headers::CALL_TAG) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|t| {
+                    !t.is_empty()
+                        && t.len() <= wire_headers::MAX_CALL_TAG
+                        && t.bytes().all(|b| b.is_ascii_graphic())
+                })
+                .ok_or_else(|| {
+                    bad_request(format!(
+                        "{} must be 1 to {} visible ASCII characters",
+                        wire_headers::CALL_TAG,
+                        wire_headers::MAX_CALL_TAG
+                    ))
+                })?
+                .to_owned(),
+        ),
     };
     let kind = body_kind(&req, true)?;
     let limit = match kind {
@@ -188,5 +210,6 @@ pub(super) async fn read_call(
         req,
         blobs,
         deadline,
+        tag,
     })
 }

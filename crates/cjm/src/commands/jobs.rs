@@ -157,6 +157,14 @@ pub(super) async fn run(ctx: &Context, cmd: JobsCommand) -> Result<ExitCode, Fai
             }
             outcome(&job)
         }
+        JobsCommand::Logs { id, lines } => {
+            let path = format!("/api/v1/jobs/{}/logs?lines={lines}", segment(&id));
+            let v = service.json(Method::GET, &path, None).await?;
+            for l in v["lines"].as_array().into_iter().flatten() {
+                say!("{}", l.as_str().unwrap_or_default());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         JobsCommand::Watch { id } => {
             let path = match &id {
                 Some(id) => format!("/api/v1/jobs/events?job={}", query(id)),
