@@ -503,3 +503,38 @@ async fn each_job_has_its_own_log_lines_even_on_a_shared_worker() {
     assert_eq!(jobs.logs(&a, 2).unwrap().len(), 2);
     jobs.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_fails_the_job_with_the_workers_last_lines() {
+    let s = Scratch::new();
+    s.worker_manifest("w", json!({}));
+    let m = s.manager_with(cjm_host::SupervisorOptions {
+        max_crashes: 2,
+        backoff_base: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(20),
+        ..cjm_host::SupervisorOptions::default()
+    });
+    m.discover();
+    let jobs = Jobs::builder()
+        .retry_backoff(Duration::from_millis(50), Duration::from_millis(100))
+        .open(m)
+        .unwrap();
+    // The worker dies on every attempt; the job is retried until the plugin is given up.
+    let die = JobCall::new(vec![json!("exit")]).kwarg("code", json!(7));
+    let id = jobs
+        .submit("w", die, JobOptions::new().retries(10))
+        .await
+        .unwrap();
+    let j = jobs.wait(&id).await.unwrap();
+    assert_eq!(j.state, JobState::Failed, "{j:?}");
+    assert!(j.attempts >= 2, "{j:?}");
+    let e = j.error.unwrap();
+    assert!(e.message.contains("crashed repeatedly"), "{e}");
+    assert!(!e.details.last_log_lines.is_empty(), "{e:?}");
+    assert!(
+        e.details.last_log_lines.iter().any(|l| l.contains("Starting w")),
+        "{:?}",
+        e.details.last_log_lines
+    );
+    jobs.shutdown().await;
+}
