@@ -47,6 +47,7 @@ async fn lanes_admit_by_priority_and_a_busy_plugin_holds_back_nothing() {
     let jobs = Jobs::builder()
         .max_in_flight(2)
         .per_target(1)
+        .measure_first(false)
         .open(m)
         .unwrap();
     let mut events = jobs.watch(None);
@@ -295,6 +296,7 @@ async fn a_host_killed_with_jobs_queued_and_running_loses_none() {
     let jobs = Jobs::builder()
         .max_in_flight(4)
         .per_target(4)
+        .measure_first(false)
         .open(m)
         .unwrap();
     let all = jobs.list(&JobFilter {
@@ -329,7 +331,12 @@ async fn a_host_killed_with_jobs_queued_and_running_loses_none() {
     jobs.shutdown().await;
     drop(jobs);
     // And after a clean shutdown the history reads back the same.
-    let jobs = Jobs::open(s.manager()).unwrap();
+    let jobs = Jobs::builder()
+        .max_in_flight(4)
+        .per_target(4)
+        .measure_first(false)
+        .open(s.manager())
+        .unwrap();
     let again = jobs.list(&JobFilter {
         limit: Some(1000),
         ..JobFilter::default()
@@ -465,7 +472,11 @@ async fn each_job_has_its_own_log_lines_even_on_a_shared_worker() {
     let m = s.manager();
     m.discover();
     // Two jobs at once on one worker, logging interleaved.
-    let jobs = Jobs::builder().per_target(2).open(m.clone()).unwrap();
+    let jobs = Jobs::builder()
+        .per_target(2)
+        .measure_first(false)
+        .open(m.clone())
+        .unwrap();
     let say = |word: &str| {
         JobCall::new(vec![json!("log")])
             .kwarg("word", json!(word))
@@ -532,9 +543,71 @@ async fn a_crash_loop_fails_the_job_with_the_workers_last_lines() {
     assert!(e.message.contains("crashed repeatedly"), "{e}");
     assert!(!e.details.last_log_lines.is_empty(), "{e:?}");
     assert!(
-        e.details.last_log_lines.iter().any(|l| l.contains("Starting w")),
+        e.details
+            .last_log_lines
+            .iter()
+            .any(|l| l.contains("Starting w")),
         "{:?}",
         e.details.last_log_lines
     );
+    jobs.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_are_measured_and_admission_uses_them() {
+    use cjm_host::testing::FakeMonitor;
+    let s = Scratch::new();
+    s.worker_manifest("a", json!({}));
+    s.worker_manifest("b", json!({}));
+    // 500 MB available; the workers' RAM is what the test says it is.
+    let mon = std::sync::Arc::new(FakeMonitor::with(16_000, 500, vec![]));
+    let m = cjm_host::PluginManager::builder()
+        .search_paths([s.manifests()])
+        .data_dir(s.data())
+        .monitor(mon.clone())
+        .build()
+        .unwrap();
+    m.discover();
+    let jobs = Jobs::builder().max_in_flight(4).open(m.clone()).unwrap();
+    let mut events = jobs.watch(None);
+
+    // Unmeasured: the first job of `a` runs alone; `b`'s waits although a lane is free.
+    let a1 = jobs
+        .submit("a", sleep(300), JobOptions::new())
+        .await
+        .unwrap();
+    event_of(&mut events, &a1, |k| {
+        matches!(k, JobEventKind::Started { .. })
+    })
+    .await;
+    let b1 = jobs.submit("b", pid(), JobOptions::new()).await.unwrap();
+    assert_eq!(jobs.get(&b1).unwrap().state, JobState::Queued);
+    jobs.wait(&a1).await.unwrap();
+    assert_eq!(jobs.wait(&b1).await.unwrap().state, JobState::Succeeded);
+    let profiles = jobs.profiles();
+    assert_eq!(profiles.len(), 2, "{profiles:?}");
+    let pa = profiles.iter().find(|p| p.target == "a").unwrap();
+    assert_eq!(pa.runs, 1);
+    assert!(pa.mean_duration_ms >= 250.0, "{pa:?}");
+
+    // `a` now uses 800 MB: its next job measures that.
+    mon.set_process_ram(m.pid("a").unwrap(), 800);
+    let a2 = jobs.submit("a", pid(), JobOptions::new()).await.unwrap();
+    jobs.wait(&a2).await.unwrap();
+    let pa = jobs
+        .profiles()
+        .into_iter()
+        .find(|p| p.target == "a")
+        .unwrap();
+    assert_eq!((pa.runs, pa.peak_ram_mb), (2, 800), "{pa:?}");
+
+    // 800 MB does not fit in 500: `a` waits, and `b` is not held back by it.
+    let a3 = jobs.submit("a", pid(), JobOptions::new()).await.unwrap();
+    let b2 = jobs.submit("b", pid(), JobOptions::new()).await.unwrap();
+    assert_eq!(jobs.wait(&b2).await.unwrap().state, JobState::Succeeded);
+    assert_eq!(jobs.get(&a3).unwrap().state, JobState::Queued);
+    // When RAM frees up, it runs.
+    mon.update(|snap| snap.ram_available_mb = 4000);
+    assert_eq!(jobs.wait(&a3).await.unwrap().state, JobState::Succeeded);
     jobs.shutdown().await;
 }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::event::{Bus, CancelPhase, JobEvent, JobEventKind, Subscription};
 use crate::job::{now_ms, Job, JobCall, JobId, JobOptions, JobState};
 use crate::journal::{Journal, JournalError, Row};
+use crate::profile::{config_hash, Profile, Profiles, Samples};
 
 /// Why a jobs operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,6 +64,7 @@ pub struct JobsBuilder {
     keep_for: Duration,
     journal: Option<PathBuf>,
     config: Option<ConfigSource>,
+    measure_first: bool,
 }
 
 /// Where the configuration a job loads its plugin with comes from.
@@ -92,6 +94,7 @@ impl Default for JobsBuilder {
             keep_for: Duration::from_secs(7 * 24 * 3600),
             journal: None,
             config: None,
+            measure_first: true,
         }
     }
 }
@@ -141,6 +144,14 @@ impl JobsBuilder {
         self
     }
 
+    /// Whether a job whose (plugin, configuration) has no resource profile yet runs alone
+    /// (default `true`): nothing else is admitted while it runs, so its first measurement is
+    /// clean and it cannot overcommit the machine. Off: admission ignores missing profiles.
+    pub fn measure_first(mut self, on: bool) -> Self {
+        self.measure_first = on;
+        self
+    }
+
     /// The journal's file (default `<data_dir>/journal.db`).
     pub fn journal(mut self, path: impl Into<PathBuf>) -> Self {
         self.journal = Some(path.into());
@@ -165,6 +176,8 @@ impl JobsBuilder {
             journal,
             bus: Bus::default(),
             opts: self,
+            profiles: Mutex::new(Profiles::default()),
+            ram_available_mb: std::sync::atomic::AtomicU64::new(u64::MAX),
             closed: AtomicBool::new(false),
             state: Mutex::new(State {
                 seq: replay.last_seq,
@@ -172,6 +185,7 @@ impl JobsBuilder {
             }),
         });
         inner.recover(replay.events);
+        Inner::watch_ram(&inner);
         Ok(Jobs { inner })
     }
 }
@@ -197,6 +211,10 @@ struct Inner {
     journal: Journal,
     bus: Bus,
     opts: JobsBuilder,
+    /// What jobs used, by (target, configuration).
+    profiles: Mutex<Profiles>,
+    /// RAM available now, MB (`u64::MAX` until first read, or when unknown).
+    ram_available_mb: std::sync::atomic::AtomicU64,
     closed: AtomicBool,
     state: Mutex<State>,
 }
@@ -211,6 +229,8 @@ struct Pending {
 
 struct Running {
     target: String,
+    /// Runs alone: its configuration had no profile when it was admitted.
+    alone: bool,
     cancel: CancellationToken,
     task: Option<tokio::task::AbortHandle>,
 }
@@ -421,6 +441,15 @@ impl Jobs {
         Ok(mine)
     }
 
+    /// The resource profiles measured so far, by plugin (or instance) and configuration.
+    pub fn profiles(&self) -> Vec<Profile> {
+        self.inner
+            .profiles
+            .lock()
+            .map(|p| p.all())
+            .unwrap_or_default()
+    }
+
     /// Every event from now on, or one job's.
     pub fn watch(&self, job: Option<JobId>) -> Subscription {
         self.inner.bus.subscribe(job)
@@ -528,11 +557,20 @@ impl Inner {
             return;
         }
         let now = now_ms();
-        let mut start = Vec::new();
+        let mut start: Vec<(Pending, bool)> = Vec::new();
         let mut expired = Vec::new();
         let mut planned: HashMap<&str, usize> = HashMap::new();
+        let ram = self.ram_available_mb.load(Ordering::Relaxed);
+        let mut planned_ram = 0u64;
+        let profiles = self
+            .profiles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for p in &st.pending {
-            if st.running.len() + start.len() >= self.opts.max_in_flight {
+            if st.running.len() + start.len() >= self.opts.max_in_flight
+                || st.running.values().any(|r| r.alone)
+                || start.iter().any(|(_, alone)| *alone)
+            {
                 break;
             }
             let Some(job) = st.jobs.get(&p.id) else {
@@ -547,9 +585,33 @@ impl Inner {
             if busy >= self.opts.per_target {
                 continue;
             }
+            // Its profile: unmeasured runs alone; measured must fit in the RAM there is.
+            let hash = self
+                .manager
+                .config(&job.target)
+                .map(|c| config_hash(&c))
+                .unwrap_or_default();
+            let alone = match profiles.get(&job.target, &hash) {
+                None if self.opts.measure_first => {
+                    if !st.running.is_empty() || !start.is_empty() {
+                        continue;
+                    }
+                    true
+                }
+                None => false,
+                Some(profile) => {
+                    // Jobs admitted in this round are not in the reading yet: count them.
+                    if ram != u64::MAX && profile.peak_ram_mb > ram.saturating_sub(planned_ram) {
+                        continue;
+                    }
+                    planned_ram += profile.peak_ram_mb;
+                    false
+                }
+            };
             *planned.entry(job.target.as_str()).or_default() += 1;
-            start.push(p.clone());
+            start.push((p.clone(), alone));
         }
+        drop(profiles);
         for p in expired {
             st.pending.remove(&p);
             st.places.remove(&p.id);
@@ -561,7 +623,7 @@ impl Inner {
                 },
             );
         }
-        for p in start {
+        for (p, alone) in start {
             st.pending.remove(&p);
             st.places.remove(&p.id);
             let Some(job) = st.jobs.get(&p.id).cloned() else {
@@ -576,6 +638,7 @@ impl Inner {
                 p.id.clone(),
                 Running {
                     target: job.target.clone(),
+                    alone,
                     cancel,
                     task: Some(task.abort_handle()),
                 },
@@ -657,12 +720,17 @@ impl Inner {
         loop {
             attempt += 1;
             self.event(&job.id, JobEventKind::Started { attempt });
-            let result = match self.attempt(job, cancel).await {
+            let began = std::time::Instant::now();
+            let mut samples = Samples::default();
+            let result = match self.attempt(job, cancel, &mut samples).await {
                 Attempt::Done(r) => r,
                 Attempt::Cancelled => return JobEventKind::Cancelled,
             };
             let error = match result {
-                Ok(value) => return JobEventKind::Succeeded { result: value },
+                Ok(value) => {
+                    self.record_profile(&job.target, &samples, began.elapsed());
+                    return JobEventKind::Succeeded { result: value };
+                }
                 Err(e) => e,
             };
             if !error.retriable || attempt > job.options.retries {
@@ -688,7 +756,62 @@ impl Inner {
         }
     }
 
-    async fn attempt(self: &Arc<Self>, job: &Job, cancel: &CancellationToken) -> Attempt {
+    /// Folds a succeeded job's measurements into its (target, configuration) profile.
+    fn record_profile(&self, target: &str, samples: &Samples, took: Duration) {
+        let hash = self
+            .manager
+            .config(target)
+            .map(|c| config_hash(&c))
+            .unwrap_or_default();
+        if let Ok(mut p) = self.profiles.lock() {
+            p.record(target, &hash, samples, took.as_secs_f64() * 1e3);
+        }
+    }
+
+    /// Reads the RAM available every second while the jobs layer exists, and admits again
+    /// when it changed.
+    fn watch_ram(inner: &Arc<Self>) {
+        let weak = Arc::downgrade(inner);
+        tokio::spawn(async move {
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let snap = inner.manager.system_snapshot().await;
+                let ram = if snap.ram_total_mb == 0 {
+                    u64::MAX
+                } else {
+                    snap.ram_available_mb
+                };
+                let before = inner.ram_available_mb.swap(ram, Ordering::Relaxed);
+                if before != ram {
+                    // Jobs held for RAM may fit now.
+                    let mut st = inner.lock();
+                    inner.pump(&mut st);
+                }
+                drop(inner);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// One sample of the worker's RAM and GPU memory, and (`with_cpu`) its CPU use.
+    async fn sample(&self, target: &str, samples: &mut Samples, with_cpu: bool) {
+        if let Ok(u) = self.manager.resource_usage(target).await {
+            let gpu: u64 = u.gpu_memory_mb.iter().map(|(_, mb)| mb).sum();
+            samples.ram(u.ram_mb, gpu);
+        }
+        if with_cpu {
+            if let Ok(Some(w)) = self.manager.stats(target).await.map(|s| s.worker) {
+                samples.cpu(w.cpu_percent);
+            }
+        }
+    }
+
+    async fn attempt(
+        self: &Arc<Self>,
+        job: &Job,
+        cancel: &CancellationToken,
+        samples: &mut Samples,
+    ) -> Attempt {
         let m = &self.manager;
         let target = job.target.as_str();
         let timeout = job
@@ -718,9 +841,14 @@ impl Inner {
         let mut last: Option<(f64, String)> = None;
         loop {
             tokio::select! {
-                r = &mut exec => return Attempt::Done(r),
+                r = &mut exec => {
+                    // The worker's RAM right after the call, before it frees much.
+                    self.sample(target, samples, false).await;
+                    return Attempt::Done(r);
+                }
                 () = cancel.cancelled() => break,
                 _ = tick.tick() => {
+                    self.sample(target, samples, true).await;
                     if let Ok(p) = m.progress(target).await {
                         let now = (p.progress, p.message.clone());
                         if last.as_ref() != Some(&now) && (p.progress > 0.0 || !p.message.is_empty()) {

@@ -10,6 +10,10 @@
 //! - **Cancel** in phases ([`Jobs::cancel`]): a queued job leaves the queue; a running one is
 //!   asked to stop, then abandoned with its worker respawned after a grace period.
 //! - **Retries** of retriable errors with backoff.
+//! - **Resource profiles** ([`Jobs::profiles`]): peak and mean RAM, GPU memory, CPU and
+//!   duration per plugin (or instance) and configuration, updated after each job. A job of a
+//!   configuration never measured runs alone the first time; a measured one waits until its
+//!   peak RAM fits in the RAM available.
 //! - **Events** on a bus with bounded per-subscriber queues ([`Jobs::watch`]).
 //! - **Compositions** ([`Jobs::run_composition`]): a DAG of calls whose arguments take
 //!   earlier results (`{"$ref": "node.field"}`), checked at submission (unknown nodes,
@@ -37,9 +41,11 @@ mod event;
 mod job;
 mod jobs;
 mod journal;
+mod profile;
 
 pub use composition::{Composition, Node, NodeOutcome};
 pub use event::{CancelPhase, JobEvent, JobEventKind, Subscription, SUBSCRIBER_QUEUE};
 pub use job::{Job, JobCall, JobId, JobOptions, JobState};
 pub use jobs::{JobError, JobFilter, Jobs, JobsBuilder};
 pub use journal::JournalError;
+pub use profile::Profile;

@@ -27,6 +27,7 @@ pub(crate) fn routes() -> Router<Service> {
     Router::new()
         .route("/api/v1/jobs", get(list).post(submit))
         .route("/api/v1/jobs/events", get(events))
+        .route("/api/v1/jobs/profiles", get(profiles))
         .route("/api/v1/jobs/{id}", get(show))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/wait", get(wait))
@@ -125,6 +126,11 @@ async fn list(State(s): State<Service>, Query(q): Query<ListQuery>) -> ApiResult
         limit: Some(q.limit.unwrap_or(100).min(10_000)),
     };
     Ok(Json(json!({"jobs": jobs(&s)?.list(&filter)})).into_response())
+}
+
+/// The resource profiles measured so far.
+async fn profiles(State(s): State<Service>) -> ApiResult {
+    Ok(Json(json!({"profiles": jobs(&s)?.profiles()})).into_response())
 }
 
 async fn show(State(s): State<Service>, Path(id): Path<String>) -> ApiResult {

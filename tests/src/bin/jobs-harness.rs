@@ -27,6 +27,7 @@ async fn main() {
     let jobs = Jobs::builder()
         .max_in_flight(4)
         .per_target(4)
+        .measure_first(false)
         .open(manager)
         .expect("jobs");
     let mut events = jobs.watch(None);
