@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use cjm_host::{Call, ErrorCategory, PluginManager, PluginState, RayCluster};
 use common::Scratch;
-use futures::StreamExt;
 use serde_json::{json, Value};
 
 fn ray_bin() -> PathBuf {
@@ -223,18 +222,7 @@ async fn a_worker_placed_on_ray_is_called_restarted_and_leaves_nothing_on_the_cl
     let v = m.execute("onray", env("FROM_RAY")).await.unwrap().value;
     assert_eq!(v, json!("runtime-env"));
     // Streams.
-    let mut stream = m
-        .execute_stream("onray", Call::new(vec![]).kwarg("n", json!(3)))
-        .await
-        .unwrap();
-    let mut chunks = Vec::new();
-    while let Some(c) = stream.next().await {
-        chunks.push(c.unwrap());
-    }
-    assert_eq!(
-        chunks,
-        vec![json!({"i": 0}), json!({"i": 1}), json!({"i": 2})]
-    );
+    common::streams_three(&m, "onray").await;
 
     // The worker dies: Ray reports the job failed, the supervisor places a new one.
     cjm_sys::signal::kill(pid, libc::SIGKILL);

@@ -15,7 +15,6 @@ use cjm_host::secrets::SecretStore;
 use cjm_host::{Call, PluginState};
 use cjm_tests::process::{running, worker_command, ChildGuard};
 use common::Scratch;
-use futures::StreamExt;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use serde_json::{json, Value};
 
@@ -103,18 +102,7 @@ async fn a_remote_tls_worker_is_called_reconnected_and_never_stopped() {
     let out = m.execute("far", pid_call()).await.unwrap();
     assert_eq!(out.value, json!(worker.id()));
     assert_eq!(m.pid("far"), None);
-    let mut stream = m
-        .execute_stream("far", Call::new(vec![]).kwarg("n", json!(3)))
-        .await
-        .unwrap();
-    let mut chunks = Vec::new();
-    while let Some(c) = stream.next().await {
-        chunks.push(c.unwrap());
-    }
-    assert_eq!(
-        chunks,
-        vec![json!({"i": 0}), json!({"i": 1}), json!({"i": 2})]
-    );
+    common::streams_three(&m, "far").await;
 
     // A wrong token is the worker's refusal; a wrong CA names the TLS failure; a missing
     // secret says how to set it.

@@ -369,9 +369,16 @@ async fn stats(State(s): State<Service>, Path(name): Path<String>) -> ApiResult 
     Ok(Json(stats).into_response())
 }
 
+/// `?lines=N` of a log tail: default [`DEFAULT_LOG_LINES`], at most [`MAX_LOG_LINES`].
 #[derive(Debug, Deserialize)]
-struct LogQuery {
+pub(crate) struct LogQuery {
     lines: Option<usize>,
+}
+
+impl LogQuery {
+    pub(crate) fn lines(&self) -> usize {
+        self.lines.unwrap_or(DEFAULT_LOG_LINES).min(MAX_LOG_LINES)
+    }
 }
 
 async fn logs(
@@ -379,7 +386,6 @@ async fn logs(
     Path(name): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> ApiResult {
-    let n = q.lines.unwrap_or(DEFAULT_LOG_LINES).min(MAX_LOG_LINES);
-    let lines = s.manager().logs(&name, n)?;
+    let lines = s.manager().logs(&name, q.lines())?;
     Ok(Json(json!({"lines": lines})).into_response())
 }

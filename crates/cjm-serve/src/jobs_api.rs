@@ -179,20 +179,14 @@ async fn wait(
     Ok(Json(job).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LogsQuery {
-    lines: Option<usize>,
-}
-
 /// The worker's log lines tagged with the job (`cjm_jobs::Jobs::logs`).
 async fn logs(
     State(s): State<Service>,
     Path(id): Path<String>,
-    Query(q): Query<LogsQuery>,
+    Query(q): Query<crate::api::LogQuery>,
 ) -> ApiResult {
     let id = job_id(&id)?;
-    let lines = jobs(&s)?.logs(&id, q.lines.unwrap_or(100).min(10_000))?;
+    let lines = jobs(&s)?.logs(&id, q.lines())?;
     Ok(Json(json!({"lines": lines})).into_response())
 }
 

@@ -168,13 +168,18 @@ impl Service {
             return Ok(resp);
         }
         let status = resp.status().as_u16();
-        let body = resp
+        let body = self.read(resp).await?;
+        Err(error_from_response(status, &body))
+    }
+
+    /// The whole body of an answer.
+    async fn read(&self, resp: Response<Incoming>) -> Result<Bytes, PluginError> {
+        Ok(resp
             .into_body()
             .collect()
             .await
             .map_err(|e| self.unreachable(e))?
-            .to_bytes();
-        Err(error_from_response(status, &body))
+            .to_bytes())
     }
 
     async fn handshake<S>(&self, stream: S) -> Result<http1::SendRequest<Full<Bytes>>, PluginError>
@@ -200,12 +205,7 @@ impl Service {
         body: Option<&Value>,
     ) -> Result<Value, PluginError> {
         let resp = self.send(method, path, body).await?;
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| self.unreachable(e))?
-            .to_bytes();
+        let bytes = self.read(resp).await?;
         if bytes.is_empty() {
             return Ok(Value::Null);
         }
@@ -267,12 +267,7 @@ impl Service {
     pub(crate) async fn refresh(&self, name: &str) -> Result<bool, PluginError> {
         let path = format!("/api/v1/plugins/{}/refresh", encode(name));
         let resp = self.send(Method::POST, &path, None).await?;
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| self.unreachable(e))?
-            .to_bytes();
+        let bytes = self.read(resp).await?;
         let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
         Ok(v["respawned"] == true)
     }
@@ -281,12 +276,7 @@ impl Service {
     pub(crate) async fn call(&self, name: &str, body: &Value) -> Result<(Value, u64), PluginError> {
         let path = format!("/api/v1/plugins/{}/call", encode(name));
         let resp = self.send(Method::POST, &path, Some(body)).await?;
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| self.unreachable(e))?
-            .to_bytes();
+        let bytes = self.read(resp).await?;
         let mut v: Value = serde_json::from_slice(&bytes).map_err(|e| {
             PluginError::fatal(format!(
                 "the service answered a call with invalid JSON: {e}"

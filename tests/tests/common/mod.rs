@@ -108,3 +108,21 @@ pub(crate) fn wait_gone(pids: &[u32], limit: Duration) -> Vec<u32> {
 pub(crate) fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// Streams three chunks from the test worker's stream (`n = 3`) on `name` and checks them.
+pub(crate) async fn streams_three(m: &PluginManager, name: &str) {
+    use futures::StreamExt;
+    let call = cjm_host::Call::new(vec![]).kwarg("n", json!(3));
+    let mut stream = m
+        .execute_stream(name, call)
+        .await
+        .expect("the stream starts");
+    let mut chunks = Vec::new();
+    while let Some(c) = stream.next().await {
+        chunks.push(c.expect("a chunk"));
+    }
+    assert_eq!(
+        chunks,
+        vec![json!({"i": 0}), json!({"i": 1}), json!({"i": 2})]
+    );
+}
