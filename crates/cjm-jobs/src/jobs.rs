@@ -177,6 +177,7 @@ impl JobsBuilder {
             bus: Bus::default(),
             opts: self,
             profiles: Mutex::new(Profiles::default()),
+            end_sampled: Mutex::new(HashMap::new()),
             ram_available_mb: std::sync::atomic::AtomicU64::new(u64::MAX),
             closed: AtomicBool::new(false),
             state: Mutex::new(State {
@@ -213,6 +214,8 @@ struct Inner {
     opts: JobsBuilder,
     /// What jobs used, by (target, configuration).
     profiles: Mutex<Profiles>,
+    /// When each target's worker was last sampled at the end of a job.
+    end_sampled: Mutex<HashMap<String, std::time::Instant>>,
     /// RAM available now, MB (`u64::MAX` until first read, or when unknown).
     ram_available_mb: std::sync::atomic::AtomicU64,
     closed: AtomicBool,
@@ -251,6 +254,9 @@ struct State {
 
 /// How often a running job's progress is read from its worker.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// Jobs of a plugin whose worker is always sampled when they end, before sampling thins out.
+const YOUNG_PROFILE_RUNS: u64 = 8;
 
 /// The longest idempotency key accepted.
 const MAX_KEY: usize = 256;
@@ -793,6 +799,31 @@ impl Inner {
         });
     }
 
+    /// Whether a job of `target` that just ended should sample its worker: for its first
+    /// few measured jobs always, then at most every [`PROGRESS_EVERY`] × 2.
+    fn end_sample_due(&self, target: &str) -> bool {
+        let young = self
+            .profiles
+            .lock()
+            .map(|p| p.runs_of(target) < YOUNG_PROFILE_RUNS)
+            .unwrap_or(true);
+        let Ok(mut g) = self.end_sampled.lock() else {
+            return young;
+        };
+        if young {
+            g.insert(target.to_owned(), std::time::Instant::now());
+            return true;
+        }
+        let now = std::time::Instant::now();
+        match g.get(target) {
+            Some(t) if now.duration_since(*t) < PROGRESS_EVERY * 2 => false,
+            _ => {
+                g.insert(target.to_owned(), now);
+                true
+            }
+        }
+    }
+
     /// One sample of the worker's RAM and GPU memory, and (`with_cpu`) its CPU use.
     async fn sample(&self, target: &str, samples: &mut Samples, with_cpu: bool) {
         if let Ok(u) = self.manager.resource_usage(target).await {
@@ -842,8 +873,12 @@ impl Inner {
         loop {
             tokio::select! {
                 r = &mut exec => {
-                    // The worker's RAM right after the call, before it frees much.
-                    self.sample(target, samples, false).await;
+                    // The worker's RAM right after the call, before it frees much; for jobs
+                    // too short to be sampled while running, at most once a second per
+                    // plugin, so that a stream of short jobs is not slowed by /proc reads.
+                    if self.end_sample_due(target) {
+                        self.sample(target, samples, false).await;
+                    }
                     return Attempt::Done(r);
                 }
                 () = cancel.cancelled() => break,

@@ -85,6 +85,15 @@ impl Profiles {
         self.by_key.get(&(target.to_owned(), hash.to_owned()))
     }
 
+    /// Jobs measured on `target`, whatever their configuration.
+    pub(crate) fn runs_of(&self, target: &str) -> u64 {
+        self.by_key
+            .iter()
+            .filter(|((t, _), _)| t == target)
+            .map(|(_, p)| p.runs)
+            .sum()
+    }
+
     pub(crate) fn all(&self) -> Vec<Profile> {
         let mut v: Vec<Profile> = self.by_key.values().cloned().collect();
         v.sort_by(|a, b| (&a.target, &a.config_hash).cmp(&(&b.target, &b.config_hash)));

@@ -105,5 +105,77 @@ pub(crate) async fn measure(
     f.insert("jobs_noop_per_s".into(), json!(rate));
     f.insert("jobs_noop_per_s_limit".into(), json!(RATE_GOAL));
     jobs.shutdown().await;
+    many(m, workers, dir, f).await
+}
+
+/// Jobs in the memory run (`CJM_BENCH_MANY_JOBS` overrides).
+const MANY_JOBS: usize = 1_000_000;
+
+/// The host's RSS growth from the first tenth of `MANY_JOBS` no-op jobs to the end, with
+/// retention keeping 10 000 finished jobs: memory must stay flat.
+async fn many(
+    m: &PluginManager,
+    workers: &[String],
+    dir: &std::path::Path,
+    f: &mut Map<String, Value>,
+) -> Result<(), PluginError> {
+    let total: usize = std::env::var("CJM_BENCH_MANY_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MANY_JOBS);
+    let jobs = Jobs::builder()
+        .max_in_flight(workers.len())
+        .per_target(1)
+        .measure_first(false)
+        .retention(10_000, std::time::Duration::from_secs(3600))
+        .journal(dir.join("many.db"))
+        .open(m.clone())
+        .map_err(fail)?;
+    let mut rss_tenth = None;
+    let t = Instant::now();
+    let mut done = futures::stream::iter(0..total)
+        .map(|i| {
+            let jobs = jobs.clone();
+            let target = workers[i % workers.len()].clone();
+            async move {
+                let id = jobs.submit(&target, noop(), JobOptions::new()).await?;
+                match jobs.wait(&id).await {
+                    // Retention may forget a finished job before its wait looks: it ended.
+                    Ok(_) | Err(cjm_jobs::JobError::NotFound(_)) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        })
+        .buffer_unordered(256);
+    let mut n = 0usize;
+    while let Some(r) = done.next().await {
+        r.map_err(fail)?;
+        n += 1;
+        if n == total / 10 {
+            rss_tenth = self_rss_mb();
+        }
+    }
+    drop(done);
+    let rate = total as f64 / t.elapsed().as_secs_f64();
+    if let (Some(a), Some(b)) = (rss_tenth, self_rss_mb()) {
+        f.insert("jobs_many_rss_growth_mb".into(), json!(b - a));
+        f.insert(
+            "jobs_many_rss_growth_mb_limit".into(),
+            json!(RSS_GROWTH_GOAL_MB),
+        );
+    }
+    f.insert("jobs_many_count".into(), json!(total));
+    f.insert("jobs_many_per_s".into(), json!(rate));
+    jobs.shutdown().await;
     Ok(())
+}
+
+/// "Flat": at most this much growth over the last nine tenths of the run.
+const RSS_GROWTH_GOAL_MB: f64 = 5.0;
+
+fn self_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }

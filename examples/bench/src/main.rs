@@ -170,6 +170,13 @@ fn print_table(f: &Map<String, Value>) {
             "jobs/s",
         ),
         (
+            "jobs_many_rss_growth_mb",
+            "host RSS growth over 1 000 000 jobs, retention on",
+            1.0,
+            "MB",
+        ),
+        ("jobs_many_per_s", "  … at this rate", 1.0, "jobs/s"),
+        (
             "py_worker_sync_rtt_p50_us",
             "original Python worker round trip p50",
             1.0,
