@@ -28,6 +28,7 @@ pub(crate) fn routes() -> Router<Service> {
         .route("/api/v1/jobs", get(list).post(submit))
         .route("/api/v1/jobs/events", get(events))
         .route("/api/v1/jobs/profiles", get(profiles))
+        .route("/api/v1/compositions", post(compose))
         .route("/api/v1/jobs/{id}", get(show))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/wait", get(wait))
@@ -126,6 +127,15 @@ async fn list(State(s): State<Service>, Query(q): Query<ListQuery>) -> ApiResult
         limit: Some(q.limit.unwrap_or(100).min(10_000)),
     };
     Ok(Json(json!({"jobs": jobs(&s)?.list(&filter)})).into_response())
+}
+
+/// Runs a composition (`cjm_jobs::Composition`: `{"nodes": {ID: {"target", "call", "options"}}}`)
+/// and answers when every node has ended: `{"nodes": {ID: {"job", "state", "result", "error"}}}`.
+/// A malformed composition (unknown node, cycle, …) is a `400` before anything runs.
+async fn compose(State(s): State<Service>, b: Bytes) -> ApiResult {
+    let comp: cjm_jobs::Composition = body(&b)?;
+    let out = jobs(&s)?.run_composition(comp).await?;
+    Ok(Json(json!({"nodes": out})).into_response())
 }
 
 /// The resource profiles measured so far.

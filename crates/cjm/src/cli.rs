@@ -344,6 +344,12 @@ pub(crate) enum JobsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Runs a composition (a DAG of calls passing results along; JSON in FILE, `-` for stdin)
+    /// and prints each node's outcome as JSON; exits 0 only when every node succeeded.
+    Compose {
+        /// The composition: `{"nodes": {ID: {"target", "call": {"args", "kwargs"}}}}`.
+        file: PathBuf,
+    },
     /// Prints the log lines the job's worker wrote while it ran it.
     Logs {
         /// The job's id.

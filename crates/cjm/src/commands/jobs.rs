@@ -157,6 +157,27 @@ pub(super) async fn run(ctx: &Context, cmd: JobsCommand) -> Result<ExitCode, Fai
             }
             outcome(&job)
         }
+        JobsCommand::Compose { file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+            } else {
+                std::fs::read_to_string(&file)
+            }
+            .map_err(|e| Failure::Usage(format!("{}: {e}", file.display())))?;
+            let comp = parse_json(&file.display().to_string(), &text)?;
+            let v = service
+                .json(Method::POST, "/api/v1/compositions", Some(&comp))
+                .await?;
+            print_json(&v["nodes"]);
+            // Exits as the first node that did not succeed would (`cjm jobs wait`).
+            let first_bad = v["nodes"]
+                .as_object()
+                .and_then(|n| n.values().find(|o| o["state"] != "succeeded"));
+            match first_bad {
+                None => Ok(ExitCode::SUCCESS),
+                Some(node) => outcome(node),
+            }
+        }
         JobsCommand::Logs { id, lines } => {
             let path = format!("/api/v1/jobs/{}/logs?lines={lines}", segment(&id));
             let v = service.json(Method::GET, &path, None).await?;
