@@ -639,16 +639,14 @@ fn a_composition_runs_in_the_service() {
     let s = scratch();
     let _served = serve(&s, &[]);
     let file = s.dir.path().join("comp.json");
-    std::fs::write(
-        &file,
-        json!({"nodes": {
-            "who":   {"target": "t", "call": {"args": ["pid"]}},
-            "greet": {"target": "t", "call": {"args": ["echo"], "kwargs": {"pid": {"$ref": "who"}}}}
-        }})
-        .to_string(),
-    )
-    .unwrap();
-    let out = cjm(&s, &["jobs", "compose", file.to_str().unwrap()]);
+    let compose = |comp: Value| {
+        std::fs::write(&file, comp.to_string()).unwrap();
+        cjm(&s, &["jobs", "compose", file.to_str().unwrap()])
+    };
+    let out = compose(json!({"nodes": {
+        "who":   {"target": "t", "call": {"args": ["pid"]}},
+        "greet": {"target": "t", "call": {"args": ["echo"], "kwargs": {"pid": {"$ref": "who"}}}}
+    }}));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let pid = v["who"]["result"].clone();
@@ -658,30 +656,18 @@ fn a_composition_runs_in_the_service() {
         json!({"args": [], "kwargs": {"pid": pid}})
     );
     // A node that fails: the others after it are not run, and the exit code is its error's.
-    std::fs::write(
-        &file,
-        json!({"nodes": {
-            "bad":  {"target": "t", "call": {"args": ["fail"]}},
-            "next": {"target": "t", "call": {"args": ["echo", {"$ref": "bad"}]}}
-        }})
-        .to_string(),
-    )
-    .unwrap();
-    let out = cjm(&s, &["jobs", "compose", file.to_str().unwrap()]);
+    let out = compose(json!({"nodes": {
+        "bad":  {"target": "t", "call": {"args": ["fail"]}},
+        "next": {"target": "t", "call": {"args": ["echo", {"$ref": "bad"}]}}
+    }}));
     assert_eq!(out.status.code(), Some(10), "{}", text(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["next"]["state"], "cancelled", "{v}");
     // A cycle is refused before anything runs (user_input, exit 10), naming it.
-    std::fs::write(
-        &file,
-        json!({"nodes": {
-            "a": {"target": "t", "call": {"args": [{"$ref": "b"}]}},
-            "b": {"target": "t", "call": {"args": [{"$ref": "a"}]}}
-        }})
-        .to_string(),
-    )
-    .unwrap();
-    let out = cjm(&s, &["jobs", "compose", file.to_str().unwrap()]);
+    let out = compose(json!({"nodes": {
+        "a": {"target": "t", "call": {"args": [{"$ref": "b"}]}},
+        "b": {"target": "t", "call": {"args": [{"$ref": "a"}]}}
+    }}));
     assert_eq!(out.status.code(), Some(10), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("cycle through a, b"),

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::{parse_json, Context, Failure};
 use crate::cli::JobsCommand;
 use crate::output::say;
-use crate::remote::Service;
+use crate::remote::{encode, Service};
 
 /// The running service `what` needs, or a `transient` error saying how to start one.
 pub(super) fn service_for(ctx: &Context, what: &str) -> Result<Service, Failure> {
@@ -81,10 +81,10 @@ pub(super) async fn run(ctx: &Context, cmd: JobsCommand) -> Result<ExitCode, Fai
         } => {
             let mut path = format!("/api/v1/jobs?limit={limit}");
             if let Some(s) = state {
-                path.push_str(&format!("&state={}", query(&s)));
+                path.push_str(&format!("&state={}", encode(&s)));
             }
             if let Some(p) = plugin {
-                path.push_str(&format!("&target={}", query(&p)));
+                path.push_str(&format!("&target={}", encode(&p)));
             }
             let v = service.json(Method::GET, &path, None).await?;
             let list = v["jobs"].as_array().cloned().unwrap_or_default();
@@ -113,7 +113,7 @@ pub(super) async fn run(ctx: &Context, cmd: JobsCommand) -> Result<ExitCode, Fai
         }
         JobsCommand::Show { id, json } => {
             let v = service
-                .json(Method::GET, &format!("/api/v1/jobs/{}", segment(&id)), None)
+                .json(Method::GET, &format!("/api/v1/jobs/{}", encode(&id)), None)
                 .await?;
             if json {
                 print_json(&v);
@@ -126,7 +126,7 @@ pub(super) async fn run(ctx: &Context, cmd: JobsCommand) -> Result<ExitCode, Fai
             let v = service
                 .json(
                     Method::POST,
-                    &format!("/api/v1/jobs/{}/cancel", segment(&id)),
+                    &format!("/api/v1/jobs/{}/cancel", encode(&id)),
                     None,
                 )
                 .await?;
@@ -142,7 +142,7 @@ pub(super) async fn run(ctx: &Context, cmd: JobsCommand) -> Result<ExitCode, Fai
                 let v = service
                     .json(
                         Method::GET,
-                        &format!("/api/v1/jobs/{}/wait?timeout_s=600", segment(&id)),
+                        &format!("/api/v1/jobs/{}/wait?timeout_s=600", encode(&id)),
                         None,
                     )
                     .await?;
@@ -179,7 +179,7 @@ pub(super) async fn run(ctx: &Context, cmd: JobsCommand) -> Result<ExitCode, Fai
             }
         }
         JobsCommand::Logs { id, lines } => {
-            let path = format!("/api/v1/jobs/{}/logs?lines={lines}", segment(&id));
+            let path = format!("/api/v1/jobs/{}/logs?lines={lines}", encode(&id));
             let v = service.json(Method::GET, &path, None).await?;
             for l in v["lines"].as_array().into_iter().flatten() {
                 say!("{}", l.as_str().unwrap_or_default());
@@ -188,7 +188,7 @@ pub(super) async fn run(ctx: &Context, cmd: JobsCommand) -> Result<ExitCode, Fai
         }
         JobsCommand::Watch { id } => {
             let path = match &id {
-                Some(id) => format!("/api/v1/jobs/events?job={}", query(id)),
+                Some(id) => format!("/api/v1/jobs/events?job={}", encode(id)),
                 None => "/api/v1/jobs/events".to_owned(),
             };
             service
@@ -262,12 +262,4 @@ pub(super) fn print_json(v: &Value) {
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
     );
-}
-
-fn segment(text: &str) -> String {
-    crate::remote::encode(text)
-}
-
-fn query(text: &str) -> String {
-    crate::remote::encode(text)
 }
