@@ -41,8 +41,8 @@ pub(super) fn check_ray(c: &mut Checker<'_>, mode: Option<PluginExecutionMode>) 
     if let (Some(_), Some(m)) = (&ray, mode) {
         if m != PluginExecutionMode::Ray {
             c.problem(
-                "execution_mode",
-                format!("must be `ray` (or absent) when `ray` is given, not `{m}`"),
+                "ray",
+                format!("places the worker on Ray, but execution_mode is `{m}` (use `ray`, or drop this block)"),
             );
         }
     }

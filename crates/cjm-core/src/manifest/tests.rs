@@ -564,7 +564,7 @@ fn ray_problems_name_their_field() {
         assert!(fields.contains(&f), "{f} missing from {p:?}");
     }
     let p = problems(r#"{"name": "x", "command": "w", "execution_mode": "subprocess", "ray": {}}"#);
-    assert_eq!(p[0].0, "execution_mode", "{p:?}");
+    assert_eq!(p[0].0, "ray", "{p:?}");
     let p = problems(
         r#"{"name": "x", "execution_mode": "ray", "python_path": "/p", "module": "m", "class": "C"}"#,
     );
