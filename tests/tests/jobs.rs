@@ -609,5 +609,104 @@ async fn profiles_are_measured_and_admission_uses_them() {
     // When RAM frees up, it runs.
     mon.update(|snap| snap.ram_available_mb = 4000);
     assert_eq!(jobs.wait(&a3).await.unwrap().state, JobState::Succeeded);
+    let measured = jobs.profiles();
     jobs.shutdown().await;
+    // The profiles are saved in the journal: a restarted host admits with them at once.
+    let jobs = Jobs::builder().open(m.clone()).unwrap();
+    assert_eq!(jobs.profiles(), measured);
+    jobs.shutdown().await;
+    m.unload_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_for_memory_is_recognised_and_its_job_retried_once() {
+    // A real OOM kill: the worker runs in a memory cgroup of 64 MiB and touches 256 MiB.
+    let Some(cg) = common::MemoryCgroup::new(64) else {
+        eprintln!("skipped: no writable cgroup v1 memory hierarchy here");
+        return;
+    };
+    let s = Scratch::new();
+    s.worker_manifest("w", cg.wrap_worker());
+    s.worker_manifest("idle", json!({}));
+    let m = s.manager_with(cjm_host::SupervisorOptions {
+        backoff_base: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(20),
+        ..cjm_host::SupervisorOptions::default()
+    });
+    m.discover();
+    m.load("idle", None).await.unwrap();
+    let jobs = Jobs::builder().open(m.clone()).unwrap();
+    let mut events = jobs.watch(None);
+    // The first attempt is killed; the retry (the marker file exists by then) answers.
+    let marker = s.dir.path().join("hogged-once");
+    let once = JobCall::new(vec![json!("hog")])
+        .kwarg("mb", json!(256))
+        .kwarg("file", json!(common::path_str(&marker)));
+    let id = jobs
+        .submit("w", once, JobOptions::new().retries(0))
+        .await
+        .unwrap();
+    let recovering = event_of(&mut events, &id, |k| {
+        matches!(
+            k,
+            JobEventKind::Recovering { .. } | JobEventKind::Failed { .. }
+        )
+    })
+    .await;
+    let JobEventKind::Recovering {
+        attempt,
+        error,
+        evicted,
+    } = recovering
+    else {
+        panic!("expected recovery, got {recovering:?}");
+    };
+    assert_eq!(attempt, 1);
+    assert_eq!(error.category, ErrorCategory::Resource, "{error:?}");
+    assert!(error.details.out_of_memory, "{error:?}");
+    assert!(error.message.contains("worker out of memory"), "{error}");
+    let exit = error.details.exit_status.clone().unwrap_or_default();
+    assert!(exit.contains("OOM killer"), "{exit}");
+    // The idle plugin was evicted to make room; the worker was respawned.
+    assert_eq!(evicted, vec!["idle".to_owned()]);
+    assert!(!m.is_loaded("idle"));
+    let j = jobs.wait(&id).await.unwrap();
+    assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+    assert_eq!(j.result, Some(json!({"hogged": false})));
+    assert_eq!(j.attempts, 2);
+    // Killed again on the retry: failed with the resource error, whatever the budget left.
+    let always = JobCall::new(vec![json!("hog")]).kwarg("mb", json!(256));
+    let id = jobs
+        .submit("w", always, JobOptions::new().retries(5))
+        .await
+        .unwrap();
+    let j = jobs.wait(&id).await.unwrap();
+    assert_eq!((j.state, j.attempts), (JobState::Failed, 2), "{j:?}");
+    let e = j.error.unwrap();
+    assert_eq!(e.category, ErrorCategory::Resource);
+    assert!(e.details.out_of_memory, "{e:?}");
+    // A SIGKILL that is not the OOM killer's is a plain crash, not a resource error.
+    m.wait_for_state("w", Duration::from_secs(30), |s| {
+        s == cjm_host::PluginState::Ready
+    })
+    .await
+    .unwrap();
+    let pid = m.pid("w").unwrap();
+    let crash = jobs
+        .submit("w", sleep(60_000), JobOptions::new())
+        .await
+        .unwrap();
+    // Its progress is read only once the call runs on the worker.
+    event_of(&mut events, &crash, |k| {
+        matches!(k, JobEventKind::Progress { .. })
+    })
+    .await;
+    common::kill9(pid);
+    let j = jobs.wait(&crash).await.unwrap();
+    assert_eq!(j.state, JobState::Failed, "{j:?}");
+    let e = j.error.unwrap();
+    assert!(!e.details.out_of_memory, "{e:?}");
+    assert_ne!(e.category, ErrorCategory::Resource, "{e:?}");
+    jobs.shutdown().await;
+    m.unload_all().await;
 }

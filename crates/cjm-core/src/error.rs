@@ -141,6 +141,10 @@ pub struct ErrorDetails {
     /// The worker's exit status, when it died.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_status: Option<String>,
+    /// Whether the kernel's OOM killer ended the worker (a `resource` error, "worker out of
+    /// memory"; `exit_status` says what the evidence was).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub out_of_memory: bool,
     /// The last lines the worker wrote to stderr, when it died or failed to start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub last_log_lines: Vec<String>,
@@ -153,6 +157,10 @@ pub struct ErrorDetails {
     /// A traceback or backtrace, when the worker sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceback: Option<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl ErrorDetails {

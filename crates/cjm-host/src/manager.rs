@@ -862,6 +862,29 @@ impl PluginManager {
         })
     }
 
+    /// Unloads every loaded plugin that is idle (no call in flight; ready, crashed or given
+    /// up), except those named in `keep`, to free what their workers hold — after a worker
+    /// was killed for memory, say. Returns the plugins unloaded; one that became busy in the
+    /// meantime stays loaded.
+    pub async fn evict_idle(&self, keep: &[&str]) -> Vec<String> {
+        let idle: Vec<String> = match self.inner.loaded.read() {
+            Ok(g) => g
+                .values()
+                .filter(|p| is_idle(p) && !keep.contains(&p.manifest().name.as_str()))
+                .map(|p| p.manifest().name.clone())
+                .collect(),
+            Err(_) => return Vec::new(),
+        };
+        let mut evicted = Vec::new();
+        for name in idle {
+            match self.inner.resources.evict(&name).await {
+                Ok(()) => evicted.push(name),
+                Err(e) => tracing::debug!(plugin = %name, error = %e, "not evicted"),
+            }
+        }
+        evicted
+    }
+
     /// Unloads every plugin in parallel. Idempotent; cancel-safe like
     /// [`unload`](Self::unload).
     pub async fn unload_all(&self) {

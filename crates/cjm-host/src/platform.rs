@@ -11,6 +11,7 @@ use cjm_sys::child::ChildSetup;
 use cjm_sys::contain::{Containment, WorkerContainer};
 use tokio::sync::oneshot;
 
+pub(crate) use cjm_sys::oom::OomWatch;
 pub(crate) use cjm_sys::proc::{cpu_times, is_alive, subtree, subtrees};
 pub(crate) use cjm_sys::signal::{describe_exit, kill, kill_group, SIGKILL, SIGTERM};
 

@@ -197,6 +197,20 @@ impl PluginProxy {
             .last_exit()
             .unwrap_or_else(|| "is not running".to_owned());
         let mut e = match slot.state() {
+            // A worker the OOM killer ended: a resource error whatever happens next (the
+            // supervisor restarts it, or gives up); a caller may free memory and retry.
+            state
+                if slot.out_of_memory()
+                    && !matches!(state, PluginState::Stopped | PluginState::Failed) =>
+            {
+                let mut e = PluginError::resource(
+                    "worker out of memory: the kernel's OOM killer ended it",
+                    vec![],
+                )
+                .retriable(true);
+                e.details.out_of_memory = true;
+                e
+            }
             PluginState::Restarting | PluginState::Starting => {
                 PluginError::transient(format!("the worker {exit} and is restarting"))
             }

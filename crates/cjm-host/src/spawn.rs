@@ -93,6 +93,11 @@ pub(crate) struct WorkerResources {
 }
 
 impl WorkerResources {
+    /// The worker's own cgroup, in cgroup mode.
+    pub(crate) fn cgroup_path(&self) -> Option<&Path> {
+        self.container.cgroup().map(|c| c.path())
+    }
+
     /// Kills what is left of the worker's processes (all of them in cgroup mode) and removes
     /// its cgroup and socket, waiting until that is done. Called after the supervisor's
     /// teardown, which has already ended the process group.

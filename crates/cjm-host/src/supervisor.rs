@@ -63,6 +63,8 @@ pub(crate) struct WorkerSlot {
     restarts: AtomicU32,
     config: Arc<RwLock<Value>>,
     last_exit: Mutex<Option<String>>,
+    /// Whether the kernel's OOM killer ended the last worker (evidence in `last_exit`).
+    out_of_memory: std::sync::atomic::AtomicBool,
     started_at: Mutex<Instant>,
     stop_tx: mpsc::Sender<oneshot::Sender<()>>,
     seq: Arc<AtomicU64>,
@@ -90,6 +92,7 @@ impl WorkerSlot {
             restarts: AtomicU32::new(0),
             config,
             last_exit: Mutex::new(None),
+            out_of_memory: std::sync::atomic::AtomicBool::new(false),
             started_at: Mutex::new(Instant::now()),
             stop_tx,
             seq,
@@ -127,6 +130,11 @@ impl WorkerSlot {
     /// How the last worker process ended, if one did.
     pub(crate) fn last_exit(&self) -> Option<String> {
         self.last_exit.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Whether the last worker process was ended by the kernel's OOM killer.
+    pub(crate) fn out_of_memory(&self) -> bool {
+        self.out_of_memory.load(Ordering::Relaxed)
     }
 
     /// Seconds since the current worker started.
@@ -199,6 +207,19 @@ impl WorkerSlot {
             } else {
                 describe(&status)
             };
+            // A SIGKILL nobody here sent, with memory evidence, is the kernel's OOM killer.
+            let oom = if killed_by_sigkill(&status) && !self.stopping.load(Ordering::SeqCst) {
+                started.control.out_of_memory()
+            } else {
+                None
+            };
+            let described = match &oom {
+                Some(evidence) => {
+                    format!("was killed by the kernel's OOM killer (SIGKILL; {evidence})")
+                }
+                None => described,
+            };
+            self.out_of_memory.store(oom.is_some(), Ordering::Relaxed);
             tracing::warn!(plugin = %name, pid = ?started.pid, "worker {described}");
             if let Ok(mut g) = self.last_exit.lock() {
                 *g = Some(described.clone());
@@ -332,6 +353,12 @@ impl WorkerSlot {
             .await;
         started.client.transport().clear();
     }
+}
+
+/// Whether the worker died by `SIGKILL`.
+fn killed_by_sigkill(status: &Result<io::Result<ExitStatus>, oneshot::error::RecvError>) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    matches!(status, Ok(Ok(s)) if s.signal() == Some(platform::SIGKILL))
 }
 
 fn describe(status: &Result<io::Result<ExitStatus>, oneshot::error::RecvError>) -> (String, bool) {

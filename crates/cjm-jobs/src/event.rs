@@ -72,6 +72,17 @@ pub enum JobEventKind {
         /// The backoff.
         after_ms: u64,
     },
+    /// The worker was killed by the kernel's OOM killer during an attempt: idle plugins were
+    /// evicted to free memory and the worker respawned; the job is retried once more, whatever
+    /// its retry budget (a second out-of-memory death fails it).
+    Recovering {
+        /// The attempt that failed.
+        attempt: u32,
+        /// Its `resource` error ("worker out of memory", with the kernel's evidence).
+        error: PluginError,
+        /// The plugins unloaded to make room.
+        evicted: Vec<String>,
+    },
     /// A cancel phase began.
     Cancelling {
         /// Which.
@@ -111,6 +122,7 @@ impl JobEventKind {
             Self::Started { .. } => "started",
             Self::Progress { .. } => "progress",
             Self::Retrying { .. } => "retrying",
+            Self::Recovering { .. } => "recovering",
             Self::Cancelling { .. } => "cancelling",
             Self::Succeeded { .. } => "succeeded",
             Self::Failed { .. } => "failed",

@@ -305,6 +305,18 @@ impl Job {
                     error.message
                 ));
             }
+            JobEventKind::Recovering {
+                attempt, evicted, ..
+            } => {
+                self.message = Some(if evicted.is_empty() {
+                    format!("attempt {attempt}: worker out of memory; retrying once")
+                } else {
+                    format!(
+                        "attempt {attempt}: worker out of memory; evicted {}; retrying once",
+                        evicted.join(", ")
+                    )
+                });
+            }
             JobEventKind::Cancelling { phase } => {
                 self.cancel_phase = Some(*phase);
                 self.message = Some(format!("cancelling: {}", phase.as_str()));

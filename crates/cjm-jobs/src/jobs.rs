@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use cjm_core::{ErrorCategory, PluginError};
-use cjm_host::{CallOptions, PluginManager};
+use cjm_host::{CallOptions, PluginManager, PluginState};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -176,7 +176,7 @@ impl JobsBuilder {
             journal,
             bus: Bus::default(),
             opts: self,
-            profiles: Mutex::new(Profiles::default()),
+            profiles: Mutex::new(Profiles::from_saved(replay.profiles)),
             end_sampled: Mutex::new(HashMap::new()),
             ram_available_mb: std::sync::atomic::AtomicU64::new(u64::MAX),
             closed: AtomicBool::new(false),
@@ -250,7 +250,12 @@ struct State {
     waiters: HashMap<JobId, Vec<oneshot::Sender<Job>>>,
     watched_targets: HashSet<String>,
     seq: u64,
+    /// When rows about workers were last pruned (ms since the epoch).
+    pruned_ms: u64,
 }
+
+/// The longest wait for a worker killed for memory to serve again before its retry.
+const RESPAWN_WAIT: Duration = Duration::from_secs(120);
 
 /// How often a running job's progress is read from its worker.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
@@ -554,6 +559,11 @@ impl Inner {
             }
         }
         self.journal.forget(gone);
+        // Rows about workers age out too; checked at most once a minute (it scans).
+        if now_ms().saturating_sub(st.pruned_ms) >= 60_000 {
+            st.pruned_ms = now_ms();
+            self.journal.prune(oldest_kept);
+        }
     }
 
     /// Starts every queued job a lane admits: highest priority first, skipping (never
@@ -723,6 +733,8 @@ impl Inner {
     /// Runs the job's attempts; the terminal event.
     async fn attempts(self: &Arc<Self>, job: &Job, cancel: &CancellationToken) -> JobEventKind {
         let mut attempt = job.attempts;
+        // Attempts that do not count against the retry budget (the one after an OOM kill).
+        let mut free = 0;
         loop {
             attempt += 1;
             self.event(&job.id, JobEventKind::Started { attempt });
@@ -739,7 +751,26 @@ impl Inner {
                 }
                 Err(e) => e,
             };
-            if !error.retriable || attempt > job.options.retries {
+            if error.details.out_of_memory && free == 0 {
+                free = 1;
+                let evicted = tokio::select! {
+                    e = self.recover_memory(&job.target) => e,
+                    () = cancel.cancelled() => return JobEventKind::Cancelled,
+                };
+                self.event(
+                    &job.id,
+                    JobEventKind::Recovering {
+                        attempt,
+                        error,
+                        evicted,
+                    },
+                );
+                continue;
+            }
+            if !error.retriable
+                || error.details.out_of_memory
+                || attempt > job.options.retries + free
+            {
                 return JobEventKind::Failed { error };
             }
             let after = self
@@ -762,6 +793,33 @@ impl Inner {
         }
     }
 
+    /// After `target`'s worker was killed for memory: evicts the idle plugins no running job
+    /// needs, then waits (bounded, cancel-safe: it holds nothing) until the worker serves
+    /// again, respawning it where its restart policy left it down. Returns what was evicted.
+    async fn recover_memory(&self, target: &str) -> Vec<String> {
+        let keep: Vec<String> = {
+            let st = self.lock();
+            st.running.values().map(|r| r.target.clone()).collect()
+        };
+        let keep: Vec<&str> = keep.iter().map(String::as_str).chain([target]).collect();
+        let evicted = self.manager.evict_idle(&keep).await;
+        if !evicted.is_empty() {
+            tracing::info!(plugin = target, evicted = ?evicted, "worker out of memory: evicted idle plugins");
+        }
+        let state = self
+            .manager
+            .wait_for_state(target, RESPAWN_WAIT, |s| {
+                s.is_serving() || matches!(s, PluginState::Crashed | PluginState::Failed)
+            })
+            .await;
+        if matches!(state, Ok(PluginState::Crashed)) {
+            if let Err(e) = self.manager.reload(target, None).await {
+                tracing::warn!(plugin = target, error = %e, "respawning a worker killed for memory failed");
+            }
+        }
+        evicted
+    }
+
     /// Folds a succeeded job's measurements into its (target, configuration) profile.
     fn record_profile(&self, target: &str, samples: &Samples, took: Duration) {
         let hash = self
@@ -769,9 +827,11 @@ impl Inner {
             .config(target)
             .map(|c| config_hash(&c))
             .unwrap_or_default();
-        if let Ok(mut p) = self.profiles.lock() {
-            p.record(target, &hash, samples, took.as_secs_f64() * 1e3);
-        }
+        let saved = match self.profiles.lock() {
+            Ok(mut p) => p.record(target, &hash, samples, took.as_secs_f64() * 1e3),
+            Err(_) => return,
+        };
+        self.journal.save_profile(saved);
     }
 
     /// Reads the RAM available every second while the jobs layer exists, and admits again

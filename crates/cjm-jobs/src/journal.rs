@@ -1,5 +1,6 @@
 //! The durable journal: an append-only SQLite database (WAL) of every job event and of the
-//! workers' lives, written by one thread in batched transactions (group commit). A submission
+//! workers' lives (plus a small table of the resource profiles, one row per target and
+//! configuration), written by one thread in batched transactions (group commit). A submission
 //! waits until its event is committed; later events are written in order without waiting. An
 //! exclusive lock file keeps a second host off the same journal, so no job runs twice.
 
@@ -12,6 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::event::{JobEvent, JobEventKind};
 use crate::job::JobId;
+use crate::profile::Profile;
 
 /// Why the journal cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +51,9 @@ type Ack = oneshot::Sender<Result<(), String>>;
 enum Cmd {
     Append(Vec<Row>, Option<Ack>),
     Forget(Vec<JobId>),
+    /// Deletes the rows about workers older than this (ms since the epoch).
+    Prune(u64),
+    Profile(Box<Profile>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -69,6 +74,8 @@ pub(crate) struct Replay {
     pub last_seq: u64,
     /// Rows that could not be read (skipped).
     pub unreadable: usize,
+    /// The saved resource profiles.
+    pub profiles: Vec<Profile>,
 }
 
 /// The most commands one transaction takes.
@@ -115,7 +122,13 @@ impl Journal {
                  kind  TEXT NOT NULL,
                  body  TEXT NOT NULL
              );
-             CREATE INDEX IF NOT EXISTS events_job ON events(job);",
+             CREATE INDEX IF NOT EXISTS events_job ON events(job);
+             CREATE TABLE IF NOT EXISTS profiles (
+                 target      TEXT NOT NULL,
+                 config_hash TEXT NOT NULL,
+                 body        TEXT NOT NULL,
+                 PRIMARY KEY (target, config_hash)
+             );",
         )
         .map_err(|e| err(e.to_string()))?;
         let replay = read_back(&conn).map_err(|e| err(e.to_string()))?;
@@ -181,6 +194,16 @@ impl Journal {
         }
     }
 
+    /// Deletes the rows about workers (not about jobs) older than `before_ms` (retention).
+    pub(crate) fn prune(&self, before_ms: u64) {
+        self.send(Cmd::Prune(before_ms));
+    }
+
+    /// Saves a resource profile as it now stands.
+    pub(crate) fn save_profile(&self, profile: Profile) {
+        self.send(Cmd::Profile(Box::new(profile)));
+    }
+
     /// Waits until everything queued so far is written.
     pub(crate) async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
@@ -244,10 +267,22 @@ fn read_back(conn: &Connection) -> rusqlite::Result<Replay> {
             }
         }
     }
+    let mut profiles = Vec::new();
+    let mut stmt = conn.prepare("SELECT body FROM profiles ORDER BY target, config_hash")?;
+    for body in stmt.query_map([], |r| r.get::<_, String>(0))? {
+        match serde_json::from_str::<Profile>(&body?) {
+            Ok(p) => profiles.push(p),
+            Err(e) => {
+                unreadable += 1;
+                tracing::warn!(error = %e, "an unreadable saved profile was skipped");
+            }
+        }
+    }
     Ok(Replay {
         events,
         last_seq,
         unreadable,
+        profiles,
     })
 }
 
@@ -288,6 +323,10 @@ fn write(conn: &mut Connection, batch: &[Cmd]) -> rusqlite::Result<()> {
             "INSERT OR REPLACE INTO events (seq, at_ms, job, kind, body) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         let mut delete = t.prepare_cached("DELETE FROM events WHERE job = ?1")?;
+        let mut prune = t.prepare_cached("DELETE FROM events WHERE job IS NULL AND at_ms < ?1")?;
+        let mut profile = t.prepare_cached(
+            "INSERT OR REPLACE INTO profiles (target, config_hash, body) VALUES (?1, ?2, ?3)",
+        )?;
         for cmd in batch {
             match cmd {
                 Cmd::Append(rows, _) => {
@@ -305,6 +344,13 @@ fn write(conn: &mut Connection, batch: &[Cmd]) -> rusqlite::Result<()> {
                     for j in jobs {
                         delete.execute(params![j.as_str()])?;
                     }
+                }
+                Cmd::Prune(before) => {
+                    prune.execute(params![i64::try_from(*before).unwrap_or(i64::MAX)])?;
+                }
+                Cmd::Profile(p) => {
+                    let body = serde_json::to_string(p).unwrap_or_else(|_| "{}".into());
+                    profile.execute(params![p.target, p.config_hash, body])?;
                 }
                 Cmd::Flush(_) => {}
             }
@@ -356,11 +402,29 @@ mod tests {
         assert_eq!(seqs, vec![1, 2, 3]);
         assert_eq!(replay.last_seq, 4);
         j.forget(vec![a]);
+        // The worker row (at 1 ms) ages out; a saved profile is kept, the last one wins.
+        j.prune(2);
+        let profile = |runs| Profile {
+            target: "w".into(),
+            config_hash: "h".into(),
+            runs,
+            ..Profile::default()
+        };
+        j.save_profile(profile(1));
+        j.save_profile(profile(2));
         j.flush().await;
         drop(j);
         let (_j, replay) = Journal::open(&path).unwrap();
         assert_eq!(replay.events.len(), 1);
         assert_eq!(replay.events[0].job, b);
+        assert_eq!(replay.profiles, vec![profile(2)]);
+        let conn = Connection::open(&path).unwrap();
+        let workers: i64 = conn
+            .query_row("SELECT COUNT(*) FROM events WHERE job IS NULL", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(workers, 0);
     }
 
     #[test]

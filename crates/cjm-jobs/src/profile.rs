@@ -5,7 +5,6 @@
 //! available now waits (without holding back other jobs).
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -69,9 +68,10 @@ pub(crate) fn config_hash(config: &Value) -> String {
             other => other.clone(),
         }
     }
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    canonical(config).to_string().hash(&mut h);
-    format!("{:016x}", h.finish())
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(canonical(config).to_string().as_bytes());
+    // 64 bits, as hex: plenty to tell one plugin's configurations apart.
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Every profile, by (target, configuration digest).
@@ -81,6 +81,16 @@ pub(crate) struct Profiles {
 }
 
 impl Profiles {
+    /// Profiles read back from the journal.
+    pub(crate) fn from_saved(saved: Vec<Profile>) -> Self {
+        Self {
+            by_key: saved
+                .into_iter()
+                .map(|p| ((p.target.clone(), p.config_hash.clone()), p))
+                .collect(),
+        }
+    }
+
     pub(crate) fn get(&self, target: &str, hash: &str) -> Option<&Profile> {
         self.by_key.get(&(target.to_owned(), hash.to_owned()))
     }
@@ -100,8 +110,15 @@ impl Profiles {
         v
     }
 
-    /// Folds one job's samples and duration into its profile.
-    pub(crate) fn record(&mut self, target: &str, hash: &str, s: &Samples, duration_ms: f64) {
+    /// Folds one job's samples and duration into its profile; returns the profile as it now
+    /// stands (to be saved).
+    pub(crate) fn record(
+        &mut self,
+        target: &str,
+        hash: &str,
+        s: &Samples,
+        duration_ms: f64,
+    ) -> Profile {
         let p = self
             .by_key
             .entry((target.to_owned(), hash.to_owned()))
@@ -121,6 +138,7 @@ impl Profiles {
         }
         p.mean_duration_ms = (p.mean_duration_ms * n + duration_ms) / (n + 1.0);
         p.runs += 1;
+        p.clone()
     }
 }
 
@@ -151,5 +169,7 @@ mod tests {
         assert_eq!(got.mean_duration_ms, 200.0);
         assert_eq!(got.mean_cpu_percent, 50.0);
         assert!(p.get("w", "other").is_none());
+        // The digest is stable across builds (it keys saved profiles).
+        assert_eq!(config_hash(&json!({})), "44136fa355b3678a");
     }
 }

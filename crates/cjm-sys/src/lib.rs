@@ -14,6 +14,8 @@
 //! - [`contain`]: the containment design that keeps every worker descendant from outliving
 //!   the host (per-worker cgroups plus a watchdog, or a process-group fallback). Its module
 //!   docs are the reference for what is guaranteed.
+//! - [`oom`]: whether a worker that died by `SIGKILL` was the kernel's OOM killer's victim
+//!   (cgroup events, the kernel log, the system's OOM-kill count).
 //! - [`blob`]: sealed memfds mapped as `&[u8]` and passed over `SCM_RIGHTS` (zero-copy blobs).
 //! - [`rundir`]: the private runtime directory (0700, checked) and the sweep of dead hosts'.
 //!
@@ -39,6 +41,7 @@ pub mod cgroup;
 pub mod child;
 pub mod contain;
 pub mod fd;
+pub mod oom;
 pub mod proc;
 pub mod rundir;
 pub mod signal;

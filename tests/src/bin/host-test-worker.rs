@@ -142,6 +142,27 @@ impl Worker for TestWorker {
                     Ok(plain(json!({"attempt": n})))
                 }
             }
+            // Allocates and touches `mb` MiB: under a memory limit the kernel's OOM killer
+            // ends the worker. With `file`, only the first call naming it hogs (it creates the
+            // file first); later ones answer `{"hogged": false}`.
+            "hog" => {
+                if let Some(file) = kw(&call, "file").as_str() {
+                    if std::path::Path::new(file).exists() {
+                        return Ok(plain(json!({"hogged": false})));
+                    }
+                    std::fs::write(file, b"").map_err(|e| PluginError::fatal(e.to_string()))?;
+                }
+                let mb = kw(&call, "mb").as_u64().unwrap_or(512) as usize;
+                let mut held: Vec<Vec<u8>> = Vec::with_capacity(mb);
+                for _ in 0..mb {
+                    let mut chunk = vec![0u8; 1 << 20];
+                    for i in (0..chunk.len()).step_by(4096) {
+                        chunk[i] = 1;
+                    }
+                    held.push(std::hint::black_box(chunk));
+                }
+                Ok(plain(json!({"hogged": true, "mb": held.len()})))
+            }
             "exit" => std::process::exit(kw(&call, "code").as_i64().unwrap_or(3) as i32),
             "spawn_child" => {
                 let child = std::process::Command::new("sleep")

@@ -126,3 +126,85 @@ pub(crate) async fn streams_three(m: &PluginManager, name: &str) {
         vec![json!({"i": 0}), json!({"i": 1}), json!({"i": 2})]
     );
 }
+
+/// A memory cgroup (v1 `memory` hierarchy, beside this process's own) with a limit, for
+/// workers the kernel's OOM killer must end. Removed on drop, after whatever is left in it is
+/// killed. `None` where no such hierarchy is writable (a machine without cgroup v1 memory);
+/// under `CI` that is a failure, since the CI machines have one.
+pub(crate) struct MemoryCgroup {
+    pub dir: PathBuf,
+}
+
+impl MemoryCgroup {
+    pub(crate) fn new(limit_mb: u64) -> Option<Self> {
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .ok()?
+            .lines()
+            .find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+                controllers
+                    .split(',')
+                    .any(|c| c == "memory")
+                    .then(|| path.to_owned())
+            });
+        let made = own.and_then(|own| {
+            let dir = Path::new("/sys/fs/cgroup/memory")
+                .join(own.trim_start_matches('/'))
+                .join(format!("cjm-oom-{}-{}", std::process::id(), next_suffix()));
+            std::fs::create_dir(&dir).ok()?;
+            let cg = Self { dir };
+            std::fs::write(
+                cg.dir.join("memory.limit_in_bytes"),
+                (limit_mb << 20).to_string(),
+            )
+            .ok()?;
+            // No swap to escape into, where swap accounting exists.
+            let _ = std::fs::write(
+                cg.dir.join("memory.memsw.limit_in_bytes"),
+                (limit_mb << 20).to_string(),
+            );
+            Some(cg)
+        });
+        if made.is_none() && std::env::var_os("CI").is_some() {
+            panic!("no writable cgroup v1 memory hierarchy under /sys/fs/cgroup/memory: the OOM test needs one");
+        }
+        made
+    }
+
+    /// `sh` arguments that move the shell into this cgroup and `exec` the test worker there
+    /// (same pid), passing on the host's arguments.
+    pub(crate) fn wrap_worker(&self) -> Value {
+        let procs = self.dir.join("cgroup.procs");
+        json!({
+            "command": "/bin/sh",
+            "args": ["-c", format!("echo $$ > '{}' && exec '{}' \"$@\"", procs.display(), worker_bin()), "sh"],
+        })
+    }
+}
+
+fn next_suffix() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let procs = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+            kill9(pid);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::remove_dir(&self.dir).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Sends `SIGKILL` to `pid`.
+pub(crate) fn kill9(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status();
+}

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use cjm_core::PluginError;
 
 use super::{Gone, Killer, Launched, Launcher, WorkerControl};
-use crate::platform;
+use crate::platform::{self, OomWatch};
 use crate::spawn::{self, LaunchSpec, WorkerResources};
 
 /// Starts workers as local processes.
@@ -23,6 +23,10 @@ impl Launcher for LocalLauncher {
 
     async fn launch(&self, spec: &LaunchSpec, seq: u64) -> Result<Launched, PluginError> {
         let started = spawn::start(spec, seq).await?;
+        let oom = OomWatch::start(
+            started.pid,
+            started.resources.as_ref().and_then(|r| r.cgroup_path()),
+        );
         Ok(Launched {
             client: started.client,
             pid: Some(started.pid),
@@ -30,6 +34,7 @@ impl Launcher for LocalLauncher {
             control: Box::new(LocalControl {
                 pid: started.pid,
                 resources: started.resources,
+                oom,
             }),
         })
     }
@@ -39,6 +44,8 @@ impl Launcher for LocalLauncher {
 struct LocalControl {
     pid: u32,
     resources: Option<WorkerResources>,
+    /// What the system looked like at its start, to tell an OOM kill from another SIGKILL.
+    oom: OomWatch,
 }
 
 #[async_trait]
@@ -66,6 +73,10 @@ impl WorkerControl for LocalControl {
         if let Some(r) = self.resources.take() {
             r.release().await;
         }
+    }
+
+    fn out_of_memory(&self) -> Option<String> {
+        self.oom.evidence()
     }
 }
 

@@ -74,6 +74,13 @@ pub(crate) trait WorkerControl: Send + Sync {
 
     /// Frees what a worker that is gone left behind (cgroup, socket file, stray processes).
     async fn release(&mut self);
+
+    /// For a worker that died by `SIGKILL`, asked before [`release`](Self::release): the
+    /// evidence, in words, that the kernel's OOM killer ended it; `None` when there is none or
+    /// the launcher cannot know (workers on other machines).
+    fn out_of_memory(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A running, answering worker, whichever launcher started it.
