@@ -601,14 +601,18 @@ async fn profiles_are_measured_and_admission_uses_them() {
         .unwrap();
     assert_eq!((pa.runs, pa.peak_ram_mb), (2, 800), "{pa:?}");
 
-    // 800 MB does not fit in 500: `a` waits, and `b` is not held back by it.
+    // Its loaded worker already holds those 800 MB: with 500 free, the next job still runs.
     let a3 = jobs.submit("a", pid(), JobOptions::new()).await.unwrap();
+    assert_eq!(jobs.wait(&a3).await.unwrap().state, JobState::Succeeded);
+    // Unloaded, it needs all 800 and 500 do not fit: `a` waits, `b` is not held back by it.
+    m.unload("a").await.unwrap();
+    let a4 = jobs.submit("a", pid(), JobOptions::new()).await.unwrap();
     let b2 = jobs.submit("b", pid(), JobOptions::new()).await.unwrap();
     assert_eq!(jobs.wait(&b2).await.unwrap().state, JobState::Succeeded);
-    assert_eq!(jobs.get(&a3).unwrap().state, JobState::Queued);
+    assert_eq!(jobs.get(&a4).unwrap().state, JobState::Queued);
     // When RAM frees up, it runs.
     mon.update(|snap| snap.ram_available_mb = 4000);
-    assert_eq!(jobs.wait(&a3).await.unwrap().state, JobState::Succeeded);
+    assert_eq!(jobs.wait(&a4).await.unwrap().state, JobState::Succeeded);
     let measured = jobs.profiles();
     jobs.shutdown().await;
     // The profiles are saved in the journal: a restarted host admits with them at once.

@@ -178,6 +178,8 @@ impl JobsBuilder {
             opts: self,
             profiles: Mutex::new(Profiles::from_saved(replay.profiles)),
             end_sampled: Mutex::new(HashMap::new()),
+            resident: Mutex::new(HashMap::new()),
+            last_hash: Mutex::new(HashMap::new()),
             ram_available_mb: std::sync::atomic::AtomicU64::new(u64::MAX),
             closed: AtomicBool::new(false),
             state: Mutex::new(State {
@@ -216,6 +218,10 @@ struct Inner {
     profiles: Mutex<Profiles>,
     /// When each target's worker was last sampled at the end of a job.
     end_sampled: Mutex<HashMap<String, std::time::Instant>>,
+    /// Each target's configuration digest when it was last seen loaded.
+    last_hash: Mutex<HashMap<String, String>>,
+    /// Each target's worker RAM (MB) at its last sample; forgotten when the worker changes.
+    resident: Mutex<HashMap<String, u64>>,
     /// RAM available now, MB (`u64::MAX` until first read, or when unknown).
     ram_available_mb: std::sync::atomic::AtomicU64,
     closed: AtomicBool,
@@ -582,6 +588,10 @@ impl Inner {
             .profiles
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let resident = self
+            .resident
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for p in &st.pending {
             if st.running.len() + start.len() >= self.opts.max_in_flight
                 || st.running.values().any(|r| r.alone)
@@ -602,11 +612,7 @@ impl Inner {
                 continue;
             }
             // Its profile: unmeasured runs alone; measured must fit in the RAM there is.
-            let hash = self
-                .manager
-                .config(&job.target)
-                .map(|c| config_hash(&c))
-                .unwrap_or_default();
+            let hash = self.config_hash_of(&job.target);
             let alone = match profiles.get(&job.target, &hash) {
                 None if self.opts.measure_first => {
                     if !st.running.is_empty() || !start.is_empty() {
@@ -616,11 +622,19 @@ impl Inner {
                 }
                 None => false,
                 Some(profile) => {
+                    // What the job adds: its measured peak, less what a loaded worker already
+                    // holds (a model loaded once is not needed twice).
+                    let held = if self.manager.is_loaded(&job.target) {
+                        resident.get(&job.target).copied().unwrap_or(0)
+                    } else {
+                        0
+                    };
+                    let need = profile.peak_ram_mb.saturating_sub(held);
                     // Jobs admitted in this round are not in the reading yet: count them.
-                    if ram != u64::MAX && profile.peak_ram_mb > ram.saturating_sub(planned_ram) {
+                    if ram != u64::MAX && need > ram.saturating_sub(planned_ram) {
                         continue;
                     }
-                    planned_ram += profile.peak_ram_mb;
+                    planned_ram += need;
                     false
                 }
             };
@@ -628,6 +642,7 @@ impl Inner {
             start.push((p.clone(), alone));
         }
         drop(profiles);
+        drop(resident);
         for p in expired {
             st.pending.remove(&p);
             st.places.remove(&p.id);
@@ -681,6 +696,10 @@ impl Inner {
                     continue;
                 };
                 let state = *rx.borrow_and_update();
+                // A new or restarted worker: what the old one held says nothing.
+                if let Ok(mut r) = inner.resident.lock() {
+                    r.remove(&target);
+                }
                 inner.worker_record(&target, state.to_string());
                 drop(inner);
                 if rx.changed().await.is_err() {
@@ -820,13 +839,48 @@ impl Inner {
         evicted
     }
 
+    /// The digest of the configuration `target` runs with: its current one when loaded;
+    /// else the last one seen loaded; else the one a job would load it with (the load-config
+    /// source's, or none, completed with the manifest schema's defaults).
+    fn config_hash_of(&self, target: &str) -> String {
+        if let Ok(c) = self.manager.config(target) {
+            let h = config_hash(&c);
+            if let Ok(mut g) = self.last_hash.lock() {
+                if g.get(target) != Some(&h) {
+                    g.insert(target.to_owned(), h.clone());
+                }
+            }
+            return h;
+        }
+        if let Some(h) = self
+            .last_hash
+            .lock()
+            .ok()
+            .and_then(|g| g.get(target).cloned())
+        {
+            return h;
+        }
+        let given = match &self.opts.config {
+            Some(source) => source(target).ok().flatten(),
+            None => None,
+        };
+        let defaults = self
+            .manager
+            .discovered_manifest(target)
+            .and_then(|m| m.config_schema.as_ref().map(cjm_core::schema_defaults))
+            .unwrap_or_default();
+        let config = match given {
+            Some(serde_json::Value::Object(given)) => {
+                cjm_core::schema::with_defaults(&defaults, given)
+            }
+            _ => defaults,
+        };
+        config_hash(&serde_json::Value::Object(config))
+    }
+
     /// Folds a succeeded job's measurements into its (target, configuration) profile.
     fn record_profile(&self, target: &str, samples: &Samples, took: Duration) {
-        let hash = self
-            .manager
-            .config(target)
-            .map(|c| config_hash(&c))
-            .unwrap_or_default();
+        let hash = self.config_hash_of(target);
         let saved = match self.profiles.lock() {
             Ok(mut p) => p.record(target, &hash, samples, took.as_secs_f64() * 1e3),
             Err(_) => return,
@@ -889,6 +943,9 @@ impl Inner {
         if let Ok(u) = self.manager.resource_usage(target).await {
             let gpu: u64 = u.gpu_memory_mb.iter().map(|(_, mb)| mb).sum();
             samples.ram(u.ram_mb, gpu);
+            if let Ok(mut r) = self.resident.lock() {
+                r.insert(target.to_owned(), u.ram_mb);
+            }
         }
         if with_cpu {
             if let Ok(Some(w)) = self.manager.stats(target).await.map(|s| s.worker) {
