@@ -256,6 +256,25 @@ async fn retriable_failures_are_retried_and_the_rest_fail_typed() {
     let j = jobs.wait(&id).await.unwrap();
     assert_eq!(j.state, JobState::Failed);
     assert_eq!(j.error.unwrap().category, ErrorCategory::Timeout);
+    // A deadline that passes while the job waits behind a busy plugin fails it then.
+    let busy = jobs
+        .submit("w", sleep(60_000), JobOptions::new())
+        .await
+        .unwrap();
+    let late = jobs
+        .submit(
+            "w",
+            pid(),
+            JobOptions::new().deadline_in(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap();
+    let j = jobs.wait(&late).await.unwrap();
+    assert_eq!((j.state, j.attempts), (JobState::Failed, 0), "{j:?}");
+    assert_eq!(j.error.unwrap().category, ErrorCategory::Timeout);
+    assert_eq!(jobs.get(&busy).unwrap().state, JobState::Running);
+    jobs.cancel(&busy).unwrap();
+    jobs.wait(&busy).await.unwrap();
     // An idempotency key returns the same job.
     let a = jobs
         .submit("w", pid(), JobOptions::new().idempotency_key("k"))

@@ -236,6 +236,21 @@ struct Pending {
     id: JobId,
 }
 
+impl State {
+    /// Takes a job out of the queue.
+    fn unqueue(&mut self, id: &JobId) {
+        let Some((target, p)) = self.places.remove(id) else {
+            return;
+        };
+        if let Some(q) = self.pending.get_mut(&target) {
+            q.remove(&p);
+            if q.is_empty() {
+                self.pending.remove(&target);
+            }
+        }
+    }
+}
+
 struct Running {
     target: String,
     /// Runs alone: its configuration had no profile when it was admitted.
@@ -247,8 +262,11 @@ struct Running {
 #[derive(Default)]
 struct State {
     jobs: HashMap<JobId, Job>,
-    pending: BTreeSet<Pending>,
-    places: HashMap<JobId, Pending>,
+    /// Queued jobs, per target, best first: admission looks at each target's first jobs only,
+    /// so a long queue behind a busy plugin costs nothing.
+    pending: HashMap<String, BTreeSet<Pending>>,
+    /// Where each queued job is: its target and its key there.
+    places: HashMap<JobId, (String, Pending)>,
     running: HashMap<JobId, Running>,
     per_target: HashMap<String, usize>,
     finished: VecDeque<(u64, JobId)>,
@@ -404,9 +422,7 @@ impl Jobs {
             .ok_or_else(|| JobError::NotFound(id.to_string()))?;
         match state {
             JobState::Queued => {
-                if let Some(p) = st.places.remove(id) {
-                    st.pending.remove(&p);
-                }
+                st.unqueue(id);
                 inner.emit(&mut st, id, JobEventKind::Cancelled);
                 Ok(JobState::Cancelled)
             }
@@ -511,6 +527,13 @@ impl Inner {
 
     /// Records, applies and publishes one event of a job.
     fn emit(&self, st: &mut State, id: &JobId, kind: JobEventKind) -> JobEvent {
+        let ev = self.emit_unjournaled(st, id, kind);
+        self.journal.append(vec![Row::of(&ev)]);
+        ev
+    }
+
+    /// [`emit`](Self::emit), leaving the journaling to the caller.
+    fn emit_unjournaled(&self, st: &mut State, id: &JobId, kind: JobEventKind) -> JobEvent {
         st.seq += 1;
         let ev = JobEvent {
             seq: st.seq,
@@ -518,7 +541,6 @@ impl Inner {
             job: id.clone(),
             kind,
         };
-        self.journal.append(vec![Row::of(&ev)]);
         if let Some(job) = st.jobs.get_mut(id) {
             job.apply(ev.at_ms, &ev.kind);
             if ev.kind.is_terminal() {
@@ -534,15 +556,43 @@ impl Inner {
         ev
     }
 
-    fn enqueue(&self, st: &mut State, id: &JobId, order: u64) {
+    fn enqueue(self: &Arc<Self>, st: &mut State, id: &JobId, order: u64) {
         let Some(job) = st.jobs.get(id) else { return };
+        if let Some(deadline) = job.options.deadline_ms {
+            // Fails it at its deadline if it is still queued then (it may be behind a plugin
+            // that stays busy for long).
+            let weak = Arc::downgrade(self);
+            let id = id.clone();
+            let wait = Duration::from_millis(deadline.saturating_sub(now_ms()));
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let mut st = inner.lock();
+                if st.places.contains_key(&id) {
+                    st.unqueue(&id);
+                    inner.emit(
+                        &mut st,
+                        &id,
+                        JobEventKind::Failed {
+                            error: PluginError::timeout(
+                                "the job's deadline passed before it started",
+                            ),
+                        },
+                    );
+                }
+            });
+        }
         let p = Pending {
             neg_priority: -i64::from(job.options.priority),
             order,
             id: id.clone(),
         };
-        st.places.insert(id.clone(), p.clone());
-        st.pending.insert(p);
+        let target = job.target.clone();
+        st.pending
+            .entry(target.clone())
+            .or_default()
+            .insert(p.clone());
+        st.places.insert(id.clone(), (target, p));
     }
 
     /// Forgets finished jobs past retention, in memory and in the journal.
@@ -592,7 +642,32 @@ impl Inner {
             .resident
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for p in &st.pending {
+        if st.running.len() >= self.opts.max_in_flight || st.running.values().any(|r| r.alone) {
+            return;
+        }
+        // Each target's first jobs, as many as it has room for (and the expired ones before
+        // them), then best first across targets.
+        let mut heads: Vec<&Pending> = Vec::new();
+        for (target, queue) in &st.pending {
+            let busy = st.per_target.get(target).copied().unwrap_or(0);
+            let mut room = self.opts.per_target.saturating_sub(busy);
+            for p in queue {
+                if room == 0 {
+                    break;
+                }
+                let Some(job) = st.jobs.get(&p.id) else {
+                    continue;
+                };
+                if job.options.deadline_ms.is_some_and(|d| d <= now) {
+                    expired.push(p.clone());
+                    continue;
+                }
+                heads.push(p);
+                room -= 1;
+            }
+        }
+        heads.sort_unstable();
+        for p in heads {
             if st.running.len() + start.len() >= self.opts.max_in_flight
                 || st.running.values().any(|r| r.alone)
                 || start.iter().any(|(_, alone)| *alone)
@@ -602,10 +677,6 @@ impl Inner {
             let Some(job) = st.jobs.get(&p.id) else {
                 continue;
             };
-            if job.options.deadline_ms.is_some_and(|d| d <= now) {
-                expired.push(p.clone());
-                continue;
-            }
             let busy = st.per_target.get(&job.target).copied().unwrap_or(0)
                 + planned.get(job.target.as_str()).copied().unwrap_or(0);
             if busy >= self.opts.per_target {
@@ -644,8 +715,7 @@ impl Inner {
         drop(profiles);
         drop(resident);
         for p in expired {
-            st.pending.remove(&p);
-            st.places.remove(&p.id);
+            st.unqueue(&p.id);
             self.emit(
                 st,
                 &p.id,
@@ -655,8 +725,7 @@ impl Inner {
             );
         }
         for (p, alone) in start {
-            st.pending.remove(&p);
-            st.places.remove(&p.id);
+            st.unqueue(&p.id);
             let Some(job) = st.jobs.get(&p.id).cloned() else {
                 continue;
             };
@@ -744,6 +813,21 @@ impl Inner {
         }
     }
 
+    /// Emits `started` for attempt `attempt` and waits until the journal has it.
+    async fn started(self: &Arc<Self>, id: &JobId, attempt: u32) -> Result<(), String> {
+        let ev = {
+            let mut st = self.lock();
+            if !st.running.contains_key(id) {
+                return Ok(()); // shut down meanwhile
+            }
+            self.emit_unjournaled(&mut st, id, JobEventKind::Started { attempt })
+        };
+        match self.journal.append_durable(vec![Row::of(&ev)]).await {
+            Ok(r) => r,
+            Err(_) => Err("its writer is gone".to_owned()),
+        }
+    }
+
     async fn run(self: Arc<Self>, job: Job, cancel: CancellationToken) {
         let outcome = self.attempts(&job, &cancel).await;
         self.finish(&job.id, outcome);
@@ -756,7 +840,15 @@ impl Inner {
         let mut free = 0;
         loop {
             attempt += 1;
-            self.event(&job.id, JobEventKind::Started { attempt });
+            // Committed before the call goes out: after a crash, a job the journal shows
+            // queued never reached a worker, so resuming it cannot run it twice.
+            if let Err(why) = self.started(&job.id, attempt).await {
+                return JobEventKind::Failed {
+                    error: PluginError::fatal(format!(
+                        "the job journal cannot record the start: {why}"
+                    )),
+                };
+            }
             let began = std::time::Instant::now();
             let mut samples = Samples::default();
             let result = match self.attempt(job, cancel, &mut samples).await {

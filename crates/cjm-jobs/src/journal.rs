@@ -1,11 +1,14 @@
 //! The durable journal: an append-only SQLite database (WAL) of every job event and of the
 //! workers' lives (plus a small table of the resource profiles, one row per target and
-//! configuration), written by one thread in batched transactions (group commit). A submission
-//! waits until its event is committed; later events are written in order without waiting. An
-//! exclusive lock file keeps a second host off the same journal, so no job runs twice.
+//! configuration), written in batched transactions (group commit) by one thread — or, for a
+//! submission that finds nobody writing, by the submitting task itself, which saves two thread
+//! wake-ups. A submission waits until its event is committed; later events are written in
+//! order without waiting. An exclusive lock file keeps a second host off the same journal, so
+//! no job runs twice.
 
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use rusqlite::{params, Connection};
@@ -59,11 +62,77 @@ enum Cmd {
 
 /// The journal's writer.
 pub(crate) struct Journal {
-    tx: Mutex<Option<mpsc::Sender<Cmd>>>,
-    broken: Arc<Mutex<Option<String>>>,
+    shared: Arc<Shared>,
     path: PathBuf,
     thread: Mutex<Option<JoinHandle<()>>>,
     lock: Mutex<Option<std::fs::File>>,
+}
+
+/// What the writer thread and the submitting tasks share. Commands are taken from `queue`
+/// only by whoever holds `conn`, so they are written in the order they were queued.
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Signals the writer thread that `queue` has commands (or closed).
+    ready: Condvar,
+    /// The database; `None` once closed.
+    conn: Mutex<Option<Connection>>,
+    broken: Mutex<Option<String>>,
+    /// Commits since the last checkpoint.
+    commits: AtomicU64,
+}
+
+#[derive(Default)]
+struct Queue {
+    cmds: Vec<Cmd>,
+    /// A queued command is waited on (a durable append, a flush).
+    urgent: bool,
+    /// The writer sleeps until woken (nothing queued when it looked).
+    writer_idle: bool,
+    closed: bool,
+}
+
+impl Shared {
+    /// The queued commands, at most [`BATCH`] (call with `conn` held).
+    fn take(&self, first: Option<Cmd>) -> Vec<Cmd> {
+        let mut q = self
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = q.cmds.len().min(BATCH);
+        let mut batch: Vec<Cmd> = q.cmds.drain(..n).collect();
+        q.urgent = q
+            .cmds
+            .iter()
+            .any(|c| matches!(c, Cmd::Append(_, Some(_)) | Cmd::Flush(_)));
+        batch.extend(first);
+        batch
+    }
+
+    /// Writes `batch` in one transaction and answers its acknowledgements.
+    fn commit(&self, conn: &mut Connection, batch: Vec<Cmd>) {
+        let result = write(conn, &batch).map_err(|e| e.to_string());
+        if self.commits.fetch_add(1, Ordering::Relaxed) + 1 == CHECKPOINT_EVERY {
+            // Time for a checkpoint: the writer thread does it.
+            self.ready.notify_one();
+        }
+        if let Err(why) = &result {
+            tracing::error!(error = %why, "the job journal cannot be written");
+            if let Ok(mut g) = self.broken.lock() {
+                *g = Some(why.clone());
+            }
+        }
+        for cmd in batch {
+            match cmd {
+                Cmd::Append(_, Some(ack)) => {
+                    let _ = ack.send(result.clone());
+                }
+                Cmd::Flush(done) => {
+                    let _ = done.send(());
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// What the journal held at open.
@@ -80,6 +149,13 @@ pub(crate) struct Replay {
 
 /// The most commands one transaction takes.
 const BATCH: usize = 4096;
+
+/// Commits between two WAL checkpoints (SQLite's own automatic ones are off: they would run
+/// in whichever task commits).
+const CHECKPOINT_EVERY: u64 = 256;
+
+/// How long the writer gathers events nobody waits on before it commits them.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl Journal {
     /// Opens (creating) the journal at `path`, takes its lock, and reads it back.
@@ -115,6 +191,7 @@ impl Journal {
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
              PRAGMA busy_timeout = 5000;
+             PRAGMA wal_autocheckpoint = 0;
              CREATE TABLE IF NOT EXISTS events (
                  seq   INTEGER PRIMARY KEY,
                  at_ms INTEGER NOT NULL,
@@ -132,17 +209,23 @@ impl Journal {
         )
         .map_err(|e| err(e.to_string()))?;
         let replay = read_back(&conn).map_err(|e| err(e.to_string()))?;
-        let (tx, rx) = mpsc::channel();
-        let broken = Arc::new(Mutex::new(None));
-        let broken2 = Arc::clone(&broken);
-        let thread = std::thread::Builder::new()
-            .name("cjm-journal".into())
-            .spawn(move || writer(conn, rx, broken2))
-            .map_err(|e| err(format!("cannot start its writer: {e}")))?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            ready: Condvar::new(),
+            conn: Mutex::new(Some(conn)),
+            broken: Mutex::new(None),
+            commits: AtomicU64::new(0),
+        });
+        let thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("cjm-journal".into())
+                .spawn(move || writer(&shared))
+                .map_err(|e| err(format!("cannot start its writer: {e}")))?
+        };
         Ok((
             Self {
-                tx: Mutex::new(Some(tx)),
-                broken,
+                shared,
                 path: path.to_path_buf(),
                 thread: Mutex::new(Some(thread)),
                 lock: Mutex::new(Some(lock)),
@@ -158,15 +241,27 @@ impl Journal {
 
     /// Why the journal stopped working, if it did.
     pub(crate) fn broken(&self) -> Option<String> {
-        self.broken.lock().ok().and_then(|g| g.clone())
+        self.shared.broken.lock().ok().and_then(|g| g.clone())
     }
 
     fn send(&self, cmd: Cmd) -> bool {
-        self.tx
-            .lock()
-            .ok()
-            .and_then(|g| g.as_ref().map(|tx| tx.send(cmd).is_ok()))
-            .unwrap_or(false)
+        let Ok(mut q) = self.shared.queue.lock() else {
+            return false;
+        };
+        if q.closed {
+            return false;
+        }
+        // Someone waits on it: wake the writer now, not after its gathering pause.
+        let urgent = matches!(cmd, Cmd::Append(_, Some(_)) | Cmd::Flush(_));
+        q.urgent |= urgent;
+        q.cmds.push(cmd);
+        // Wake the writer when it sleeps with no deadline, or when it must not wait out its
+        // gathering pause; otherwise it finds the command when the pause ends.
+        if q.writer_idle || urgent || q.cmds.len() >= BATCH {
+            q.writer_idle = false;
+            self.shared.ready.notify_one();
+        }
+        true
     }
 
     /// Queues rows; they are written in order, without waiting.
@@ -176,14 +271,27 @@ impl Journal {
         }
     }
 
-    /// Queues rows and returns what resolves once they are committed (or failed).
+    /// Writes rows durably and returns what resolves once they are committed (or failed).
+    /// When nobody is writing, the caller commits them at once, with whatever was queued
+    /// before (a WAL commit without fsync: microseconds), instead of waking the writer thread
+    /// and waiting to be woken; otherwise they join the writer's next batch.
     pub(crate) fn append_durable(&self, rows: Vec<Row>) -> oneshot::Receiver<Result<(), String>> {
         let (ack, rx) = oneshot::channel();
         if let Some(why) = self.broken() {
             let _ = ack.send(Err(why));
-        } else if !self.send(Cmd::Append(rows, Some(ack))) {
-            // The sender is dropped with the command: the receiver sees it closed.
+            return rx;
         }
+        let cmd = Cmd::Append(rows, Some(ack));
+        if let Ok(mut conn) = self.shared.conn.try_lock() {
+            if let Some(c) = conn.as_mut() {
+                let batch = self.shared.take(Some(cmd));
+                self.shared.commit(c, batch);
+            }
+            // Closed: the sender is dropped with the command and the receiver sees it.
+            return rx;
+        }
+        // The sender is dropped with the command if the journal is closed.
+        self.send(cmd);
         rx
     }
 
@@ -215,11 +323,15 @@ impl Journal {
     /// Stops the writer after it has written everything queued, and releases the lock so
     /// another host may open the journal.
     pub(crate) fn close(&self) {
-        if let Ok(mut g) = self.tx.lock() {
-            g.take();
+        if let Ok(mut q) = self.shared.queue.lock() {
+            q.closed = true;
         }
+        self.shared.ready.notify_one();
         if let Some(t) = self.thread.lock().ok().and_then(|mut g| g.take()) {
             let _ = t.join();
+        }
+        if let Ok(mut g) = self.shared.conn.lock() {
+            g.take();
         }
         if let Ok(mut g) = self.lock.lock() {
             g.take();
@@ -286,31 +398,58 @@ fn read_back(conn: &Connection) -> rusqlite::Result<Replay> {
     })
 }
 
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Cmd>, broken: Arc<Mutex<Option<String>>>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
+/// The writer thread: sleeps until commands are queued, then writes them in batches (group
+/// commit) until the queue is empty and closed.
+fn writer(shared: &Shared) {
+    loop {
+        {
+            let mut q = shared
+                .queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            while q.cmds.is_empty()
+                && !q.closed
+                && shared.commits.load(Ordering::Relaxed) < CHECKPOINT_EVERY
+            {
+                q.writer_idle = true;
+                q = shared
+                    .ready
+                    .wait(q)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            q.writer_idle = false;
+            if q.cmds.is_empty() && q.closed {
+                return; // closed, and everything written
+            }
+            // Events nobody waits on: gather more for a moment, so that a busy host commits
+            // (and wakes this thread) once per pause rather than once per event.
+            let until = std::time::Instant::now() + GATHER;
+            while !q.cmds.is_empty() && !q.urgent && !q.closed && q.cmds.len() < BATCH {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                q = shared
+                    .ready
+                    .wait_timeout(q, left)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
             }
         }
-        let result = write(&mut conn, &batch).map_err(|e| e.to_string());
-        if let Err(why) = &result {
-            tracing::error!(error = %why, "the job journal cannot be written");
-            if let Ok(mut g) = broken.lock() {
-                *g = Some(why.clone());
-            }
+        let mut conn = shared
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(c) = conn.as_mut() else { return };
+        let batch = shared.take(None);
+        if !batch.is_empty() {
+            shared.commit(c, batch);
         }
-        for cmd in batch {
-            match cmd {
-                Cmd::Append(_, Some(ack)) => {
-                    let _ = ack.send(result.clone());
-                }
-                Cmd::Flush(done) => {
-                    let _ = done.send(());
-                }
-                _ => {}
+        // Checkpoints are this thread's work, never a submitter's.
+        if shared.commits.load(Ordering::Relaxed) >= CHECKPOINT_EVERY {
+            shared.commits.store(0, Ordering::Relaxed);
+            if let Err(e) = c.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                tracing::warn!(error = %e, "the job journal's checkpoint failed");
             }
         }
     }

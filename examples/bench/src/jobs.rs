@@ -1,9 +1,12 @@
 //! Figures of the jobs layer (`cjm-jobs`): submit → running on an idle lane, the submission
-//! acknowledged once journaled, and no-op jobs per second sustained through the journal.
+//! acknowledged once journaled, and jobs per second sustained through the journal: no-op jobs
+//! (plugins in the host's process that do nothing) and echo jobs (real worker processes).
 
 use std::time::Instant;
 
-use cjm_host::{PluginError, PluginManager};
+use std::sync::Arc;
+
+use cjm_host::{Call, Output, Plugin, PluginError, PluginManager};
 use cjm_jobs::{JobCall, JobEventKind, JobOptions, Jobs};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
@@ -20,6 +23,52 @@ const NOOP_JOBS: usize = 10_000;
 
 fn fail(e: impl std::fmt::Display) -> PluginError {
     PluginError::fatal(e.to_string())
+}
+
+/// A plugin in the host's process whose calls wait for a permit each.
+struct Gate(tokio::sync::Semaphore);
+
+#[async_trait::async_trait]
+impl Plugin for Gate {
+    fn name(&self) -> &str {
+        "gate"
+    }
+    fn version(&self) -> &str {
+        "1.0.0"
+    }
+    async fn initialize(&self, _config: Value) -> Result<(), PluginError> {
+        Ok(())
+    }
+    async fn execute(&self, _call: Call) -> Result<Output, PluginError> {
+        let permit = self.0.acquire().await.map_err(fail)?;
+        permit.forget();
+        Ok(Value::Null.into())
+    }
+    async fn config_schema(&self) -> Result<Value, PluginError> {
+        Ok(json!({}))
+    }
+}
+
+/// A plugin in the host's process that answers `null` at once.
+struct Noop(String);
+
+#[async_trait::async_trait]
+impl Plugin for Noop {
+    fn name(&self) -> &str {
+        &self.0
+    }
+    fn version(&self) -> &str {
+        "1.0.0"
+    }
+    async fn initialize(&self, _config: Value) -> Result<(), PluginError> {
+        Ok(())
+    }
+    async fn execute(&self, _call: Call) -> Result<Output, PluginError> {
+        Ok(Value::Null.into())
+    }
+    async fn config_schema(&self) -> Result<Value, PluginError> {
+        Ok(json!({}))
+    }
 }
 
 fn noop() -> JobCall {
@@ -42,17 +91,41 @@ pub(crate) async fn measure(
         .map_err(fail)?;
     let target = workers.first().ok_or_else(|| fail("no worker"))?;
 
-    // One job at a time on an idle lane: the submission's acknowledgement (journaled) and
-    // the time until its `started` event.
+    // Submissions queued behind a busy plugin: each is acknowledged once journaled.
+    let gate = Arc::new(Gate(tokio::sync::Semaphore::new(0)));
+    m.register_in_process(gate.clone(), "bench", None).await?;
+    let first = jobs
+        .submit("gate", noop(), JobOptions::new())
+        .await
+        .map_err(fail)?;
+    let mut ack = Vec::new();
+    let mut queued = Vec::new();
+    for i in 0..300 {
+        let t = Instant::now();
+        let id = jobs
+            .submit("gate", noop(), JobOptions::new())
+            .await
+            .map_err(fail)?;
+        if i >= 50 {
+            ack.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        queued.push(id);
+    }
+    gate.0.add_permits(queued.len() + 1);
+    for id in std::iter::once(first).chain(queued) {
+        jobs.wait(&id).await.map_err(fail)?;
+    }
+    m.unload("gate").await?;
+
+    // One job at a time on an idle lane: the time until its `started` event.
     let mut events = jobs.watch(None);
-    let (mut ack, mut start) = (Vec::new(), Vec::new());
+    let mut start = Vec::new();
     for i in 0..300 {
         let t = Instant::now();
         let id = jobs
             .submit(target, noop(), JobOptions::new())
             .await
             .map_err(fail)?;
-        let acked = t.elapsed();
         loop {
             let e = events.next().await.ok_or_else(|| fail("the bus closed"))?;
             if e.job == id && matches!(e.kind, JobEventKind::Started { .. }) {
@@ -62,7 +135,6 @@ pub(crate) async fn measure(
         let started = t.elapsed();
         jobs.wait(&id).await.map_err(fail)?;
         if i >= 50 {
-            ack.push(acked.as_secs_f64() * 1e6);
             start.push(started.as_secs_f64() * 1e6);
         }
     }
@@ -102,9 +174,41 @@ pub(crate) async fn measure(
         }
     }
     let rate = NOOP_JOBS as f64 / t.elapsed().as_secs_f64();
+    f.insert("jobs_echo_per_s".into(), json!(rate));
+
+    // The same through plugins that do nothing in the host's process: what the jobs layer
+    // and its journal sustain, without the workers' round trips (measured on their own above).
+    let mut noops = Vec::new();
+    for i in 0..workers.len() {
+        let name = format!("noop{i}");
+        m.register_in_process(Arc::new(Noop(name.clone())), "bench", None)
+            .await?;
+        noops.push(name);
+    }
+    let t = Instant::now();
+    let ids: Vec<Result<_, _>> = futures::stream::iter(0..NOOP_JOBS)
+        .map(|i| {
+            let jobs = jobs.clone();
+            let target = noops[i % noops.len()].clone();
+            async move { jobs.submit(&target, noop(), JobOptions::new()).await }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    for id in ids {
+        let id = id.map_err(fail)?;
+        let done = jobs.wait(&id).await.map_err(fail)?;
+        if done.state != cjm_jobs::JobState::Succeeded {
+            return Err(fail(format!("a no-op job ended {}", done.state)));
+        }
+    }
+    let rate = NOOP_JOBS as f64 / t.elapsed().as_secs_f64();
     f.insert("jobs_noop_per_s".into(), json!(rate));
     f.insert("jobs_noop_per_s_limit".into(), json!(RATE_GOAL));
     jobs.shutdown().await;
+    for n in &noops {
+        m.unload(n).await?;
+    }
     many(m, workers, dir, f).await
 }
 
