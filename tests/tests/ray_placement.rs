@@ -81,7 +81,9 @@ impl RayHead {
             .arg(format!("--dashboard-port={dashboard}"))
             .arg(format!("--ray-client-server-port={}", free_port()))
             .arg(format!("--dashboard-agent-listen-port={}", free_port()))
-            .args(["--num-cpus=2", "--num-gpus=0", "--include-dashboard=true"])
+            // One GPU as Ray counts them (a logical resource: this machine need not have one),
+            // so that placement by GPU is decided by Ray as on a real GPU node.
+            .args(["--num-cpus=3", "--num-gpus=1", "--include-dashboard=true"])
             .arg("--object-store-memory=100000000")
             .arg(format!("--temp-dir={}", temp.display()))
             .env("RAY_USAGE_STATS_ENABLED", "0")
@@ -184,6 +186,18 @@ async fn a_worker_placed_on_ray_is_called_restarted_and_leaves_nothing_on_the_cl
                "env_vars": {"CJM_RAY_TEST": "from-the-registration"},
                "ray": {"num_cpus": 1, "runtime_env": {"env_vars": {"FROM_RAY": "runtime-env"}}}}),
     );
+    // A GPU plugin (its manifest's `requires_gpu`), and one that needs more GPUs than the
+    // cluster has.
+    s.worker_manifest(
+        "ongpu",
+        json!({"execution_mode": "ray", "startup_timeout_secs": 180,
+               "resources": {"requires_gpu": true}, "ray": {"num_cpus": 1}}),
+    );
+    s.worker_manifest(
+        "twogpus",
+        json!({"execution_mode": "ray", "startup_timeout_secs": 8,
+               "ray": {"num_cpus": 1, "num_gpus": 2}}),
+    );
     s.write(
         "broken.json",
         &json!({"name": "broken", "version": "1.0.0", "category": "test",
@@ -197,7 +211,7 @@ async fn a_worker_placed_on_ray_is_called_restarted_and_leaves_nothing_on_the_cl
         .ray(RayCluster::new(head.url()))
         .build()
         .unwrap();
-    assert_eq!(m.discover(), 2, "{:?}", m.invalid_manifests());
+    assert_eq!(m.discover(), 4, "{:?}", m.invalid_manifests());
 
     // Placed as a Ray job: the worker runs under the Ray head, not under this host.
     m.load("onray", None).await.expect("load on Ray");
@@ -276,6 +290,37 @@ async fn a_worker_placed_on_ray_is_called_restarted_and_leaves_nothing_on_the_cl
         ),
         again
     );
+
+    // The GPU plugin is placed on the node with the GPU, which Ray gives it (and only it).
+    m.load("ongpu", None).await.expect("load on Ray's GPU");
+    let v = m
+        .execute("ongpu", env("CUDA_VISIBLE_DEVICES"))
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(v, json!("0"), "Ray did not give the GPU plugin its GPU");
+    let v = m
+        .execute("onray", env("CUDA_VISIBLE_DEVICES"))
+        .await
+        .unwrap()
+        .value;
+    assert_ne!(v, json!("0"), "a CPU plugin got the GPU");
+    // Two GPUs fit on no node: refused before any job exists (Ray could not stop a job
+    // pending on resources).
+    let e = m.load("twogpus", None).await.unwrap_err();
+    assert_eq!(e.category, cjm_host::ErrorCategory::Resource, "{e}");
+    assert!(e.message.contains("GPU 2 (the most on one node: 1)"), "{e}");
+    assert_eq!(head.cjm_jobs().len(), 2, "{:?}", head.cjm_jobs());
+    m.unload("ongpu").await.unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    while head.cjm_jobs().len() != 1 {
+        assert!(
+            Instant::now() < until,
+            "the GPU jobs are left: {:?}",
+            head.cjm_jobs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // The command line places it the same way (`--ray-address`), in a host of its own, and
     // leaves no job behind when it exits.

@@ -168,6 +168,21 @@ impl JobsApi {
         }
     }
 
+    /// The total resources of each live node (`GET /api/v0/nodes`, Ray's state API), as
+    /// `{"CPU": 4, "GPU": 1, "memory": …}` maps; `None` when the cluster does not say (an
+    /// older Ray, the state API off), and then nothing is checked.
+    pub(crate) async fn node_resources(&self) -> Option<Vec<serde_json::Map<String, Value>>> {
+        let (status, bytes) = self
+            .request(Method::GET, "/api/v0/nodes?detail=true&limit=10000", None)
+            .await
+            .ok()?;
+        if !status.is_success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&bytes).ok()?;
+        Some(parse_nodes(&v))
+    }
+
     /// A job's status (`GET /api/jobs/{id}`); `None` when the server does not know it.
     pub(crate) async fn info(&self, id: &str) -> Result<Option<JobInfo>, PluginError> {
         let (status, bytes) = self
@@ -222,4 +237,71 @@ impl JobsApi {
             Err(self.refused("delete the job", status, &bytes))
         }
     }
+}
+
+/// The live nodes' `resources_total` in a state-API answer
+/// (`{"data": {"result": {"result": [NODE, …]}}}`; the list is found wherever it is nested).
+pub(crate) fn parse_nodes(v: &Value) -> Vec<serde_json::Map<String, Value>> {
+    fn find(v: &Value, depth: usize) -> Option<&Vec<Value>> {
+        match v {
+            Value::Array(a) if a.iter().any(|n| n.get("resources_total").is_some()) => Some(a),
+            Value::Object(o) if depth < 4 => o.values().find_map(|x| find(x, depth + 1)),
+            _ => None,
+        }
+    }
+    find(v, 0)
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter(|n| {
+                    n.get("state")
+                        .and_then(Value::as_str)
+                        .is_none_or(|s| s == "ALIVE")
+                })
+                .filter_map(|n| n.get("resources_total")?.as_object().cloned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Why no node in `nodes` can hold a job that asks for `body`'s entrypoint resources
+/// (CPUs, GPUs, memory), or `None` when one can.
+pub(crate) fn unplaceable(
+    body: &Value,
+    nodes: &[serde_json::Map<String, Value>],
+) -> Option<String> {
+    let asks: Vec<(&str, &str, f64)> = [
+        ("entrypoint_num_cpus", "CPU"),
+        ("entrypoint_num_gpus", "GPU"),
+        ("entrypoint_memory", "memory"),
+    ]
+    .into_iter()
+    .filter_map(|(field, resource)| {
+        let n = body.get(field)?.as_f64()?;
+        (n > 0.0).then_some((field, resource, n))
+    })
+    .collect();
+    if asks.is_empty() || nodes.is_empty() {
+        return None;
+    }
+    let has = |node: &serde_json::Map<String, Value>, resource: &str| {
+        node.get(resource).and_then(Value::as_f64).unwrap_or(0.0)
+    };
+    if nodes
+        .iter()
+        .any(|node| asks.iter().all(|(_, r, n)| has(node, r) >= *n))
+    {
+        return None;
+    }
+    let wanted: Vec<String> = asks
+        .iter()
+        .map(|(_, r, n)| {
+            let most = nodes.iter().map(|node| has(node, r)).fold(0.0, f64::max);
+            format!("{r} {n} (the most on one node: {most})")
+        })
+        .collect();
+    Some(format!(
+        "no node of the cluster has all of {} at once",
+        wanted.join(", ")
+    ))
 }

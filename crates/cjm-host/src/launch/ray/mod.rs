@@ -127,6 +127,13 @@ const PENDING_EVERY: Duration = Duration::from_millis(300);
 /// How long release waits for a stopped job to end before deleting it.
 const END_WAIT: Duration = Duration::from_secs(20);
 
+/// How long a stopped job still pending on resources is watched, to delete it once Ray fails
+/// it (Ray's default start timeout is 15 minutes).
+const PENDING_END_WAIT: Duration = Duration::from_secs(20 * 60);
+
+/// How often such a job is looked at.
+const PENDING_POLL: Duration = Duration::from_secs(5);
+
 async fn place(spec: &LaunchSpec, seq: u64) -> Result<Launched, PluginError> {
     let m = &spec.manifest;
     let cluster = spec.ray.as_deref().ok_or_else(|| {
@@ -175,6 +182,20 @@ async fn place(spec: &LaunchSpec, seq: u64) -> Result<Launched, PluginError> {
             .into_iter()
             .collect();
     let body = submission(m, &id, &entrypoint);
+    // A job no node can hold would wait forever: Ray cannot stop a job pending on resources
+    // (its stop goes to a supervisor that never starts), so it is refused before it exists.
+    if let Some(nodes) = api.node_resources().await {
+        if let Some(why) = jobs::unplaceable(&body, &nodes) {
+            return Err(PluginError::resource(
+                format!(
+                    "the worker cannot be placed on the Ray cluster at {}: {why}",
+                    api.address()
+                ),
+                vec![],
+            )
+            .with_plugin(&m.name));
+        }
+    }
     // From the moment the submission is sent a job may exist: if this start fails or is
     // dropped, the guard stops and deletes it (a job Ray never made is a 404, which is fine).
     let mut guard = JobGuard {
@@ -393,11 +414,20 @@ async fn end_job(api: &JobsApi, id: &str) {
     if let Err(e) = api.stop(id).await {
         tracing::warn!(job = %id, error = %e, "could not stop the Ray job");
     }
-    let until = Instant::now() + END_WAIT;
-    while Instant::now() < until {
+    let began = Instant::now();
+    loop {
         match api.info(id).await {
             Ok(Some(i)) if !i.status.is_terminal() => {
-                tokio::time::sleep(PENDING_EVERY).await;
+                let waited = began.elapsed();
+                if waited < END_WAIT {
+                    tokio::time::sleep(PENDING_EVERY).await;
+                } else if i.status == jobs::JobStatus::Pending && waited < PENDING_END_WAIT {
+                    // Ray cannot stop a job still waiting for resources; it fails it when its
+                    // start times out (RAY_JOB_START_TIMEOUT_SECONDS). Delete it then.
+                    tokio::time::sleep(PENDING_POLL).await;
+                } else {
+                    break;
+                }
             }
             _ => break,
         }
@@ -439,6 +469,36 @@ impl WorkerControl for RayControl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_no_node_can_hold_is_named_before_it_is_submitted() {
+        let answer = json!({"result": true, "data": {"result": {"total": 2, "result": [
+            {"node_id": "a", "state": "ALIVE", "resources_total": {"CPU": 4.0, "GPU": 1.0, "memory": 8e9}},
+            {"node_id": "b", "state": "ALIVE", "resources_total": {"CPU": 16.0, "memory": 6.4e10}},
+            {"node_id": "c", "state": "DEAD", "resources_total": {"CPU": 64.0, "GPU": 8.0}}
+        ]}}});
+        let nodes = jobs::parse_nodes(&answer);
+        assert_eq!(nodes.len(), 2);
+        let fits = |b: Value| jobs::unplaceable(&b, &nodes);
+        assert_eq!(
+            fits(json!({"entrypoint_num_gpus": 1, "entrypoint_num_cpus": 2})),
+            None
+        );
+        assert_eq!(fits(json!({"entrypoint_num_cpus": 12})), None);
+        assert_eq!(fits(json!({})), None);
+        // Each fits somewhere, not both on one node; a dead node's GPUs do not count.
+        let why = fits(json!({"entrypoint_num_gpus": 1, "entrypoint_num_cpus": 12})).unwrap();
+        assert!(why.contains("GPU 1 (the most on one node: 1)"), "{why}");
+        assert!(why.contains("CPU 12 (the most on one node: 16)"), "{why}");
+        let why = fits(json!({"entrypoint_num_gpus": 2})).unwrap();
+        assert!(why.contains("GPU 2 (the most on one node: 1)"), "{why}");
+        // Nothing known about the nodes: nothing is refused.
+        assert_eq!(
+            jobs::unplaceable(&json!({"entrypoint_num_gpus": 9}), &[]),
+            None
+        );
+        assert!(jobs::parse_nodes(&json!({"data": "?"})).is_empty());
+    }
 
     #[test]
     fn the_submission_carries_resources_and_the_runtime_env() {
