@@ -117,6 +117,15 @@ impl RayHead {
         format!("http://127.0.0.1:{}", self.dashboard)
     }
 
+    /// Waits (up to a minute) until `n` jobs of cjm are on the cluster; fails with `what`.
+    fn wait_for_jobs(&self, n: usize, what: &str) {
+        let until = Instant::now() + Duration::from_secs(60);
+        while self.cjm_jobs().len() != n {
+            assert!(Instant::now() < until, "{what}: {:?}", self.cjm_jobs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Ray's jobs started by cjm: (submission id, status).
     fn cjm_jobs(&self) -> Vec<(String, String)> {
         let (status, v) = http(self.dashboard, "GET", "/api/jobs/").expect("list jobs");
@@ -312,15 +321,7 @@ async fn a_worker_placed_on_ray_is_called_restarted_and_leaves_nothing_on_the_cl
     assert!(e.message.contains("GPU 2 (the most on one node: 1)"), "{e}");
     assert_eq!(head.cjm_jobs().len(), 2, "{:?}", head.cjm_jobs());
     m.unload("ongpu").await.unwrap();
-    let until = Instant::now() + Duration::from_secs(60);
-    while head.cjm_jobs().len() != 1 {
-        assert!(
-            Instant::now() < until,
-            "the GPU jobs are left: {:?}",
-            head.cjm_jobs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    head.wait_for_jobs(1, "the GPU job is left");
 
     // The command line places it the same way (`--ray-address`), in a host of its own, and
     // leaves no job behind when it exits.
@@ -344,15 +345,7 @@ async fn a_worker_placed_on_ray_is_called_restarted_and_leaves_nothing_on_the_cl
         String::from_utf8_lossy(&out.stdout).trim(),
         r#""runtime-env""#
     );
-    let until = Instant::now() + Duration::from_secs(60);
-    while head.cjm_jobs().len() != 1 {
-        assert!(
-            Instant::now() < until,
-            "the CLI's job is left: {:?}",
-            head.cjm_jobs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    head.wait_for_jobs(1, "the CLI's job is left");
 
     // Unloading stops the job and deletes it: nothing of cjm is left on the cluster.
     m.unload("onray").await.unwrap();
@@ -360,15 +353,7 @@ async fn a_worker_placed_on_ray_is_called_restarted_and_leaves_nothing_on_the_cl
         common::wait_gone(&[again], Duration::from_secs(60)).is_empty(),
         "the worker outlived its unload"
     );
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let jobs = head.cjm_jobs();
-        if jobs.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < until, "jobs left on the cluster: {jobs:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    head.wait_for_jobs(0, "jobs left on the cluster");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

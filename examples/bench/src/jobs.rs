@@ -155,25 +155,8 @@ pub(crate) async fn measure(
         json!(START_GOAL_US),
     );
 
-    // Throughput: 10 000 no-op jobs over the workers, submitted 64 at a time.
-    let t = Instant::now();
-    let ids: Vec<Result<_, _>> = futures::stream::iter(0..NOOP_JOBS)
-        .map(|i| {
-            let jobs = jobs.clone();
-            let target = workers[i % workers.len()].clone();
-            async move { jobs.submit(&target, noop(), JobOptions::new()).await }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    for id in ids {
-        let id = id.map_err(fail)?;
-        let done = jobs.wait(&id).await.map_err(fail)?;
-        if done.state != cjm_jobs::JobState::Succeeded {
-            return Err(fail(format!("a no-op job ended {}", done.state)));
-        }
-    }
-    let rate = NOOP_JOBS as f64 / t.elapsed().as_secs_f64();
+    // Throughput: 10 000 no-op calls as jobs over the workers, submitted 64 at a time.
+    let rate = throughput(&jobs, workers).await?;
     f.insert("jobs_echo_per_s".into(), json!(rate));
 
     // The same through plugins that do nothing in the host's process: what the jobs layer
@@ -185,11 +168,24 @@ pub(crate) async fn measure(
             .await?;
         noops.push(name);
     }
+    let rate = throughput(&jobs, &noops).await?;
+    f.insert("jobs_noop_per_s".into(), json!(rate));
+    f.insert("jobs_noop_per_s_limit".into(), json!(RATE_GOAL));
+    jobs.shutdown().await;
+    for n in &noops {
+        m.unload(n).await?;
+    }
+    many(m, workers, dir, f).await
+}
+
+/// Jobs per second: [`NOOP_JOBS`] no-op calls spread over `targets`, 64 submissions at a
+/// time, each waited for.
+async fn throughput(jobs: &Jobs, targets: &[String]) -> Result<f64, PluginError> {
     let t = Instant::now();
     let ids: Vec<Result<_, _>> = futures::stream::iter(0..NOOP_JOBS)
         .map(|i| {
             let jobs = jobs.clone();
-            let target = noops[i % noops.len()].clone();
+            let target = targets[i % targets.len()].clone();
             async move { jobs.submit(&target, noop(), JobOptions::new()).await }
         })
         .buffer_unordered(64)
@@ -202,14 +198,7 @@ pub(crate) async fn measure(
             return Err(fail(format!("a no-op job ended {}", done.state)));
         }
     }
-    let rate = NOOP_JOBS as f64 / t.elapsed().as_secs_f64();
-    f.insert("jobs_noop_per_s".into(), json!(rate));
-    f.insert("jobs_noop_per_s_limit".into(), json!(RATE_GOAL));
-    jobs.shutdown().await;
-    for n in &noops {
-        m.unload(n).await?;
-    }
-    many(m, workers, dir, f).await
+    Ok(NOOP_JOBS as f64 / t.elapsed().as_secs_f64())
 }
 
 /// Jobs in the memory run (`CJM_BENCH_MANY_JOBS` overrides).
