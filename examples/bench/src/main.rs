@@ -131,6 +131,12 @@ fn print_table(f: &Map<String, Value>) {
             1.0,
             "MB/s",
         ),
+        (
+            "stream_first_chunk_p50_us",
+            "stream's first chunk p50 (limit 1.2× sync p50)",
+            1.0,
+            "µs",
+        ),
         ("idle_worker_rss_mb", "idle worker RSS", 1.0, "MB"),
         (
             "serve_sync_rtt_p50_us",
@@ -208,6 +214,56 @@ fn print_table(f: &Map<String, Value>) {
     }
 }
 
+/// One 20 000-chunk stream from the transcriber sample, if it is built.
+async fn stream(
+    b: &Bench,
+    m: &PluginManager,
+    f: &mut Map<String, Value>,
+) -> Result<(), PluginError> {
+    if b.bins.join("transcriber").is_file() {
+        m.load("transcriber", Some(json!({"word_delay_ms": 0})))
+            .await?;
+        let call =
+            Call::new(vec![json!("transcribe")]).kwarg("text", json!("word ".repeat(20_000)));
+        let t = Instant::now();
+        let mut stream = m.execute_stream("transcriber", call).await?;
+        let mut n = 0u64;
+        while let Some(c) = stream.next().await {
+            c?;
+            n += 1;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        if n != 20_000 {
+            return Err(PluginError::fatal(format!(
+                "the stream gave {n} chunks, not 20000"
+            )));
+        }
+        f.insert("stream_chunks_per_s".into(), json!(n as f64 / secs));
+
+        // Time to the first chunk of a short stream, beside a sync round trip of the same run.
+        let mut first = Vec::with_capacity(200);
+        for i in 0..250 {
+            let call = Call::new(vec![json!("transcribe")]).kwarg("text", json!("one two"));
+            let t = Instant::now();
+            let mut stream = m.execute_stream("transcriber", call).await?;
+            if stream.next().await.transpose()?.is_none() {
+                return Err(PluginError::fatal("a short stream gave no chunk"));
+            }
+            let took = t.elapsed().as_secs_f64() * 1e6;
+            while stream.next().await.transpose()?.is_some() {}
+            if i >= 50 {
+                first.push(took);
+            }
+        }
+        f.insert("stream_first_chunk_p50_us".into(), json!(median(first)));
+        if let Some(rtt) = f.get("sync_rtt_p50_us").and_then(Value::as_f64) {
+            f.insert("stream_first_chunk_p50_us_limit".into(), json!(1.2 * rtt));
+        }
+        m.unload("transcriber").await?;
+    }
+    Ok(())
+}
+
 async fn run() -> Result<Map<String, Value>, PluginError> {
     let bins = std::env::current_exe()
         .ok()
@@ -234,8 +290,12 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
     let remote = remote::prepare(&b)?;
     let m = b.manager()?;
     let names: Vec<String> = (0..WORKERS).map(|i| format!("echo{i}")).collect();
-    // `CJM_BENCH_ONLY=jobs`: the jobs figures alone (for work on the jobs layer); `calls`
-    // stops after the calls, streams and payloads.
+    // `CJM_BENCH_ONLY=stream`: the stream figure alone; `jobs`: the jobs figures alone (for
+    // work on the jobs layer); `calls` stops after the calls, streams and payloads.
+    if std::env::var("CJM_BENCH_ONLY").as_deref() == Ok("stream") {
+        stream(&b, &m, &mut f).await?;
+        return Ok(f);
+    }
     if std::env::var("CJM_BENCH_ONLY").as_deref() == Ok("jobs") {
         jobs::measure(&m, &names, b.scratch.path(), &mut f).await?;
         m.unload_all().await;
@@ -332,28 +392,7 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
     drop(blob);
     f.insert("payload_256MiB_blob_MBps".into(), json!(median(mbps)));
 
-    // One 20 000-chunk stream.
-    if b.bins.join("transcriber").is_file() {
-        m.load("transcriber", Some(json!({"word_delay_ms": 0})))
-            .await?;
-        let call =
-            Call::new(vec![json!("transcribe")]).kwarg("text", json!("word ".repeat(20_000)));
-        let t = Instant::now();
-        let mut stream = m.execute_stream("transcriber", call).await?;
-        let mut n = 0u64;
-        while let Some(c) = stream.next().await {
-            c?;
-            n += 1;
-        }
-        let secs = t.elapsed().as_secs_f64();
-        if n != 20_000 {
-            return Err(PluginError::fatal(format!(
-                "the stream gave {n} chunks, not 20000"
-            )));
-        }
-        f.insert("stream_chunks_per_s".into(), json!(n as f64 / secs));
-        m.unload("transcriber").await?;
-    }
+    stream(&b, &m, &mut f).await?;
 
     // Unload all ten.
     let t = Instant::now();

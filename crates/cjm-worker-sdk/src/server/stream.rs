@@ -105,10 +105,18 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-fn line(v: &serde_json::Value) -> Bytes {
-    let mut buf = serde_json::to_vec(v).unwrap_or_else(|_| b"null".to_vec());
-    buf.push(b'\n');
-    Bytes::from(buf)
+/// Appends `v` as one NDJSON line.
+fn push_line(buf: &mut bytes::BytesMut, v: &serde_json::Value) {
+    use bytes::BufMut;
+    let start = buf.len();
+    let mut w = buf.writer();
+    if serde_json::to_writer(&mut w, v).is_err() {
+        // Not for a `Value` (its keys are strings, and memory does not fail to write).
+        let buf = w.get_mut();
+        buf.truncate(start);
+        buf.extend_from_slice(b"null");
+    }
+    w.into_inner().put_u8(b'\n');
 }
 
 /// How a pumped stream ended.
@@ -125,6 +133,11 @@ pub(crate) enum PumpEnd {
 /// Drives `stream`, writing one NDJSON line per chunk into `tx`, then the end line; a failing
 /// chunk, a reserved chunk, a panic or the deadline ends it with an error line. The client
 /// going away (the receiver dropped) or the deadline cancels `token`.
+///
+/// Lines the plugin has ready at once are gathered into one buffer (up to [`BATCH_BYTES`]) and
+/// handed over together; the buffer goes out as soon as the plugin has nothing more ready, so
+/// a slow stream's chunks are not held back. One hand-over, and one wake-up of the server's
+/// thread, per burst instead of per chunk.
 pub(crate) async fn pump(
     mut stream: ChunkStream,
     tx: mpsc::Sender<Bytes>,
@@ -132,18 +145,32 @@ pub(crate) async fn pump(
     deadline: Option<Instant>,
 ) -> PumpEnd {
     let mut sent: u64 = 0;
+    let mut batch = bytes::BytesMut::new();
     let failure = loop {
-        let next = tokio::select! {
-            biased;
-            () = tx.closed() => {
-                token.cancel();
-                return PumpEnd::Disconnected;
+        // What the plugin has ready now; when nothing is, what was gathered goes out first.
+        let ready = AssertUnwindSafe(stream.next())
+            .catch_unwind()
+            .now_or_never();
+        let next = match ready {
+            Some(next) => next,
+            None => {
+                if !batch.is_empty() && tx.send(batch.split().freeze()).await.is_err() {
+                    token.cancel();
+                    return PumpEnd::Disconnected;
+                }
+                tokio::select! {
+                    biased;
+                    () = tx.closed() => {
+                        token.cancel();
+                        return PumpEnd::Disconnected;
+                    }
+                    () = super::calls::sleep_until_opt(deadline) => {
+                        token.cancel();
+                        break PluginError::timeout("the call's deadline passed during the stream");
+                    }
+                    next = AssertUnwindSafe(stream.next()).catch_unwind() => next,
+                }
             }
-            () = super::calls::sleep_until_opt(deadline) => {
-                token.cancel();
-                break PluginError::timeout("the call's deadline passed during the stream");
-            }
-            next = AssertUnwindSafe(stream.next()).catch_unwind() => next,
         };
         match next {
             Err(payload) => {
@@ -152,8 +179,8 @@ pub(crate) async fn pump(
                 break PluginError::fatal(format!("plugin panicked: {msg}"));
             }
             Ok(None) => {
-                let end = line(&StreamLine::End { chunks: sent }.to_json());
-                return if tx.send(end).await.is_ok() {
+                push_line(&mut batch, &StreamLine::End { chunks: sent }.to_json());
+                return if tx.send(batch.freeze()).await.is_ok() {
                     PumpEnd::Completed
                 } else {
                     token.cancel();
@@ -167,17 +194,24 @@ pub(crate) async fn pump(
                 ));
             }
             Ok(Some(Ok(chunk))) => {
-                if tx.send(line(&chunk)).await.is_err() {
-                    token.cancel();
-                    return PumpEnd::Disconnected;
-                }
+                push_line(&mut batch, &chunk);
                 sent += 1;
+                if batch.len() >= BATCH_BYTES {
+                    if tx.send(batch.split().freeze()).await.is_err() {
+                        token.cancel();
+                        return PumpEnd::Disconnected;
+                    }
+                    // A stream that is always ready never reaches the select above.
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        token.cancel();
+                        break PluginError::timeout("the call's deadline passed during the stream");
+                    }
+                }
             }
         }
     };
-    let _ = tx
-        .send(line(&StreamLine::Error(failure.clone()).to_json()))
-        .await;
+    push_line(&mut batch, &StreamLine::Error(failure.clone()).to_json());
+    let _ = tx.send(batch.freeze()).await;
     PumpEnd::Failed(failure)
 }
 
@@ -242,6 +276,42 @@ mod tests {
         }));
         let (text, _) = collect(s, None).await;
         assert!(text.contains("plugin panicked: kaboom"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_is_always_ready_still_meets_its_deadline() {
+        let s: ChunkStream = Box::pin(futures::stream::repeat_with(|| Ok(json!("x"))));
+        let deadline = Instant::now() + std::time::Duration::from_millis(50);
+        let (text, end) = collect(s, Some(deadline)).await;
+        assert!(
+            matches!(end, PumpEnd::Failed(ref e) if e.category == cjm_core::ErrorCategory::Timeout),
+            "{end:?}"
+        );
+        assert!(text.starts_with("\"x\"\n"));
+        assert!(
+            text.trim_end().ends_with("}}"),
+            "the last line is the error"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chunk_goes_out_while_the_plugin_prepares_the_next() {
+        // One chunk, then nothing for ever: the client has the chunk all the same.
+        let s: ChunkStream = Box::pin(
+            futures::stream::iter(vec![Ok(json!({"first": true}))])
+                .chain(futures::stream::pending()),
+        );
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let token = CancellationToken::new();
+        let mut body = Body::Stream {
+            rx,
+            _guard: token.clone().drop_guard(),
+        };
+        let pump = tokio::spawn(pump(s, tx, token, None));
+        let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&frame[..], b"{\"first\":true}\n");
+        drop(body);
+        assert_eq!(pump.await.unwrap(), PumpEnd::Disconnected);
     }
 
     #[tokio::test]
