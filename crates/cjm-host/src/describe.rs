@@ -75,9 +75,18 @@ pub fn describe_binary(
     if let Some(path) = std::env::var_os("PATH") {
         cmd.env("PATH", path);
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| fail(format!("could not start: {e}")))?;
+    // "Text file busy": a program written a moment ago can be briefly held open for writing by
+    // a child another thread forked meanwhile (until that child's exec). It passes; retry.
+    let mut busy = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && busy < 20 => {
+                busy += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            r => break r.map_err(|e| fail(format!("could not start: {e}")))?,
+        }
+    };
     let Some(stdout) = child.stdout.take() else {
         let _ = child.kill();
         let _ = child.wait();
