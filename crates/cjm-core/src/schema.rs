@@ -120,6 +120,21 @@ pub fn schema_defaults(schema: &Value) -> Map<String, Value> {
         .unwrap_or_default()
 }
 
+/// The configuration a plugin with `schema` runs with when given `config` (none, or an
+/// object): `config` completed with the schema's defaults. Anything but an object or null is
+/// refused.
+pub fn complete_config(schema: &Value, config: Option<Value>) -> Result<Value, PluginError> {
+    let defaults = schema_defaults(schema);
+    match config {
+        None | Some(Value::Null) => Ok(Value::Object(defaults)),
+        Some(Value::Object(given)) => Ok(Value::Object(with_defaults(&defaults, given))),
+        Some(other) => Err(PluginError::config(
+            format!("a configuration must be a JSON object, not {other}"),
+            vec![],
+        )),
+    }
+}
+
 /// `config` with every key of `defaults` it lacks filled in.
 pub fn with_defaults(
     defaults: &Map<String, Value>,
@@ -134,6 +149,21 @@ pub fn with_defaults(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_configuration_is_completed_with_the_schema_defaults() {
+        let schema = json!({"properties": {"a": {"default": 1}, "b": {"default": "x"}, "c": {}}});
+        assert_eq!(
+            complete_config(&schema, None).unwrap(),
+            json!({"a": 1, "b": "x"})
+        );
+        assert_eq!(
+            complete_config(&schema, Some(json!({"a": 2, "c": true}))).unwrap(),
+            json!({"a": 2, "b": "x", "c": true})
+        );
+        let e = complete_config(&schema, Some(json!([1]))).unwrap_err();
+        assert!(e.message.contains("must be a JSON object, not [1]"), "{e}");
+    }
 
     #[test]
     fn defaults_come_from_properties() {

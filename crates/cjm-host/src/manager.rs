@@ -659,7 +659,7 @@ impl PluginManager {
                     // Record the configuration as the worker applied it: with its defaults.
                     if let Ok(mut g) = config.write() {
                         if let Ok(full) =
-                            crate::proxy::with_defaults(&worker_schema, Some(g.clone()))
+                            cjm_core::schema::complete_config(&worker_schema, Some(g.clone()))
                         {
                             *g = full;
                         }

@@ -59,21 +59,6 @@ impl std::fmt::Debug for PluginProxy {
     }
 }
 
-/// Completes `config` with the schema's defaults, if it is an object.
-pub(crate) fn with_defaults(schema: &Value, config: Option<Value>) -> Result<Value, PluginError> {
-    let defaults = cjm_core::schema_defaults(schema);
-    match config {
-        None | Some(Value::Null) => Ok(Value::Object(defaults)),
-        Some(Value::Object(given)) => Ok(Value::Object(cjm_core::schema::with_defaults(
-            &defaults, given,
-        ))),
-        Some(other) => Err(PluginError::config(
-            format!("a configuration must be a JSON object, not {other}"),
-            vec![],
-        )),
-    }
-}
-
 impl PluginProxy {
     pub(crate) fn new(
         manifest: Arc<Manifest>,
@@ -108,7 +93,7 @@ impl PluginProxy {
         validator: Option<&ConfigValidator>,
         config: Option<Value>,
     ) -> Result<Value, PluginError> {
-        let full = with_defaults(schema, config)?;
+        let full = cjm_core::schema::complete_config(schema, config)?;
         if let Some(v) = validator {
             v.validate(&full)?;
         }

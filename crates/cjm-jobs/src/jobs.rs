@@ -625,7 +625,10 @@ impl Inner {
     /// Starts every queued job a lane admits: highest priority first, skipping (never
     /// waiting on) jobs whose plugin is at its cap.
     fn pump(self: &Arc<Self>, st: &mut State) {
-        if self.closed.load(Ordering::SeqCst) {
+        if self.closed.load(Ordering::SeqCst)
+            || st.running.len() >= self.opts.max_in_flight
+            || st.running.values().any(|r| r.alone)
+        {
             return;
         }
         let now = now_ms();
@@ -642,9 +645,6 @@ impl Inner {
             .resident
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if st.running.len() >= self.opts.max_in_flight || st.running.values().any(|r| r.alone) {
-            return;
-        }
         // Each target's first jobs, as many as it has room for (and the expired ones before
         // them), then best first across targets.
         let mut heads: Vec<&Pending> = Vec::new();
@@ -836,8 +836,8 @@ impl Inner {
     /// Runs the job's attempts; the terminal event.
     async fn attempts(self: &Arc<Self>, job: &Job, cancel: &CancellationToken) -> JobEventKind {
         let mut attempt = job.attempts;
-        // Attempts that do not count against the retry budget (the one after an OOM kill).
-        let mut free = 0;
+        // The one attempt after an OOM kill, outside the retry budget, has been used.
+        let mut oom_retried = false;
         loop {
             attempt += 1;
             // Committed before the call goes out: after a crash, a job the journal shows
@@ -862,8 +862,8 @@ impl Inner {
                 }
                 Err(e) => e,
             };
-            if error.details.out_of_memory && free == 0 {
-                free = 1;
+            if error.details.out_of_memory && !oom_retried {
+                oom_retried = true;
                 let evicted = tokio::select! {
                     e = self.recover_memory(&job.target) => e,
                     () = cancel.cancelled() => return JobEventKind::Cancelled,
@@ -880,7 +880,7 @@ impl Inner {
             }
             if !error.retriable
                 || error.details.out_of_memory
-                || attempt > job.options.retries + free
+                || attempt > job.options.retries + u32::from(oom_retried)
             {
                 return JobEventKind::Failed { error };
             }
@@ -956,18 +956,14 @@ impl Inner {
             Some(source) => source(target).ok().flatten(),
             None => None,
         };
-        let defaults = self
+        let schema = self
             .manager
             .discovered_manifest(target)
-            .and_then(|m| m.config_schema.as_ref().map(cjm_core::schema_defaults))
+            .and_then(|m| m.config_schema.clone())
             .unwrap_or_default();
-        let config = match given {
-            Some(serde_json::Value::Object(given)) => {
-                cjm_core::schema::with_defaults(&defaults, given)
-            }
-            _ => defaults,
-        };
-        config_hash(&serde_json::Value::Object(config))
+        cjm_core::schema::complete_config(&schema, given)
+            .map(|c| config_hash(&c))
+            .unwrap_or_default()
     }
 
     /// Folds a succeeded job's measurements into its (target, configuration) profile.
