@@ -73,6 +73,8 @@ pub mod env {
     pub const LISTEN_FD: &str = "CJM_LISTEN_FD";
     /// The socket's kind: `unix` or `tcp`.
     pub const LISTEN_KIND: &str = "CJM_LISTEN_KIND";
+    /// A native worker's end of the blob channel (a Unix `SOCK_SEQPACKET` socket), by number.
+    pub const BLOB_FD: &str = "CJM_BLOB_FD";
     /// The per-spawn bearer token.
     pub const AUTH_TOKEN: &str = "CJM_AUTH_TOKEN";
     /// The plugin's name.
@@ -106,6 +108,9 @@ pub mod features {
     pub const CANCEL_ON_DISCONNECT: &str = "cancel_on_disconnect";
     /// `x-cjm-timeout-ms` is honoured.
     pub const DEADLINE: &str = "deadline";
+    /// Blobs may travel as sealed memfds on the blob channel the host handed the worker
+    /// (`CJM_BLOB_FD`). Listed only by a worker that has that channel; not part of [`ALL`].
+    pub const BLOB_MEMFD: &str = "blob_memfd";
     /// Every feature of protocol v1.
     pub const ALL: [&str; 6] = [
         AUTH,
@@ -408,12 +413,50 @@ pub enum FrameError {
         /// Bytes present.
         actual: u64,
     },
+    /// The frame's memfds could not be had, or a blob does not fit in its memfd.
+    #[error("frame descriptors: {0}")]
+    Memfd(String),
 }
 
-#[derive(Serialize, Deserialize)]
+/// Where one blob of a frame travels: in the body, or as (part of) a memfd of the call's
+/// descriptor message (feature `blob_memfd`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Slot {
+    /// This many bytes of the body, after the blobs before it.
+    Inline(u64),
+    /// `len` bytes at `offset` of the `fd`-th descriptor of the message named by `memfds`.
+    Memfd { fd: usize, offset: u64, len: u64 },
+}
+
+#[derive(Serialize)]
+struct FrameHeaderOut<'a> {
+    json: &'a Value,
+    blobs: Vec<Slot>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memfds: Option<u64>,
+}
+
+#[derive(Deserialize)]
 struct FrameHeader {
     json: Value,
-    blobs: Vec<u64>,
+    blobs: Vec<Slot>,
+    #[serde(default)]
+    memfds: Option<u64>,
+}
+
+/// Blobs of at least this many bytes are moved into a memfd (one copy) when the blob channel
+/// is in use; smaller ones travel in the body, where a copy costs less than a descriptor.
+pub const MEMFD_MIN_BLOB: usize = 256 << 10;
+
+/// Where a blob placed on the blob channel lies: the index of its descriptor in the call's
+/// descriptor message and the offset of its first byte in that memfd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemfdPlace {
+    /// Index of the descriptor in the message.
+    pub fd: usize,
+    /// Offset of the blob's first byte in the memfd.
+    pub offset: u64,
 }
 
 /// Encodes `json` and `blobs` as a frame:
@@ -422,9 +465,40 @@ struct FrameHeader {
 ///
 /// Returns the pieces to send in order; the blobs are not copied.
 pub fn encode_frame(json: &Value, blobs: &[Bytes]) -> Vec<Bytes> {
-    let header = FrameHeader {
-        json: json.clone(),
-        blobs: blobs.iter().map(|b| b.len() as u64).collect(),
+    encode_frame_placed(json, blobs, &[], None)
+}
+
+/// [`encode_frame`] for a call whose blobs are partly on the blob channel: `places[i]`, when
+/// given, says where blob `i` lies in the descriptor message `memfds` (the rest travel in the
+/// body). `places` may be shorter than `blobs`.
+pub fn encode_frame_placed(
+    json: &Value,
+    blobs: &[Bytes],
+    places: &[Option<MemfdPlace>],
+    memfds: Option<u64>,
+) -> Vec<Bytes> {
+    let place = |i: usize| {
+        places
+            .get(i)
+            .copied()
+            .flatten()
+            .filter(|_| memfds.is_some())
+    };
+    let header = FrameHeaderOut {
+        json,
+        blobs: blobs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| match place(i) {
+                Some(p) => Slot::Memfd {
+                    fd: p.fd,
+                    offset: p.offset,
+                    len: b.len() as u64,
+                },
+                None => Slot::Inline(b.len() as u64),
+            })
+            .collect(),
+        memfds,
     };
     // Serializing a `Value` cannot fail.
     let header = serde_json::to_vec(&header).unwrap_or_default();
@@ -434,12 +508,32 @@ pub fn encode_frame(json: &Value, blobs: &[Bytes]) -> Vec<Bytes> {
     head.extend_from_slice(&header);
     let mut parts = Vec::with_capacity(1 + blobs.len());
     parts.push(Bytes::from(head));
-    parts.extend(blobs.iter().cloned());
+    parts.extend(
+        blobs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| place(*i).is_none())
+            .map(|(_, b)| b.clone()),
+    );
     parts
 }
 
-/// Decodes a frame made by [`encode_frame`]. The blobs share `body`'s memory (no copy).
-pub fn decode_frame(mut body: Bytes) -> Result<(Value, Vec<Bytes>), FrameError> {
+/// Decodes a frame made by [`encode_frame`]. The blobs share `body`'s memory (no copy). A frame
+/// that names a descriptor message is refused: use [`decode_frame_with`].
+pub fn decode_frame(body: Bytes) -> Result<(Value, Vec<Bytes>), FrameError> {
+    decode_frame_with(body, |token| {
+        Err(format!(
+            "the frame names descriptor message {token}, but there is no blob channel"
+        ))
+    })
+}
+
+/// Decodes a frame whose blobs may lie in memfds: `take(token)` gives the descriptor message's
+/// memfds, each mapped whole, in order (it is called once, when the header names a message).
+pub fn decode_frame_with(
+    mut body: Bytes,
+    take: impl FnOnce(u64) -> Result<Vec<Bytes>, String>,
+) -> Result<(Value, Vec<Bytes>), FrameError> {
     if body.len() < 8 {
         return Err(FrameError::Truncated("shorter than the 8-byte preamble"));
     }
@@ -459,10 +553,19 @@ pub fn decode_frame(mut body: Bytes) -> Result<(Value, Vec<Bytes>), FrameError> 
     let header: FrameHeader = serde_json::from_slice(&body[..header_len])
         .map_err(|e| FrameError::BadHeader(e.to_string()))?;
     body.advance(header_len);
+    // The descriptors are taken first, so that they are closed whatever is wrong below.
+    let mapped = match header.memfds {
+        Some(token) => take(token).map_err(FrameError::Memfd)?,
+        None => Vec::new(),
+    };
     let declared = header
         .blobs
         .iter()
-        .try_fold(0u64, |a, &b| a.checked_add(b))
+        .filter_map(|s| match s {
+            Slot::Inline(len) => Some(*len),
+            Slot::Memfd { .. } => None,
+        })
+        .try_fold(0u64, |a, b| a.checked_add(b))
         .unwrap_or(u64::MAX);
     if declared != body.len() as u64 {
         return Err(FrameError::LengthMismatch {
@@ -471,8 +574,27 @@ pub fn decode_frame(mut body: Bytes) -> Result<(Value, Vec<Bytes>), FrameError> 
         });
     }
     let mut blobs = Vec::with_capacity(header.blobs.len());
-    for len in header.blobs {
-        blobs.push(body.split_to(len as usize));
+    for slot in header.blobs {
+        match slot {
+            Slot::Inline(len) => blobs.push(body.split_to(len as usize)),
+            Slot::Memfd { fd, offset, len } => {
+                let m = mapped.get(fd).ok_or_else(|| {
+                    FrameError::Memfd(format!(
+                        "a blob names descriptor {fd} of a message that carried {}",
+                        mapped.len()
+                    ))
+                })?;
+                let end = offset.checked_add(len).filter(|&e| e <= m.len() as u64);
+                let Some(end) = end else {
+                    return Err(FrameError::Memfd(format!(
+                        "a blob of {len} bytes at offset {offset} of descriptor {fd} runs past \
+                         its {} bytes",
+                        m.len()
+                    )));
+                };
+                blobs.push(m.slice(offset as usize..end as usize));
+            }
+        }
     }
     Ok((header.json, blobs))
 }
@@ -607,6 +729,39 @@ mod tests {
         assert_eq!(as_blob_ref(&j["args"][0]), Some(0));
         assert_eq!(as_blob_ref(&j["kwargs"]["b"]), Some(1));
         assert_eq!(as_blob_ref(&json!({"$cjm_blob": 1, "x": 2})), None);
+    }
+
+    #[test]
+    fn placed_blobs_leave_the_body_and_come_back_from_their_memfds() {
+        let memfd = Bytes::from((0..=255u8).collect::<Vec<u8>>());
+        let inline = Bytes::from_static(b"inline");
+        let blobs = [memfd.slice(16..32), inline.clone(), memfd.clone()];
+        let places = [
+            Some(MemfdPlace { fd: 0, offset: 16 }),
+            None,
+            Some(MemfdPlace { fd: 0, offset: 0 }),
+        ];
+        let parts = encode_frame_placed(&json!({"x": 1}), &blobs, &places, Some(7));
+        assert_eq!(parts.len(), 2, "only the inline blob is in the body");
+        let body: Bytes = parts.concat().into();
+        let mapped = memfd.clone();
+        let (j, back) = decode_frame_with(body.clone(), |t| {
+            assert_eq!(t, 7);
+            Ok(vec![mapped])
+        })
+        .unwrap();
+        assert_eq!(j, json!({"x": 1}));
+        assert_eq!(back, blobs);
+        // Without a channel, or with a memfd too short, the frame is refused.
+        let e = decode_frame(body.clone()).unwrap_err();
+        assert!(e.to_string().contains("no blob channel"), "{e}");
+        let e = decode_frame_with(body, |_| Ok(vec![memfd.slice(..20)])).unwrap_err();
+        assert!(e.to_string().contains("runs past"), "{e}");
+        // Places are ignored without a message to name.
+        assert_eq!(
+            encode_frame_placed(&json!(1), &blobs, &places, None).len(),
+            4
+        );
     }
 
     #[test]

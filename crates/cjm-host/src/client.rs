@@ -14,6 +14,8 @@ use cjm_core::{
     Call, CancelOutcome, ChunkStream, ErrorCategory, Output, PluginError, Progress,
     WorkerGeneration,
 };
+use cjm_sys::blob_channel::BlobChannel;
+use cjm_sys::shared_blob;
 use http::{Method, Request};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -386,7 +388,24 @@ impl WorkerClient {
             kwargs: &call.kwargs,
         })
         .map_err(internal)?;
-        let parts = wire::encode_frame(&head, &call.blobs);
+        // Blobs in memfds go as descriptors, sent now, before the request that names them.
+        let placed = match self.memfd_channel() {
+            Some(c) => c.send_blobs(&call.blobs).unwrap_or_else(|e| {
+                tracing::debug!("the call's blobs travel in the body: {e}");
+                None
+            }),
+            None => None,
+        };
+        let parts = match placed {
+            Some((token, places)) => {
+                let places: Vec<_> = places
+                    .into_iter()
+                    .map(|p| p.map(|(fd, offset)| wire::MemfdPlace { fd, offset }))
+                    .collect();
+                wire::encode_frame_placed(&head, &call.blobs, &places, Some(token))
+            }
+            None => wire::encode_frame(&head, &call.blobs),
+        };
         let mut b = self
             .transport
             .request(Method::POST, path)
@@ -405,6 +424,7 @@ impl WorkerClient {
     /// request, which closes the connection (a cjm worker then cancels the call); an original
     /// worker is also sent `POST /cancel`.
     pub(crate) async fn execute(self: &Arc<Self>, call: Call) -> Result<Output, PluginError> {
+        let call = self.share_large_blobs(call).await?;
         let req = self.execute_request(paths::EXECUTE, &call)?;
         let resp = self
             .until_cancelled_or_late(&call.ctx, self.transport.call(req, None))
@@ -415,8 +435,15 @@ impl WorkerClient {
             .as_ref()
             .is_some_and(|c| c.as_bytes().starts_with(content_types::FRAME.as_bytes()))
         {
-            let (value, blobs) = wire::decode_frame(resp.body)
-                .map_err(|e| PluginError::fatal(format!("the worker sent a bad frame: {e}")))?;
+            let channel = self.transport.blob_channel();
+            let (value, blobs) = wire::decode_frame_with(resp.body, |token| match channel {
+                Some(c) => c.take_mapped(token).map_err(|e| e.to_string()),
+                None => Err(format!(
+                    "the frame names descriptor message {token}, but this worker has no blob \
+                     channel"
+                )),
+            })
+            .map_err(|e| PluginError::fatal(format!("the worker sent a bad frame: {e}")))?;
             return Ok(Output::with_blobs(value, blobs));
         }
         let value: Value = serde_json::from_slice(&resp.body).map_err(|e| {
@@ -431,6 +458,7 @@ impl WorkerClient {
         self: &Arc<Self>,
         call: Call,
     ) -> Result<ChunkStream, PluginError> {
+        let call = self.share_large_blobs(call).await?;
         let req = self.execute_request(paths::EXECUTE_STREAM, &call)?;
         let start = async {
             let (resp, conn) = self.transport.send(req).await?;
@@ -452,6 +480,33 @@ impl WorkerClient {
             conn,
             ctx,
         )))
+    }
+
+    /// The blob channel, when this worker listed `blob_memfd` and has one.
+    fn memfd_channel(&self) -> Option<&BlobChannel> {
+        self.transport
+            .blob_channel()
+            .filter(|_| self.health.has_feature(wire::features::BLOB_MEMFD))
+    }
+
+    /// With the blob channel in use, moves the call's large blobs that are not in memfds yet
+    /// into memfds (one copy each, off the async threads): each then crosses as a descriptor.
+    async fn share_large_blobs(&self, mut call: Call) -> Result<Call, PluginError> {
+        let needs_copy =
+            |b: &Bytes| b.len() >= wire::MEMFD_MIN_BLOB && shared_blob::memfd_of(b).is_none();
+        if self.memfd_channel().is_none() || !call.blobs.iter().any(needs_copy) {
+            return Ok(call);
+        }
+        let blobs = std::mem::take(&mut call.blobs);
+        let copy = tokio::task::spawn_blocking(move || {
+            let mut blobs = blobs;
+            shared_blob::share_large(&mut blobs, wire::MEMFD_MIN_BLOB);
+            blobs
+        });
+        call.blobs = copy
+            .await
+            .map_err(|e| PluginError::fatal(format!("copying blobs into memfds failed: {e}")))?;
+        Ok(call)
     }
 
     /// The one start of `/execute` and `/execute_stream`: `work` until the call's token is

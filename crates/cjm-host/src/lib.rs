@@ -86,6 +86,9 @@ pub use cjm_core::{
     Call, CallContext, CancelOutcome, CancellationToken, ChunkStream, ErrorCategory, Manifest,
     Output, Plugin, PluginError, Progress,
 };
+/// Blobs in sealed memfds: build one in place with [`BlobBuf`] and it reaches a native worker
+/// without a copy (PROTOCOL.md, "Blobs as memfds").
+pub use cjm_sys::shared_blob::{self, BlobBuf};
 pub use describe::{describe_binary, DESCRIBE_TIMEOUT};
 pub use discovery::{default_data_dir, default_search_paths, DiscoveredPlugin};
 pub use instance::{is_valid_instance_id, MAX_INSTANCE_ID};

@@ -123,6 +123,7 @@ pub struct ManagerBuilder {
     config_timeout: Duration,
     prefetch_stall: Duration,
     strict_drift: bool,
+    blob_memfd: bool,
     ray: Option<Arc<crate::RayCluster>>,
     #[cfg(feature = "testing")]
     load_hook: Option<HookCell>,
@@ -155,6 +156,7 @@ impl Default for ManagerBuilder {
             config_timeout: DEFAULT_CONFIG_TIMEOUT,
             prefetch_stall: DEFAULT_PREFETCH_STALL,
             strict_drift: false,
+            blob_memfd: true,
             ray: None,
             #[cfg(feature = "testing")]
             load_hook: None,
@@ -244,6 +246,14 @@ impl ManagerBuilder {
         self
     }
 
+    /// Whether native workers started here get a blob channel, so that large blobs cross as
+    /// sealed memfds instead of in request and response bodies (default: yes). Turning it off
+    /// sends every blob in frames, as to a remote worker.
+    pub fn blob_memfd(mut self, on: bool) -> Self {
+        self.blob_memfd = on;
+        self
+    }
+
     /// Places plugins of `execution_mode: ray` on this Ray cluster (as Ray jobs submitted to
     /// its job server). Without it, loading such a plugin fails with a `config` error.
     pub fn ray(mut self, cluster: crate::RayCluster) -> Self {
@@ -288,6 +298,7 @@ impl ManagerBuilder {
                 config_timeout: self.config_timeout,
                 prefetch_stall: self.prefetch_stall,
                 strict_drift: self.strict_drift,
+                blob_memfd: self.blob_memfd,
                 ray: self.ray,
                 #[cfg(feature = "testing")]
                 load_hook: self.load_hook,
@@ -329,6 +340,7 @@ struct Inner {
     config_timeout: Duration,
     prefetch_stall: Duration,
     strict_drift: bool,
+    blob_memfd: bool,
     ray: Option<Arc<crate::RayCluster>>,
     #[cfg(feature = "testing")]
     load_hook: Option<HookCell>,
@@ -632,6 +644,7 @@ impl PluginManager {
             gpu: grant.gpu,
             ray: self.inner.ray.clone(),
             adapters: self.with_discovery(|d| d.adapter_specs_for(&manifest)),
+            blob_memfd: self.inner.blob_memfd,
         };
         let config = Arc::new(RwLock::new(full));
         let worker = StartedWorker::start(

@@ -28,14 +28,14 @@ pub(crate) struct Spawned {
 }
 
 /// Spawns `cmd` in a new session (its own process group) inside `container`, with
-/// `death_signal` as its parent-death signal, keeping `inherit_fd` open across `exec`.
+/// `death_signal` as its parent-death signal, keeping `inherit_fds` open across `exec`.
 ///
 /// The fork happens on a thread dedicated to this child, which then waits for it. The kernel
 /// sends the parent-death signal when the *thread* that forked exits, so that thread must live
 /// exactly as long as the child: this one does.
 pub(crate) fn spawn(
     mut cmd: Command,
-    inherit_fd: Option<RawFd>,
+    inherit_fds: [Option<RawFd>; 2],
     death_signal: libc::c_int,
     container: &mut WorkerContainer,
 ) -> io::Result<Spawned> {
@@ -43,7 +43,7 @@ pub(crate) fn spawn(
         &mut cmd,
         container.setup(ChildSetup {
             death_signal: Some(death_signal),
-            inherit_fd,
+            inherit_fds,
             new_session: true,
             ..Default::default()
         }),

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use cjm_core::wire::env;
 use cjm_core::{FieldError, Manifest, PluginError, WorkerGeneration, WorkerSpec};
+use cjm_sys::blob_channel::BlobChannel;
 use cjm_sys::contain::WorkerContainer;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -52,6 +53,8 @@ pub(crate) struct LaunchSpec {
     /// Adapter implementations (`module:Class`) bound in the worker at spawn (`--adapters`;
     /// 0.0.46 and substrate workers only), from [`crate::discovery::Discovery::adapter_specs_for`].
     pub adapters: Vec<String>,
+    /// Give a native worker a blob channel ([`crate::ManagerBuilder::blob_memfd`]).
+    pub blob_memfd: bool,
 }
 
 impl LaunchSpec {
@@ -273,7 +276,7 @@ fn runtime(spec: &LaunchSpec) -> Result<Arc<platform::Runtime>, PluginError> {
 fn launch(
     spec: &LaunchSpec,
     cmd: Command,
-    fd: Option<i32>,
+    fds: [Option<i32>; 2],
     what: &str,
     death_signal: libc::c_int,
     mut resources: WorkerResources,
@@ -284,7 +287,7 @@ fn launch(
         humantime_now()
     ));
     let mut spawned =
-        platform::spawn(cmd, fd, death_signal, &mut resources.container).map_err(|e| {
+        platform::spawn(cmd, fds, death_signal, &mut resources.container).map_err(|e| {
             PluginError::fatal(format!("cannot start the worker `{what}`: {e}")).retriable(false)
         })?;
     resources.group = Some(spawned.pid);
@@ -342,18 +345,38 @@ async fn start_native(
         .env(env::LISTEN_KIND, "unix")
         .env(env::AUTH_TOKEN, &token)
         .env(env::MAX_CONCURRENCY, spec.max_concurrency.to_string());
+    // The blob channel: a worker that adopts it lists `blob_memfd` and takes blobs as memfds.
+    let channel = spec.blob_memfd.then(BlobChannel::pair);
+    let blobs = match channel {
+        None => None,
+        Some(Ok((ours, theirs))) => {
+            cmd.env(env::BLOB_FD, theirs.as_raw_fd().to_string());
+            Some((ours, theirs))
+        }
+        Some(Err(e)) => {
+            tracing::debug!(plugin = %m.name, "no blob channel ({e}): blobs go in bodies");
+            None
+        }
+    };
     // SIGTERM on host death: a cjm worker then shuts down and takes its process group along.
     let (spawned, pumps, resources) = launch(
         spec,
         cmd,
-        Some(listener.as_raw_fd()),
+        [
+            Some(listener.as_raw_fd()),
+            blobs.as_ref().map(|(_, theirs)| theirs.as_raw_fd()),
+        ],
         &program.display().to_string(),
         platform::SIGTERM,
         resources,
     )?;
-    // The worker has its own copy; closing ours makes connects fail fast once it is gone.
+    // The worker has its own copies; closing ours makes connects fail fast once it is gone.
     drop(listener);
-    let transport = Transport::new(Endpoint::Unix(path), Some(&token));
+    let mut transport = Transport::new(Endpoint::Unix(path), Some(&token));
+    if let Some((ours, theirs)) = blobs {
+        drop(theirs);
+        transport = transport.with_blob_channel(ours);
+    }
     ready(spec, spawned, pumps, transport, resources)
         .await
         .map_err(|e| match e {
@@ -419,8 +442,15 @@ async fn start_python(
     .arg("--ppid")
     .arg(std::process::id().to_string())
     .env("PYTHONUNBUFFERED", "1");
-    let (spawned, pumps, resources) = launch(spec, cmd, None, python, platform::SIGKILL, resources)
-        .map_err(StartError::Failed)?;
+    let (spawned, pumps, resources) = launch(
+        spec,
+        cmd,
+        [None, None],
+        python,
+        platform::SIGKILL,
+        resources,
+    )
+    .map_err(StartError::Failed)?;
     let transport = Transport::new(
         Endpoint::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
         None,
@@ -485,8 +515,14 @@ async fn start_python_fd(
         cmd.arg("--adapters").arg(spec.adapters.join(","));
     }
     tracing::debug!(plugin = %spec.manifest.name, %generation, adapters = ?spec.adapters, "starting an original worker");
-    let (spawned, pumps, resources) =
-        launch(spec, cmd, Some(fd), python, platform::SIGKILL, resources)?;
+    let (spawned, pumps, resources) = launch(
+        spec,
+        cmd,
+        [Some(fd), None],
+        python,
+        platform::SIGKILL,
+        resources,
+    )?;
     // The worker owns its copy now; ours would keep the port accepting after it is gone.
     drop(listener);
     let transport = Transport::new(Endpoint::Tcp(addr), None);

@@ -1,5 +1,6 @@
 //! The HTTP/1.1 client to one worker: a small pool of keep-alive connections over the worker's
-//! Unix socket (or loopback TCP, or TLS to a remote worker), bearer auth, per-request deadlines.
+//! Unix socket (or loopback TCP, or TLS to a remote worker), bearer auth, per-request deadlines,
+//! and, for a native worker started here, the blob channel that carries memfds beside requests.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -14,6 +15,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use cjm_core::wire::headers;
 use cjm_core::PluginError;
+use cjm_sys::blob_channel::BlobChannel;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -109,6 +111,8 @@ pub(crate) struct Transport {
     endpoint: Endpoint,
     auth: Option<HeaderValue>,
     idle: Mutex<Vec<Conn>>,
+    /// The blob channel to a native worker started here (memfds beside the requests).
+    blobs: Option<BlobChannel>,
 }
 
 /// A whole response.
@@ -130,7 +134,19 @@ impl Transport {
             endpoint,
             auth,
             idle: Mutex::new(Vec::new()),
+            blobs: None,
         }
+    }
+
+    /// Adds the host's end of the worker's blob channel.
+    pub(crate) fn with_blob_channel(mut self, channel: BlobChannel) -> Self {
+        self.blobs = Some(channel);
+        self
+    }
+
+    /// The host's end of the worker's blob channel, when it has one.
+    pub(crate) fn blob_channel(&self) -> Option<&BlobChannel> {
+        self.blobs.as_ref()
     }
 
     /// Where the worker listens.

@@ -135,6 +135,11 @@ impl MappedBlob {
         unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
     }
 
+    /// The sealed memfd behind the mapping.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self._fd.as_fd()
+    }
+
     /// The blob's length in bytes.
     pub fn len(&self) -> usize {
         self.len
@@ -166,6 +171,16 @@ pub fn send_with_fds(
     sock: BorrowedFd<'_>,
     data: &[u8],
     fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
+    send_with_fds_flags(sock, data, fds, 0)
+}
+
+/// [`send_with_fds`] with extra `sendmsg` flags (`MSG_DONTWAIT`).
+pub(crate) fn send_with_fds_flags(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+    flags: libc::c_int,
 ) -> io::Result<usize> {
     if data.is_empty() || fds.len() > MAX_FDS_PER_MESSAGE {
         return Err(io::Error::new(
@@ -205,7 +220,7 @@ pub fn send_with_fds(
         }
     }
     // SAFETY: `msg` points at live buffers (`iov` → `data`, control → `cmsg_buf`) for the call.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | flags) };
     if n < 0 {
         return Err(err("sendmsg with descriptors"));
     }
@@ -216,6 +231,15 @@ pub fn send_with_fds(
 /// most [`MAX_FDS_PER_MESSAGE`]; a message that carried more is refused, and what it carried
 /// is closed). Returns the bytes read and the descriptors, owned.
 pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    recv_with_fds_flags(sock, buf, 0)
+}
+
+/// [`recv_with_fds`] with extra `recvmsg` flags (`MSG_DONTWAIT`).
+pub(crate) fn recv_with_fds_flags(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: libc::c_int,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
     // SAFETY: CMSG_SPACE is a pure size computation.
     let space = unsafe {
         libc::CMSG_SPACE((MAX_FDS_PER_MESSAGE * std::mem::size_of::<libc::c_int>()) as u32)
@@ -232,7 +256,7 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize,
     msg.msg_control = cmsg_buf.as_mut_ptr().cast();
     msg.msg_controllen = space as _;
     // SAFETY: `msg` points at live buffers we own for the duration of the call.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | flags) };
     if n < 0 {
         return Err(err("recvmsg with descriptors"));
     }

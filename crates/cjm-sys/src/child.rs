@@ -13,9 +13,9 @@ pub struct ChildSetup {
     /// Signal the child receives when the thread that forked it ends (`PR_SET_PDEATHSIG`);
     /// `None` for none.
     pub death_signal: Option<libc::c_int>,
-    /// A descriptor to keep open across `exec` (its close-on-exec flag is cleared in the
-    /// child only).
-    pub inherit_fd: Option<RawFd>,
+    /// Descriptors to keep open across `exec` (their close-on-exec flags are cleared in the
+    /// child only): a worker's listening socket and its blob channel.
+    pub inherit_fds: [Option<RawFd>; 2],
     /// An open, write-only `cgroup.procs` of the cgroup the child joins before `exec`: the
     /// child and every process it ever starts then live in that cgroup.
     pub cgroup_procs: Option<RawFd>,
@@ -57,7 +57,7 @@ pub fn prepare(cmd: &mut Command, setup: ChildSetup) {
                     libc::kill(libc::getpid(), libc::SIGKILL);
                 }
             }
-            if let Some(fd) = setup.inherit_fd {
+            for fd in setup.inherit_fds.into_iter().flatten() {
                 let flags = libc::fcntl(fd, libc::F_GETFD);
                 if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
                     return Err(io::Error::last_os_error());

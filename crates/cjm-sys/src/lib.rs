@@ -17,6 +17,9 @@
 //! - [`oom`]: whether a worker that died by `SIGKILL` was the kernel's OOM killer's victim
 //!   (cgroup events, the kernel log, the system's OOM-kill count).
 //! - [`blob`]: sealed memfds mapped as `&[u8]` and passed over `SCM_RIGHTS` (zero-copy blobs).
+//! - [`shared_blob`]: such blobs as `Bytes`, built in place ([`shared_blob::BlobBuf`]), and the
+//!   way back from a `Bytes` to its memfd.
+//! - [`blob_channel`]: the socket pair that carries a call's memfds beside its HTTP request.
 //! - [`rundir`]: the private runtime directory (0700, checked) and the sweep of dead hosts'.
 //!
 //! `unsafe` lives only here (each block says why it is sound) and in nothing that takes
@@ -37,6 +40,7 @@
 #![allow(unsafe_code)]
 
 pub mod blob;
+pub mod blob_channel;
 pub mod cgroup;
 pub mod child;
 pub mod contain;
@@ -44,4 +48,5 @@ pub mod fd;
 pub mod oom;
 pub mod proc;
 pub mod rundir;
+pub mod shared_blob;
 pub mod signal;

@@ -107,6 +107,9 @@ pub use cjm_core::{
     Call, CallContext, CancelOutcome, CancellationToken, ChunkStream, ErrorCategory, FieldError,
     Output, Plugin, PluginError, Progress,
 };
+/// Blobs in sealed memfds: answer with a blob built in [`BlobBuf`] (or with a blob you were
+/// given, or a slice of it) and the host receives it without a copy.
+pub use cjm_sys::shared_blob::{self, BlobBuf};
 
 pub use server::{Options, DEFAULT_MAX_FRAME_BODY, DEFAULT_MAX_JSON_BODY, DEFAULT_SHUTDOWN_GRACE};
 pub use worker::{

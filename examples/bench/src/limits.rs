@@ -91,6 +91,7 @@ pub(crate) async fn measure(f: &mut Map<String, Value>) -> Result<(), PluginErro
     let copy = memcpy_mbps();
     f.insert("payload_8MiB_roundtrip_MBps_limit".into(), json!(copy));
     f.insert("payload_256MiB_blob_MBps_limit".into(), json!(copy));
+    f.insert("payload_256MiB_frame_MBps_limit".into(), json!(copy));
 
     f.insert("cold_start_one_s_limit".into(), json!(bare_spawn()?));
     if let Some(rss) = idle_rss()? {

@@ -61,8 +61,8 @@ impl std::io::Write for LogWriter {
 }
 
 /// Fills in what the host passes through the environment: the auth token (then removed from
-/// the environment, so that programs the plugin starts do not see it), the host's pid and the
-/// concurrency cap (the effective limit is the smaller of the plugin's and the host's).
+/// the environment, so that programs the plugin starts do not see it), the blob channel (also
+/// removed), the host's pid and the concurrency cap (the effective limit is the smaller of the plugin's and the host's).
 pub fn options_from_env(mut options: Options) -> Options {
     if let Ok(token) = std::env::var(env::AUTH_TOKEN) {
         if !token.is_empty() {
@@ -74,6 +74,21 @@ pub fn options_from_env(mut options: Options) -> Options {
         match pid.trim().parse::<u32>() {
             Ok(p) if p > 0 => options = options.host_pid(p),
             _ => tracing::warn!("ignoring {}={pid:?}: not a pid", env::HOST_PID),
+        }
+    }
+    if let Ok(fd) = std::env::var(env::BLOB_FD) {
+        std::env::remove_var(env::BLOB_FD);
+        match fd
+            .trim()
+            .parse::<i32>()
+            .map_err(|e| e.to_string())
+            .and_then(|n| cjm_sys::blob_channel::BlobChannel::adopt(n).map_err(|e| e.to_string()))
+        {
+            Ok(channel) => options = options.blob_channel(channel),
+            Err(e) => tracing::warn!(
+                "ignoring {}={fd:?} ({e}): blobs travel in request bodies",
+                env::BLOB_FD
+            ),
         }
     }
     if let Ok(n) = std::env::var(env::MAX_CONCURRENCY) {

@@ -10,8 +10,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use cjm_core::wire::content_types;
+use cjm_core::wire::{self, content_types};
 use cjm_core::{Call, CallContext, CancellationToken, Plugin, PluginError, ProgressCell};
+use cjm_sys::shared_blob;
 use futures::FutureExt;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -48,7 +49,13 @@ pub(super) async fn execute(state: Arc<State>, req: Request<Incoming>) -> Respon
             let result = runner
                 .invoke(|p| async move { p.execute(call).await })
                 .await
-                .map(|(out, _slot)| out);
+                .map(|(mut out, _slot)| {
+                    // Large blobs move into memfds here, on the plugin's side of the call.
+                    if runner.state.blob_channel.is_some() {
+                        shared_blob::share_large(&mut out.blobs, wire::MEMFD_MIN_BLOB);
+                    }
+                    out
+                });
             runner.state.stats.finished(result.is_ok());
             result
         }
@@ -57,7 +64,7 @@ pub(super) async fn execute(state: Arc<State>, req: Request<Incoming>) -> Respon
     let result = waiter.first_answer(task).await;
     waiter.disconnect.disarm();
     match result {
-        Ok(out) => output(out),
+        Ok(out) => output(out, state.blob_channel.as_deref()),
         Err(e) => {
             tracing::debug!("call failed: {e}");
             error(&e)

@@ -199,8 +199,15 @@ pub(super) async fn read_call(
             (r, Vec::new())
         }
         BodyKind::Frame => {
-            let (json, blobs) = wire::decode_frame(body)
-                .map_err(|e| bad_request(format!("malformed frame: {e}")))?;
+            let channel = state.blob_channel.as_deref();
+            let (json, blobs) = wire::decode_frame_with(body, |token| match channel {
+                Some(c) => c.take_mapped(token).map_err(|e| e.to_string()),
+                None => Err(format!(
+                    "the frame names descriptor message {token}, but this worker has no blob \
+                     channel"
+                )),
+            })
+            .map_err(|e| bad_request(format!("malformed frame: {e}")))?;
             let r = serde_json::from_value::<ExecuteRequest>(json)
                 .map_err(|e| bad_request(format!("malformed frame JSON: {e}")))?;
             (r, blobs)

@@ -49,6 +49,8 @@ pub struct Options {
     pub(crate) plugin_threads: Option<usize>,
     /// Serve HTTPS with this identity (TCP listeners only).
     pub(crate) tls: Option<crate::runtime::TlsIdentity>,
+    /// The blob channel the host handed over (`CJM_BLOB_FD`): blobs travel as memfds.
+    pub(crate) blob_channel: Option<std::sync::Arc<cjm_sys::blob_channel::BlobChannel>>,
 }
 
 impl std::fmt::Debug for Options {
@@ -64,6 +66,7 @@ impl std::fmt::Debug for Options {
             .field("host_pid", &self.host_pid)
             .field("plugin_threads", &self.plugin_threads)
             .field("tls", &self.tls.is_some())
+            .field("blob_channel", &self.blob_channel.is_some())
             .finish()
     }
 }
@@ -89,6 +92,7 @@ impl Options {
             max_frame_body: DEFAULT_MAX_FRAME_BODY,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             auth_token: None,
+            blob_channel: None,
             host_pid: None,
             plugin_threads: None,
             tls: None,
@@ -157,6 +161,13 @@ impl Options {
     /// Serves HTTPS with `identity` (`--tls-cert` / `--tls-key`); TCP listeners only.
     pub fn tls(mut self, identity: crate::runtime::TlsIdentity) -> Self {
         self.tls = Some(identity);
+        self
+    }
+
+    /// Passes blobs as sealed memfds over `channel`, the host's end of which made the call
+    /// (`CJM_BLOB_FD`; see PROTOCOL.md, "Blobs as memfds"). Adds `blob_memfd` to `/health`.
+    pub fn blob_channel(mut self, channel: cjm_sys::blob_channel::BlobChannel) -> Self {
+        self.blob_channel = Some(std::sync::Arc::new(channel));
         self
     }
 

@@ -2,6 +2,7 @@
 
 use cjm_core::wire::{self, content_types, ErrorBody};
 use cjm_core::{Output, PluginError};
+use cjm_sys::blob_channel::BlobChannel;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use serde::Serialize;
@@ -44,12 +45,28 @@ pub(super) fn error(e: &PluginError) -> Response<Body> {
     error_with(status, e)
 }
 
-/// A call's result: JSON, or a frame when it carries blobs.
-pub(super) fn output(out: Output) -> Response<Body> {
+/// A call's result: JSON, or a frame when it carries blobs. With a blob channel, the blobs that
+/// lie in memfds go as descriptors (sent before the answer that names them).
+pub(super) fn output(out: Output, channel: Option<&BlobChannel>) -> Response<Body> {
     if out.blobs.is_empty() {
-        json(StatusCode::OK, &out.value)
-    } else {
-        let parts = wire::encode_frame(&out.value, &out.blobs);
-        respond(StatusCode::OK, content_types::FRAME, Body::parts(parts))
+        return json(StatusCode::OK, &out.value);
     }
+    let placed = channel.and_then(|c| match c.send_blobs(&out.blobs) {
+        Ok(placed) => placed,
+        Err(e) => {
+            tracing::debug!("the answer's blobs travel in the body: {e}");
+            None
+        }
+    });
+    let parts = match placed {
+        Some((token, places)) => {
+            let places: Vec<_> = places
+                .into_iter()
+                .map(|p| p.map(|(fd, offset)| wire::MemfdPlace { fd, offset }))
+                .collect();
+            wire::encode_frame_placed(&out.value, &out.blobs, &places, Some(token))
+        }
+        None => wire::encode_frame(&out.value, &out.blobs),
+    };
+    respond(StatusCode::OK, content_types::FRAME, Body::parts(parts))
 }

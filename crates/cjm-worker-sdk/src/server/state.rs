@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 use cjm_core::wire::{self, features, HealthResponse};
 use cjm_core::{CancellationToken, ConfigValidator, Plugin, PluginError, ProgressCell};
+use cjm_sys::blob_channel::BlobChannel;
 use futures::FutureExt;
 use serde_json::Value;
 use tokio::runtime::Handle;
@@ -45,6 +46,8 @@ pub(crate) struct State {
     pub(super) stats: Arc<Stats>,
     /// A successful `/cleanup` since the last call or configuration: shutdown skips cleanup.
     pub(super) cleaned: AtomicBool,
+    /// The host's blob channel, when it handed one over: blobs then travel as memfds.
+    pub(super) blob_channel: Option<Arc<BlobChannel>>,
 }
 
 /// Locks `m`, taking over a lock poisoned by a panic (the data are plain maps and cells).
@@ -59,11 +62,14 @@ impl State {
     pub(super) fn new(plugin: Arc<dyn Plugin>, plugin_rt: Handle, opts: &Options) -> Self {
         let auth = opts.auth_token.as_deref().and_then(Auth::new);
         let max_concurrency = opts.max_concurrency.max(1);
-        let features = features::ALL
+        let mut features: Vec<String> = features::ALL
             .iter()
             .filter(|f| auth.is_some() || **f != features::AUTH)
             .map(|f| (*f).to_owned())
             .collect();
+        if opts.blob_channel.is_some() {
+            features.push(features::BLOB_MEMFD.to_owned());
+        }
         let health = HealthResponse {
             status: "running".to_owned(),
             pid: std::process::id(),
@@ -89,6 +95,7 @@ impl State {
             latest: Mutex::new(ProgressCell::default()),
             stats: Arc::new(Stats::new()),
             cleaned: AtomicBool::new(false),
+            blob_channel: opts.blob_channel.clone(),
         }
     }
 
