@@ -640,3 +640,100 @@ async fn shutdown_cancels_calls_after_the_grace_period() {
     let resp = inflight.response.await.unwrap().unwrap();
     assert_eq!(resp.status(), 409);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_a_blob_channel_takes_and_answers_memfds() {
+    use cjm_sys::blob_channel::BlobChannel;
+    use cjm_sys::shared_blob::{memfd_of, BlobBuf};
+    use std::os::fd::IntoRawFd;
+
+    let (host, theirs) = BlobChannel::pair().unwrap();
+    let worker_end = BlobChannel::adopt(theirs.into_raw_fd()).unwrap();
+    let s = TestServer::start_with(|o| o.blob_channel(worker_end));
+    let h: HealthResponse = serde_json::from_slice(&s.client.get("/health").await.body).unwrap();
+    assert!(h.features.iter().any(|f| f == features::BLOB_MEMFD));
+
+    let post = |body: Vec<Bytes>| {
+        s.client
+            .request("POST", "/execute")
+            .header("content-type", wire::content_types::FRAME)
+            .body(Full::new(Bytes::from(body.concat())))
+            .unwrap()
+    };
+    let mut buf = BlobBuf::new(1 << 20).unwrap();
+    buf[0] = 42;
+    let built = buf.freeze().unwrap();
+    let inline = Bytes::from_static(b"abc");
+    let blobs = [built.slice(10..), inline.clone()];
+    let (token, places) = host.send_blobs(&blobs).unwrap().unwrap();
+    let places: Vec<_> = places
+        .into_iter()
+        .map(|p| p.map(|(fd, offset)| wire::MemfdPlace { fd, offset }))
+        .collect();
+    let req = json!({"args": ["blobs"], "kwargs": {}});
+    let a = s
+        .client
+        .send(post(wire::encode_frame_placed(
+            &req,
+            &blobs,
+            &places,
+            Some(token),
+        )))
+        .await;
+    assert_eq!(a.status, 200);
+    let (value, back) =
+        wire::decode_frame_with(a.body, |t| host.take_mapped(t).map_err(|e| e.to_string()))
+            .unwrap();
+    assert_eq!(value["lens"], json!([(1 << 20) - 10, 3]));
+    // Reversed, then "tail": the memfd blob came back as a memfd, the small ones inline.
+    assert_eq!(
+        back,
+        [inline, built.slice(10..), Bytes::from_static(b"tail")]
+    );
+    let (fd, offset) = memfd_of(&back[1]).expect("answered as a memfd");
+    assert_eq!(offset, 10);
+    let ino = |fd: std::os::fd::BorrowedFd<'_>| {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .unwrap()
+            .ino()
+    };
+    assert_eq!(ino(fd), ino(memfd_of(&built).unwrap().0), "the same memfd");
+    assert!(memfd_of(&back[0]).is_none());
+
+    // A frame that names a message never sent is refused, and the worker goes on.
+    let stray = [built.clone()];
+    let forged = wire::encode_frame_placed(
+        &req,
+        &stray,
+        &[Some(wire::MemfdPlace { fd: 0, offset: 0 })],
+        Some(999_999),
+    );
+    let a = s.client.send(post(forged.clone())).await;
+    assert_eq!(a.status, 400);
+    assert!(
+        a.json()["detail"].as_str().unwrap().contains("never sent"),
+        "{}",
+        a.json()
+    );
+    assert_eq!(
+        s.client.call("/execute", "echo", json!({})).await.status,
+        200
+    );
+
+    // A worker without a channel refuses such a frame just as clearly.
+    let plain = TestServer::start();
+    let r = plain
+        .client
+        .request("POST", "/execute")
+        .header("content-type", wire::content_types::FRAME)
+        .body(Full::new(Bytes::from(forged.concat())))
+        .unwrap();
+    let a = plain.client.send(r).await;
+    assert_eq!(a.status, 400);
+    assert!(a.json()["detail"]
+        .as_str()
+        .unwrap()
+        .contains("no blob channel"));
+}
