@@ -16,6 +16,7 @@ use bytes::Bytes;
 use cjm_core::wire::headers;
 use cjm_core::PluginError;
 use cjm_sys::blob_channel::BlobChannel;
+use cjm_sys::bufpool;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -233,7 +234,11 @@ impl Transport {
             let (resp, conn) = self.send(req).await?;
             let status = resp.status();
             let content_type = resp.headers().get(http::header::CONTENT_TYPE).cloned();
-            let body = resp.into_body().collect().await.map_err(lost)?.to_bytes();
+            let declared = resp
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+            let body = read_body(resp.into_body(), declared).await?;
             self.give_back(conn);
             Ok(FullResponse {
                 status,
@@ -255,6 +260,28 @@ impl Transport {
             v.clear();
         }
     }
+}
+
+/// The whole of `body`. One of [`bufpool::POOL_MIN`] bytes or more of known length is read
+/// into a pooled buffer, whose pages are warm when it held a body before; others are gathered
+/// as they come.
+async fn read_body(mut body: Incoming, declared: Option<usize>) -> Result<Bytes, PluginError> {
+    if let Some(n) = declared.filter(|&n| n >= bufpool::POOL_MIN) {
+        if let Ok(mut buf) = bufpool::PooledBuf::take(n) {
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.map_err(lost)?.into_data() {
+                    if !buf.push(&data) {
+                        return Err(PluginError::fatal(format!(
+                            "the worker sent more than the {n} bytes it declared"
+                        )));
+                    }
+                }
+            }
+            let filled = buf.filled();
+            return Ok(buf.freeze(filled));
+        }
+    }
+    Ok(body.collect().await.map_err(lost)?.to_bytes())
 }
 
 /// A transport failure after the connection was made: the worker went away mid-call.

@@ -19,6 +19,7 @@
 //! - [`blob`]: sealed memfds mapped as `&[u8]` and passed over `SCM_RIGHTS` (zero-copy blobs).
 //! - [`shared_blob`]: such blobs as `Bytes`, built in place ([`shared_blob::BlobBuf`]), and the
 //!   way back from a `Bytes` to its memfd.
+//! - [`bufpool`]: large receive buffers that keep their pages between uses.
 //! - [`blob_channel`]: the socket pair that carries a call's memfds beside its HTTP request.
 //! - [`rundir`]: the private runtime directory (0700, checked) and the sweep of dead hosts'.
 //!
@@ -41,6 +42,7 @@
 
 pub mod blob;
 pub mod blob_channel;
+pub mod bufpool;
 pub mod cgroup;
 pub mod child;
 pub mod contain;

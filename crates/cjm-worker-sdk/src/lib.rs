@@ -62,6 +62,10 @@
 //!   `["operation"]` + kwargs convention), [`WithBlobs`] (binary payloads without base64), or
 //!   the untyped [`serde_json::Value`] (`{"args", "kwargs"}` as received). Outputs are anything
 //!   [`serde::Serialize`].
+//! - **Zero-copy blobs**: started by a local host, the worker adopts its blob channel and
+//!   blobs cross as sealed memfds, mapped read-only: a [`WithBlobs`] input reads them in place.
+//!   Answer with a blob you were given (or a slice of it), or one built in a [`BlobBuf`], and
+//!   the host gets the same memory back without a copy; other large blobs are copied once.
 //! - **Streams**: [`Worker::execute_stream`] returns a stream (see [`chunks`]); the SDK writes
 //!   NDJSON with protocol v1's end and error lines.
 //! - **A call context** ([`CallContext`]): progress (read by `/progress`), a cancellation token
