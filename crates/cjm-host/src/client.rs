@@ -369,7 +369,7 @@ impl WorkerClient {
         call: &Call,
     ) -> Result<Request<ReqBody>, PluginError> {
         if call.blobs.is_empty() {
-            let body = serde_json::to_vec(&ExecuteBody {
+            let body = wire::to_json_vec(&ExecuteBody {
                 args: &call.args,
                 kwargs: &call.kwargs,
             })

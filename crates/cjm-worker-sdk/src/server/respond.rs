@@ -24,7 +24,7 @@ pub(super) fn respond(
 
 /// `v` as a JSON answer (a `fatal` error when it cannot be encoded).
 pub(super) fn json<T: Serialize>(status: StatusCode, v: &T) -> Response<Body> {
-    match serde_json::to_vec(v) {
+    match wire::to_json_vec(v) {
         Ok(b) => respond(status, content_types::JSON, Body::full(b)),
         Err(e) => error(&PluginError::fatal(format!(
             "the answer is not serializable: {e}"
