@@ -365,3 +365,46 @@ async fn resources_are_declared_and_the_gpu_placement_is_visible() {
     }
     m.unload_all().await;
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_idle_worker_gives_back_the_memory_of_its_large_calls() {
+    let s = Scratch::new();
+    sample(&s, "echo");
+    let m = s.manager();
+    m.load("echo", None).await.unwrap();
+    let pid = m.pid("echo").unwrap();
+    m.execute("echo", op("echo").kwarg("x", json!(1)))
+        .await
+        .unwrap();
+    let before = rss_kib(pid);
+    let text = "x".repeat(8 << 20);
+    let out = m
+        .execute("echo", op("echo").kwarg("text", json!(text)))
+        .await
+        .unwrap();
+    assert_eq!(out.value["text"].as_str().map(str::len), Some(8 << 20));
+    let peak = rss_kib(pid);
+    assert!(peak > before + 6 * 1024, "{before} kB, then {peak} kB");
+    // Idle for a second (twice at most, counting the spell the call started), the worker gives
+    // its free memory and its pooled buffers back. Polled, with a generous bound.
+    let limit = Instant::now() + Duration::from_secs(20);
+    let mut now = peak;
+    while now > peak - 6 * 1024 && Instant::now() < limit {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        now = rss_kib(pid);
+    }
+    assert!(
+        now <= peak - 6 * 1024,
+        "{before} kB before, {peak} kB after the call, {now} kB idle"
+    );
+    m.unload_all().await;
+}

@@ -196,6 +196,13 @@ impl Drop for Frozen {
     }
 }
 
+/// Unmaps every kept mapping now (a worker does it once it is idle, so that its resident size
+/// drops back whatever its largest body was).
+pub fn clear() {
+    let kept = std::mem::take(&mut *pool());
+    drop(kept);
+}
+
 fn give_back(map: Mapping) {
     // SAFETY: advice on a mapping we own; MADV_FREE only lets the kernel drop its pages.
     unsafe { libc::madvise(map.ptr, map.cap, libc::MADV_FREE) };
@@ -238,6 +245,12 @@ mod tests {
         assert!(!p.push(b"f"));
         assert_eq!(p.filled(), 5);
         assert_eq!(&p.freeze(5)[..], b"abcde");
+        // A frozen buffer dropped is kept; cleared, nothing is.
+        drop(again);
+        drop(PooledBuf::take(1 << 20).unwrap().freeze(0));
+        assert!(!pool().is_empty());
+        clear();
+        assert!(pool().is_empty());
         // A much smaller body does not take a huge mapping.
         let small = PooledBuf::take(1).unwrap();
         assert!(small.map.cap <= STEP);

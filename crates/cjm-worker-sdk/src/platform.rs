@@ -62,20 +62,41 @@ pub(crate) fn end_leftovers(patience: std::time::Duration) -> usize {
     pids.len()
 }
 
-/// Keeps an idle worker small: glibc's allocator gives every thread that allocates its own
-/// arena, which keeps memory from bursts of concurrent calls resident. Two arenas are plenty for
-/// a worker whose heavy lifting is the plugin's own.
+/// Tunes glibc's allocator for a worker process:
+/// - two arenas (glibc gives every thread that allocates its own, which keeps memory from bursts
+///   of concurrent calls resident; two are plenty for a worker whose heavy lifting is the
+///   plugin's own);
+/// - blocks under 32 MiB come from the heap, and up to 64 MiB of freed heap is kept, so that
+///   the buffers of one large call (an 8 MiB argument parsed, its answer written) are warm for
+///   the next instead of fresh pages faulted in and zeroed each time: about +18% on the 8 MiB
+///   echo. What is kept is given back once the worker is idle ([`release_free_memory`]).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub(crate) fn tune_allocator() {
     // SAFETY: mallopt only changes allocator parameters; it is called before other threads start.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }
 
 /// Nothing to tune on other platforms.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub(crate) fn tune_allocator() {}
+
+/// Gives the allocator's free memory back to the system (glibc's `malloc_trim`), after a burst
+/// of calls: an idle worker stays small whatever its largest call was.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(crate) fn release_free_memory() {
+    // SAFETY: malloc_trim only returns free memory; it is safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Nothing to release on other platforms.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub(crate) fn release_free_memory() {}
 
 #[cfg(test)]
 mod tests {

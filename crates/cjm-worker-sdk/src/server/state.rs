@@ -79,6 +79,8 @@ impl State {
             features,
             max_concurrency: Some(max_concurrency),
         };
+        let stats = Arc::new(Stats::new());
+        plugin_rt.spawn(super::stats::trim_when_idle(Arc::clone(&stats)));
         Self {
             health: Bytes::from(serde_json::to_vec(&health).unwrap_or_default()),
             plugin,
@@ -93,7 +95,7 @@ impl State {
             calls: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             latest: Mutex::new(ProgressCell::default()),
-            stats: Arc::new(Stats::new()),
+            stats,
             cleaned: AtomicBool::new(false),
             blob_channel: opts.blob_channel.clone(),
         }

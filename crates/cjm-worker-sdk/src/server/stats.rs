@@ -3,7 +3,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use cjm_core::wire::StatsResponse;
 
@@ -16,6 +18,10 @@ pub(crate) struct Stats {
     calls: AtomicU64,
     errors: AtomicU64,
     in_flight: AtomicU64,
+    /// Signalled when the last running call ends (see [`trim_when_idle`]).
+    idle: Notify,
+    /// Calls started so far (for [`trim_when_idle`]: no call started during the idle spell).
+    starts: AtomicU64,
     /// When the previous sample was taken, and the subtree's CPU seconds then.
     last: Mutex<(Instant, f64)>,
 }
@@ -28,6 +34,8 @@ impl Stats {
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            idle: Notify::new(),
+            starts: AtomicU64::new(0),
             last: Mutex::new((now, 0.0)),
         }
     }
@@ -42,6 +50,7 @@ impl Stats {
 
     /// Marks a call as running until the guard is dropped.
     pub(crate) fn running(self: &Arc<Self>) -> RunningGuard {
+        self.starts.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         RunningGuard(Arc::clone(self))
     }
@@ -99,7 +108,30 @@ pub(crate) struct RunningGuard(Arc<Stats>);
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.idle.notify_one();
+        }
+    }
+}
+
+/// How long a worker stays idle before its free memory is given back.
+pub(crate) const TRIM_AFTER: Duration = Duration::from_secs(1);
+
+/// Gives free memory back to the system each time the worker has been idle for [`TRIM_AFTER`]
+/// after calls (never while calls run, never twice for one idle spell, no wake-up while idle).
+pub(crate) async fn trim_when_idle(stats: Arc<Stats>) {
+    loop {
+        stats.idle.notified().await;
+        loop {
+            let starts = stats.starts.load(Ordering::Relaxed);
+            tokio::time::sleep(TRIM_AFTER).await;
+            if stats.in_flight() == 0 && stats.starts.load(Ordering::Relaxed) == starts {
+                platform::release_free_memory();
+                cjm_sys::bufpool::clear();
+                tracing::debug!("idle: free memory given back");
+                break;
+            }
+        }
     }
 }
 
