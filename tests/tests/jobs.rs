@@ -324,8 +324,11 @@ async fn a_host_killed_with_jobs_queued_and_running_loses_none() {
     });
     assert_eq!(all.len(), 104);
     let count = |st: JobState| all.iter().filter(|j| j.state == st).count();
-    // The two running jobs without a key are interrupted; the two with one run again.
-    assert_eq!(count(JobState::Interrupted), 2, "{all:?}");
+    // The two running jobs without a key are interrupted; the two with one run again. A
+    // watcher may see a job start a moment before its start is durable (the call goes out only
+    // after): a job killed in that moment comes back queued, never having reached a worker.
+    let lost_start = 2 - count(JobState::Interrupted);
+    assert!(count(JobState::Interrupted) <= 2, "{all:?}");
     let interrupted: Vec<_> = all
         .iter()
         .filter(|j| j.state == JobState::Interrupted)
@@ -334,7 +337,10 @@ async fn a_host_killed_with_jobs_queued_and_running_loses_none() {
         assert!(j.options.idempotency_key.is_none());
         assert_eq!(j.attempts, 1);
     }
-    assert_eq!(count(JobState::Queued) + count(JobState::Running), 102);
+    assert_eq!(
+        count(JobState::Queued) + count(JobState::Running),
+        102 + lost_start
+    );
     assert_eq!(count(JobState::Succeeded) + count(JobState::Failed), 0);
     let keyed: Vec<_> = all
         .iter()
@@ -366,7 +372,7 @@ async fn a_host_killed_with_jobs_queued_and_running_loses_none() {
             .iter()
             .filter(|j| j.state == JobState::Interrupted)
             .count(),
-        6,
+        6 - lost_start,
         "the 4 running at the clean shutdown are interrupted too"
     );
     jobs.shutdown().await;
