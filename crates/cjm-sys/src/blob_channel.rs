@@ -11,7 +11,9 @@
 //!
 //! Every operation is non-blocking and synchronous, so nothing here can be left half-done by a
 //! dropped future. A message nobody takes (its call was abandoned between the two sends) is
-//! closed after [`STALE_AFTER`] or when more than [`MAX_WAITING`] wait.
+//! closed after [`STALE_AFTER`], or when keeping it would hold more than
+//! [`MAX_WAITING_FDS`] descriptors (so a peer that floods the channel cannot exhaust this
+//! process's descriptors).
 
 use std::collections::HashMap;
 use std::io;
@@ -28,8 +30,9 @@ use crate::shared_blob;
 /// How long descriptors nobody takes are kept before they are closed.
 pub const STALE_AFTER: Duration = Duration::from_secs(60);
 
-/// Most messages kept for later `take`s; beyond it the oldest is closed.
-pub const MAX_WAITING: usize = 1024;
+/// Most descriptors kept in messages waiting for their `take`; beyond it the oldest messages
+/// (the lowest tokens: a sender numbers its messages in order) are closed.
+pub const MAX_WAITING_FDS: usize = 256;
 
 /// One end of a blob channel.
 #[derive(Debug)]
@@ -162,13 +165,12 @@ impl BlobChannel {
                     if t == token {
                         return Ok(fds);
                     }
-                    if waiting.len() >= MAX_WAITING {
-                        let oldest = waiting
-                            .iter()
-                            .min_by_key(|(_, (at, _))| *at)
-                            .map(|(k, _)| *k);
-                        if let Some(k) = oldest {
-                            waiting.remove(&k);
+                    let mut held: usize = waiting.values().map(|(_, f)| f.len()).sum();
+                    while held + fds.len() > MAX_WAITING_FDS {
+                        let oldest = waiting.keys().min().copied();
+                        match oldest.and_then(|k| waiting.remove(&k)) {
+                            Some((_, closed)) => held -= closed.len(),
+                            None => break,
                         }
                     }
                     waiting.insert(t, (now, fds));
@@ -287,6 +289,25 @@ mod tests {
         let f = tempfile::tempfile().unwrap();
         let t = a.send(&[f.as_fd()]).unwrap();
         assert!(b.take_mapped(t).is_err());
+    }
+
+    #[test]
+    fn a_flood_of_messages_nobody_takes_holds_a_bounded_number_of_descriptors() {
+        let (a, b) = BlobChannel::pair().unwrap();
+        let b = peer(b);
+        let m = sealed_memfd(c"t", b"x").unwrap();
+        let many = [m.as_fd(); MAX_FDS_PER_MESSAGE];
+        let first = a.send(&many).unwrap();
+        let mut last = first;
+        for _ in 0..(MAX_WAITING_FDS / MAX_FDS_PER_MESSAGE + 4) {
+            last = a.send(&many).unwrap();
+        }
+        // Taking the last drains the rest into the waiting list, which stays within bounds:
+        // the oldest messages were closed.
+        assert_eq!(b.take(last).unwrap().len(), MAX_FDS_PER_MESSAGE);
+        assert_eq!(b.waiting(), MAX_WAITING_FDS / MAX_FDS_PER_MESSAGE);
+        assert_eq!(b.take(first).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(b.take(last - 1).unwrap().len(), MAX_FDS_PER_MESSAGE);
     }
 
     #[test]
