@@ -154,3 +154,34 @@ fn the_blocking_manager_refuses_calls_from_inside_a_runtime() {
     let err = rt.block_on(async { m.load("x", None) }).unwrap_err();
     assert!(err.message.contains("inside an async runtime"), "{err}");
 }
+
+#[tokio::test]
+async fn raw_results_are_the_json_the_worker_wrote_and_count_like_calls() {
+    let s = Scratch::new();
+    s.worker_manifest("w", json!({}));
+    let m = s.manager();
+    m.load("w", None).await.unwrap();
+    let call = || {
+        Call::new(vec![json!("echo"), json!("é\u{1}")]).kwarg("n", json!([1.5, null, {"k": true}]))
+    };
+    let parsed = m.execute("w", call()).await.unwrap();
+    let raw = m.execute_raw("w", call()).await.unwrap();
+    // The text as the SDK wrote it (serde_json's bytes), and the same value once parsed.
+    assert_eq!(raw.json, serde_json::to_vec(&parsed.value).unwrap());
+    assert_eq!(raw.clone().parse().unwrap(), parsed);
+    assert_eq!(m.stats("w").await.unwrap().calls, 2);
+    // A worker's error stays the typed error.
+    let e = m
+        .execute_raw("w", Call::new(vec![json!("no-such-op")]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.category, ErrorCategory::UserInput, "{e}");
+
+    // An in-process plugin answers the raw call with its value written out.
+    m.register_in_process(counter(), "math", None)
+        .await
+        .unwrap();
+    let raw = m.execute_raw("counter", Call::new(vec![])).await.unwrap();
+    assert_eq!(&raw.json[..], b"1");
+    m.unload_all().await;
+}

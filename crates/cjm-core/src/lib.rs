@@ -48,7 +48,7 @@ pub use manifest_v2::{
 pub use metadata::{PluginMetadata, RemoteResourceInfo};
 pub use plugin::{
     Call, CallContext, CancelOutcome, CancellationToken, ChunkStream, Output, Plugin, Progress,
-    ProgressCell,
+    ProgressCell, RawOutput,
 };
 pub use protocols::{
     all_managed_pids, has_active_cloud_resources, total_estimated_cost, CloudAware, LifecycleAware,

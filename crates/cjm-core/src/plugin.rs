@@ -223,6 +223,46 @@ impl From<Value> for Output {
     }
 }
 
+/// The result of a call as JSON text, not parsed into a [`Value`]: for callers that pass the
+/// result on as JSON (`cjm serve` does), which then costs no parse and no second write.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RawOutput {
+    /// Exactly one JSON value, as UTF-8 text (checked by [`RawOutput::checked`]).
+    pub json: Bytes,
+    /// Binary payloads referenced from the value as `{"$cjm_blob": index}`.
+    pub blobs: Vec<Bytes>,
+}
+
+impl RawOutput {
+    /// `json` once checked to be exactly one JSON value in UTF-8 (whitespace around it
+    /// allowed), without building it: a worker's answer that is not JSON is an error here, not
+    /// in whoever the text is passed on to.
+    pub fn checked(json: Bytes, blobs: Vec<Bytes>) -> Result<Self, PluginError> {
+        let text = std::str::from_utf8(&json)
+            .map_err(|e| PluginError::fatal(format!("the answer is not UTF-8: {e}")))?;
+        serde_json::from_str::<serde::de::IgnoredAny>(text)
+            .map_err(|e| PluginError::fatal(format!("the answer is not JSON: {e}")))?;
+        Ok(Self { json, blobs })
+    }
+
+    /// The text of `out`'s value.
+    pub fn from_output(out: Output) -> Result<Self, PluginError> {
+        let json =
+            crate::wire::to_json_vec(&out.value).map_err(|e| PluginError::fatal(e.to_string()))?;
+        Ok(Self {
+            json: json.into(),
+            blobs: out.blobs,
+        })
+    }
+
+    /// Parses the text into an [`Output`].
+    pub fn parse(self) -> Result<Output, PluginError> {
+        let value = serde_json::from_slice(&self.json)
+            .map_err(|e| PluginError::fatal(format!("the answer is not JSON: {e}")))?;
+        Ok(Output::with_blobs(value, self.blobs))
+    }
+}
+
 /// The answer to a cancel request (the original's `/cancel` statuses).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -310,6 +350,21 @@ mod tests {
     use super::*;
     use futures::StreamExt;
     use serde_json::json;
+
+    #[test]
+    fn raw_outputs_are_checked_without_being_built() {
+        let ok = RawOutput::checked(Bytes::from_static(b" {\"a\": [1, \"\xc3\xa9\"]}\n"), vec![]);
+        let ok = ok.unwrap();
+        assert_eq!(ok.clone().parse().unwrap().value, json!({"a": [1, "é"]}));
+        for bad in [&b"{\"a\": 1} x"[..], b"", b"{\"a\"", b"\"\xff\"", b"1 2"] {
+            let e = RawOutput::checked(Bytes::copy_from_slice(bad), vec![]).unwrap_err();
+            assert_eq!(e.category, crate::ErrorCategory::Fatal, "{bad:?}");
+        }
+        let out = Output::with_blobs(json!({"x": "y"}), vec![Bytes::from_static(b"b")]);
+        let raw = RawOutput::from_output(out.clone()).unwrap();
+        assert_eq!(&raw.json[..], br#"{"x":"y"}"#);
+        assert_eq!(raw.parse().unwrap(), out);
+    }
 
     struct Minimal;
 

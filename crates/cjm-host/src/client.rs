@@ -11,7 +11,7 @@ use cjm_core::wire::{
     WorkerFlavor,
 };
 use cjm_core::{
-    Call, CancelOutcome, ChunkStream, ErrorCategory, Output, PluginError, Progress,
+    Call, CancelOutcome, ChunkStream, ErrorCategory, Output, PluginError, Progress, RawOutput,
     WorkerGeneration,
 };
 use cjm_sys::blob_channel::BlobChannel;
@@ -23,6 +23,14 @@ use serde_json::{Map, Value};
 
 use crate::stream::NdjsonStream;
 use crate::transport::{FullResponse, ReqBody, Transport};
+
+/// What `/execute` answered.
+enum Answer {
+    /// A frame: the value and its blobs.
+    Frame(Value, Vec<Bytes>),
+    /// A JSON body, unparsed.
+    Json(Bytes),
+}
 
 /// Timeout of control requests (`/health`, `/stats`, `/progress`, `/cancel`, `/config`).
 pub(crate) const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -424,6 +432,34 @@ impl WorkerClient {
     /// request, which closes the connection (a cjm worker then cancels the call); an original
     /// worker is also sent `POST /cancel`.
     pub(crate) async fn execute(self: &Arc<Self>, call: Call) -> Result<Output, PluginError> {
+        match self.execute_answer(call).await? {
+            Answer::Frame(value, blobs) => Ok(Output::with_blobs(value, blobs)),
+            Answer::Json(body) => {
+                let value: Value = serde_json::from_slice(&body).map_err(|e| {
+                    PluginError::fatal(format!("the worker's /execute answer is not JSON: {e}"))
+                })?;
+                Ok(value.into())
+            }
+        }
+    }
+
+    /// [`execute`](Self::execute), the answer kept as the worker wrote it (checked to be JSON,
+    /// not parsed): for callers that pass it on.
+    pub(crate) async fn execute_raw(
+        self: &Arc<Self>,
+        call: Call,
+    ) -> Result<RawOutput, PluginError> {
+        match self.execute_answer(call).await? {
+            Answer::Frame(value, blobs) => RawOutput::from_output(Output::with_blobs(value, blobs)),
+            Answer::Json(body) => RawOutput::checked(body, Vec::new()).map_err(|e| {
+                PluginError::fatal(format!("the worker's /execute answer: {}", e.message))
+            }),
+        }
+    }
+
+    /// `POST /execute` up to its answer: a frame decoded (its blobs taken from the blob channel
+    /// where it names them), or a JSON body as it came.
+    async fn execute_answer(self: &Arc<Self>, call: Call) -> Result<Answer, PluginError> {
         let call = self.share_large_blobs(call).await?;
         let req = self.execute_request(paths::EXECUTE, &call)?;
         let resp = self
@@ -444,12 +480,9 @@ impl WorkerClient {
                 )),
             })
             .map_err(|e| PluginError::fatal(format!("the worker sent a bad frame: {e}")))?;
-            return Ok(Output::with_blobs(value, blobs));
+            return Ok(Answer::Frame(value, blobs));
         }
-        let value: Value = serde_json::from_slice(&resp.body).map_err(|e| {
-            PluginError::fatal(format!("the worker's /execute answer is not JSON: {e}"))
-        })?;
-        Ok(value.into())
+        Ok(Answer::Json(resp.body))
     }
 
     /// `POST /execute_stream`. Dropping the stream early closes the connection (and cancels an

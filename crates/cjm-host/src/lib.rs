@@ -84,7 +84,7 @@ mod transport;
 pub use blocking::BlockingPluginManager;
 pub use cjm_core::{
     Call, CallContext, CancelOutcome, CancellationToken, ChunkStream, ErrorCategory, Manifest,
-    Output, Plugin, PluginError, Progress,
+    Output, Plugin, PluginError, Progress, RawOutput,
 };
 /// Blobs in sealed memfds: build one in place with [`BlobBuf`] and it reaches a native worker
 /// without a copy (PROTOCOL.md, "Blobs as memfds").

@@ -11,7 +11,7 @@ use cjm_core::describe::WorkerDescription;
 use cjm_core::wire::drift::{Drift, DriftTracking};
 use cjm_core::{
     Call, CancelOutcome, ChunkStream, ConfigValidator, Manifest, ManifestError, Output, Plugin,
-    PluginError, PluginExecutionMode, Progress, WorkerSpec,
+    PluginError, PluginExecutionMode, Progress, RawOutput, WorkerSpec,
 };
 use serde_json::{json, Value};
 use tokio::sync::{oneshot, watch};
@@ -1238,6 +1238,27 @@ impl PluginManager {
     ) -> Result<Output, PluginError> {
         let (proxy, call, guard) = self.begin(name, call, &opts).await?;
         let result = proxy.run(call).await;
+        guard.finish(Outcome::of(&result));
+        result
+    }
+
+    /// [`execute`](Self::execute), the result kept as the JSON text the worker wrote (checked
+    /// to be one JSON value, not parsed): for a caller that passes it on as JSON, as
+    /// `cjm serve` does, it saves a parse and a second write.
+    pub async fn execute_raw(&self, name: &str, call: Call) -> Result<RawOutput, PluginError> {
+        self.execute_raw_with(name, call, CallOptions::default())
+            .await
+    }
+
+    /// [`execute_raw`](Self::execute_raw) with [`CallOptions`].
+    pub async fn execute_raw_with(
+        &self,
+        name: &str,
+        call: Call,
+        opts: CallOptions,
+    ) -> Result<RawOutput, PluginError> {
+        let (proxy, call, guard) = self.begin(name, call, &opts).await?;
+        let result = proxy.run_raw(call).await;
         guard.finish(Outcome::of(&result));
         result
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use cjm_core::{
     Call, CallContext, CancelOutcome, ChunkStream, ConfigValidator, ErrorCategory, Manifest,
-    Output, Plugin, PluginError, Progress,
+    Output, Plugin, PluginError, Progress, RawOutput,
 };
 use futures::StreamExt;
 use serde_json::Value;
@@ -532,6 +532,20 @@ impl PluginProxy {
                 }
             }
             Backend::InProcess(p) => p.execute(call).await,
+        }
+    }
+
+    /// [`run`](Self::run), the answer kept as JSON text.
+    pub(crate) async fn run_raw(&self, call: Call) -> Result<RawOutput, PluginError> {
+        match &self.backend {
+            Backend::Worker(slot) => {
+                let pid = Some(slot.pid());
+                match self.worker(slot)?.execute_raw(call).await {
+                    Ok(out) => Ok(out),
+                    Err(e) => Err(self.explain(e, pid).await),
+                }
+            }
+            Backend::InProcess(p) => RawOutput::from_output(p.execute(call).await?),
         }
     }
 

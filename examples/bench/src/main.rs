@@ -157,6 +157,12 @@ fn print_table(f: &Map<String, Value>) {
             "µs",
         ),
         (
+            "serve_8MiB_roundtrip_MBps",
+            "8 MiB string echoed through cjm serve",
+            1.0,
+            "MB/s",
+        ),
+        (
             "remote_tls_rtt_p50_us",
             "remote TLS worker round trip p50 (limit 3× unix)",
             1.0,
@@ -408,6 +414,13 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
     }
     if std::env::var("CJM_BENCH_ONLY").as_deref() == Ok("jobs") {
         jobs::measure(&m, &names, b.scratch.path(), &mut f).await?;
+        m.unload_all().await;
+        return Ok(f);
+    }
+
+    // `CJM_BENCH_ONLY=serve`: the figures through `cjm serve` alone.
+    if std::env::var("CJM_BENCH_ONLY").as_deref() == Ok("serve") {
+        serve::measure(&m, &b.scratch.path().join("configs"), &mut f).await?;
         m.unload_all().await;
         return Ok(f);
     }

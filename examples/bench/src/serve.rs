@@ -91,6 +91,21 @@ pub(crate) async fn measure(
         rtt.push(t.elapsed().as_secs_f64() * 1e6);
     }
     f.insert("serve_sync_rtt_p50_us".into(), json!(median(rtt)));
+
+    // An 8 MiB string through the service, both ways (the worker's answer passes through as
+    // JSON text: `PluginManager::execute_raw`).
+    let big = json!({"args": ["echo"], "kwargs": {"text": "x".repeat(8 << 20)}});
+    let mut mbps = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let answer = post("/api/v1/plugins/echo0/call", &big).await?;
+        let secs = t.elapsed().as_secs_f64();
+        if answer.len() < 8 << 20 {
+            return Err(fail("the 8 MiB answer through the service came back short"));
+        }
+        mbps.push(2.0 * f64::from(8u32 << 20) / 1e6 / secs);
+    }
+    f.insert("serve_8MiB_roundtrip_MBps".into(), json!(median(mbps)));
     f.insert(
         "serve_sync_rtt_p50_us_limit".into(),
         json!(2.0 * median(inproc)),
