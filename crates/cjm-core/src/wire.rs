@@ -545,6 +545,27 @@ pub fn encode_frame_placed(
     parts
 }
 
+/// [`encode_frame_placed`] from what a blob channel's `send_blobs` returned: the message's
+/// token and, per blob, its descriptor index and offset; `None` (nothing sent) encodes every
+/// blob in the body.
+#[allow(clippy::type_complexity)]
+pub fn encode_frame_sent(
+    json: &Value,
+    blobs: &[Bytes],
+    sent: Option<(u64, Vec<Option<(usize, u64)>>)>,
+) -> Vec<Bytes> {
+    match sent {
+        Some((token, places)) => {
+            let places: Vec<_> = places
+                .into_iter()
+                .map(|p| p.map(|(fd, offset)| MemfdPlace { fd, offset }))
+                .collect();
+            encode_frame_placed(json, blobs, &places, Some(token))
+        }
+        None => encode_frame(json, blobs),
+    }
+}
+
 /// Decodes a frame made by [`encode_frame`]. The blobs share `body`'s memory (no copy). A frame
 /// that names a descriptor message is refused: use [`decode_frame_with`].
 pub fn decode_frame(body: Bytes) -> Result<(Value, Vec<Bytes>), FrameError> {

@@ -404,16 +404,7 @@ impl WorkerClient {
             }),
             None => None,
         };
-        let parts = match placed {
-            Some((token, places)) => {
-                let places: Vec<_> = places
-                    .into_iter()
-                    .map(|p| p.map(|(fd, offset)| wire::MemfdPlace { fd, offset }))
-                    .collect();
-                wire::encode_frame_placed(&head, &call.blobs, &places, Some(token))
-            }
-            None => wire::encode_frame(&head, &call.blobs),
-        };
+        let parts = wire::encode_frame_sent(&head, &call.blobs, placed);
         let mut b = self
             .transport
             .request(Method::POST, path)

@@ -665,20 +665,12 @@ async fn a_worker_with_a_blob_channel_takes_and_answers_memfds() {
     let built = buf.freeze().unwrap();
     let inline = Bytes::from_static(b"abc");
     let blobs = [built.slice(10..), inline.clone()];
-    let (token, places) = host.send_blobs(&blobs).unwrap().unwrap();
-    let places: Vec<_> = places
-        .into_iter()
-        .map(|p| p.map(|(fd, offset)| wire::MemfdPlace { fd, offset }))
-        .collect();
+    let sent = host.send_blobs(&blobs).unwrap();
+    assert!(sent.is_some());
     let req = json!({"args": ["blobs"], "kwargs": {}});
     let a = s
         .client
-        .send(post(wire::encode_frame_placed(
-            &req,
-            &blobs,
-            &places,
-            Some(token),
-        )))
+        .send(post(wire::encode_frame_sent(&req, &blobs, sent)))
         .await;
     assert_eq!(a.status, 200);
     let (value, back) =

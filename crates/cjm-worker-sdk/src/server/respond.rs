@@ -58,15 +58,6 @@ pub(super) fn output(out: Output, channel: Option<&BlobChannel>) -> Response<Bod
             None
         }
     });
-    let parts = match placed {
-        Some((token, places)) => {
-            let places: Vec<_> = places
-                .into_iter()
-                .map(|p| p.map(|(fd, offset)| wire::MemfdPlace { fd, offset }))
-                .collect();
-            wire::encode_frame_placed(&out.value, &out.blobs, &places, Some(token))
-        }
-        None => wire::encode_frame(&out.value, &out.blobs),
-    };
+    let parts = wire::encode_frame_sent(&out.value, &out.blobs, placed);
     respond(StatusCode::OK, content_types::FRAME, Body::parts(parts))
 }
