@@ -26,8 +26,9 @@ fn err(what: &str) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
-/// Makes a sealed memfd holding `data` (named `name` in `/proc/<pid>/fd`, for debugging).
-pub fn sealed_memfd(name: &CStr, data: &[u8]) -> io::Result<OwnedFd> {
+/// A new memfd that allows sealing (named `name` in `/proc/<pid>/fd`, for debugging), `len`
+/// zero bytes long.
+pub fn sized_memfd(name: &CStr, len: usize) -> io::Result<std::fs::File> {
     // SAFETY: `name` is a valid NUL-terminated string; the call only reads it.
     let raw =
         unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
@@ -35,14 +36,15 @@ pub fn sealed_memfd(name: &CStr, data: &[u8]) -> io::Result<OwnedFd> {
         return Err(err("memfd_create"));
     }
     // SAFETY: `raw` was just returned by memfd_create and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let mut file = std::fs::File::from(fd);
-    file.set_len(data.len() as u64).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("sizing a memfd to {} bytes: {e}", data.len()),
-        )
-    })?;
+    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    file.set_len(len as u64)
+        .map_err(|e| io::Error::new(e.kind(), format!("sizing a memfd to {len} bytes: {e}")))?;
+    Ok(file)
+}
+
+/// Makes a sealed memfd holding `data` (named `name` in `/proc/<pid>/fd`, for debugging).
+pub fn sealed_memfd(name: &CStr, data: &[u8]) -> io::Result<OwnedFd> {
+    let mut file = sized_memfd(name, data.len())?;
     std::io::Write::write_all(&mut file, data)
         .map_err(|e| io::Error::new(e.kind(), format!("writing a memfd: {e}")))?;
     let fd = OwnedFd::from(file);

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::ops::{Deref, DerefMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -122,21 +122,7 @@ unsafe impl Sync for BlobBuf {}
 impl BlobBuf {
     /// A zero-filled buffer of `len` bytes.
     pub fn new(len: usize) -> io::Result<Self> {
-        // SAFETY: the name is a NUL-terminated literal the call only reads.
-        let raw = unsafe {
-            libc::memfd_create(
-                c"cjm-blob".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` was just returned by memfd_create and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let file = std::fs::File::from(fd);
-        file.set_len(len as u64)
-            .map_err(|e| io::Error::new(e.kind(), format!("sizing a blob of {len} bytes: {e}")))?;
+        let file = blob::sized_memfd(c"cjm-blob", len)?;
         let fd = OwnedFd::from(file);
         if len == 0 {
             return Ok(Self {

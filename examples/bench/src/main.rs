@@ -233,6 +233,25 @@ fn print_table(f: &Map<String, Value>) {
 }
 
 /// One 20 000-chunk stream from the transcriber sample, if it is built.
+/// `n` sequential small calls to `echo0`: the round trip's p50 and p99.
+async fn sync_rtt(
+    m: &PluginManager,
+    n: usize,
+    f: &mut Map<String, Value>,
+) -> Result<(), PluginError> {
+    let mut rtt = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        m.execute("echo0", echo(json!({"i": i, "text": "hello"})))
+            .await?;
+        rtt.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    rtt.sort_by(f64::total_cmp);
+    f.insert("sync_rtt_p50_us".into(), json!(percentile(&rtt, 0.5)));
+    f.insert("sync_rtt_p99_us".into(), json!(percentile(&rtt, 0.99)));
+    Ok(())
+}
+
 /// An 8 MiB string argument echoed back (the call is built before the clock starts: making
 /// the caller's copy of its argument is not the host's work), then the blobs.
 async fn payloads(
@@ -432,16 +451,7 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(3000);
-        let mut rtt = Vec::with_capacity(n);
-        for i in 0..n {
-            let t = Instant::now();
-            m.execute("echo0", echo(json!({"i": i, "text": "hello"})))
-                .await?;
-            rtt.push(t.elapsed().as_secs_f64() * 1e6);
-        }
-        rtt.sort_by(f64::total_cmp);
-        f.insert("sync_rtt_p50_us".into(), json!(percentile(&rtt, 0.5)));
-        f.insert("sync_rtt_p99_us".into(), json!(percentile(&rtt, 0.99)));
+        sync_rtt(&m, n, &mut f).await?;
         m.unload_all().await;
         return Ok(f);
     }
@@ -479,16 +489,7 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
     for _ in 0..50 {
         m.execute("echo0", echo(json!({"x": 1}))).await?;
     }
-    let mut rtt = Vec::with_capacity(300);
-    for i in 0..300 {
-        let t = Instant::now();
-        m.execute("echo0", echo(json!({"i": i, "text": "hello"})))
-            .await?;
-        rtt.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    rtt.sort_by(f64::total_cmp);
-    f.insert("sync_rtt_p50_us".into(), json!(percentile(&rtt, 0.5)));
-    f.insert("sync_rtt_p99_us".into(), json!(percentile(&rtt, 0.99)));
+    sync_rtt(&m, 300, &mut f).await?;
 
     // 1000 calls, 32 in flight, spread over the 10 workers.
     let t = Instant::now();
