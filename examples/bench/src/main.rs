@@ -260,7 +260,6 @@ async fn cold_start(m: &PluginManager, f: &mut Map<String, Value>) -> Result<(),
     Ok(())
 }
 
-/// One 20 000-chunk stream from the transcriber sample, if it is built.
 /// `n` sequential small calls to `echo0`: the round trip's p50 and p99.
 async fn sync_rtt(
     m: &PluginManager,
@@ -369,6 +368,7 @@ async fn blobs(
     Ok(())
 }
 
+/// One 20 000-chunk stream from the transcriber sample, if it is built.
 async fn stream(
     b: &Bench,
     m: &PluginManager,
