@@ -3,7 +3,7 @@
 //! runtime directory with the host's containment, and the `/proc` readings in the host's units.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus};
 
@@ -30,6 +30,10 @@ pub(crate) struct Spawned {
 /// Spawns `cmd` in a new session (its own process group) inside `container`, with
 /// `death_signal` as its parent-death signal, keeping `inherit_fds` open across `exec`.
 ///
+/// In cgroup mode the child is created inside its cgroup (`clone3` with
+/// `CLONE_INTO_CGROUP`), which spares it the kernel's wait for an RCU grace period on joining
+/// one; where the kernel cannot, it is forked and joins by writing `cgroup.procs`.
+///
 /// The fork happens on a thread dedicated to this child, which then waits for it. The kernel
 /// sends the parent-death signal when the *thread* that forked exits, so that thread must live
 /// exactly as long as the child: this one does.
@@ -39,15 +43,17 @@ pub(crate) fn spawn(
     death_signal: libc::c_int,
     container: &mut WorkerContainer,
 ) -> io::Result<Spawned> {
-    cjm_sys::child::prepare(
-        &mut cmd,
-        container.setup(ChildSetup {
-            death_signal: Some(death_signal),
-            inherit_fds,
-            new_session: true,
-            ..Default::default()
-        }),
-    );
+    let base = ChildSetup {
+        death_signal: Some(death_signal),
+        inherit_fds,
+        new_session: true,
+        ..Default::default()
+    };
+    let joined = container.setup(base);
+    let cgroup_dir = match container.cgroup() {
+        Some(c) => Some(std::fs::File::open(c.path())?),
+        None => None,
+    };
     let (pid_tx, pid_rx) =
         std::sync::mpsc::channel::<io::Result<(u32, Option<ChildStdout>, Option<ChildStderr>)>>();
     let (exit_tx, exit_rx) = oneshot::channel();
@@ -55,6 +61,28 @@ pub(crate) fn spawn(
         .name("cjm-child".into())
         .stack_size(64 * 1024)
         .spawn(move || {
+            if let Some(dir) = &cgroup_dir {
+                let created = ChildSetup {
+                    cgroup_procs: None,
+                    ..joined
+                };
+                match cjm_sys::clone_into::spawn(&cmd, created, dir.as_fd()) {
+                    Ok(c) => {
+                        let (out, err) = (c.stdout.into(), c.stderr.into());
+                        let _ = pid_tx.send(Ok((c.pid, Some(out), Some(err))));
+                        let _ = exit_tx.send(cjm_sys::clone_into::wait(c.pid));
+                        return;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                        tracing::debug!("{e}; the worker joins its cgroup after fork");
+                    }
+                    Err(e) => {
+                        let _ = pid_tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            cjm_sys::child::prepare(&mut cmd, joined);
             let mut child: Child = match cmd.spawn() {
                 Ok(c) => c,
                 Err(e) => {

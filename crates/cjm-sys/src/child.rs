@@ -31,41 +31,48 @@ pub struct ChildSetup {
 /// keep the descriptors in `setup` open until the spawn returns.
 pub fn prepare(cmd: &mut Command, setup: ChildSetup) {
     let parent = std::process::id();
-    // SAFETY: the closure runs in the child between fork and exec and calls only
-    // async-signal-safe functions (write, setsid, prctl, getppid, getpid, kill, fcntl) on
-    // values copied into it; it allocates nothing.
+    // SAFETY: the closure runs in the child between fork and exec; `apply` calls only
+    // async-signal-safe functions on values copied into it and allocates nothing.
     unsafe {
-        cmd.pre_exec(move || {
-            if let Some(fd) = setup.cgroup_procs {
-                // "0" moves the writing process itself; done first, so nothing escapes.
-                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            if setup.new_session && libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if setup.subreaper && libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if let Some(sig) = setup.death_signal {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // The parent may have died between fork and prctl: then nobody signals us.
-                if libc::getppid() as u32 != parent {
-                    libc::kill(libc::getpid(), libc::SIGKILL);
-                }
-            }
-            for fd in setup.inherit_fds.into_iter().flatten() {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || apply(&setup, parent));
     }
+}
+
+/// Carries out `setup` in a freshly forked child of `parent`, before `exec`.
+///
+/// # Safety
+///
+/// Only for a child between fork (or `clone3`) and `exec`: it calls only async-signal-safe
+/// functions (write, setsid, prctl, getppid, getpid, kill, fcntl) and allocates nothing.
+pub(crate) unsafe fn apply(setup: &ChildSetup, parent: u32) -> io::Result<()> {
+    if let Some(fd) = setup.cgroup_procs {
+        // "0" moves the writing process itself; done first, so nothing escapes.
+        if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    if setup.new_session && libc::setsid() < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if setup.subreaper && libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if let Some(sig) = setup.death_signal {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // The parent may have died between fork and prctl: then nobody signals us.
+        if libc::getppid() as u32 != parent {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+    for fd in setup.inherit_fds.into_iter().flatten() {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

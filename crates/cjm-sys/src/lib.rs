@@ -10,6 +10,8 @@
 //! - [`fd`]: handing a listening socket over to a child by number, pidfds.
 //! - [`child`]: what happens in a worker between `fork` and `exec` (session, parent-death
 //!   signal, inherited descriptor, cgroup, subreaper).
+//! - [`clone_into`]: spawning a worker created inside its cgroup (`clone3` with
+//!   `CLONE_INTO_CGROUP`), which spares it the kernel's wait on joining one.
 //! - [`cgroup`]: cgroup v2 discovery, creation, `cgroup.kill`, waiting until empty, removal.
 //! - [`contain`]: the containment design that keeps every worker descendant from outliving
 //!   the host (per-worker cgroups plus a watchdog, or a process-group fallback). Its module
@@ -45,6 +47,7 @@ pub mod blob_channel;
 pub mod bufpool;
 pub mod cgroup;
 pub mod child;
+pub mod clone_into;
 pub mod contain;
 pub mod fd;
 pub mod oom;

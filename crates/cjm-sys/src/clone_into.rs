@@ -1,0 +1,399 @@
+//! Spawning a worker created inside its cgroup: `clone3` with `CLONE_INTO_CGROUP`.
+//!
+//! A child that joins its cgroup by writing `cgroup.procs` makes the kernel wait for an RCU
+//! grace period, milliseconds, unless another join happened just before (the bench's
+//! `cold_start_spaced_s`). A child created inside the cgroup waits for nothing.
+//!
+//! [`spawn`] is `std::process::Command::spawn` for the commands the host builds: the program
+//! (searched in the child's `PATH` when it has no `/`), the arguments, the environment changes
+//! and the working directory of a [`Command`]; standard input from `/dev/null`, standard
+//! output and error as pipes; [`ChildSetup`] in the child. Where the kernel has no `clone3` or
+//! no `CLONE_INTO_CGROUP`, it answers [`io::ErrorKind::Unsupported`], and the caller spawns
+//! the usual way.
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitStatus};
+
+use crate::child::ChildSetup;
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`, 88 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// A child [`spawn`] started.
+#[derive(Debug)]
+pub struct Spawned {
+    /// Its pid.
+    pub pid: u32,
+    /// The read end of its standard output.
+    pub stdout: OwnedFd,
+    /// The read end of its standard error.
+    pub stderr: OwnedFd,
+}
+
+/// Everything the child needs, built before the clone: the child allocates nothing.
+struct Prepared {
+    /// Where to try `execve`, in order.
+    paths: Vec<CString>,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    dir: Option<CString>,
+}
+
+fn c_string(s: &OsStr, what: &str) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} `{}` contains a NUL byte", s.to_string_lossy()),
+        )
+    })
+}
+
+fn prepare(cmd: &Command) -> io::Result<Prepared> {
+    let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => env.insert(k.to_owned(), v.to_owned()),
+            None => env.remove(k),
+        };
+    }
+    let envp = env
+        .iter()
+        .map(|(k, v)| {
+            let mut kv = k.clone();
+            kv.push("=");
+            kv.push(v);
+            c_string(&kv, "the environment entry")
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let program = cmd.get_program();
+    let mut argv = vec![c_string(program, "the program")?];
+    for a in cmd.get_args() {
+        argv.push(c_string(a, "the argument")?);
+    }
+    let paths = if program.as_bytes().contains(&b'/') {
+        vec![c_string(program, "the program")?]
+    } else {
+        let search = env
+            .get(OsStr::new("PATH"))
+            .cloned()
+            .unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+        std::env::split_paths(&search)
+            .map(|d| c_string(d.join(program).as_os_str(), "the program path"))
+            .collect::<io::Result<Vec<_>>>()?
+    };
+    let dir = cmd
+        .get_current_dir()
+        .map(|d| c_string(d.as_os_str(), "the working directory"))
+        .transpose()?;
+    Ok(Prepared {
+        paths,
+        argv,
+        envp,
+        dir,
+    })
+}
+
+fn null_terminated(v: &[CString]) -> Vec<*const libc::c_char> {
+    v.iter()
+        .map(|c| c.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` is a valid array of two descriptors for the kernel to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Spawns `cmd` (see the module docs for what of it counts) with `setup`, created inside the
+/// cgroup whose directory `cgroup_dir` is open. `setup.cgroup_procs` must be `None`: the
+/// child is in its cgroup from its first instruction.
+///
+/// The parent-death signal fires when the calling *thread* ends, as with `fork`.
+pub fn spawn(cmd: &Command, setup: ChildSetup, cgroup_dir: BorrowedFd<'_>) -> io::Result<Spawned> {
+    if setup.cgroup_procs.is_some() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a child created in its cgroup does not join one",
+        ));
+    }
+    let p = prepare(cmd)?;
+    let argv = null_terminated(&p.argv);
+    let envp = null_terminated(&p.envp);
+    let null = std::fs::File::open("/dev/null")?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (report_r, report_w) = pipe()?;
+    let parent = std::process::id();
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup_dir.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: `args` is a valid `clone_args` of the size passed; without `CLONE_VM` the child
+    // gets a copy of this address space, like `fork`.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            std::ptr::addr_of!(args),
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid == 0 {
+        // SAFETY: this is the child; `exec_child` calls only async-signal-safe functions on
+        // memory prepared above, and never returns.
+        unsafe {
+            exec_child(
+                &p,
+                &argv,
+                &envp,
+                [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+                report_w.as_raw_fd(),
+                &setup,
+                parent,
+            )
+        }
+    }
+    if pid < 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG | libc::EOPNOTSUPP) => io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("clone3 with CLONE_INTO_CGROUP: {e}"),
+            ),
+            _ => e,
+        });
+    }
+    let pid = pid as libc::pid_t;
+    drop((null, out_w, err_w, report_w));
+    // The child closes its end by `exec` (close-on-exec) or writes why it could not.
+    let mut errno = [0u8; 4];
+    let mut got = 0;
+    while got < errno.len() {
+        // SAFETY: reading into the unfilled rest of `errno`.
+        let n = unsafe {
+            libc::read(
+                report_r.as_raw_fd(),
+                errno[got..].as_mut_ptr().cast(),
+                errno.len() - got,
+            )
+        };
+        match n {
+            0 => break,
+            n if n > 0 => got += n as usize,
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            _ => break,
+        }
+    }
+    if got == 0 {
+        return Ok(Spawned {
+            pid: pid as u32,
+            stdout: out_r,
+            stderr: err_r,
+        });
+    }
+    let _ = wait(pid as u32);
+    let e = io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
+    Err(io::Error::new(
+        e.kind(),
+        format!("cannot run `{}`: {e}", cmd.get_program().to_string_lossy()),
+    ))
+}
+
+/// The child's side: standard streams, `setup`, working directory, `execve`; on failure,
+/// reports the errno on `report` and exits 127.
+///
+/// # Safety
+///
+/// Only in a child created by `clone3` without `CLONE_VM` (async-signal-safe calls only).
+unsafe fn exec_child(
+    p: &Prepared,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    stdio: [RawFd; 3],
+    report: RawFd,
+    setup: &ChildSetup,
+    parent: u32,
+) -> ! {
+    let fail = |errno: i32| -> ! {
+        let b = errno.to_ne_bytes();
+        libc::write(report, b.as_ptr().cast(), b.len());
+        libc::_exit(127)
+    };
+    let last = || {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    };
+    // What `exec` keeps: an empty signal mask and `SIGPIPE` at its default, as std does.
+    let mut none: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut none);
+    libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    for (target, fd) in stdio.into_iter().enumerate() {
+        if libc::dup2(fd, target as RawFd) < 0 {
+            fail(last());
+        }
+    }
+    if let Err(e) = crate::child::apply(setup, parent) {
+        fail(e.raw_os_error().unwrap_or(libc::EIO));
+    }
+    if let Some(dir) = &p.dir {
+        if libc::chdir(dir.as_ptr()) < 0 {
+            fail(last());
+        }
+    }
+    let mut errno = libc::ENOENT;
+    for path in &p.paths {
+        libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        // Like `execvp`: a candidate that exists but fails says more than "not found".
+        let e = last();
+        if e != libc::ENOENT && e != libc::ENOTDIR {
+            errno = e;
+        }
+    }
+    fail(errno)
+}
+
+/// Waits for child `pid` to exit and reaps it.
+pub fn wait(pid: u32) -> io::Result<ExitStatus> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid place for the kernel to write.
+        let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+        if r >= 0 {
+            return Ok(ExitStatus::from_raw(status));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::{own_cgroup_dir, Cgroup};
+    use std::io::Read;
+    use std::os::fd::AsFd;
+
+    fn cgroup(name: &str) -> Option<Cgroup> {
+        let own = own_cgroup_dir()?;
+        Cgroup::create(
+            &own,
+            &format!("cjm-clone-into-{}-{name}", std::process::id()),
+        )
+        .ok()
+    }
+
+    #[test]
+    fn the_child_starts_inside_its_cgroup_with_the_commands_environment() {
+        let Some(cg) = cgroup("a") else {
+            eprintln!("no writable cgroup v2 here: the host's tests cover the usual spawn");
+            return;
+        };
+        let dir = std::fs::File::open(cg.path()).unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "cat /proc/self/cgroup; echo \"$CJM_T\"; pwd; echo oops >&2",
+        ])
+        .env("CJM_T", "v 1")
+        .env_remove("HOME")
+        .current_dir("/tmp");
+        let setup = ChildSetup {
+            new_session: true,
+            ..Default::default()
+        };
+        let s = match spawn(&cmd, setup, dir.as_fd()) {
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                eprintln!("{e}: the usual spawn is used here");
+                return;
+            }
+            r => r.unwrap(),
+        };
+        let mut out = String::new();
+        std::fs::File::from(s.stdout)
+            .read_to_string(&mut out)
+            .unwrap();
+        let mut err = String::new();
+        std::fs::File::from(s.stderr)
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(wait(s.pid).unwrap().success());
+        let name = cg
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("0::") && l.ends_with(&name)),
+            "{out}"
+        );
+        assert!(lines.contains(&"v 1"), "{out}");
+        assert_eq!(lines.last(), Some(&"/tmp"), "{out}");
+        assert_eq!(err, "oops\n");
+        cg.remove().unwrap();
+    }
+
+    #[test]
+    fn a_program_that_cannot_run_is_an_error_and_leaves_no_child() {
+        let Some(cg) = cgroup("b") else {
+            return;
+        };
+        let dir = std::fs::File::open(cg.path()).unwrap();
+        let cmd = Command::new("/nonexistent/cjm-no-such-program");
+        match spawn(&cmd, ChildSetup::default(), dir.as_fd()) {
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
+            Err(e) => {
+                assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+                assert!(e.to_string().contains("cjm-no-such-program"), "{e}");
+            }
+            Ok(s) => panic!("spawned {}", s.pid),
+        }
+        assert!(cg.pids().is_empty());
+        let bad = Command::new("sh");
+        let joined = ChildSetup {
+            cgroup_procs: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            spawn(&bad, joined, dir.as_fd()).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        cg.remove().unwrap();
+    }
+}
