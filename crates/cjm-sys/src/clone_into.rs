@@ -132,6 +132,21 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// `fd`, moved to a number above 2 if it is one of them (a host started with its standard
+/// streams closed): the child's `dup2` onto 0, 1 and 2 must not overwrite its own sources.
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: duplicating a descriptor we own; the new one is owned by nobody else.
+    let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if moved < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `moved` was just created.
+    Ok(unsafe { OwnedFd::from_raw_fd(moved) })
+}
+
 /// Spawns `cmd` (see the module docs for what of it counts) with `setup`, created inside the
 /// cgroup whose directory `cgroup_dir` is open. `setup.cgroup_procs` must be `None`: the
 /// child is in its cgroup from its first instruction.
@@ -147,10 +162,15 @@ pub fn spawn(cmd: &Command, setup: ChildSetup, cgroup_dir: BorrowedFd<'_>) -> io
     let p = prepare(cmd)?;
     let argv = null_terminated(&p.argv);
     let envp = null_terminated(&p.envp);
-    let null = std::fs::File::open("/dev/null")?;
+    let null = above_stdio(std::fs::File::open("/dev/null")?.into())?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (report_r, report_w) = pipe()?;
+    let (out_w, err_w, report_w) = (
+        above_stdio(out_w)?,
+        above_stdio(err_w)?,
+        above_stdio(report_w)?,
+    );
     let parent = std::process::id();
     let args = CloneArgs {
         flags: CLONE_INTO_CGROUP,
