@@ -223,6 +223,9 @@ fn a_sigkilled_host_leaves_no_descendant_of_native_or_python_workers() {
     assert_eq!(host_cgroups_of(host), Vec::<PathBuf>::new());
 }
 
+/// A native worker's socket files: its main socket and its calls socket.
+const SOCKETS_PER_WORKER: usize = 2;
+
 #[test]
 fn the_runtime_dir_and_sockets_are_private_under_umask_000() {
     let s = Scratch::new();
@@ -233,7 +236,12 @@ fn the_runtime_dir_and_sockets_are_private_under_umask_000() {
     let md = std::fs::symlink_metadata(&dir).unwrap();
     assert_eq!(md.mode() & 0o7777, 0o700, "{}", dir.display());
     let sockets: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
-    assert_eq!(sockets.len(), 2);
+    assert_eq!(sockets.len(), 2 * SOCKETS_PER_WORKER);
+    let calls = sockets
+        .iter()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".calls.sock"))
+        .count();
+    assert_eq!(calls, 2, "{sockets:?}");
     for e in sockets {
         let mode = e.metadata().unwrap().mode() & 0o777;
         assert_eq!(mode & 0o077, 0, "{} is {mode:o}", e.path().display());
@@ -279,7 +287,7 @@ async fn two_hundred_load_cycles_and_restarts_leave_only_live_sockets() {
     let count = || std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
     for i in 0..200 {
         m.load("a", None).await.unwrap();
-        assert_eq!(count(), 1, "cycle {i}");
+        assert_eq!(count(), SOCKETS_PER_WORKER, "cycle {i}");
         m.unload("a").await.unwrap();
     }
     assert_eq!(count(), 0);
@@ -300,7 +308,7 @@ async fn two_hundred_load_cycles_and_restarts_leave_only_live_sockets() {
     }
     assert_eq!(
         count(),
-        1,
+        SOCKETS_PER_WORKER,
         "{:?}",
         std::fs::read_dir(&dir).unwrap().collect::<Vec<_>>()
     );

@@ -75,6 +75,9 @@ pub mod env {
     pub const LISTEN_KIND: &str = "CJM_LISTEN_KIND";
     /// A native worker's end of the blob channel (a Unix `SOCK_SEQPACKET` socket), by number.
     pub const BLOB_FD: &str = "CJM_BLOB_FD";
+    /// A native worker's second listening Unix socket, by number: the host sends `/execute`
+    /// and `/execute_stream` there, and the worker serves it on its plugin runtime.
+    pub const CALLS_FD: &str = "CJM_CALLS_FD";
     /// The per-spawn bearer token.
     pub const AUTH_TOKEN: &str = "CJM_AUTH_TOKEN";
     /// The plugin's name.
@@ -111,6 +114,10 @@ pub mod features {
     /// Blobs may travel as sealed memfds on the blob channel the host handed the worker
     /// (`CJM_BLOB_FD`). Listed only by a worker that has that channel; not part of [`ALL`].
     pub const BLOB_MEMFD: &str = "blob_memfd";
+    /// The worker serves the calls socket the host handed it (`CJM_CALLS_FD`): calls sent
+    /// there skip the hop from the HTTP thread to the plugin runtime. Listed only by a worker
+    /// that adopted that socket; not part of [`ALL`].
+    pub const CALLS_SOCKET: &str = "calls_socket";
     /// Every feature of protocol v1.
     pub const ALL: [&str; 6] = [
         AUTH,

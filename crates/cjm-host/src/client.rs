@@ -77,6 +77,8 @@ impl WorkerClient {
                 )));
             }
         }
+        let mut transport = transport;
+        transport.keep_calls_socket(health.has_feature(wire::features::CALLS_SOCKET));
         let mut me = Self {
             transport,
             health,

@@ -124,6 +124,7 @@ pub struct ManagerBuilder {
     prefetch_stall: Duration,
     strict_drift: bool,
     blob_memfd: bool,
+    calls_socket: bool,
     ray: Option<Arc<crate::RayCluster>>,
     #[cfg(feature = "testing")]
     load_hook: Option<HookCell>,
@@ -157,6 +158,7 @@ impl Default for ManagerBuilder {
             prefetch_stall: DEFAULT_PREFETCH_STALL,
             strict_drift: false,
             blob_memfd: true,
+            calls_socket: true,
             ray: None,
             #[cfg(feature = "testing")]
             load_hook: None,
@@ -254,6 +256,15 @@ impl ManagerBuilder {
         self
     }
 
+    /// Whether native workers started here get a calls socket (default: yes): a second
+    /// listening socket for `/execute` and `/execute_stream`, which the worker serves on its
+    /// plugin runtime, so that a call runs on the thread that read it. Turning it off sends
+    /// calls to the main socket, whose HTTP thread hands each one to the plugin runtime.
+    pub fn calls_socket(mut self, on: bool) -> Self {
+        self.calls_socket = on;
+        self
+    }
+
     /// Places plugins of `execution_mode: ray` on this Ray cluster (as Ray jobs submitted to
     /// its job server). Without it, loading such a plugin fails with a `config` error.
     pub fn ray(mut self, cluster: crate::RayCluster) -> Self {
@@ -299,6 +310,7 @@ impl ManagerBuilder {
                 prefetch_stall: self.prefetch_stall,
                 strict_drift: self.strict_drift,
                 blob_memfd: self.blob_memfd,
+                calls_socket: self.calls_socket,
                 ray: self.ray,
                 #[cfg(feature = "testing")]
                 load_hook: self.load_hook,
@@ -341,6 +353,7 @@ struct Inner {
     prefetch_stall: Duration,
     strict_drift: bool,
     blob_memfd: bool,
+    calls_socket: bool,
     ray: Option<Arc<crate::RayCluster>>,
     #[cfg(feature = "testing")]
     load_hook: Option<HookCell>,
@@ -645,6 +658,7 @@ impl PluginManager {
             ray: self.inner.ray.clone(),
             adapters: self.with_discovery(|d| d.adapter_specs_for(&manifest)),
             blob_memfd: self.inner.blob_memfd,
+            calls_socket: self.inner.calls_socket,
         };
         let config = Arc::new(RwLock::new(full));
         let worker = StartedWorker::start(

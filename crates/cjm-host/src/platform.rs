@@ -39,7 +39,7 @@ pub(crate) struct Spawned {
 /// exactly as long as the child: this one does.
 pub(crate) fn spawn(
     mut cmd: Command,
-    inherit_fds: [Option<RawFd>; 2],
+    inherit_fds: [Option<RawFd>; 3],
     death_signal: libc::c_int,
     container: &mut WorkerContainer,
 ) -> io::Result<Spawned> {

@@ -55,6 +55,8 @@ pub(crate) struct LaunchSpec {
     pub adapters: Vec<String>,
     /// Give a native worker a blob channel ([`crate::ManagerBuilder::blob_memfd`]).
     pub blob_memfd: bool,
+    /// Give a native worker a calls socket ([`crate::ManagerBuilder::calls_socket`]).
+    pub calls_socket: bool,
 }
 
 impl LaunchSpec {
@@ -83,12 +85,12 @@ pub(crate) struct Started {
 }
 
 /// What one worker start holds besides its process: its container (cgroup) and its socket
-/// file. Dropping it kills whatever is left in the container, removes the cgroup and the
-/// socket; [`release`](Self::release) does that off the async threads.
+/// files. Dropping it kills whatever is left in the container, removes the cgroup and the
+/// sockets; [`release`](Self::release) does that off the async threads.
 #[derive(Debug)]
 pub(crate) struct WorkerResources {
     container: WorkerContainer,
-    socket: Option<PathBuf>,
+    sockets: Vec<PathBuf>,
     /// The worker's process group while nobody has ended it yet: a start abandoned half-way
     /// (its future dropped, or a failed readiness) kills it on drop, which matters in the
     /// fallback mode where the container cannot kill by itself.
@@ -118,7 +120,7 @@ impl Drop for WorkerResources {
         if let Err(e) = self.container.end() {
             tracing::warn!(error = %e, "cannot end a worker's cgroup");
         }
-        if let Some(p) = self.socket.take() {
+        for p in self.sockets.drain(..) {
             if let Err(e) = std::fs::remove_file(&p) {
                 if e.kind() != io::ErrorKind::NotFound {
                     tracing::warn!(socket = %p.display(), error = %e, "cannot remove a worker socket");
@@ -276,7 +278,7 @@ fn runtime(spec: &LaunchSpec) -> Result<Arc<platform::Runtime>, PluginError> {
 fn launch(
     spec: &LaunchSpec,
     cmd: Command,
-    fds: [Option<i32>; 2],
+    fds: [Option<i32>; 3],
     what: &str,
     death_signal: libc::c_int,
     mut resources: WorkerResources,
@@ -312,6 +314,21 @@ fn container(spec: &LaunchSpec, name: &str) -> Result<WorkerContainer, PluginErr
         .map_err(|e| PluginError::fatal(format!("cannot contain the worker: {e}")))
 }
 
+/// A listening Unix socket at `path` (a stale file there is replaced), readable and writable
+/// by this user only.
+fn bind_private(path: &Path) -> Result<UnixListener, PluginError> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(|e| {
+        PluginError::fatal(format!(
+            "cannot create the worker socket {}: {e}",
+            path.display()
+        ))
+    })?;
+    platform::make_private(path)
+        .map_err(|e| PluginError::fatal(format!("cannot restrict {}: {e}", path.display())))?;
+    Ok(listener)
+}
+
 async fn start_native(
     spec: &LaunchSpec,
     seq: u64,
@@ -321,22 +338,26 @@ async fn start_native(
     let m = &spec.manifest;
     let overlay = launch_env::overlay(m, &spec.data_dir, spec.models_dir.as_deref())?;
     check_exec_limits(m, &overlay, args)?;
-    let path = runtime(spec)?.path().join(format!("w{seq}.sock"));
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).map_err(|e| {
-        PluginError::fatal(format!(
-            "cannot create the worker socket {}: {e}",
-            path.display()
-        ))
-    })?;
-    // From here on the socket file is removed when the start fails or the worker ends.
-    let resources = WorkerResources {
-        socket: Some(path.clone()),
+    let dir = runtime(spec)?.path().to_path_buf();
+    // A socket file is listed before it is made: it is removed when the start fails or the
+    // worker ends.
+    let mut resources = WorkerResources {
+        sockets: Vec::new(),
         container: container(spec, &format!("w{seq}"))?,
         group: None,
     };
-    platform::make_private(&path)
-        .map_err(|e| PluginError::fatal(format!("cannot restrict {}: {e}", path.display())))?;
+    let path = dir.join(format!("w{seq}.sock"));
+    resources.sockets.push(path.clone());
+    let listener = bind_private(&path)?;
+    // The calls socket: a worker that adopts it lists `calls_socket` and serves it on its
+    // plugin runtime.
+    let calls = if spec.calls_socket {
+        let calls_path = dir.join(format!("w{seq}.calls.sock"));
+        resources.sockets.push(calls_path.clone());
+        Some((bind_private(&calls_path)?, calls_path))
+    } else {
+        None
+    };
     let token = new_token()?;
     let program = resolve_program(m, command);
     let mut cmd = base_command(spec, &program, &overlay);
@@ -345,6 +366,9 @@ async fn start_native(
         .env(env::LISTEN_KIND, "unix")
         .env(env::AUTH_TOKEN, &token)
         .env(env::MAX_CONCURRENCY, spec.max_concurrency.to_string());
+    if let Some((l, _)) = &calls {
+        cmd.env(env::CALLS_FD, l.as_raw_fd().to_string());
+    }
     // The blob channel: a worker that adopts it lists `blob_memfd` and takes blobs as memfds.
     let channel = spec.blob_memfd.then(BlobChannel::pair);
     let blobs = match channel {
@@ -365,6 +389,7 @@ async fn start_native(
         [
             Some(listener.as_raw_fd()),
             blobs.as_ref().map(|(_, theirs)| theirs.as_raw_fd()),
+            calls.as_ref().map(|(l, _)| l.as_raw_fd()),
         ],
         &program.display().to_string(),
         platform::SIGTERM,
@@ -373,6 +398,10 @@ async fn start_native(
     // The worker has its own copies; closing ours makes connects fail fast once it is gone.
     drop(listener);
     let mut transport = Transport::new(Endpoint::Unix(path), Some(&token));
+    if let Some((l, calls_path)) = calls {
+        drop(l);
+        transport = transport.with_calls_socket(calls_path);
+    }
     if let Some((ours, theirs)) = blobs {
         drop(theirs);
         transport = transport.with_blob_channel(ours);
@@ -414,7 +443,7 @@ async fn start_python(
         format!("w{seq}-{attempt}")
     };
     let resources = WorkerResources {
-        socket: None,
+        sockets: Vec::new(),
         container: container(spec, &name).map_err(StartError::Failed)?,
         group: None,
     };
@@ -445,7 +474,7 @@ async fn start_python(
     let (spawned, pumps, resources) = launch(
         spec,
         cmd,
-        [None, None],
+        [None, None, None],
         python,
         platform::SIGKILL,
         resources,
@@ -479,7 +508,7 @@ async fn start_python_fd(
     class: &str,
 ) -> Result<Started, PluginError> {
     let resources = WorkerResources {
-        socket: None,
+        sockets: Vec::new(),
         container: container(spec, &format!("w{seq}"))?,
         group: None,
     };
@@ -518,7 +547,7 @@ async fn start_python_fd(
     let (spawned, pumps, resources) = launch(
         spec,
         cmd,
-        [Some(fd), None],
+        [Some(fd), None, None],
         python,
         platform::SIGKILL,
         resources,

@@ -1,6 +1,8 @@
 //! The HTTP/1.1 client to one worker: a small pool of keep-alive connections over the worker's
 //! Unix socket (or loopback TCP, or TLS to a remote worker), bearer auth, per-request deadlines,
-//! and, for a native worker started here, the blob channel that carries memfds beside requests.
+//! and, for a native worker started here, the blob channel that carries memfds beside requests
+//! and the calls socket: `/execute` and `/execute_stream` go there, on a pool of their own,
+//! once the worker has said it serves it.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -13,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use cjm_core::wire::headers;
+use cjm_core::wire::{headers, paths};
 use cjm_core::PluginError;
 use cjm_sys::blob_channel::BlobChannel;
 use cjm_sys::bufpool;
@@ -99,11 +101,16 @@ impl http_body::Body for ReqBody {
     }
 }
 
-/// A connection checked out of the pool; give it back with [`Transport::give_back`] once its
+/// A connection checked out of a pool; give it back with [`Transport::give_back`] once its
 /// response has been read to the end, or drop it to close the connection.
-pub(crate) type Conn = SendRequest<ReqBody>;
+#[derive(Debug)]
+pub(crate) struct Conn {
+    sender: SendRequest<ReqBody>,
+    /// Out of the calls socket's pool.
+    calls: bool,
+}
 
-/// Keep at most this many idle connections per worker.
+/// Keep at most this many idle connections per pool.
 const MAX_IDLE: usize = 64;
 
 /// The client of one worker.
@@ -111,9 +118,19 @@ const MAX_IDLE: usize = 64;
 pub(crate) struct Transport {
     endpoint: Endpoint,
     auth: Option<HeaderValue>,
-    idle: Mutex<Vec<Conn>>,
+    idle: Mutex<Vec<SendRequest<ReqBody>>>,
     /// The blob channel to a native worker started here (memfds beside the requests).
     blobs: Option<BlobChannel>,
+    /// The calls socket of a native worker started here, once the worker listed
+    /// `calls_socket`.
+    calls: Option<CallsSocket>,
+}
+
+/// The calls socket and its pool.
+#[derive(Debug)]
+struct CallsSocket {
+    path: PathBuf,
+    idle: Mutex<Vec<SendRequest<ReqBody>>>,
 }
 
 /// A whole response.
@@ -136,6 +153,25 @@ impl Transport {
             auth,
             idle: Mutex::new(Vec::new()),
             blobs: None,
+            calls: None,
+        }
+    }
+
+    /// Adds the worker's calls socket; [`keep_calls_socket`](Self::keep_calls_socket) decides
+    /// after the handshake whether it is used.
+    pub(crate) fn with_calls_socket(mut self, path: PathBuf) -> Self {
+        self.calls = Some(CallsSocket {
+            path,
+            idle: Mutex::new(Vec::new()),
+        });
+        self
+    }
+
+    /// Keeps the calls socket only when the worker serves it (it listed `calls_socket`): a
+    /// worker that did not adopt it never accepts there.
+    pub(crate) fn keep_calls_socket(&mut self, served: bool) {
+        if !served {
+            self.calls = None;
         }
     }
 
@@ -167,7 +203,7 @@ impl Transport {
         b
     }
 
-    async fn connect(&self) -> io::Result<Conn> {
+    async fn connect(&self) -> io::Result<SendRequest<ReqBody>> {
         match &self.endpoint {
             Endpoint::Unix(p) => handshake(UnixStream::connect(p).await?).await,
             Endpoint::Tcp(a) => {
@@ -179,23 +215,51 @@ impl Transport {
         }
     }
 
-    /// A ready connection: an idle one from the pool, or a new one.
-    pub(crate) async fn checkout(&self) -> Result<Conn, PluginError> {
+    /// The calls socket, when `path` is a call and the worker serves one.
+    fn calls_for(&self, path: &str) -> Option<&CallsSocket> {
+        self.calls
+            .as_ref()
+            .filter(|_| path == paths::EXECUTE || path == paths::EXECUTE_STREAM)
+    }
+
+    /// A ready connection for a request to `path`: an idle one from its pool, or a new one.
+    pub(crate) async fn checkout(&self, path: &str) -> Result<Conn, PluginError> {
+        let calls = self.calls_for(path);
+        let idle = calls.map_or(&self.idle, |c| &c.idle);
         loop {
-            let pooled = self.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
+            let pooled = idle.lock().map(|mut v| v.pop()).unwrap_or(None);
             match pooled {
                 Some(mut c) => {
                     if c.ready().await.is_ok() {
-                        return Ok(c);
+                        return Ok(Conn {
+                            sender: c,
+                            calls: calls.is_some(),
+                        });
                     }
                 }
                 None => {
-                    return self.connect().await.map_err(|e| {
-                        PluginError::transient(format!(
-                            "{CANNOT_CONNECT} at {}: {e}",
-                            self.endpoint
-                        ))
-                    })
+                    let made = match calls {
+                        Some(c) => match UnixStream::connect(&c.path).await {
+                            Ok(s) => handshake(s).await,
+                            Err(e) => Err(e),
+                        },
+                        None => self.connect().await,
+                    };
+                    return made
+                        .map(|sender| Conn {
+                            sender,
+                            calls: calls.is_some(),
+                        })
+                        .map_err(|e| match calls {
+                            Some(c) => PluginError::transient(format!(
+                                "{CANNOT_CONNECT} at unix:{} (its calls socket): {e}",
+                                c.path.display()
+                            )),
+                            None => PluginError::transient(format!(
+                                "{CANNOT_CONNECT} at {}: {e}",
+                                self.endpoint
+                            )),
+                        });
                 }
             }
         }
@@ -203,12 +267,17 @@ impl Transport {
 
     /// Returns a connection whose last response was read to the end.
     pub(crate) fn give_back(&self, c: Conn) {
-        if c.is_closed() {
+        if c.sender.is_closed() {
             return;
         }
-        if let Ok(mut v) = self.idle.lock() {
+        let idle = match (&self.calls, c.calls) {
+            (Some(calls), true) => &calls.idle,
+            (None, true) => return,
+            (_, false) => &self.idle,
+        };
+        if let Ok(mut v) = idle.lock() {
             if v.len() < MAX_IDLE {
-                v.push(c);
+                v.push(c.sender);
             }
         }
     }
@@ -219,8 +288,8 @@ impl Transport {
         &self,
         req: Request<ReqBody>,
     ) -> Result<(Response<Incoming>, Conn), PluginError> {
-        let mut conn = self.checkout().await?;
-        let resp = conn.send_request(req).await.map_err(lost)?;
+        let mut conn = self.checkout(req.uri().path()).await?;
+        let resp = conn.sender.send_request(req).await.map_err(lost)?;
         Ok((resp, conn))
     }
 
@@ -257,6 +326,9 @@ impl Transport {
     /// Drops every idle connection (after a worker restart, say).
     pub(crate) fn clear(&self) {
         if let Ok(mut v) = self.idle.lock() {
+            v.clear();
+        }
+        if let Some(Ok(mut v)) = self.calls.as_ref().map(|c| c.idle.lock()) {
             v.clear();
         }
     }
@@ -308,7 +380,7 @@ pub(crate) fn is_connection_failure(e: &PluginError) -> bool {
         && (e.message.starts_with(LOST) || e.message.starts_with(CANNOT_CONNECT))
 }
 
-async fn handshake<I>(io: I) -> io::Result<Conn>
+async fn handshake<I>(io: I) -> io::Result<SendRequest<ReqBody>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -15,7 +15,7 @@ pub struct ChildSetup {
     pub death_signal: Option<libc::c_int>,
     /// Descriptors to keep open across `exec` (their close-on-exec flags are cleared in the
     /// child only): a worker's listening socket and its blob channel.
-    pub inherit_fds: [Option<RawFd>; 2],
+    pub inherit_fds: [Option<RawFd>; 3],
     /// An open, write-only `cgroup.procs` of the cgroup the child joins before `exec`: the
     /// child and every process it ever starts then live in that cgroup.
     pub cgroup_procs: Option<RawFd>,

@@ -74,7 +74,9 @@
 //! - **Isolation of plugin code**: plugin futures run on a multi-thread runtime apart from the
 //!   HTTP server's single-thread runtime, so a plugin that blocks its thread does not stall
 //!   `/health`, `/progress`, `/cancel` or `/stats`. A panic answers `500` and the worker lives
-//!   on.
+//!   on. Started by a local host, the worker also serves the host's calls socket on the plugin
+//!   runtime itself, so a call runs on the thread that read it, with no hop between threads
+//!   (see [`Options::calls_listener`]); control stays on the server's thread.
 //! - **Lifecycle**: `SIGTERM` stops accepting, lets calls finish for 1.5 s, cancels the rest,
 //!   runs [`Worker::cleanup`] and exits 0; the worker also exits when the host
 //!   (`CJM_HOST_PID`) is gone.

@@ -729,3 +729,99 @@ async fn a_worker_with_a_blob_channel_takes_and_answers_memfds() {
         .unwrap()
         .contains("no blob channel"));
 }
+
+/// A server with a calls socket beside its main socket, and a client of each.
+fn with_calls_socket(
+    f: impl FnOnce(cjm_worker_sdk::Options) -> cjm_worker_sdk::Options,
+) -> (TestServer, common::Client, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("calls.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let s = TestServer::start_with(|o| f(o.calls_listener(listener)));
+    let calls = common::Client { path, token: None };
+    (s, calls, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_calls_socket_serves_calls_while_control_stays_on_the_main_socket() {
+    let (s, calls, _dir) = with_calls_socket(|o| o);
+    let h: HealthResponse = serde_json::from_slice(&s.client.get("/health").await.body).unwrap();
+    assert!(h.features.iter().any(|f| f == features::CALLS_SOCKET));
+
+    // Calls, streams and typed errors, as on the main socket.
+    let a = calls.call("/execute", "echo", json!({"v": 7})).await;
+    assert_eq!((a.status.as_u16(), a.json()), (200, json!({"v": 7})));
+    let a = calls
+        .call("/execute_stream", "stream", json!({"n": 2}))
+        .await;
+    assert_eq!(
+        lines(&a.body),
+        [
+            json!({"i": 0}),
+            json!({"i": 1}),
+            json!({"$cjm": {"end": {"chunks": 2}}})
+        ]
+    );
+    let a = calls
+        .call(
+            "/execute",
+            "fail",
+            json!({"category": "resource", "message": "no"}),
+        )
+        .await;
+    assert_eq!(a.category(), "resource");
+
+    // A call on the calls socket blocks a plugin thread: the main socket still answers
+    // control requests, and its cancel reaches the call.
+    let req = calls
+        .request("POST", "/execute")
+        .body(Full::new(Bytes::from(
+            json!({"args": ["block"]}).to_string(),
+        )))
+        .unwrap();
+    let before = *s.shared.started.borrow();
+    let inflight = calls.open(req).await;
+    until(&s.shared.started, |n| n == before + 1).await;
+    assert_eq!(s.client.get("/health").await.status, 200);
+    assert_eq!(s.client.get("/progress").await.status, 200);
+    let stats: StatsResponse = serde_json::from_slice(&s.client.get("/stats").await.body).unwrap();
+    assert_eq!(stats.in_flight, Some(1));
+    assert_eq!(s.client.post("/cancel", &json!({})).await.status, 200);
+    s.shared.open_gate();
+    let resp = inflight.response.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    let stats: StatsResponse = serde_json::from_slice(&s.client.get("/stats").await.body).unwrap();
+    assert_eq!(stats.calls, Some(4));
+    assert_eq!(stats.in_flight, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_the_calls_socket_and_closes_it() {
+    let (mut s, calls, _dir) =
+        with_calls_socket(|o| o.shutdown_grace(std::time::Duration::from_secs(60)));
+    let req = calls
+        .request("POST", "/execute")
+        .body(Full::new(Bytes::from(
+            json!({"args": ["hold"]}).to_string(),
+        )))
+        .unwrap();
+    let inflight = calls.open(req).await;
+    until(&s.shared.active, |n| n == 1).await;
+    let handle = s.handle.take().unwrap();
+    let stopping = tokio::task::spawn_blocking(move || handle.shutdown().unwrap());
+    // Once the calls socket refuses connections, nobody accepts there any more...
+    loop {
+        match tokio::net::UnixStream::connect(&calls.path).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            _ => tokio::task::yield_now().await,
+        }
+    }
+    // ...but the call in flight there holds the shutdown until it ends.
+    assert!(!stopping.is_finished());
+    assert_eq!(*s.shared.cleanups.borrow(), 0);
+    s.shared.open_gate();
+    let resp = inflight.response.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(stopping.await.unwrap(), ShutdownReason::Requested);
+    assert_eq!(*s.shared.cleanups.borrow(), 1);
+}

@@ -61,8 +61,8 @@ impl std::io::Write for LogWriter {
 }
 
 /// Fills in what the host passes through the environment: the auth token (then removed from
-/// the environment, so that programs the plugin starts do not see it), the blob channel (also
-/// removed), the host's pid and the concurrency cap (the effective limit is the smaller of the plugin's and the host's).
+/// the environment, so that programs the plugin starts do not see it), the blob channel and
+/// the calls socket (also removed), the host's pid and the concurrency cap (the effective limit is the smaller of the plugin's and the host's).
 pub fn options_from_env(mut options: Options) -> Options {
     if let Ok(token) = std::env::var(env::AUTH_TOKEN) {
         if !token.is_empty() {
@@ -88,6 +88,23 @@ pub fn options_from_env(mut options: Options) -> Options {
             Err(e) => tracing::warn!(
                 "ignoring {}={fd:?} ({e}): blobs travel in request bodies",
                 env::BLOB_FD
+            ),
+        }
+    }
+    if let Ok(fd) = std::env::var(env::CALLS_FD) {
+        std::env::remove_var(env::CALLS_FD);
+        match fd
+            .trim()
+            .parse::<i32>()
+            .map_err(|e| e.to_string())
+            .and_then(|n| {
+                crate::platform::adopt_listener_fd(n, crate::platform::SocketKind::Unix)
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(owned) => options = options.calls_listener(owned.into()),
+            Err(e) => tracing::warn!(
+                "ignoring {}={fd:?} ({e}): calls are served on the main socket",
+                env::CALLS_FD
             ),
         }
     }

@@ -1,9 +1,15 @@
-//! The accept loop: connections on the listening socket are served by hyper (one task each,
-//! every request through [`route::handle`]) until the shutdown signal; then the graceful
-//! shutdown (stop accepting, let calls finish for the grace period, cancel the rest, run the
-//! plugin's cleanup).
+//! The accept loops: connections on the listening socket are served by hyper (one task each,
+//! every request through [`route::handle`]) on the HTTP thread until the shutdown signal; then
+//! the graceful shutdown (stop accepting, let calls finish for the grace period, cancel the
+//! rest, run the plugin's cleanup).
+//!
+//! The calls socket, when the host handed one over, has its own loop on the plugin runtime
+//! ([`CallsLoop`]): its connections are registered with that runtime's reactor and served by
+//! its threads, so a call read there is spawned onto the thread that read it and its answer is
+//! written from there, with no thread woken in between. Control stays on the HTTP thread.
 
 use std::future::Future;
+use std::os::unix::net::UnixListener as StdUnixListener;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +18,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use super::route;
 use super::state::{lock, State};
@@ -33,11 +41,16 @@ enum Accepted {
     Tcp(tokio::net::TcpStream),
 }
 
+/// How long the accept loops pause after a failed accept (out of descriptors and the like).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(20);
+
 /// Serves until `shutdown` resolves, then shuts down gracefully: stops accepting, lets
 /// in-flight calls finish for the grace period, cancels the rest, runs the plugin's cleanup.
+/// `calls`, when given, is also served, on the plugin runtime.
 pub(super) async fn serve(
     state: Arc<State>,
     listener: Listener,
+    calls: Option<Arc<StdUnixListener>>,
     tls: Option<crate::runtime::TlsIdentity>,
     grace: Duration,
     shutdown: impl Future<Output = ShutdownReason>,
@@ -62,6 +75,10 @@ pub(super) async fn serve(
         state.plugin.version()
     );
     let tls = tls.map(|t| t.acceptor());
+    let calls = match calls {
+        Some(l) => Some(CallsLoop::start(&state, l)?),
+        None => None,
+    };
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     let reason = loop {
@@ -97,14 +114,20 @@ pub(super) async fn serve(
             Err(e) => {
                 // Out of descriptors and the like: pause instead of spinning.
                 tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(ACCEPT_PAUSE).await;
             }
         }
     };
     tracing::info!("shutting down ({reason}): no longer accepting");
     drop(tl);
     drop(listener);
-    let drain = graceful.shutdown();
+    let calls_drained = calls.map(CallsLoop::stop);
+    let drain = async move {
+        graceful.shutdown().await;
+        if let Some(done) = calls_drained {
+            let _ = done.await;
+        }
+    };
     tokio::pin!(drain);
     if tokio::time::timeout(grace, &mut drain).await.is_err() {
         let n = lock(&state.calls).len();
@@ -153,4 +176,55 @@ where
             tracing::debug!("connection ended: {e}");
         }
     });
+}
+
+/// The calls socket's accept loop, a task on the plugin runtime with its own graceful shutdown.
+struct CallsLoop {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl CallsLoop {
+    /// Starts serving `listener` on the plugin runtime; the loop closes it when it stops.
+    fn start(state: &Arc<State>, listener: Arc<StdUnixListener>) -> std::io::Result<Self> {
+        let l = listener.try_clone()?;
+        l.set_nonblocking(true)?;
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let st = Arc::clone(state);
+        let task = state.plugin_rt.spawn(async move {
+            // Created on the plugin runtime, so registered with its reactor, as are the
+            // connections it accepts.
+            let l = match tokio::net::UnixListener::from_std(l) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!("cannot serve the calls socket: {e}");
+                    return;
+                }
+            };
+            let graceful = GracefulShutdown::new();
+            loop {
+                tokio::select! {
+                    // A stop, or the serving future dropped.
+                    _ = &mut stopped => break,
+                    a = l.accept() => match a {
+                        Ok((s, _)) => serve_watched(s, &st, graceful.watcher()),
+                        Err(e) => {
+                            tracing::warn!("accept failed on the calls socket: {e}");
+                            tokio::time::sleep(ACCEPT_PAUSE).await;
+                        }
+                    },
+                }
+            }
+            drop(l);
+            drop(listener);
+            graceful.shutdown().await;
+        });
+        Ok(Self { stop, task })
+    }
+
+    /// Stops accepting; the returned task ends once the loop's connections have closed.
+    fn stop(self) -> JoinHandle<()> {
+        let _ = self.stop.send(());
+        self.task
+    }
 }

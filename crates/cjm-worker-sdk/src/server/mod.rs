@@ -5,7 +5,7 @@
 //!
 //! | step | file |
 //! |---|---|
-//! | accept a connection, serve it; graceful shutdown | `accept.rs` |
+//! | accept a connection, serve it (the calls socket's on the plugin runtime); graceful shutdown | `accept.rs` |
 //! | auth → route table (path, method) → endpoint | `route.rs` |
 //! | decode: content type, body limit, `ExecuteRequest` or frame, deadline | `decode.rs` |
 //! | `/execute`, `/execute_stream`: one start, then the plugin on its runtime | `calls.rs` |
@@ -125,7 +125,7 @@ impl Server {
     /// program's loop: at the very end it also ends the processes the plugin left behind (its
     /// descendants, and its process group's other members when it leads one): `SIGTERM`, then
     /// `SIGKILL` 200 ms later.
-    pub fn run(self, listener: Listener) -> std::io::Result<ShutdownReason> {
+    pub fn run(mut self, listener: Listener) -> std::io::Result<ShutdownReason> {
         let plugin_rt = self.plugin_runtime()?;
         let state = self.state(&plugin_rt);
         let server_rt = tokio::runtime::Builder::new_current_thread()
@@ -134,10 +134,11 @@ impl Server {
         let host_pid = self.options.host_pid;
         let grace = self.options.shutdown_grace;
         let tls = self.options.tls.clone();
+        let calls = self.options.calls_listener.take();
         let result = server_rt.block_on(async move {
             let signals = crate::runtime::shutdown::signals()?;
             let stop = crate::runtime::shutdown::wait(signals, host_pid, std::future::pending());
-            accept::serve(state, listener, tls, grace, stop).await
+            accept::serve(state, listener, calls, tls, grace, stop).await
         });
         plugin_rt.shutdown_timeout(Duration::from_millis(100));
         let ended = crate::platform::end_leftovers(LEFTOVER_PATIENCE);
@@ -149,7 +150,7 @@ impl Server {
 
     /// Serves on a new thread until the returned handle is shut down or dropped (no signal
     /// handling). For tests and for embedding.
-    pub fn spawn(self, listener: Listener) -> std::io::Result<ServerHandle> {
+    pub fn spawn(mut self, listener: Listener) -> std::io::Result<ServerHandle> {
         let (trigger, triggered) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
         let thread = std::thread::Builder::new()
@@ -175,12 +176,13 @@ impl Server {
                 let host_pid = self.options.host_pid;
                 let grace = self.options.shutdown_grace;
                 let tls = self.options.tls.clone();
+                let calls = self.options.calls_listener.take();
                 let result = server_rt.block_on(async move {
                     let requested = async move {
                         let _ = triggered.await;
                     };
                     let stop = crate::runtime::shutdown::wait(None, host_pid, requested);
-                    accept::serve(state, listener, tls, grace, stop).await
+                    accept::serve(state, listener, calls, tls, grace, stop).await
                 });
                 plugin_rt.shutdown_timeout(Duration::from_millis(100));
                 result

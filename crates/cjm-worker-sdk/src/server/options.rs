@@ -51,6 +51,8 @@ pub struct Options {
     pub(crate) tls: Option<crate::runtime::TlsIdentity>,
     /// The blob channel the host handed over (`CJM_BLOB_FD`): blobs travel as memfds.
     pub(crate) blob_channel: Option<std::sync::Arc<cjm_sys::blob_channel::BlobChannel>>,
+    /// The calls socket the host handed over (`CJM_CALLS_FD`), served on the plugin runtime.
+    pub(crate) calls_listener: Option<std::sync::Arc<std::os::unix::net::UnixListener>>,
 }
 
 impl std::fmt::Debug for Options {
@@ -67,6 +69,7 @@ impl std::fmt::Debug for Options {
             .field("plugin_threads", &self.plugin_threads)
             .field("tls", &self.tls.is_some())
             .field("blob_channel", &self.blob_channel.is_some())
+            .field("calls_listener", &self.calls_listener.is_some())
             .finish()
     }
 }
@@ -93,6 +96,7 @@ impl Options {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             auth_token: None,
             blob_channel: None,
+            calls_listener: None,
             host_pid: None,
             plugin_threads: None,
             tls: None,
@@ -168,6 +172,16 @@ impl Options {
     /// (`CJM_BLOB_FD`; see PROTOCOL.md, "Blobs as memfds"). Adds `blob_memfd` to `/health`.
     pub fn blob_channel(mut self, channel: cjm_sys::blob_channel::BlobChannel) -> Self {
         self.blob_channel = Some(std::sync::Arc::new(channel));
+        self
+    }
+
+    /// Also serves `listener`, a listening Unix socket, with its connections on the plugin
+    /// runtime (`CJM_CALLS_FD`; see PROTOCOL.md, "The calls socket"): a call sent there runs
+    /// where it was read, without the hop from the HTTP thread. The main socket keeps serving
+    /// every endpoint on the HTTP thread, so `/health`, `/progress`, `/cancel` and `/stats`
+    /// still answer while plugin code blocks. Adds `calls_socket` to `/health`.
+    pub fn calls_listener(mut self, listener: std::os::unix::net::UnixListener) -> Self {
+        self.calls_listener = Some(std::sync::Arc::new(listener));
         self
     }
 

@@ -70,6 +70,9 @@ impl State {
         if opts.blob_channel.is_some() {
             features.push(features::BLOB_MEMFD.to_owned());
         }
+        if opts.calls_listener.is_some() {
+            features.push(features::CALLS_SOCKET.to_owned());
+        }
         let health = HealthResponse {
             status: "running".to_owned(),
             pid: std::process::id(),
