@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use cjm_core::wire::StatusResponse;
-use cjm_core::{ConfigValidator, PluginError};
+use cjm_core::PluginError;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::Value;
@@ -56,9 +56,7 @@ pub(super) async fn initialize(state: Arc<State>, req: Request<Incoming>) -> Res
             vec![],
         ));
     }
-    let schema = state.schema().await;
-    let validator = state.validator.get_or_init(|| ConfigValidator::new(schema));
-    let checked = match validator {
+    let checked = match state.validator().await {
         Ok(v) => v.validate(&config),
         Err(e) => Err(e.clone()),
     };

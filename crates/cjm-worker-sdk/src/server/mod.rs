@@ -112,12 +112,16 @@ impl Server {
             .build()
     }
 
+    /// The handlers' state; its configuration validator starts compiling on the plugin
+    /// runtime at once, while the rest of the server starts.
     fn state(&self, plugin_rt: &tokio::runtime::Runtime) -> Arc<State> {
-        Arc::new(State::new(
+        let state = Arc::new(State::new(
             Arc::clone(&self.plugin),
             plugin_rt.handle().clone(),
             &self.options,
-        ))
+        ));
+        state.warm_up();
+        state
     }
 
     /// Serves on this thread until `SIGTERM`/`SIGINT`, or until the host

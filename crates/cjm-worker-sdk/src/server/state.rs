@@ -31,7 +31,8 @@ pub(crate) struct State {
     pub(super) max_frame_body: u64,
     /// The `/health` answer, encoded once.
     pub(super) health: Bytes,
-    /// The plugin's schema, asked for once on first use (start-up stays light).
+    /// The plugin's schema, asked for once, by the start-up's warm-up ([`State::warm_up`]) or
+    /// on first use, whichever comes first.
     schema: tokio::sync::OnceCell<Value>,
     pub(super) validator: OnceLock<Result<ConfigValidator, PluginError>>,
     /// Serializes `/initialize`.
@@ -128,6 +129,24 @@ impl State {
                     })
             })
             .await
+    }
+
+    /// The compiled configuration validator (compiled once, from [`schema`](Self::schema)).
+    pub(super) async fn validator(&self) -> &Result<ConfigValidator, PluginError> {
+        let schema = self.schema().await;
+        self.validator.get_or_init(|| ConfigValidator::new(schema))
+    }
+
+    /// Compiles the configuration validator on the plugin runtime while the worker starts:
+    /// the first compile in a process sets up the JSON Schema meta-schemas (about 1 ms), which
+    /// would otherwise hold the host's first `/initialize`, and the HTTP thread, at every load.
+    pub(super) fn warm_up(self: &Arc<Self>) {
+        let st = Arc::clone(self);
+        drop(self.plugin_rt.spawn(async move {
+            if let Err(e) = st.validator().await {
+                tracing::error!("the plugin's configuration schema does not compile: {e}");
+            }
+        }));
     }
 
     /// Runs a plugin future on the plugin runtime; a panic becomes a `fatal` error.
