@@ -306,3 +306,29 @@ fn describe_prints_json_and_binds_nothing() {
     assert!(d.operation("sleep_ms").is_some(), "{:?}", d.operations);
     assert!(!path.exists(), "no socket was bound");
 }
+
+#[test]
+fn a_calls_socket_variable_that_names_no_socket_is_ignored() {
+    // Not a number; a number that is not an open descriptor; the standard input (no socket).
+    for bad in ["nope", "999", "0"] {
+        let mut uw = unix_worker(&[("CJM_CALLS_FD", bad)]);
+        let h = json_of(&get(&uw.addr, "/health", None));
+        assert!(
+            !h["features"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("calls_socket")),
+            "{bad}: {h}"
+        );
+        // Calls go on on the main socket, and the plugin's programs do not see the variable.
+        let a = execute(&uw.addr, None, json!({"args": ["spawn_child"]}));
+        let child = json_of(&a).as_u64().expect("child pid") as u32;
+        let environ = std::fs::read(format!("/proc/{child}/environ")).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&environ).contains("CJM_CALLS_FD"),
+            "{bad}"
+        );
+        sigterm(uw.proc.id()).expect("SIGTERM");
+        assert_eq!(uw.proc.wait().unwrap().code(), Some(0), "{bad}");
+    }
+}

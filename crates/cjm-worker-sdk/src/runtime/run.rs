@@ -62,7 +62,8 @@ impl std::io::Write for LogWriter {
 
 /// Fills in what the host passes through the environment: the auth token (then removed from
 /// the environment, so that programs the plugin starts do not see it), the blob channel and
-/// the calls socket (also removed), the host's pid and the concurrency cap (the effective limit is the smaller of the plugin's and the host's).
+/// the calls socket (also removed), the host's pid and the concurrency cap (the effective
+/// limit is the smaller of the plugin's and the host's).
 pub fn options_from_env(mut options: Options) -> Options {
     if let Ok(token) = std::env::var(env::AUTH_TOKEN) {
         if !token.is_empty() {
@@ -76,37 +77,17 @@ pub fn options_from_env(mut options: Options) -> Options {
             _ => tracing::warn!("ignoring {}={pid:?}: not a pid", env::HOST_PID),
         }
     }
-    if let Ok(fd) = std::env::var(env::BLOB_FD) {
-        std::env::remove_var(env::BLOB_FD);
-        match fd
-            .trim()
-            .parse::<i32>()
-            .map_err(|e| e.to_string())
-            .and_then(|n| cjm_sys::blob_channel::BlobChannel::adopt(n).map_err(|e| e.to_string()))
-        {
-            Ok(channel) => options = options.blob_channel(channel),
-            Err(e) => tracing::warn!(
-                "ignoring {}={fd:?} ({e}): blobs travel in request bodies",
-                env::BLOB_FD
-            ),
-        }
+    let blobs = adopt_env_fd(env::BLOB_FD, "blobs travel in request bodies", |n| {
+        cjm_sys::blob_channel::BlobChannel::adopt(n)
+    });
+    if let Some(channel) = blobs {
+        options = options.blob_channel(channel);
     }
-    if let Ok(fd) = std::env::var(env::CALLS_FD) {
-        std::env::remove_var(env::CALLS_FD);
-        match fd
-            .trim()
-            .parse::<i32>()
-            .map_err(|e| e.to_string())
-            .and_then(|n| {
-                crate::platform::adopt_listener_fd(n, crate::platform::SocketKind::Unix)
-                    .map_err(|e| e.to_string())
-            }) {
-            Ok(owned) => options = options.calls_listener(owned.into()),
-            Err(e) => tracing::warn!(
-                "ignoring {}={fd:?} ({e}): calls are served on the main socket",
-                env::CALLS_FD
-            ),
-        }
+    let calls = adopt_env_fd(env::CALLS_FD, "calls are served on the main socket", |n| {
+        crate::platform::adopt_listener_fd(n, crate::platform::SocketKind::Unix)
+    });
+    if let Some(listener) = calls {
+        options = options.calls_listener(listener.into());
     }
     if let Ok(n) = std::env::var(env::MAX_CONCURRENCY) {
         match n.trim().parse::<u32>() {
@@ -121,6 +102,30 @@ pub fn options_from_env(mut options: Options) -> Options {
         }
     }
     options
+}
+
+/// Takes the descriptor the host passed by number in `var` (removing the variable) and adopts
+/// it with `adopt`; a bad value or a refused descriptor is logged with what happens instead
+/// (`otherwise`) and gives `None`.
+fn adopt_env_fd<T>(
+    var: &str,
+    otherwise: &str,
+    adopt: impl FnOnce(i32) -> std::io::Result<T>,
+) -> Option<T> {
+    let fd = std::env::var(var).ok()?;
+    std::env::remove_var(var);
+    let adopted = fd
+        .trim()
+        .parse::<i32>()
+        .map_err(|e| e.to_string())
+        .and_then(|n| adopt(n).map_err(|e| e.to_string()));
+    match adopted {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!("ignoring {var}={fd:?} ({e}): {otherwise}");
+            None
+        }
+    }
 }
 
 /// Applies `--token-file` and `--tls-cert`/`--tls-key`, and refuses to serve a TCP address off
