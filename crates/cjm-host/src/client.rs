@@ -487,11 +487,12 @@ impl WorkerClient {
         let call = self.share_large_blobs(call).await?;
         let req = self.execute_request(paths::EXECUTE_STREAM, &call)?;
         let start = async {
-            let (resp, conn) = self.transport.send(req).await?;
+            let (resp, mut conn) = self.transport.send(req).await?;
             if !resp.status().is_success() {
                 let status = resp.status();
-                let body = http_body_util::BodyExt::collect(resp.into_body())
-                    .await
+                let body = conn
+                    .run(http_body_util::BodyExt::collect(resp.into_body()))
+                    .await?
                     .map_err(crate::transport::lost)?
                     .to_bytes();
                 return Err(error_from_response(status.as_u16(), &body));

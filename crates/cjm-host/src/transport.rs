@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -103,11 +104,67 @@ impl http_body::Body for ReqBody {
 
 /// A connection checked out of a pool; give it back with [`Transport::give_back`] once its
 /// response has been read to the end, or drop it to close the connection.
+///
+/// A connection to the calls socket has no task of its own: whoever holds it runs its I/O
+/// (reading the answer in the caller's task wakes no other thread), through [`Conn::run`] and
+/// [`Conn::drive`]. Other connections are run by a spawned task.
 #[derive(Debug)]
 pub(crate) struct Conn {
     sender: SendRequest<ReqBody>,
-    /// Out of the calls socket's pool.
-    calls: bool,
+    /// The connection's I/O, when the holder runs it (the calls socket's connections).
+    driver: Option<Driver>,
+}
+
+/// The I/O half of a connection its holder runs.
+#[derive(Debug)]
+struct Driver {
+    io: hyper::client::conn::http1::Connection<TokioIo<UnixStream>, ReqBody>,
+    /// The connection ended (closed or failed): it is not polled again.
+    ended: bool,
+}
+
+impl Conn {
+    /// Runs the connection's I/O as far as it goes now, when the holder runs it; whether the
+    /// connection still runs. Every poll of a future that waits on this connection polls this
+    /// first, in the same task.
+    pub(crate) fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(d) = self.driver.as_mut() else {
+            return true;
+        };
+        if d.ended {
+            return false;
+        }
+        match Pin::new(&mut d.io).poll(cx) {
+            Poll::Pending => true,
+            Poll::Ready(r) => {
+                if let Err(e) = r {
+                    tracing::trace!(error = %e, "calls connection ended");
+                }
+                d.ended = true;
+                false
+            }
+        }
+    }
+
+    /// `work` (which waits on this connection: its response, a frame of its body) with the
+    /// connection's I/O run beside it; a lost-connection error if the connection ends first.
+    pub(crate) async fn run<F: Future>(&mut self, work: F) -> Result<F::Output, PluginError> {
+        let mut work = std::pin::pin!(work);
+        std::future::poll_fn(|cx| {
+            let running = self.drive(cx);
+            match work.as_mut().poll(cx) {
+                Poll::Ready(v) => Poll::Ready(Ok(v)),
+                Poll::Pending if running => Poll::Pending,
+                Poll::Pending => Poll::Ready(Err(closed())),
+            }
+        })
+        .await
+    }
+
+    /// Whether the connection can carry another request after its last response was read.
+    fn reusable(&self) -> bool {
+        !self.sender.is_closed() && !self.driver.as_ref().is_some_and(|d| d.ended)
+    }
 }
 
 /// Keep at most this many idle connections per pool.
@@ -118,7 +175,7 @@ const MAX_IDLE: usize = 64;
 pub(crate) struct Transport {
     endpoint: Endpoint,
     auth: Option<HeaderValue>,
-    idle: Mutex<Vec<SendRequest<ReqBody>>>,
+    idle: Mutex<Vec<Conn>>,
     /// The blob channel to a native worker started here (memfds beside the requests).
     blobs: Option<BlobChannel>,
     /// The calls socket of a native worker started here, once the worker listed
@@ -130,7 +187,7 @@ pub(crate) struct Transport {
 #[derive(Debug)]
 struct CallsSocket {
     path: PathBuf,
-    idle: Mutex<Vec<SendRequest<ReqBody>>>,
+    idle: Mutex<Vec<Conn>>,
 }
 
 /// A whole response.
@@ -203,7 +260,7 @@ impl Transport {
         b
     }
 
-    async fn connect(&self) -> io::Result<SendRequest<ReqBody>> {
+    async fn connect(&self) -> io::Result<Conn> {
         match &self.endpoint {
             Endpoint::Unix(p) => handshake(UnixStream::connect(p).await?).await,
             Endpoint::Tcp(a) => {
@@ -213,6 +270,19 @@ impl Transport {
             }
             Endpoint::Tls(t) => handshake(t.connect().await?).await,
         }
+    }
+
+    /// A new connection to the calls socket at `path`, run by its holder.
+    async fn connect_calls(path: &std::path::Path) -> io::Result<Conn> {
+        let s = UnixStream::connect(path).await?;
+        let (sender, io) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(s))
+            .await
+            .map_err(io::Error::other)?;
+        Ok(Conn {
+            sender,
+            driver: Some(Driver { io, ended: false }),
+        })
     }
 
     /// The calls socket, when `path` is a call and the worker serves one.
@@ -229,37 +299,34 @@ impl Transport {
         loop {
             let pooled = idle.lock().map(|mut v| v.pop()).unwrap_or(None);
             match pooled {
+                Some(mut c) if c.driver.is_some() => {
+                    // Nothing ran it while it was idle: running its I/O once notices a closed
+                    // connection, and readies an open one for the next request.
+                    let running = std::future::poll_fn(|cx| Poll::Ready(c.drive(cx))).await;
+                    if running && c.sender.is_ready() {
+                        return Ok(c);
+                    }
+                }
                 Some(mut c) => {
-                    if c.ready().await.is_ok() {
-                        return Ok(Conn {
-                            sender: c,
-                            calls: calls.is_some(),
-                        });
+                    if c.sender.ready().await.is_ok() {
+                        return Ok(c);
                     }
                 }
                 None => {
                     let made = match calls {
-                        Some(c) => match UnixStream::connect(&c.path).await {
-                            Ok(s) => handshake(s).await,
-                            Err(e) => Err(e),
-                        },
+                        Some(c) => Self::connect_calls(&c.path).await,
                         None => self.connect().await,
                     };
-                    return made
-                        .map(|sender| Conn {
-                            sender,
-                            calls: calls.is_some(),
-                        })
-                        .map_err(|e| match calls {
-                            Some(c) => PluginError::transient(format!(
-                                "{CANNOT_CONNECT} at unix:{} (its calls socket): {e}",
-                                c.path.display()
-                            )),
-                            None => PluginError::transient(format!(
-                                "{CANNOT_CONNECT} at {}: {e}",
-                                self.endpoint
-                            )),
-                        });
+                    return made.map_err(|e| match calls {
+                        Some(c) => PluginError::transient(format!(
+                            "{CANNOT_CONNECT} at unix:{} (its calls socket): {e}",
+                            c.path.display()
+                        )),
+                        None => PluginError::transient(format!(
+                            "{CANNOT_CONNECT} at {}: {e}",
+                            self.endpoint
+                        )),
+                    });
                 }
             }
         }
@@ -267,29 +334,31 @@ impl Transport {
 
     /// Returns a connection whose last response was read to the end.
     pub(crate) fn give_back(&self, c: Conn) {
-        if c.sender.is_closed() {
+        if !c.reusable() {
             return;
         }
-        let idle = match (&self.calls, c.calls) {
+        let idle = match (&self.calls, c.driver.is_some()) {
             (Some(calls), true) => &calls.idle,
             (None, true) => return,
             (_, false) => &self.idle,
         };
         if let Ok(mut v) = idle.lock() {
             if v.len() < MAX_IDLE {
-                v.push(c.sender);
+                v.push(c);
             }
         }
     }
 
     /// Sends `req` on a pooled connection and returns the response head with the connection,
-    /// which the caller gives back after reading the body.
+    /// which the caller gives back after reading the body (driving it meanwhile: see
+    /// [`Conn::drive`]).
     pub(crate) async fn send(
         &self,
         req: Request<ReqBody>,
     ) -> Result<(Response<Incoming>, Conn), PluginError> {
         let mut conn = self.checkout(req.uri().path()).await?;
-        let resp = conn.sender.send_request(req).await.map_err(lost)?;
+        let answer = conn.sender.send_request(req);
+        let resp = conn.run(answer).await?.map_err(lost)?;
         Ok((resp, conn))
     }
 
@@ -300,14 +369,14 @@ impl Transport {
         deadline: Option<Instant>,
     ) -> Result<FullResponse, PluginError> {
         let work = async {
-            let (resp, conn) = self.send(req).await?;
+            let (resp, mut conn) = self.send(req).await?;
             let status = resp.status();
             let content_type = resp.headers().get(http::header::CONTENT_TYPE).cloned();
             let declared = resp
                 .headers()
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-            let body = read_body(resp.into_body(), declared).await?;
+            let body = read_body(resp.into_body(), declared, &mut conn).await?;
             self.give_back(conn);
             Ok(FullResponse {
                 status,
@@ -334,26 +403,43 @@ impl Transport {
     }
 }
 
-/// The whole of `body`. One of [`bufpool::POOL_MIN`] bytes or more of known length is read
-/// into a pooled buffer, whose pages are warm when it held a body before; others are gathered
-/// as they come.
-async fn read_body(mut body: Incoming, declared: Option<usize>) -> Result<Bytes, PluginError> {
-    if let Some(n) = declared.filter(|&n| n >= bufpool::POOL_MIN) {
-        if let Ok(mut buf) = bufpool::PooledBuf::take(n) {
-            while let Some(frame) = body.frame().await {
-                if let Ok(data) = frame.map_err(lost)?.into_data() {
-                    if !buf.push(&data) {
-                        return Err(PluginError::fatal(format!(
-                            "the worker sent more than the {n} bytes it declared"
-                        )));
-                    }
+/// The whole of `body`, read while `conn` runs. One of [`bufpool::POOL_MIN`] bytes or more of
+/// known length is read into a pooled buffer, whose pages are warm when it held a body before;
+/// others are gathered as they come.
+async fn read_body(
+    mut body: Incoming,
+    declared: Option<usize>,
+    conn: &mut Conn,
+) -> Result<Bytes, PluginError> {
+    let mut pooled = declared
+        .filter(|&n| n >= bufpool::POOL_MIN)
+        .and_then(|n| bufpool::PooledBuf::take(n).ok());
+    let mut parts: Vec<Bytes> = Vec::new();
+    while let Some(frame) = conn.run(body.frame()).await? {
+        let Ok(data) = frame.map_err(lost)?.into_data() else {
+            continue;
+        };
+        match pooled.as_mut() {
+            Some(buf) => {
+                if !buf.push(&data) {
+                    return Err(PluginError::fatal(format!(
+                        "the worker sent more than the {} bytes it declared",
+                        declared.unwrap_or(0)
+                    )));
                 }
             }
-            let filled = buf.filled();
-            return Ok(buf.freeze(filled));
+            None => parts.push(data),
         }
     }
-    Ok(body.collect().await.map_err(lost)?.to_bytes())
+    if let Some(buf) = pooled {
+        let filled = buf.filled();
+        return Ok(buf.freeze(filled));
+    }
+    Ok(match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().unwrap_or_default(),
+        _ => Bytes::from(parts.concat()),
+    })
 }
 
 /// A transport failure after the connection was made: the worker went away mid-call.
@@ -365,6 +451,13 @@ pub(crate) fn lost(e: hyper::Error) -> PluginError {
 /// be made or was lost, as opposed to an error the worker sent.
 const LOST: &str = "the connection to the worker was lost";
 const CANNOT_CONNECT: &str = "cannot connect to the worker";
+
+/// The connection ended while a response or its body was awaited on it.
+fn closed() -> PluginError {
+    PluginError::transient(format!(
+        "{LOST}: the worker closed the connection mid-answer"
+    ))
+}
 
 /// A stream that ended without its end line.
 pub(crate) fn ended_early() -> PluginError {
@@ -380,7 +473,7 @@ pub(crate) fn is_connection_failure(e: &PluginError) -> bool {
         && (e.message.starts_with(LOST) || e.message.starts_with(CANNOT_CONNECT))
 }
 
-async fn handshake<I>(io: I) -> io::Result<SendRequest<ReqBody>>
+async fn handshake<I>(io: I) -> io::Result<Conn>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -393,5 +486,126 @@ where
             tracing::trace!(error = %e, "worker connection ended");
         }
     });
-    Ok(sender)
+    Ok(Conn {
+        sender,
+        driver: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixListener;
+    use tokio::sync::mpsc;
+
+    /// Reads one request (head and `content-length` body) from `s`; false at end of file.
+    async fn read_request(s: &mut UnixStream) -> bool {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if got.len() >= end + 4 + len {
+                    return true;
+                }
+            }
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return false;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    const ANSWER: &[u8] =
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n{\"a\":1}";
+
+    fn transport(dir: &std::path::Path) -> (Transport, UnixListener) {
+        let calls = dir.join("w.calls.sock");
+        let listener = UnixListener::bind(&calls).unwrap();
+        let t = Transport::new(Endpoint::Unix(dir.join("w.sock")), None).with_calls_socket(calls);
+        (t, listener)
+    }
+
+    fn execute(t: &Transport) -> Request<ReqBody> {
+        t.request(Method::POST, paths::EXECUTE)
+            .body(ReqBody::full(&b"{}"[..]))
+            .unwrap()
+    }
+
+    fn idle_calls(t: &Transport) -> usize {
+        t.calls.as_ref().unwrap().idle.lock().unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn a_calls_connection_the_worker_closed_while_idle_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, listener) = transport(dir.path());
+        // Two connections, one answer each; when told, the worker closes the connection and
+        // says so. A call on a closed connection would fail.
+        let (go_tx, mut go) = mpsc::unbounded_channel::<()>();
+        let (closed_tx, mut closed) = mpsc::unbounded_channel();
+        let server = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                assert!(read_request(&mut s).await);
+                s.write_all(ANSWER).await.unwrap();
+                go.recv().await.unwrap();
+                drop(s);
+                closed_tx.send(()).unwrap();
+            }
+        });
+        for _ in 0..2 {
+            let r = t.call(execute(&t), None).await.unwrap();
+            assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"{\"a\":1}"[..]));
+            // Back in the pool, open.
+            assert_eq!(idle_calls(&t), 1);
+            go_tx.send(()).unwrap();
+            closed.recv().await.unwrap();
+        }
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_mid_answer_closes_its_calls_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, listener) = transport(dir.path());
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let server = tokio::spawn(async move {
+            // The first connection: read the request, never answer, report its end of file.
+            let (mut s, _) = listener.accept().await.unwrap();
+            assert!(read_request(&mut s).await);
+            events_tx.send("request read").unwrap();
+            assert!(!read_request(&mut s).await);
+            events_tx.send("closed by the host").unwrap();
+            // The next: answered.
+            let (mut s, _) = listener.accept().await.unwrap();
+            assert!(read_request(&mut s).await);
+            s.write_all(ANSWER).await.unwrap();
+            events_tx.send("answered").unwrap();
+            let _ = read_request(&mut s).await;
+        });
+        {
+            let call = t.call(execute(&t), None);
+            tokio::pin!(call);
+            tokio::select! {
+                _ = &mut call => panic!("the call was answered"),
+                e = events.recv() => assert_eq!(e, Some("request read")),
+            }
+            // The call's future is dropped here, at its await on the answer.
+        }
+        assert_eq!(events.recv().await, Some("closed by the host"));
+        assert_eq!(idle_calls(&t), 0, "no connection went back to the pool");
+        let r = t.call(execute(&t), None).await.unwrap();
+        assert_eq!(&r.body[..], b"{\"a\":1}");
+        assert_eq!(events.recv().await, Some("answered"));
+        assert_eq!(idle_calls(&t), 1);
+        t.clear();
+        server.await.unwrap();
+    }
 }

@@ -109,11 +109,11 @@ impl JobsApi {
             .body(body)
             .map_err(|e| PluginError::fatal(e.to_string()))?;
         let work = async {
-            let (resp, conn) = self.transport.send(req).await?;
+            let (resp, mut conn) = self.transport.send(req).await?;
             let status = resp.status();
-            let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
-                .collect()
-                .await
+            let bytes = conn
+                .run(Limited::new(resp.into_body(), MAX_ANSWER).collect())
+                .await?
                 .map_err(|e| PluginError::transient(format!("reading the answer: {e}")))?
                 .to_bytes();
             self.transport.give_back(conn);
