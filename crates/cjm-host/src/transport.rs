@@ -113,6 +113,8 @@ pub(crate) struct Conn {
     sender: SendRequest<ReqBody>,
     /// The connection's I/O, when the holder runs it (the calls socket's connections).
     driver: Option<Driver>,
+    /// Out of the calls socket's pool.
+    calls: bool,
 }
 
 /// The I/O half of a connection its holder runs.
@@ -282,6 +284,7 @@ impl Transport {
         Ok(Conn {
             sender,
             driver: Some(Driver { io, ended: false }),
+            calls: true,
         })
     }
 
@@ -337,7 +340,7 @@ impl Transport {
         if !c.reusable() {
             return;
         }
-        let idle = match (&self.calls, c.driver.is_some()) {
+        let idle = match (&self.calls, c.calls) {
             (Some(calls), true) => &calls.idle,
             (None, true) => return,
             (_, false) => &self.idle,
@@ -489,6 +492,7 @@ where
     Ok(Conn {
         sender,
         driver: None,
+        calls: false,
     })
 }
 

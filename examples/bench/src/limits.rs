@@ -27,12 +27,8 @@ pub(crate) async fn measure(f: &mut Map<String, Value>) -> Result<(), PluginErro
     let server = tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                    let body = req.into_body().collect().await?.to_bytes();
-                    Ok::<_, hyper::Error>(hyper::Response::new(Full::new(body)))
-                });
                 let _ = server_http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
+                    .serve_connection(TokioIo::new(s), service_fn(echo_body))
                     .await;
             });
         }
@@ -55,6 +51,29 @@ pub(crate) async fn measure(f: &mut Map<String, Value>) -> Result<(), PluginErro
         "sync_rtt_p99_us_limit".into(),
         json!(percentile(&rtt, 0.99)),
     );
+
+    // Round trip made from a task on the runtime, to a server on a thread and runtime of its
+    // own: as a worker in another process, it cannot run on the caller's thread.
+    let (path, thread) = own_thread_server(dir.path())?;
+    let task = tokio::spawn(async move {
+        let mut c = connect(&path).await?;
+        for _ in 0..50 {
+            ping(&mut c).await?;
+        }
+        let mut rtt = Vec::with_capacity(300);
+        for _ in 0..300 {
+            let t = Instant::now();
+            ping(&mut c).await?;
+            rtt.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        Ok::<_, PluginError>(rtt)
+    });
+    let rtt = task
+        .await
+        .map_err(|e| PluginError::fatal(format!("the ping-pong task failed: {e}")))??;
+    f.insert("sync_rtt_task_p50_us_limit".into(), json!(median(rtt)));
+    // Its listener is gone with the connection closed: the thread ends.
+    drop(thread);
 
     // Calls/s: 32 in flight over 32 connections, 1000 requests.
     let mut conns = Vec::new();
@@ -100,6 +119,41 @@ pub(crate) async fn measure(f: &mut Map<String, Value>) -> Result<(), PluginErro
         f.insert("idle_worker_rss_mb_limit".into(), json!(rss));
     }
     Ok(())
+}
+
+/// An echo server on a thread of its own with a single-threaded runtime, serving one
+/// connection at `dir/own.sock`.
+fn own_thread_server(
+    dir: &std::path::Path,
+) -> Result<(std::path::PathBuf, std::thread::JoinHandle<()>), PluginError> {
+    let path = dir.join("own.sock");
+    let std_listener = std::os::unix::net::UnixListener::bind(&path).map_err(io)?;
+    std_listener.set_nonblocking(true).map_err(io)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(io)?;
+    let thread = std::thread::spawn(move || {
+        rt.block_on(async move {
+            let Ok(listener) = UnixListener::from_std(std_listener) else {
+                return;
+            };
+            if let Ok((s, _)) = listener.accept().await {
+                let _ = server_http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), service_fn(echo_body))
+                    .await;
+            }
+        });
+    });
+    Ok((path, thread))
+}
+
+/// The ping-pong server's answer: the request's body.
+async fn echo_body(
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, hyper::Error> {
+    let body = req.into_body().collect().await?.to_bytes();
+    Ok(hyper::Response::new(Full::new(body)))
 }
 
 async fn connect(sock: &std::path::Path) -> Result<Sender, PluginError> {

@@ -114,6 +114,12 @@ fn print_table(f: &Map<String, Value>) {
         ("sync_rtt_p50_us", "sync round trip p50", 1.0, "µs"),
         ("sync_rtt_p99_us", "sync round trip p99", 1.0, "µs"),
         (
+            "sync_rtt_task_p50_us",
+            "sync round trip p50, called from a task",
+            1.0,
+            "µs",
+        ),
+        (
             "async_calls_per_s_par32",
             "async calls, 32 in flight / 10 workers",
             1.0,
@@ -260,12 +266,29 @@ async fn cold_start(m: &PluginManager, f: &mut Map<String, Value>) -> Result<(),
     Ok(())
 }
 
-/// `n` sequential small calls to `echo0`: the round trip's p50 and p99.
+/// `n` sequential small calls to `echo0`: the round trip's p50 and p99, made from the thread
+/// that runs `main` (outside the runtime's threads), then its p50 made from a task on the
+/// runtime, as a server's handler makes them (`sync_rtt_task_p50_us`).
 async fn sync_rtt(
     m: &PluginManager,
     n: usize,
     f: &mut Map<String, Value>,
 ) -> Result<(), PluginError> {
+    let mut rtt = sequential_calls(m, n).await?;
+    rtt.sort_by(f64::total_cmp);
+    f.insert("sync_rtt_p50_us".into(), json!(percentile(&rtt, 0.5)));
+    f.insert("sync_rtt_p99_us".into(), json!(percentile(&rtt, 0.99)));
+    let m = m.clone();
+    let task = tokio::spawn(async move { sequential_calls(&m, n).await });
+    let rtt = task
+        .await
+        .map_err(|e| PluginError::fatal(format!("the round-trip task failed: {e}")))??;
+    f.insert("sync_rtt_task_p50_us".into(), json!(median(rtt)));
+    Ok(())
+}
+
+/// The round trips of `n` sequential small calls to `echo0`, in µs.
+async fn sequential_calls(m: &PluginManager, n: usize) -> Result<Vec<f64>, PluginError> {
     let mut rtt = Vec::with_capacity(n);
     for i in 0..n {
         let t = Instant::now();
@@ -273,9 +296,33 @@ async fn sync_rtt(
             .await?;
         rtt.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    rtt.sort_by(f64::total_cmp);
-    f.insert("sync_rtt_p50_us".into(), json!(percentile(&rtt, 0.5)));
-    f.insert("sync_rtt_p99_us".into(), json!(percentile(&rtt, 0.99)));
+    Ok(rtt)
+}
+
+/// `total` calls, 32 in flight, spread over the workers `names`: calls per second.
+async fn par_calls(
+    m: &PluginManager,
+    names: &[String],
+    total: usize,
+    f: &mut Map<String, Value>,
+) -> Result<(), PluginError> {
+    let t = Instant::now();
+    let results: Vec<Result<_, PluginError>> = futures::stream::iter(0..total)
+        .map(|i| {
+            let m = m.clone();
+            let name = names[i % names.len()].clone();
+            async move { m.execute(&name, echo(json!({"i": i}))).await }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    f.insert(
+        "async_calls_per_s_par32".into(),
+        json!(total as f64 / t.elapsed().as_secs_f64()),
+    );
     Ok(())
 }
 
@@ -377,8 +424,13 @@ async fn stream(
     if b.bins.join("transcriber").is_file() {
         m.load("transcriber", Some(json!({"word_delay_ms": 0})))
             .await?;
-        let call =
-            Call::new(vec![json!("transcribe")]).kwarg("text", json!("word ".repeat(20_000)));
+        // CJM_BENCH_STREAM_CHUNKS: a longer stream, for profiling.
+        let chunks: u64 = std::env::var("CJM_BENCH_STREAM_CHUNKS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000);
+        let call = Call::new(vec![json!("transcribe")])
+            .kwarg("text", json!("word ".repeat(chunks as usize)));
         let t = Instant::now();
         let mut stream = m.execute_stream("transcriber", call).await?;
         let mut n = 0u64;
@@ -387,9 +439,9 @@ async fn stream(
             n += 1;
         }
         let secs = t.elapsed().as_secs_f64();
-        if n != 20_000 {
+        if n != chunks {
             return Err(PluginError::fatal(format!(
-                "the stream gave {n} chunks, not 20000"
+                "the stream gave {n} chunks, not {chunks}"
             )));
         }
         f.insert("stream_chunks_per_s".into(), json!(n as f64 / secs));
@@ -472,7 +524,8 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
         return Ok(f);
     }
 
-    // `CJM_BENCH_ONLY=rtt`: sequential round trips alone (CJM_BENCH_RTT_CALLS of them).
+    // `CJM_BENCH_ONLY=rtt`: sequential round trips alone (CJM_BENCH_RTT_CALLS of them), and
+    // the limits.
     if std::env::var("CJM_BENCH_ONLY").as_deref() == Ok("rtt") {
         m.load("echo0", None).await?;
         let n: usize = std::env::var("CJM_BENCH_RTT_CALLS")
@@ -480,6 +533,22 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(3000);
         sync_rtt(&m, n, &mut f).await?;
+        m.unload_all().await;
+        limits::measure(&mut f).await?;
+        return Ok(f);
+    }
+
+    // `CJM_BENCH_ONLY=par`: calls with 32 in flight over the ten workers alone
+    // (CJM_BENCH_PAR_CALLS of them).
+    if std::env::var("CJM_BENCH_ONLY").as_deref() == Ok("par") {
+        for n in &names {
+            m.load(n, None).await?;
+        }
+        let n: usize = std::env::var("CJM_BENCH_PAR_CALLS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        par_calls(&m, &names, n, &mut f).await?;
         m.unload_all().await;
         return Ok(f);
     }
@@ -515,25 +584,7 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
     }
     sync_rtt(&m, 300, &mut f).await?;
 
-    // 1000 calls, 32 in flight, spread over the 10 workers.
-    let t = Instant::now();
-    let total = 1000;
-    let results: Vec<Result<_, PluginError>> = futures::stream::iter(0..total)
-        .map(|i| {
-            let m = m.clone();
-            let name = names[i % WORKERS].clone();
-            async move { m.execute(&name, echo(json!({"i": i}))).await }
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await;
-    for r in results {
-        r?;
-    }
-    f.insert(
-        "async_calls_per_s_par32".into(),
-        json!(total as f64 / t.elapsed().as_secs_f64()),
-    );
+    par_calls(&m, &names, 1000, &mut f).await?;
 
     // Idle RSS of a worker (after its calls).
     let pid = m.stats("echo1").await?.pid.unwrap_or(0);
