@@ -92,6 +92,37 @@ pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The send buffer both ends of a calls-socket connection ask for: 1 MiB (the kernel's default
+/// is about 208 KiB). The bench's 8 MiB echo went from 534–600 to 613–684 MB/s with it (four
+/// alternated runs); a send buffer holds only what is queued, so an idle connection costs
+/// nothing more.
+pub const CALLS_SEND_BUFFER: usize = 1 << 20;
+
+/// Asks for a send buffer of `bytes` on the socket `fd` (`SO_SNDBUF`). The kernel doubles the
+/// figure for its bookkeeping and caps it at `net.core.wmem_max`, so the buffer got may be
+/// smaller; a larger one lets a big body cross a Unix socket in fewer hand-offs between writer
+/// and reader.
+pub fn set_send_buffer(fd: std::os::fd::BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `&v`, which lives across the
+    // call; a bad fd or option yields an error, not undefined behaviour.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +149,37 @@ mod tests {
     fn pidfd_of_self_opens() {
         assert!(pidfd_open(std::process::id()).is_ok());
         assert!(pidfd_open(0).is_err());
+    }
+
+    /// `SO_SNDBUF` of `fd` as the kernel reports it.
+    fn send_buffer(fd: std::os::fd::BorrowedFd<'_>) -> libc::c_int {
+        use std::os::fd::AsRawFd;
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `v`, which we own.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0, "{}", io::Error::last_os_error());
+        v
+    }
+
+    #[test]
+    fn a_calls_connection_gets_a_larger_send_buffer_and_a_file_an_error() {
+        use std::os::fd::AsFd;
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let before = send_buffer(a.as_fd());
+        set_send_buffer(a.as_fd(), CALLS_SEND_BUFFER).unwrap();
+        let after = send_buffer(a.as_fd());
+        assert!(after > before, "{before} -> {after}");
+        let f = tempfile::tempfile().unwrap();
+        let e = set_send_buffer(f.as_fd(), CALLS_SEND_BUFFER).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTSOCK), "{e}");
     }
 }
