@@ -101,8 +101,8 @@ impl Stream for NdjsonStream {
                     return this.fail(PluginError::timeout("the stream's deadline passed"));
                 }
             }
-            // The connection's I/O runs here when this stream's holder runs it (the calls
-            // socket): the worker's lines are read in the reader's own task.
+            // The connection's I/O runs here: the worker's lines are read in the reader's own
+            // task.
             let running = this.conn.as_mut().is_none_or(|c| c.drive(cx));
             match Pin::new(&mut this.body).poll_frame(cx) {
                 Poll::Pending if !running => return this.fail(crate::transport::ended_early()),

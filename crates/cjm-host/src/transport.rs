@@ -2,7 +2,8 @@
 //! Unix socket (or loopback TCP, or TLS to a remote worker), bearer auth, per-request deadlines,
 //! and, for a native worker started here, the blob channel that carries memfds beside requests
 //! and the calls socket: `/execute` and `/execute_stream` go there, on a pool of their own,
-//! once the worker has said it serves it.
+//! once the worker has said it serves it. A connection's I/O runs in the task that holds it
+//! ([`Conn`]), not in a task of its own.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -105,44 +106,40 @@ impl http_body::Body for ReqBody {
 /// A connection checked out of a pool; give it back with [`Transport::give_back`] once its
 /// response has been read to the end, or drop it to close the connection.
 ///
-/// A connection to the calls socket has no task of its own: whoever holds it runs its I/O
-/// (reading the answer in the caller's task wakes no other thread), through [`Conn::run`] and
-/// [`Conn::drive`]. Other connections are run by a spawned task.
+/// A connection has no task of its own: whoever holds it runs its I/O, through [`Conn::run`]
+/// and [`Conn::drive`], so a request is written and its answer read in the caller's task, and
+/// the answer wakes only the caller's thread.
 #[derive(Debug)]
 pub(crate) struct Conn {
     sender: SendRequest<ReqBody>,
-    /// The connection's I/O, when the holder runs it (the calls socket's connections).
-    driver: Option<Driver>,
+    /// The connection's I/O.
+    io: hyper::client::conn::http1::Connection<TokioIo<Box<dyn Io>>, ReqBody>,
+    /// The connection ended (closed or failed): it is not polled again.
+    ended: bool,
     /// Out of the calls socket's pool.
     calls: bool,
 }
 
-/// The I/O half of a connection its holder runs.
-#[derive(Debug)]
-struct Driver {
-    io: hyper::client::conn::http1::Connection<TokioIo<UnixStream>, ReqBody>,
-    /// The connection ended (closed or failed): it is not polled again.
-    ended: bool,
-}
+/// What a connection runs over: a Unix socket, TCP, or TLS over TCP.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug> Io for T {}
 
 impl Conn {
-    /// Runs the connection's I/O as far as it goes now, when the holder runs it; whether the
-    /// connection still runs. Every poll of a future that waits on this connection polls this
-    /// first, in the same task.
+    /// Runs the connection's I/O as far as it goes now; whether the connection still runs.
+    /// Every poll of a future that waits on this connection polls this first, in the same
+    /// task.
     pub(crate) fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(d) = self.driver.as_mut() else {
-            return true;
-        };
-        if d.ended {
+        if self.ended {
             return false;
         }
-        match Pin::new(&mut d.io).poll(cx) {
+        match Pin::new(&mut self.io).poll(cx) {
             Poll::Pending => true,
             Poll::Ready(r) => {
                 if let Err(e) = r {
-                    tracing::trace!(error = %e, "calls connection ended");
+                    tracing::trace!(error = %e, "worker connection ended");
                 }
-                d.ended = true;
+                self.ended = true;
                 false
             }
         }
@@ -165,7 +162,7 @@ impl Conn {
 
     /// Whether the connection can carry another request after its last response was read.
     fn reusable(&self) -> bool {
-        !self.sender.is_closed() && !self.driver.as_ref().is_some_and(|d| d.ended)
+        !self.sender.is_closed() && !self.ended
     }
 }
 
@@ -274,7 +271,7 @@ impl Transport {
         }
     }
 
-    /// A new connection to the calls socket at `path`, run by its holder.
+    /// A new connection to the calls socket at `path`.
     async fn connect_calls(path: &std::path::Path) -> io::Result<Conn> {
         let s = UnixStream::connect(path).await?;
         // A request's large body crosses in fewer hand-offs to the worker.
@@ -284,15 +281,9 @@ impl Transport {
         ) {
             tracing::debug!("cannot enlarge a calls connection's send buffer: {e}");
         }
-        let (sender, io) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(s))
-            .await
-            .map_err(io::Error::other)?;
-        Ok(Conn {
-            sender,
-            driver: Some(Driver { io, ended: false }),
-            calls: true,
-        })
+        let mut c = handshake(s).await?;
+        c.calls = true;
+        Ok(c)
     }
 
     /// The calls socket, when `path` is a call and the worker serves one.
@@ -309,16 +300,11 @@ impl Transport {
         loop {
             let pooled = idle.lock().map(|mut v| v.pop()).unwrap_or(None);
             match pooled {
-                Some(mut c) if c.driver.is_some() => {
+                Some(mut c) => {
                     // Nothing ran it while it was idle: running its I/O once notices a closed
                     // connection, and readies an open one for the next request.
                     let running = std::future::poll_fn(|cx| Poll::Ready(c.drive(cx))).await;
                     if running && c.sender.is_ready() {
-                        return Ok(c);
-                    }
-                }
-                Some(mut c) => {
-                    if c.sender.ready().await.is_ok() {
                         return Ok(c);
                     }
                 }
@@ -483,22 +469,17 @@ pub(crate) fn is_connection_failure(e: &PluginError) -> bool {
         && (e.message.starts_with(LOST) || e.message.starts_with(CANNOT_CONNECT))
 }
 
-async fn handshake<I>(io: I) -> io::Result<Conn>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+/// An HTTP/1.1 connection over `io`, run by its holder (no task is spawned for it).
+async fn handshake<I: Io + 'static>(io: I) -> io::Result<Conn> {
+    let io: Box<dyn Io> = Box::new(io);
+    let (sender, io) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(io))
         .await
         .map_err(io::Error::other)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::trace!(error = %e, "worker connection ended");
-        }
-    });
     Ok(Conn {
         sender,
-        driver: None,
+        io,
+        ended: false,
         calls: false,
     })
 }
