@@ -796,6 +796,40 @@ async fn the_calls_socket_serves_calls_while_control_stays_on_the_main_socket() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_waits_on_the_calls_socket_runs_on_and_is_cancelled_when_its_client_goes() {
+    // A call that finishes at once is answered in place; one that waits goes on as a task of
+    // its own, which the client's going away cancels, as on the main socket.
+    let (s, calls, _dir) = with_calls_socket(|o| o);
+    let a = calls.call("/execute", "echo", json!({"v": 1})).await;
+    assert_eq!((a.status.as_u16(), a.json()), (200, json!({"v": 1})));
+    let req = calls
+        .request("POST", "/execute")
+        .body(Full::new(Bytes::from(
+            json!({"args": ["wait_cancel"]}).to_string(),
+        )))
+        .unwrap();
+    let inflight = calls.open(req).await;
+    until(&s.shared.started, |n| n == 1).await;
+    let stats: StatsResponse = serde_json::from_slice(&s.client.get("/stats").await.body).unwrap();
+    assert_eq!(stats.in_flight, Some(1));
+    inflight.response.abort();
+    inflight.conn.abort();
+    until(&s.shared.cancelled, |n| n == 1).await;
+    // The call's task ends, and its accounting with it.
+    loop {
+        let stats: StatsResponse =
+            serde_json::from_slice(&s.client.get("/stats").await.body).unwrap();
+        if stats.in_flight == Some(0) {
+            assert_eq!(stats.calls, Some(2));
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let a = calls.call("/execute", "echo", json!({"v": 2})).await;
+    assert_eq!(a.json(), json!({"v": 2}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_the_calls_socket_and_closes_it() {
     let (mut s, calls, _dir) =
         with_calls_socket(|o| o.shutdown_grace(std::time::Duration::from_secs(60)));

@@ -44,24 +44,25 @@ pub(super) async fn execute(state: Arc<State>, req: Request<Incoming>) -> Respon
         Err(refused) => return refused,
     };
     let span = call_span(&call);
-    let task = state.plugin_rt.spawn(
-        async move {
-            let result = runner
-                .invoke(|p| async move { p.execute(call).await })
-                .await
-                .map(|(mut out, _slot)| {
-                    // Large blobs move into memfds here, on the plugin's side of the call.
-                    if runner.state.blob_channel.is_some() {
-                        shared_blob::share_large(&mut out.blobs, wire::MEMFD_MIN_BLOB);
-                    }
-                    out
-                });
-            runner.state.stats.finished(result.is_ok());
-            result
-        }
-        .instrument(span),
-    );
-    let result = waiter.first_answer(task).await;
+    let work = async move {
+        let result = runner
+            .invoke(|p| async move { p.execute(call).await })
+            .await
+            .map(|(mut out, _slot)| {
+                // Large blobs move into memfds here, on the plugin's side of the call.
+                if runner.state.blob_channel.is_some() {
+                    shared_blob::share_large(&mut out.blobs, wire::MEMFD_MIN_BLOB);
+                }
+                out
+            });
+        runner.state.stats.finished(result.is_ok());
+        result
+    }
+    .instrument(span);
+    let result = match on_plugin_runtime(&state, work) {
+        Started::Finished(result) => result,
+        Started::Spawned(task) => waiter.first_answer(task).await,
+    };
     waiter.disconnect.disarm();
     match result {
         Ok(out) => output(out, state.blob_channel.as_deref()),
@@ -69,6 +70,33 @@ pub(super) async fn execute(state: Arc<State>, req: Request<Incoming>) -> Respon
             tracing::debug!("call failed: {e}");
             error(&e)
         }
+    }
+}
+
+/// How a call's plugin side started.
+enum Started<T> {
+    /// It finished at its first poll.
+    Finished(T),
+    /// It runs as a task of the plugin runtime.
+    Spawned(tokio::task::JoinHandle<T>),
+}
+
+/// Runs `work` (a call's plugin side) on the plugin runtime. A handler already there (the calls
+/// socket's) polls it once in place and spawns it only if it did not finish: a call that needs
+/// no waiting then costs no task and wakes nothing. Once spawned, it runs to its end even if
+/// the request goes away, as a call started from the main socket does.
+fn on_plugin_runtime<T: Send + 'static>(
+    state: &State,
+    work: impl Future<Output = T> + Send + 'static,
+) -> Started<T> {
+    let here = tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == state.plugin_rt.id());
+    if !here {
+        return Started::Spawned(state.plugin_rt.spawn(work));
+    }
+    let mut work = Box::pin(work);
+    match (&mut work).now_or_never() {
+        Some(done) => Started::Finished(done),
+        None => Started::Spawned(state.plugin_rt.spawn(work)),
     }
 }
 
