@@ -35,16 +35,7 @@ pub(crate) async fn measure(f: &mut Map<String, Value>) -> Result<(), PluginErro
     });
 
     // Round trip: one connection, sequential requests with an echo-sized body.
-    let mut one = connect(&sock).await?;
-    for _ in 0..50 {
-        ping(&mut one).await?;
-    }
-    let mut rtt = Vec::with_capacity(300);
-    for _ in 0..300 {
-        let t = Instant::now();
-        ping(&mut one).await?;
-        rtt.push(t.elapsed().as_secs_f64() * 1e6);
-    }
+    let mut rtt = round_trips(&sock).await?;
     rtt.sort_by(f64::total_cmp);
     f.insert("sync_rtt_p50_us_limit".into(), json!(percentile(&rtt, 0.5)));
     f.insert(
@@ -55,19 +46,7 @@ pub(crate) async fn measure(f: &mut Map<String, Value>) -> Result<(), PluginErro
     // Round trip made from a task on the runtime, to a server on a thread and runtime of its
     // own: as a worker in another process, it cannot run on the caller's thread.
     let (path, thread) = own_thread_server(dir.path())?;
-    let task = tokio::spawn(async move {
-        let mut c = connect(&path).await?;
-        for _ in 0..50 {
-            ping(&mut c).await?;
-        }
-        let mut rtt = Vec::with_capacity(300);
-        for _ in 0..300 {
-            let t = Instant::now();
-            ping(&mut c).await?;
-            rtt.push(t.elapsed().as_secs_f64() * 1e6);
-        }
-        Ok::<_, PluginError>(rtt)
-    });
+    let task = tokio::spawn(async move { round_trips(&path).await });
     let rtt = task
         .await
         .map_err(|e| PluginError::fatal(format!("the ping-pong task failed: {e}")))??;
@@ -119,6 +98,22 @@ pub(crate) async fn measure(f: &mut Map<String, Value>) -> Result<(), PluginErro
         f.insert("idle_worker_rss_mb_limit".into(), json!(rss));
     }
     Ok(())
+}
+
+/// 300 sequential pings on one new connection to `sock`, after 50 to warm up: each round trip
+/// in µs.
+async fn round_trips(sock: &std::path::Path) -> Result<Vec<f64>, PluginError> {
+    let mut c = connect(sock).await?;
+    for _ in 0..50 {
+        ping(&mut c).await?;
+    }
+    let mut rtt = Vec::with_capacity(300);
+    for _ in 0..300 {
+        let t = Instant::now();
+        ping(&mut c).await?;
+        rtt.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(rtt)
 }
 
 /// An echo server on a thread of its own with a single-threaded runtime, serving one
