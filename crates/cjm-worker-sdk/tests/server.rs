@@ -808,19 +808,21 @@ async fn a_call_that_waits_on_the_calls_socket_runs_on_and_is_cancelled_when_its
             json!({"args": ["wait_cancel"]}).to_string(),
         )))
         .unwrap();
+    // Every call bumps `started`: the echo above made it 1.
     let inflight = calls.open(req).await;
-    until(&s.shared.started, |n| n == 1).await;
+    until(&s.shared.started, |n| n == 2).await;
     let stats: StatsResponse = serde_json::from_slice(&s.client.get("/stats").await.body).unwrap();
     assert_eq!(stats.in_flight, Some(1));
     inflight.response.abort();
     inflight.conn.abort();
     until(&s.shared.cancelled, |n| n == 1).await;
-    // The call's task ends, and its accounting with it.
+    // The call's task ends, and its accounting with it: it is counted once it has left the
+    // running calls.
     loop {
         let stats: StatsResponse =
             serde_json::from_slice(&s.client.get("/stats").await.body).unwrap();
-        if stats.in_flight == Some(0) {
-            assert_eq!(stats.calls, Some(2));
+        if stats.calls == Some(2) {
+            assert_eq!(stats.in_flight, Some(0));
             break;
         }
         tokio::task::yield_now().await;
