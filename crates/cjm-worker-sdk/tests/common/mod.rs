@@ -167,8 +167,13 @@ impl Worker for TestWorker {
                 Ok(plain(json!("unblocked")))
             }
             Op::Hold => {
-                Shared::bump(&self.shared.active);
-                let now = *self.shared.active.borrow();
+                // Counted and read in one step: a call that ends in between must not lower
+                // what this one saw.
+                let mut now = 0;
+                self.shared.active.send_modify(|n| {
+                    *n += 1;
+                    now = *n;
+                });
                 self.shared.max_active.send_modify(|m| *m = (*m).max(now));
                 let mut gate = self.shared.gate_async.subscribe();
                 tokio::select! {
