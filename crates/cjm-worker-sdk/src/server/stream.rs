@@ -201,6 +201,11 @@ pub(crate) async fn pump(
                         token.cancel();
                         return PumpEnd::Disconnected;
                     }
+                    // Let the connection write the batch now. Woken from this thread, its task
+                    // waits in the scheduler's LIFO slot, which no other thread may take, so
+                    // without a yield a stream that is always ready would be written only when
+                    // it ends (or its task budget runs out), and the reader would idle until then.
+                    tokio::task::yield_now().await;
                     // A stream that is always ready never reaches the select above.
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         token.cancel();
@@ -312,6 +317,48 @@ mod tests {
         assert_eq!(&frame[..], b"{\"first\":true}\n");
         drop(body);
         assert_eq!(pump.await.unwrap(), PumpEnd::Disconnected);
+    }
+
+    #[tokio::test]
+    async fn an_always_ready_stream_is_written_while_it_runs() {
+        // A current-thread runtime: the body's reader runs only when the pump lets it, as the
+        // connection's task, woken by the pump, waits on a plugin thread. Every chunk records
+        // how many frames the reader had taken when the chunk was made.
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        let frames = std::sync::Arc::new(AtomicUsize::new(0));
+        let seen = frames.clone();
+        let pad = "x".repeat(1024);
+        let batches = 10;
+        let s: ChunkStream = Box::pin(
+            futures::stream::iter(0..batches * (BATCH_BYTES / 1024))
+                .map(move |_| Ok(json!({"seen": seen.load(Relaxed), "pad": pad}))),
+        );
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let token = CancellationToken::new();
+        let mut body = Body::Stream {
+            rx,
+            _guard: token.clone().drop_guard(),
+        };
+        let reader = tokio::spawn(async move {
+            let mut text = Vec::new();
+            while let Some(frame) = body.frame().await {
+                text.extend_from_slice(&frame.unwrap().into_data().unwrap());
+                frames.fetch_add(1, Relaxed);
+            }
+            String::from_utf8(text).unwrap()
+        });
+        assert_eq!(pump(s, tx, token, None).await, PumpEnd::Completed);
+        let text = reader.await.unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), batches * (BATCH_BYTES / 1024) + 1);
+        // The last batch's chunks were made after the reader had taken the batches before it
+        // (all but a few, whatever the batching). Without a yield after each full batch it
+        // would have taken none: everything would be written at the end.
+        let last = lines[lines.len() - 2]["seen"].as_u64().unwrap();
+        assert!(last as usize >= batches / 2, "the reader had {last} frames");
     }
 
     #[tokio::test]
