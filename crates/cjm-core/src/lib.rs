@@ -3,7 +3,8 @@
 //! The types both sides of cjm share: plugin metadata and execution modes, the [`Plugin`]
 //! trait (implemented by plugin authors and by the host's proxy alike), the lifecycle and cloud
 //! capability traits, manifests and their validation, protocol v1 wire messages and the error
-//! taxonomy. No async runtime and no network I/O live here.
+//! taxonomy, and [`repoll`], a runtime-neutral polling aid both sides' connections use. No async
+//! runtime and no network I/O live here.
 //!
 //! See `ARCHITECTURE.md` for where this crate sits and `PROTOCOL.md` for the wire contract
 //! that [`wire`] encodes.
@@ -30,6 +31,7 @@ pub mod manifest_v2;
 pub mod metadata;
 pub mod plugin;
 pub mod protocols;
+pub mod repoll;
 pub mod schema;
 pub mod unique_id;
 pub mod wire;

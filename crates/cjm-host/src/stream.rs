@@ -70,6 +70,19 @@ impl Stream for NdjsonStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        // The connection hands each frame to the body from inside this poll: answered here,
+        // not by the runtime (`cjm_core::repoll`).
+        match this.conn.as_ref().map(Conn::repoll) {
+            Some(repoll) => repoll.poll(cx, |cx| this.poll_lines(cx)),
+            None => this.poll_lines(cx),
+        }
+    }
+}
+
+impl NdjsonStream {
+    /// The next chunk: one already decoded, or what the connection brings.
+    fn poll_lines(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Value, PluginError>>> {
+        let this = self;
         loop {
             if this.finished {
                 return Poll::Ready(None);

@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use cjm_core::repoll::Repoll;
 use cjm_core::wire::{headers, paths};
 use cjm_core::PluginError;
 use cjm_sys::blob_channel::BlobChannel;
@@ -118,6 +119,10 @@ pub(crate) struct Conn {
     ended: bool,
     /// Out of the calls socket's pool.
     calls: bool,
+    /// Polls again at once what the connection wakes from inside a poll (a request handed to
+    /// it, an answer handed back), instead of through the runtime, which would wake a thread
+    /// of its own for it (`cjm_core::repoll`).
+    repoll: Repoll,
 }
 
 /// What a connection runs over: a Unix socket, TCP, or TLS over TCP.
@@ -149,15 +154,53 @@ impl Conn {
     /// connection's I/O run beside it; a lost-connection error if the connection ends first.
     pub(crate) async fn run<F: Future>(&mut self, work: F) -> Result<F::Output, PluginError> {
         let mut work = std::pin::pin!(work);
+        let repoll = self.repoll();
+        std::future::poll_fn(|cx| repoll.poll(cx, |cx| self.poll_beside(cx, work.as_mut()))).await
+    }
+
+    /// Sends `req` and waits for the response head, running the connection's I/O meanwhile.
+    /// The request is handed over inside the same poll as the connection runs, so the wake
+    /// that hand-over gives the connection is answered at once (`cjm_core::repoll`).
+    pub(crate) async fn request(
+        &mut self,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, PluginError> {
+        let mut req = Some(req);
+        let mut answer = std::pin::pin!(None);
+        let repoll = self.repoll();
         std::future::poll_fn(|cx| {
-            let running = self.drive(cx);
-            match work.as_mut().poll(cx) {
-                Poll::Ready(v) => Poll::Ready(Ok(v)),
-                Poll::Pending if running => Poll::Pending,
-                Poll::Pending => Poll::Ready(Err(closed())),
-            }
+            repoll.poll(cx, |cx| {
+                if let Some(r) = req.take() {
+                    answer.set(Some(self.sender.send_request(r)));
+                }
+                let Some(answer) = answer.as_mut().as_pin_mut() else {
+                    return Poll::Ready(Err(closed()));
+                };
+                self.poll_beside(cx, answer)
+                    .map(|r| r.and_then(|r| r.map_err(lost)))
+            })
         })
         .await
+    }
+
+    /// Polls `work` (which waits on this connection) after the connection's I/O; a
+    /// lost-connection error if the connection ended with `work` still waiting.
+    fn poll_beside<F: Future>(
+        &mut self,
+        cx: &mut Context<'_>,
+        work: Pin<&mut F>,
+    ) -> Poll<Result<F::Output, PluginError>> {
+        let running = self.drive(cx);
+        match work.poll(cx) {
+            Poll::Ready(v) => Poll::Ready(Ok(v)),
+            Poll::Pending if running => Poll::Pending,
+            Poll::Pending => Poll::Ready(Err(closed())),
+        }
+    }
+
+    /// The waker the connection is run under (one per connection).
+    pub(crate) fn repoll(&self) -> Repoll {
+        self.repoll.clone()
     }
 
     /// Whether the connection can carry another request after its last response was read.
@@ -261,7 +304,7 @@ impl Transport {
 
     async fn connect(&self) -> io::Result<Conn> {
         match &self.endpoint {
-            Endpoint::Unix(p) => handshake(UnixStream::connect(p).await?).await,
+            Endpoint::Unix(p) => handshake(quiet(UnixStream::connect(p).await?)?).await,
             Endpoint::Tcp(a) => {
                 let s = TcpStream::connect(a).await?;
                 s.set_nodelay(true)?;
@@ -281,7 +324,7 @@ impl Transport {
         ) {
             tracing::debug!("cannot enlarge a calls connection's send buffer: {e}");
         }
-        let mut c = handshake(s).await?;
+        let mut c = handshake(quiet(s)?).await?;
         c.calls = true;
         Ok(c)
     }
@@ -303,7 +346,12 @@ impl Transport {
                 Some(mut c) => {
                     // Nothing ran it while it was idle: running its I/O once notices a closed
                     // connection, and readies an open one for the next request.
-                    let running = std::future::poll_fn(|cx| Poll::Ready(c.drive(cx))).await;
+                    // Under the connection's own waker, so that handing it the request wakes
+                    // no other thread (see `Conn::request`).
+                    let repoll = c.repoll();
+                    let running =
+                        std::future::poll_fn(|cx| repoll.poll(cx, |cx| Poll::Ready(c.drive(cx))))
+                            .await;
                     if running && c.sender.is_ready() {
                         return Ok(c);
                     }
@@ -353,8 +401,7 @@ impl Transport {
         req: Request<ReqBody>,
     ) -> Result<(Response<Incoming>, Conn), PluginError> {
         let mut conn = self.checkout(req.uri().path()).await?;
-        let answer = conn.sender.send_request(req);
-        let resp = conn.run(answer).await?.map_err(lost)?;
+        let resp = conn.request(req).await?;
         Ok((resp, conn))
     }
 
@@ -470,6 +517,12 @@ pub(crate) fn is_connection_failure(e: &PluginError) -> bool {
 }
 
 /// An HTTP/1.1 connection over `io`, run by its holder (no task is spawned for it).
+/// A Unix connection watched by the reactor for reading only: the worker reading a request
+/// then wakes no host thread (`cjm_sys::quiet_stream`).
+fn quiet(s: UnixStream) -> io::Result<cjm_sys::quiet_stream::QuietUnixStream> {
+    cjm_sys::quiet_stream::QuietUnixStream::from_tokio(s)
+}
+
 async fn handshake<I: Io + 'static>(io: I) -> io::Result<Conn> {
     let io: Box<dyn Io> = Box::new(io);
     let (sender, io) = hyper::client::conn::http1::Builder::new()
@@ -481,6 +534,7 @@ async fn handshake<I: Io + 'static>(io: I) -> io::Result<Conn> {
         io,
         ended: false,
         calls: false,
+        repoll: Repoll::new(),
     })
 }
 

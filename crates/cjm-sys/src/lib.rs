@@ -23,6 +23,8 @@
 //!   way back from a `Bytes` to its memfd.
 //! - [`bufpool`]: large receive buffers that keep their pages between uses.
 //! - [`blob_channel`]: the socket pair that carries a call's memfds beside its HTTP request.
+//! - [`quiet_stream`]: a Unix stream socket that does not wake its reactor each time the peer
+//!   reads (watched for reading only; for writability only while a write waits for room).
 //! - [`rundir`]: the private runtime directory (0700, checked) and the sweep of dead hosts'.
 //!
 //! `unsafe` lives only here (each block says why it is sound) and in nothing that takes
@@ -52,6 +54,7 @@ pub mod contain;
 pub mod fd;
 pub mod oom;
 pub mod proc;
+pub mod quiet_stream;
 pub mod rundir;
 pub mod shared_blob;
 pub mod signal;

@@ -14,6 +14,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cjm_core::repoll::Repoll;
+use cjm_sys::quiet_stream::QuietUnixStream;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -75,6 +77,8 @@ pub(super) async fn serve(
         state.plugin.version()
     );
     let tls = tls.map(|t| t.acceptor());
+    // On this thread, which runs no plugin code (see `watchdog.rs`); until serving ends.
+    let watching = tokio::spawn(Arc::clone(&state.watchdog).run(state.plugin_rt.clone()));
     let calls = match calls {
         Some(l) => Some(CallsLoop::start(&state, l)?),
         None => None,
@@ -92,7 +96,10 @@ pub(super) async fn serve(
             } => a,
         };
         match accepted {
-            Ok(Accepted::Unix(s)) => serve_connection(s, &state, &graceful),
+            Ok(Accepted::Unix(s)) => match QuietUnixStream::from_tokio(s) {
+                Ok(s) => serve_connection(s, &state, &graceful),
+                Err(e) => tracing::warn!("cannot serve a connection: {e}"),
+            },
             Ok(Accepted::Tcp(s)) => {
                 let _ = s.set_nodelay(true);
                 match &tls {
@@ -149,6 +156,7 @@ pub(super) async fn serve(
             Err(e) => tracing::error!("plugin cleanup failed: {e}"),
         }
     }
+    watching.abort();
     Ok(reason)
 }
 
@@ -172,7 +180,13 @@ where
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
     let conn = watcher.watch(conn);
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        // hyper hands each request's body to the handler through a channel, waking this task
+        // from inside its own poll: poll again at once rather than through the runtime, which
+        // would wake a second thread for it (`cjm_core::repoll`).
+        let repoll = Repoll::new();
+        let mut conn = std::pin::pin!(conn);
+        let ended = std::future::poll_fn(|cx| repoll.poll(cx, |cx| conn.as_mut().poll(cx))).await;
+        if let Err(e) = ended {
             tracing::debug!("connection ended: {e}");
         }
     });
@@ -215,7 +229,10 @@ impl CallsLoop {
                             ) {
                                 tracing::debug!("cannot enlarge a calls connection's send buffer: {e}");
                             }
-                            serve_watched(s, &st, graceful.watcher())
+                            match QuietUnixStream::from_tokio(s) {
+                                Ok(s) => serve_watched(s, &st, graceful.watcher()),
+                                Err(e) => tracing::warn!("cannot serve a calls connection: {e}"),
+                            }
                         }
                         Err(e) => {
                             tracing::warn!("accept failed on the calls socket: {e}");

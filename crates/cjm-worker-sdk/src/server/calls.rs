@@ -265,6 +265,7 @@ impl Runner {
                 p.map_err(|_| shutting_down())?
             }
         };
+        self.state.watchdog.call_started();
         let slot = Slot {
             _running: self.state.stats.running(),
             _permit: permit,

@@ -38,6 +38,7 @@ mod route;
 mod state;
 mod stats;
 mod stream;
+mod watchdog;
 
 pub use options::{Options, DEFAULT_MAX_FRAME_BODY, DEFAULT_MAX_JSON_BODY, DEFAULT_SHUTDOWN_GRACE};
 

@@ -21,6 +21,7 @@ use super::auth::Auth;
 use super::options::Options;
 use super::stats::Stats;
 use super::stream::panic_message;
+use super::watchdog::Watchdog;
 
 /// Everything a request handler needs.
 pub(crate) struct State {
@@ -45,6 +46,9 @@ pub(crate) struct State {
     /// The progress cell of the latest call, read by `/progress`.
     pub(super) latest: Mutex<ProgressCell>,
     pub(super) stats: Arc<Stats>,
+    /// Keeps the plugin runtime's I/O going while plugin code holds one of its threads; runs
+    /// on the HTTP thread (`accept::serve` starts it).
+    pub(super) watchdog: Arc<Watchdog>,
     /// A successful `/cleanup` since the last call or configuration: shutdown skips cleanup.
     pub(super) cleaned: AtomicBool,
     /// The host's blob channel, when it handed one over: blobs then travel as memfds.
@@ -100,6 +104,7 @@ impl State {
             next_id: AtomicU64::new(1),
             latest: Mutex::new(ProgressCell::default()),
             stats,
+            watchdog: Arc::default(),
             cleaned: AtomicBool::new(false),
             blob_channel: opts.blob_channel.clone(),
         }

@@ -1,0 +1,152 @@
+//! Keeps the plugin runtime's I/O going while plugin code holds one of its threads.
+//!
+//! Tokio polls its I/O driver (sockets, timers) from whichever worker thread parks on it. A
+//! thread that wakes from the driver to run the one task it found does not wake another to
+//! take its place; it parks on the driver again when the task is done. When the task is plugin
+//! code that blocks its thread (CPU-heavy work, a blocking call, the `crashy` sample's `hang`),
+//! nobody polls the driver meanwhile, though other threads sleep with nothing to do: the calls
+//! socket accepts and reads nothing, and timers do not fire, until the plugin code returns.
+//!
+//! The watchdog runs on the HTTP thread (which runs no plugin code) while calls come: every
+//! [`TICK`] it reads each plugin thread's park counter (tokio's stable runtime metrics); a
+//! thread that has not parked since the previous tick is in one long poll, or working without
+//! a pause, and the watchdog then spawns an empty task onto the plugin runtime from outside it,
+//! which wakes a sleeping thread. That thread runs it and parks on the driver, which is free.
+//! A spurious wake costs one empty task. After [`QUIET_TICKS`] ticks with every thread parked
+//! the watchdog sleeps until a call starts ([`Watchdog::call_started`], one atomic read per
+//! call while it is awake): an idle worker is not woken by it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+
+/// How often the watchdog looks while calls come: the longest a blocked thread keeps the
+/// runtime's I/O waiting is about two ticks.
+pub(crate) const TICK: Duration = Duration::from_millis(10);
+
+/// Ticks with every plugin thread parked before the watchdog sleeps until the next call.
+const QUIET_TICKS: u32 = 10;
+
+/// See the [module docs](self).
+#[derive(Debug, Default)]
+pub(crate) struct Watchdog {
+    /// Set while the watchdog sleeps until a call starts.
+    asleep: AtomicBool,
+    wake: Notify,
+}
+
+impl Watchdog {
+    /// Called as each call starts: wakes the watchdog if it sleeps.
+    pub(crate) fn call_started(&self) {
+        if self.asleep.load(Ordering::Relaxed) && self.asleep.swap(false, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Watches `plugin_rt`'s threads until the task is dropped.
+    pub(crate) async fn run(self: Arc<Self>, plugin_rt: Handle) {
+        let metrics = plugin_rt.metrics();
+        let counts = || -> Vec<u64> {
+            (0..metrics.num_workers())
+                .map(|w| metrics.worker_park_unpark_count(w))
+                .collect()
+        };
+        // An odd count: the thread is parked.
+        let all_parked = |c: &[u64]| c.iter().all(|n| n % 2 == 1);
+        let mut last = counts();
+        let mut quiet = 0;
+        loop {
+            tokio::time::sleep(TICK).await;
+            let now = counts();
+            let held = now.iter().zip(&last).any(|(n, l)| n % 2 == 0 && n == l);
+            if held {
+                tracing::trace!("a plugin thread has not parked for a tick: waking another");
+                drop(plugin_rt.spawn(async {}));
+            }
+            quiet = if all_parked(&now) { quiet + 1 } else { 0 };
+            last = now;
+            if quiet >= QUIET_TICKS {
+                self.asleep.store(true, Ordering::Release);
+                // A call that started before the flag was set is running now: keep watching.
+                if all_parked(&counts()) {
+                    // A call that starts from here on finds the flag and notifies (a permit,
+                    // if the wait below has not begun yet).
+                    self.wake.notified().await;
+                }
+                self.asleep.store(false, Ordering::Release);
+                quiet = 0;
+                last = counts();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plugin runtime of two threads, a current-thread runtime for the watchdog, and one.
+    fn setup() -> (
+        tokio::runtime::Runtime,
+        tokio::runtime::Runtime,
+        Arc<Watchdog>,
+    ) {
+        let plugin_rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let watcher_rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        (plugin_rt, watcher_rt, Arc::new(Watchdog::default()))
+    }
+
+    #[test]
+    fn a_thread_held_by_blocking_code_does_not_stop_the_runtimes_io() {
+        // Two plugin threads; one task blocks its thread for good (as the `crashy` sample's
+        // `hang` does). Without the watchdog, a timer on the runtime would not fire.
+        let (plugin_rt, watcher_rt, dog) = setup();
+        let _watching = watcher_rt.spawn(Arc::clone(&dog).run(plugin_rt.handle().clone()));
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let (held_tx, held) = std::sync::mpsc::channel::<()>();
+        // A timer, and a task that a timer wakes first: the thread polling the driver runs it
+        // (woken from the driver, it wakes no other) and blocks, as a plugin's `execute` that
+        // blocks after its first await does. Nobody polls the driver for the second timer.
+        let timer = plugin_rt.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        });
+        plugin_rt.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            held_tx.send(()).unwrap();
+            // Blocks the thread until the test ends.
+            let _ = blocked.recv();
+        });
+        held.recv().unwrap();
+        dog.call_started();
+        // The watcher runtime runs the watchdog while we wait on the timer's task.
+        let done = watcher_rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(20), timer).await });
+        assert!(matches!(done, Ok(Ok(()))), "the timer fired: {done:?}");
+        release.send(()).unwrap();
+        plugin_rt.shutdown_timeout(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn an_idle_runtime_puts_the_watchdog_to_sleep_and_a_call_wakes_it() {
+        let (plugin_rt, watcher_rt, dog) = setup();
+        watcher_rt.block_on(async {
+            let _watching = tokio::spawn(Arc::clone(&dog).run(plugin_rt.handle().clone()));
+            // Every plugin thread stays parked: the watchdog goes to sleep.
+            while !dog.asleep.load(Ordering::Acquire) {
+                tokio::time::sleep(TICK).await;
+            }
+            dog.call_started();
+            assert!(!dog.asleep.load(Ordering::Acquire), "woken");
+        });
+    }
+}
