@@ -544,6 +544,14 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
         return Ok(f);
     }
 
+    // `CJM_BENCH_ONLY=py`: the round trips to the original's Python worker alone.
+    if std::env::var("CJM_BENCH_ONLY").as_deref() == Ok("py") {
+        if let Some(rtt) = python_rtt(&b).await? {
+            f.insert("py_worker_sync_rtt_p50_us".into(), json!(rtt));
+        }
+        return Ok(f);
+    }
+
     // `CJM_BENCH_ONLY=par`: calls with 32 in flight over the ten workers alone
     // (CJM_BENCH_PAR_CALLS of them).
     if std::env::var("CJM_BENCH_ONLY").as_deref() == Ok("par") {
