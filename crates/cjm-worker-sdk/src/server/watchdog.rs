@@ -12,7 +12,7 @@
 //! thread that has not parked since the previous tick is in one long poll, or working without
 //! a pause, and the watchdog then spawns an empty task onto the plugin runtime from outside it,
 //! which wakes a sleeping thread. That thread runs it and parks on the driver, which is free.
-//! A spurious wake costs one empty task. After [`QUIET_TICKS`] ticks with every thread parked
+//! It does so once per such spell of a thread; a spurious wake costs one empty task. After [`QUIET_TICKS`] ticks with every thread parked
 //! the watchdog sleeps until a call starts ([`Watchdog::call_started`], one atomic read per
 //! call while it is awake): an idle worker is not woken by it.
 
@@ -57,11 +57,21 @@ impl Watchdog {
         // An odd count: the thread is parked.
         let all_parked = |c: &[u64]| c.iter().all(|n| n % 2 == 1);
         let mut last = counts();
+        // The count at which each thread was last found held: one wake per spell is enough
+        // (the thread it wakes takes over the driver), so a call that computes for a minute
+        // does not cost a wake-up every tick.
+        let mut woken_for = vec![u64::MAX; last.len()];
         let mut quiet = 0;
         loop {
             tokio::time::sleep(TICK).await;
             let now = counts();
-            let held = now.iter().zip(&last).any(|(n, l)| n % 2 == 0 && n == l);
+            let mut held = false;
+            for ((n, l), w) in now.iter().zip(&last).zip(woken_for.iter_mut()) {
+                if n % 2 == 0 && n == l && n != w {
+                    *w = *n;
+                    held = true;
+                }
+            }
             if held {
                 tracing::trace!("a plugin thread has not parked for a tick: waking another");
                 drop(plugin_rt.spawn(async {}));
