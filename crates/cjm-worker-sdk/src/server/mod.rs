@@ -15,7 +15,9 @@
 //! | bodies and the NDJSON pump | `stream.rs` |
 //!
 //! Shared by them: [`State`](state::State) (`state.rs`), [`Options`] (`options.rs`), the
-//! bearer-token check (`auth.rs`) and the `/stats` counters (`stats.rs`). This file holds the
+//! bearer-token check (`auth.rs`), the `/stats` counters (`stats.rs`) and the watchdog that
+//! keeps the plugin runtime's I/O going while plugin code holds one of its threads
+//! (`watchdog.rs`). This file holds the
 //! [`Server`]: its two runtimes and how it runs (on this thread, or spawned).
 
 use std::sync::Arc;
