@@ -152,9 +152,14 @@ mod tests {
         watcher_rt.block_on(async {
             let _watching = tokio::spawn(Arc::clone(&dog).run(plugin_rt.handle().clone()));
             // Every plugin thread stays parked: the watchdog goes to sleep.
-            while !dog.asleep.load(Ordering::Acquire) {
-                tokio::time::sleep(TICK).await;
-            }
+            let asleep = async {
+                while !dog.asleep.load(Ordering::Acquire) {
+                    tokio::time::sleep(TICK).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(20), asleep)
+                .await
+                .expect("the watchdog went to sleep");
             dog.call_started();
             assert!(!dog.asleep.load(Ordering::Acquire), "woken");
         });
