@@ -93,6 +93,11 @@ impl Repoll {
         cx.waker().wake_by_ref();
         Poll::Pending
     }
+
+    /// Polls `poll` through [`Repoll::poll`] until it is ready.
+    pub async fn run<T>(&self, mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>) -> T {
+        std::future::poll_fn(|cx| self.poll(cx, &mut poll)).await
+    }
 }
 
 #[cfg(test)]
@@ -138,6 +143,22 @@ mod tests {
         });
         assert_eq!(out, Poll::Ready(3));
         assert_eq!(count.0.load(Ordering::SeqCst), 0, "the task was not woken");
+    }
+
+    #[test]
+    fn run_polls_until_ready() {
+        let r = Repoll::new();
+        let mut polls = 0;
+        let out = futures::executor::block_on(r.run(|cx| {
+            polls += 1;
+            if polls < 3 {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            } else {
+                Poll::Ready(polls)
+            }
+        }));
+        assert_eq!(out, 3);
     }
 
     #[test]

@@ -155,7 +155,7 @@ impl Conn {
     pub(crate) async fn run<F: Future>(&mut self, work: F) -> Result<F::Output, PluginError> {
         let mut work = std::pin::pin!(work);
         let repoll = self.repoll();
-        std::future::poll_fn(|cx| repoll.poll(cx, |cx| self.poll_beside(cx, work.as_mut()))).await
+        repoll.run(|cx| self.poll_beside(cx, work.as_mut())).await
     }
 
     /// Sends `req` and waits for the response head, running the connection's I/O meanwhile.
@@ -168,8 +168,8 @@ impl Conn {
         let mut req = Some(req);
         let mut answer = std::pin::pin!(None);
         let repoll = self.repoll();
-        std::future::poll_fn(|cx| {
-            repoll.poll(cx, |cx| {
+        repoll
+            .run(|cx| {
                 if let Some(r) = req.take() {
                     answer.set(Some(self.sender.send_request(r)));
                 }
@@ -179,8 +179,7 @@ impl Conn {
                 self.poll_beside(cx, answer)
                     .map(|r| r.and_then(|r| r.map_err(lost)))
             })
-        })
-        .await
+            .await
     }
 
     /// Polls `work` (which waits on this connection) after the connection's I/O; a
@@ -349,9 +348,7 @@ impl Transport {
                     // Under the connection's own waker, so that handing it the request wakes
                     // no other thread (see `Conn::request`).
                     let repoll = c.repoll();
-                    let running =
-                        std::future::poll_fn(|cx| repoll.poll(cx, |cx| Poll::Ready(c.drive(cx))))
-                            .await;
+                    let running = repoll.run(|cx| Poll::Ready(c.drive(cx))).await;
                     if running && c.sender.is_ready() {
                         return Ok(c);
                     }
@@ -516,13 +513,13 @@ pub(crate) fn is_connection_failure(e: &PluginError) -> bool {
         && (e.message.starts_with(LOST) || e.message.starts_with(CANNOT_CONNECT))
 }
 
-/// An HTTP/1.1 connection over `io`, run by its holder (no task is spawned for it).
 /// A Unix connection watched by the reactor for reading only: the worker reading a request
 /// then wakes no host thread (`cjm_sys::quiet_stream`).
 fn quiet(s: UnixStream) -> io::Result<cjm_sys::quiet_stream::QuietUnixStream> {
     cjm_sys::quiet_stream::QuietUnixStream::from_tokio(s)
 }
 
+/// An HTTP/1.1 connection over `io`, run by its holder (no task is spawned for it).
 async fn handshake<I: Io + 'static>(io: I) -> io::Result<Conn> {
     let io: Box<dyn Io> = Box::new(io);
     let (sender, io) = hyper::client::conn::http1::Builder::new()

@@ -185,7 +185,7 @@ where
         // would wake a second thread for it (`cjm_core::repoll`).
         let repoll = Repoll::new();
         let mut conn = std::pin::pin!(conn);
-        let ended = std::future::poll_fn(|cx| repoll.poll(cx, |cx| conn.as_mut().poll(cx))).await;
+        let ended = repoll.run(|cx| conn.as_mut().poll(cx)).await;
         if let Err(e) = ended {
             tracing::debug!("connection ended: {e}");
         }
