@@ -126,13 +126,10 @@ mod tests {
         (count, waker, Repoll::new())
     }
 
-    #[test]
-    fn a_wake_during_the_poll_polls_again_without_waking_the_task() {
-        let (count, waker, r) = setup();
-        let mut cx = Context::from_waker(&waker);
+    /// A poll that is pending and wakes itself twice, then ready with its count of polls.
+    fn wakes_itself_twice() -> impl FnMut(&mut Context<'_>) -> Poll<i32> {
         let mut polls = 0;
-        // Pending and waking itself twice, then ready.
-        let out = r.poll(&mut cx, |cx| {
+        move |cx| {
             polls += 1;
             if polls < 3 {
                 cx.waker().wake_by_ref();
@@ -140,7 +137,14 @@ mod tests {
             } else {
                 Poll::Ready(polls)
             }
-        });
+        }
+    }
+
+    #[test]
+    fn a_wake_during_the_poll_polls_again_without_waking_the_task() {
+        let (count, waker, r) = setup();
+        let mut cx = Context::from_waker(&waker);
+        let out = r.poll(&mut cx, wakes_itself_twice());
         assert_eq!(out, Poll::Ready(3));
         assert_eq!(count.0.load(Ordering::SeqCst), 0, "the task was not woken");
     }
@@ -148,16 +152,7 @@ mod tests {
     #[test]
     fn run_polls_until_ready() {
         let r = Repoll::new();
-        let mut polls = 0;
-        let out = futures::executor::block_on(r.run(|cx| {
-            polls += 1;
-            if polls < 3 {
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            } else {
-                Poll::Ready(polls)
-            }
-        }));
+        let out = futures::executor::block_on(r.run(wakes_itself_twice()));
         assert_eq!(out, 3);
     }
 
