@@ -1,6 +1,7 @@
 //! The author-facing [`Worker`] trait, typed inputs and outputs, and [`Typed`], the adapter
 //! that turns a `Worker` into a [`cjm_core::Plugin`].
 
+use std::any::Any;
 use std::sync::{Mutex, OnceLock};
 
 use async_trait::async_trait;
@@ -456,30 +457,41 @@ pub trait IntoOutput {
     fn into_output(self) -> Result<Output, PluginError>;
 }
 
-fn to_json<T: Serialize>(v: T) -> Result<Value, PluginError> {
+fn serialize_json<T: Serialize>(v: T) -> Result<Value, PluginError> {
     serde_json::to_value(v)
         .map_err(|e| PluginError::fatal(format!("the plugin's result is not serializable: {e}")))
 }
 
-impl<T: Serialize> IntoOutput for T {
+/// `v` as a JSON value. A `Value` is taken as it is: serializing it into a new one would copy
+/// every string and map in it (8 MiB more for an 8 MiB string echoed).
+fn to_json<T: Serialize + 'static>(v: T) -> Result<Value, PluginError> {
+    let mut slot = Some(v);
+    match (&mut slot as &mut dyn Any).downcast_mut::<Option<Value>>() {
+        Some(value) => Ok(value.take().unwrap_or_default()),
+        // `Some(v)` serializes as `v`.
+        None => serialize_json(slot),
+    }
+}
+
+impl<T: Serialize + 'static> IntoOutput for T {
     fn into_output(self) -> Result<Output, PluginError> {
         to_json(self).map(Output::from)
     }
 }
 
-impl<T: Serialize> IntoOutput for WithBlobs<T> {
+impl<T: Serialize + 'static> IntoOutput for WithBlobs<T> {
     fn into_output(self) -> Result<Output, PluginError> {
         Ok(Output::with_blobs(to_json(self.value)?, self.blobs))
     }
 }
 
 /// Turns a stream of serializable items into the [`ChunkStream`] that
-/// [`Worker::execute_stream`] returns. An item that cannot be serialized ends the stream
-/// with a `fatal` error.
+/// [`Worker::execute_stream`] returns. `Value` items pass as they are; an item that cannot be
+/// serialized ends the stream with a `fatal` error.
 pub fn chunks<S, T>(stream: S) -> ChunkStream
 where
     S: Stream<Item = Result<T, PluginError>> + Send + 'static,
-    T: Serialize,
+    T: Serialize + 'static,
 {
     Box::pin(stream.map(|item| item.and_then(to_json)))
 }
@@ -559,7 +571,7 @@ impl<W: Worker> Plugin for Typed<W> {
             )
         })?;
         // The configuration in force, defaults included, as the plugin sees it.
-        let in_force = to_json(&typed)?;
+        let in_force = serialize_json(&typed)?;
         self.worker.initialize(typed).await?;
         self.set_config(in_force);
         Ok(())
@@ -623,6 +635,55 @@ mod tests {
     #[derive(Debug, Deserialize, JsonSchema)]
     struct Batch {
         items: Vec<Item>,
+    }
+
+    /// The buffer of the string in `v`, to tell a value moved from one copied.
+    fn string_buffer(v: &Value) -> *const u8 {
+        v["text"].as_str().map_or(std::ptr::null(), str::as_ptr)
+    }
+
+    #[test]
+    fn a_value_result_is_moved_not_copied() {
+        let value = json!({"text": "x".repeat(1024)});
+        let before = string_buffer(&value);
+        let out = value.into_output().unwrap();
+        assert_eq!(string_buffer(&out.value), before);
+        let blobbed = WithBlobs {
+            value: json!({"text": "y".repeat(1024)}),
+            blobs: vec![Bytes::from_static(b"z")],
+        };
+        let before = string_buffer(&blobbed.value);
+        let out = blobbed.into_output().unwrap();
+        assert_eq!(string_buffer(&out.value), before);
+        assert_eq!(out.blobs.len(), 1);
+    }
+
+    #[test]
+    fn typed_results_and_chunks_are_serialized() {
+        use futures::FutureExt;
+        #[derive(Serialize)]
+        struct Word {
+            index: usize,
+            word: &'static str,
+        }
+        let out = Word {
+            index: 1,
+            word: "hi",
+        }
+        .into_output()
+        .unwrap();
+        assert_eq!(out.value, json!({"index": 1, "word": "hi"}));
+        let first = json!({"text": "x".repeat(64)});
+        let before = string_buffer(&first);
+        let mut values = chunks(futures::stream::iter(vec![Ok(first)]));
+        let moved = values.next().now_or_never().flatten().unwrap().unwrap();
+        assert_eq!(string_buffer(&moved), before);
+        let mut typed = chunks(futures::stream::iter(vec![Ok(Word {
+            index: 2,
+            word: "yo",
+        })]));
+        let chunk = typed.next().now_or_never().flatten().unwrap().unwrap();
+        assert_eq!(chunk, json!({"index": 2, "word": "yo"}));
     }
 
     #[test]
