@@ -392,6 +392,16 @@ pub fn to_json_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, JsonWrit
     sonic_rs::to_vec(value).map_err(|e| JsonWriteError(e.to_string()))
 }
 
+/// [`to_json_vec`] into any sonic-rs writer: the host and the worker write bodies into
+/// `cjm_sys::body_writer::BodyWriter`, whose large bodies go to memory kept between bodies.
+pub fn write_json<W, T>(writer: W, value: &T) -> Result<(), JsonWriteError>
+where
+    W: sonic_rs::writer::WriteExt,
+    T: Serialize + ?Sized,
+{
+    sonic_rs::to_writer(writer, value).map_err(|e| JsonWriteError(e.to_string()))
+}
+
 /// [`to_json_vec`] appended to `buf` (which keeps what it held before, also on error).
 pub fn append_json<T: Serialize + ?Sized>(
     buf: &mut bytes::BytesMut,

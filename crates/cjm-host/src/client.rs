@@ -379,12 +379,16 @@ impl WorkerClient {
         call: &Call,
     ) -> Result<Request<ReqBody>, PluginError> {
         if call.blobs.is_empty() {
-            let body = wire::to_json_vec(&ExecuteBody {
-                args: &call.args,
-                kwargs: &call.kwargs,
-            })
+            let mut body = cjm_sys::body_writer::BodyWriter::new();
+            wire::write_json(
+                &mut body,
+                &ExecuteBody {
+                    args: &call.args,
+                    kwargs: &call.kwargs,
+                },
+            )
             .map_err(internal)?;
-            return self.post_json(path, body.into(), call.ctx.deadline());
+            return self.post_json(path, body.finish(), call.ctx.deadline());
         }
         if !self.health.has_feature(wire::features::BLOB_FRAME) {
             return Err(PluginError::user_input(

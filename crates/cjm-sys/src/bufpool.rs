@@ -12,6 +12,7 @@
 //! on its next use; one it left costs nothing).
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -154,6 +155,26 @@ impl PooledBuf {
         self.filled
     }
 
+    /// The bytes after those appended, up to the length, for a writer to fill in place
+    /// ([`advance`](Self::advance) then counts them as appended).
+    pub(crate) fn spare_mut(&mut self) -> &mut [MaybeUninit<u8>] {
+        let filled = self.filled;
+        let spare = &mut self.deref_mut()[filled..];
+        // SAFETY: the same memory, borrowed from `self` exclusively; any byte is a valid
+        // `MaybeUninit<u8>`, and nothing can write an uninitialized byte through `&mut [u8]`
+        // that a `[MaybeUninit<u8>]` view would then expose as initialized.
+        unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast(), spare.len()) }
+    }
+
+    /// Counts the next `n` bytes, written through [`spare_mut`](Self::spare_mut), as appended.
+    ///
+    /// # Safety
+    /// Those `n` bytes were written, and `n` is at most the spare length.
+    pub(crate) unsafe fn advance(&mut self, n: usize) {
+        debug_assert!(n <= self.len - self.filled);
+        self.filled += n;
+    }
+
     /// Makes the first `filled` bytes (at most the length) a [`Bytes`]; the mapping returns to
     /// the pool when the last reference to them is dropped.
     pub fn freeze(self, filled: usize) -> Bytes {
@@ -217,11 +238,19 @@ fn give_back(map: Mapping) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The pool to one test at a time (the tests look at what it keeps).
+    pub(crate) fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+        static ONE: Mutex<()> = Mutex::new(());
+        ONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 
     #[test]
     fn a_dropped_buffer_is_reused_and_sizes_are_kept_apart() {
+        let _pool = exclusive();
+        clear();
         let mut b = PooledBuf::take(3 << 20).unwrap();
         b.fill(9);
         let addr = b.as_ptr() as usize;
@@ -234,8 +263,8 @@ mod tests {
         let other = PooledBuf::take(3 << 20).unwrap();
         assert_ne!(other.as_ptr() as usize, addr);
         drop((slice, other));
-        // Back now (no other test of this crate uses the pool; an unfrozen buffer is simply
-        // unmapped), and taken again for a body of a near size.
+        // Back now (an unfrozen buffer is simply unmapped), and taken again for a body of a
+        // near size.
         let again = PooledBuf::take(4 << 20).unwrap();
         assert_eq!(again.as_ptr() as usize, addr);
         assert_eq!(again.len(), 4 << 20);

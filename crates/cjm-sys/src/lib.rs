@@ -22,6 +22,7 @@
 //! - [`shared_blob`]: such blobs as `Bytes`, built in place ([`shared_blob::BlobBuf`]), and the
 //!   way back from a `Bytes` to its memfd.
 //! - [`bufpool`]: large receive buffers that keep their pages between uses.
+//! - [`body_writer`]: JSON bodies written into such buffers once they are large.
 //! - [`blob_channel`]: the socket pair that carries a call's memfds beside its HTTP request.
 //! - [`quiet_stream`]: a Unix stream socket that does not wake its reactor each time the peer
 //!   reads (watched for reading only; for writability only while a write waits for room).
@@ -46,6 +47,7 @@
 
 pub mod blob;
 pub mod blob_channel;
+pub mod body_writer;
 pub mod bufpool;
 pub mod cgroup;
 pub mod child;

@@ -24,8 +24,9 @@ pub(super) fn respond(
 
 /// `v` as a JSON answer (a `fatal` error when it cannot be encoded).
 pub(super) fn json<T: Serialize>(status: StatusCode, v: &T) -> Response<Body> {
-    match wire::to_json_vec(v) {
-        Ok(b) => respond(status, content_types::JSON, Body::full(b)),
+    let mut body = cjm_sys::body_writer::BodyWriter::new();
+    match wire::write_json(&mut body, v) {
+        Ok(()) => respond(status, content_types::JSON, Body::full(body.finish())),
         Err(e) => error(&PluginError::fatal(format!(
             "the answer is not serializable: {e}"
         ))),
