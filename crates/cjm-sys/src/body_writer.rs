@@ -31,7 +31,9 @@ impl BodyWriter {
 
     /// The bytes written so far.
     pub fn len(&self) -> usize {
-        self.large.as_ref().map_or(self.small.len(), PooledBuf::filled)
+        self.large
+            .as_ref()
+            .map_or(self.small.len(), PooledBuf::filled)
     }
 
     /// Whether nothing was written.

@@ -244,7 +244,8 @@ pub(crate) mod tests {
     /// The pool to one test at a time (the tests look at what it keeps).
     pub(crate) fn exclusive() -> std::sync::MutexGuard<'static, ()> {
         static ONE: Mutex<()> = Mutex::new(());
-        ONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        ONE.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     #[test]
