@@ -171,37 +171,16 @@ pub fn spawn(cmd: &Command, setup: ChildSetup, cgroup_dir: BorrowedFd<'_>) -> io
         above_stdio(err_w)?,
         above_stdio(report_w)?,
     );
-    let parent = std::process::id();
-    let args = CloneArgs {
-        flags: CLONE_INTO_CGROUP,
-        exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup_dir.as_raw_fd() as u64,
-        ..CloneArgs::default()
+    let child = Child {
+        p: &p,
+        argv: &argv,
+        envp: &envp,
+        stdio: [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+        report: report_w.as_raw_fd(),
+        setup: &setup,
+        parent: std::process::id(),
     };
-    // SAFETY: `args` is a valid `clone_args` of the size passed; without `CLONE_VM` the child
-    // gets a copy of this address space, like `fork`.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            std::ptr::addr_of!(args),
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if pid == 0 {
-        // SAFETY: this is the child; `exec_child` calls only async-signal-safe functions on
-        // memory prepared above, and never returns.
-        unsafe {
-            exec_child(
-                &p,
-                &argv,
-                &envp,
-                [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
-                report_w.as_raw_fd(),
-                &setup,
-                parent,
-            )
-        }
-    }
+    let pid = clone_child(&child, cgroup_dir);
     if pid < 0 {
         let e = io::Error::last_os_error();
         return Err(match e.raw_os_error() {
@@ -248,21 +227,220 @@ pub fn spawn(cmd: &Command, setup: ChildSetup, cgroup_dir: BorrowedFd<'_>) -> io
     ))
 }
 
+/// What the child needs, all prepared by the parent: the child allocates nothing.
+struct Child<'a> {
+    p: &'a Prepared,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+    stdio: [RawFd; 3],
+    report: RawFd,
+    setup: &'a ChildSetup,
+    parent: u32,
+}
+
+/// Creates the child in the cgroup whose directory is `cgroup_dir`, running [`exec_child`]:
+/// its pid in the parent, or -1 with `errno` set.
+///
+/// On x86-64 the child shares this address space until its `exec` (`CLONE_VM`), on a stack
+/// of its own, while this thread waits (`CLONE_VFORK`), as `posix_spawn` does: nothing of the
+/// host is copied, so a start costs the same in a host of 10 MB and one of 10 GB (a `fork`
+/// copies every page table and marks every page copy-on-write, then `exec` tears it all
+/// down). Elsewhere the child gets a copy of the address space, like `fork`.
+fn clone_child(child: &Child<'_>, cgroup_dir: BorrowedFd<'_>) -> libc::c_long {
+    #[cfg(target_arch = "x86_64")]
+    {
+        shared::clone(child, cgroup_dir)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let args = CloneArgs {
+            flags: CLONE_INTO_CGROUP,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: cgroup_dir.as_raw_fd() as u64,
+            ..CloneArgs::default()
+        };
+        // SAFETY: `args` is a valid `clone_args` of the size passed; without `CLONE_VM` the
+        // child gets a copy of this address space, like `fork`.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                std::ptr::addr_of!(args),
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        if pid == 0 {
+            // SAFETY: this is the child, with its own copy of the memory `child` points into;
+            // `exec_child` calls only async-signal-safe functions and never returns.
+            unsafe { exec_child(child) }
+        }
+        pid
+    }
+}
+
+/// The child sharing the parent's memory (x86-64).
+#[cfg(target_arch = "x86_64")]
+mod shared {
+    use super::*;
+
+    /// The child's stack: what `exec_child` needs, several times over, above a guard page.
+    const STACK: usize = 64 * 1024;
+
+    /// A stack mapping with its lowest page inaccessible.
+    struct Stack {
+        ptr: *mut libc::c_void,
+        len: usize,
+    }
+
+    impl Stack {
+        fn new() -> io::Result<Self> {
+            let guard = crate::proc::page_size() as usize;
+            let len = STACK + guard;
+            // SAFETY: a fresh private anonymous mapping; the kernel picks the address.
+            let ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                    -1,
+                    0,
+                )
+            };
+            if ptr == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            let stack = Self { ptr, len };
+            // SAFETY: the first page of the mapping made above.
+            if unsafe { libc::mprotect(ptr, guard, libc::PROT_NONE) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(stack)
+        }
+    }
+
+    impl Drop for Stack {
+        fn drop(&mut self) {
+            // SAFETY: the mapping made in `new`, unmapped once, after the child left it.
+            unsafe { libc::munmap(self.ptr, self.len) };
+        }
+    }
+
+    /// Blocks every signal in this thread until dropped: a handler of the host must not run
+    /// in the child, on the host's memory, before the child has reset it.
+    struct Blocked(libc::sigset_t);
+
+    impl Blocked {
+        fn all() -> Self {
+            // SAFETY: plain signal-set calls on sets owned here.
+            unsafe {
+                let mut all: libc::sigset_t = std::mem::zeroed();
+                let mut old: libc::sigset_t = std::mem::zeroed();
+                libc::sigfillset(&mut all);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+                Self(old)
+            }
+        }
+    }
+
+    impl Drop for Blocked {
+        fn drop(&mut self) {
+            // SAFETY: restores the mask saved in `all`.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+        }
+    }
+
+    pub(super) fn clone(child: &Child<'_>, cgroup_dir: BorrowedFd<'_>) -> libc::c_long {
+        let stack = match Stack::new() {
+            Ok(s) => s,
+            Err(e) => {
+                // SAFETY: sets this thread's errno, as the caller expects of a failure.
+                unsafe { *libc::__errno_location() = e.raw_os_error().unwrap_or(libc::ENOMEM) };
+                return -1;
+            }
+        };
+        let args = CloneArgs {
+            flags: CLONE_INTO_CGROUP | libc::CLONE_VM as u64 | libc::CLONE_VFORK as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: stack.ptr as u64,
+            stack_size: stack.len as u64,
+            cgroup: cgroup_dir.as_raw_fd() as u64,
+            ..CloneArgs::default()
+        };
+        let _blocked = Blocked::all();
+        let ret: libc::c_long;
+        // SAFETY: `clone3` with `args`, a valid `clone_args` of the size passed. The child
+        // starts after the `syscall` with `rax` 0 and `rsp` at the top of `stack` (16-byte
+        // aligned, so that after the `call` it is aligned as a function expects), and calls
+        // `entry(child)`, which never returns; it touches only `child` and that stack. This
+        // thread waits until the child has called `execve` or exited (`CLONE_VFORK`), so
+        // neither the stack nor anything `child` points to goes away while the child uses
+        // it. The parent's path clobbers only `rax` (the result), `rcx` and `r11`.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                "mov rdi, r12",
+                "call r13",
+                "ud2",
+                "2:",
+                inlateout("rax") libc::SYS_clone3 => ret,
+                in("rdi") std::ptr::addr_of!(args),
+                in("rsi") std::mem::size_of::<CloneArgs>(),
+                in("r12") std::ptr::from_ref(child),
+                in("r13") entry as unsafe extern "C" fn(*const Child<'_>) -> !,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        drop(stack);
+        if ret < 0 {
+            // SAFETY: sets this thread's errno from the raw syscall's `-errno`.
+            unsafe { *libc::__errno_location() = (-ret) as i32 };
+            return -1;
+        }
+        ret
+    }
+
+    /// The child's first function, on its own stack.
+    ///
+    /// # Safety
+    /// Only as the entry of a child made by [`clone`], with `child` valid.
+    unsafe extern "C" fn entry(child: *const Child<'_>) -> ! {
+        // Handlers of the host would run on its memory: back to the defaults first (the
+        // child's handler table is its own copy, as `CLONE_SIGHAND` is not set).
+        for sig in 1..=libc::SIGRTMAX() {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction != libc::SIG_DFL
+                && old.sa_sigaction != libc::SIG_IGN
+            {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+        exec_child(&*child)
+    }
+}
+
 /// The child's side: standard streams, `setup`, working directory, `execve`; on failure,
-/// reports the errno on `report` and exits 127.
+/// reports the errno on `report` and exits 127. The signal mask is emptied here.
 ///
 /// # Safety
 ///
-/// Only in a child created by `clone3` without `CLONE_VM` (async-signal-safe calls only).
-unsafe fn exec_child(
-    p: &Prepared,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-    stdio: [RawFd; 3],
-    report: RawFd,
-    setup: &ChildSetup,
-    parent: u32,
-) -> ! {
+/// Only in a child made by [`clone_child`] (async-signal-safe calls only).
+unsafe fn exec_child(child: &Child<'_>) -> ! {
+    let Child {
+        p,
+        argv,
+        envp,
+        stdio,
+        report,
+        setup,
+        parent,
+    } = *child;
     let fail = |errno: i32| -> ! {
         let b = errno.to_ne_bytes();
         libc::write(report, b.as_ptr().cast(), b.len());
@@ -386,6 +564,62 @@ mod tests {
         assert!(lines.contains(&"v 1"), "{out}");
         assert_eq!(lines.last(), Some(&"/tmp"), "{out}");
         assert_eq!(err, "oops\n");
+        cg.remove().unwrap();
+    }
+
+    /// This thread's signal mask.
+    fn mask() -> libc::sigset_t {
+        // SAFETY: reads the mask into a set owned here.
+        unsafe {
+            let mut m: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut m);
+            m
+        }
+    }
+
+    #[test]
+    fn the_child_starts_with_no_signal_blocked_and_the_callers_mask_is_kept() {
+        let Some(cg) = cgroup("c") else {
+            return;
+        };
+        let dir = std::fs::File::open(cg.path()).unwrap();
+        // SAFETY: blocks SIGUSR2 in this test's own thread.
+        unsafe {
+            let mut usr2: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut usr2);
+            libc::sigaddset(&mut usr2, libc::SIGUSR2);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &usr2, std::ptr::null_mut());
+        }
+        let before = mask();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "grep SigBlk /proc/self/status"]);
+        let s = match spawn(&cmd, ChildSetup::default(), dir.as_fd()) {
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => return,
+            r => r.unwrap(),
+        };
+        let after = mask();
+        // SAFETY: reads membership in sets owned here.
+        let (was, is) = unsafe {
+            (
+                libc::sigismember(&before, libc::SIGUSR2),
+                libc::sigismember(&after, libc::SIGUSR2),
+            )
+        };
+        assert_eq!((was, is), (1, 1));
+        // SAFETY: as above; every signal but SIGUSR2 was unblocked before and still is.
+        assert!((1..32).all(|sig| unsafe {
+            libc::sigismember(&after, sig) == libc::sigismember(&before, sig)
+        }));
+        let mut out = String::new();
+        std::fs::File::from(s.stdout)
+            .read_to_string(&mut out)
+            .unwrap();
+        assert!(wait(s.pid).unwrap().success());
+        assert_eq!(
+            out.split_whitespace().nth(1),
+            Some("0000000000000000"),
+            "{out}"
+        );
         cg.remove().unwrap();
     }
 

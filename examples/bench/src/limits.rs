@@ -94,6 +94,7 @@ pub(crate) async fn measure(f: &mut Map<String, Value>) -> Result<(), PluginErro
     let spawn = bare_spawn()?;
     f.insert("cold_start_one_s_limit".into(), json!(spawn));
     f.insert("cold_start_spaced_s_limit".into(), json!(spawn));
+    f.insert("cold_start_big_host_s_limit".into(), json!(spawn));
     if let Some(rss) = idle_rss()? {
         f.insert("idle_worker_rss_mb_limit".into(), json!(rss));
     }
