@@ -160,9 +160,9 @@ impl PooledBuf {
     pub(crate) fn spare_mut(&mut self) -> &mut [MaybeUninit<u8>] {
         let filled = self.filled;
         let spare = &mut self.deref_mut()[filled..];
-        // SAFETY: the same memory, borrowed from `self` exclusively; any byte is a valid
-        // `MaybeUninit<u8>`, and nothing can write an uninitialized byte through `&mut [u8]`
-        // that a `[MaybeUninit<u8>]` view would then expose as initialized.
+        // SAFETY: the same memory, borrowed from `self` exclusively, and any byte is a valid
+        // `MaybeUninit<u8>`. The mapping's bytes are all initialized (zero or earlier data);
+        // the only user, `BodyWriter`, hands this view to writers that write initialized bytes.
         unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast(), spare.len()) }
     }
 

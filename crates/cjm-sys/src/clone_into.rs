@@ -188,18 +188,20 @@ pub fn spawn(cmd: &Command, setup: ChildSetup, cgroup_dir: BorrowedFd<'_>) -> io
         setup: &setup,
         parent: std::process::id(),
     };
-    let pid = clone_child(&child, cgroup_dir);
-    if pid < 0 {
-        let e = io::Error::last_os_error();
-        return Err(match e.raw_os_error() {
-            Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG | libc::EOPNOTSUPP) => io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("clone3 with CLONE_INTO_CGROUP: {e}"),
-            ),
-            _ => e,
-        });
-    }
-    let pid = pid as libc::pid_t;
+    let pid = match clone_child(&child, cgroup_dir) {
+        Ok(pid) => pid,
+        Err(e) => {
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG | libc::EOPNOTSUPP) => {
+                    io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        format!("clone3 with CLONE_INTO_CGROUP: {e}"),
+                    )
+                }
+                _ => e,
+            })
+        }
+    };
     drop((null, out_w, err_w, report_w));
     // The child closes its end by `exec` (close-on-exec) or writes why it could not.
     let mut errno = [0u8; 4];
@@ -246,15 +248,15 @@ struct Child<'a> {
     parent: u32,
 }
 
-/// Creates the child in the cgroup whose directory is `cgroup_dir`, running [`exec_child`]:
-/// its pid in the parent, or -1 with `errno` set.
+/// Creates the child in the cgroup whose directory is `cgroup_dir`, running [`exec_child`];
+/// its pid.
 ///
 /// On x86-64 the child shares this address space until its `exec` (`CLONE_VM`), on a stack
 /// of its own, while this thread waits (`CLONE_VFORK`), as `posix_spawn` does: nothing of the
 /// host is copied, so a start costs the same in a host of 10 MB and one of 10 GB (a `fork`
 /// copies every page table and marks every page copy-on-write, then `exec` tears it all
 /// down). Elsewhere the child gets a copy of the address space, like `fork`.
-fn clone_child(child: &Child<'_>, cgroup_dir: BorrowedFd<'_>) -> libc::c_long {
+fn clone_child(child: &Child<'_>, cgroup_dir: BorrowedFd<'_>) -> io::Result<libc::pid_t> {
     #[cfg(target_arch = "x86_64")]
     {
         shared::clone(child, cgroup_dir)
@@ -281,7 +283,10 @@ fn clone_child(child: &Child<'_>, cgroup_dir: BorrowedFd<'_>) -> libc::c_long {
             // `exec_child` calls only async-signal-safe functions and never returns.
             unsafe { exec_child(child) }
         }
-        pid
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(pid as libc::pid_t)
     }
 }
 
@@ -357,15 +362,8 @@ mod shared {
         }
     }
 
-    pub(super) fn clone(child: &Child<'_>, cgroup_dir: BorrowedFd<'_>) -> libc::c_long {
-        let stack = match Stack::new() {
-            Ok(s) => s,
-            Err(e) => {
-                // SAFETY: sets this thread's errno, as the caller expects of a failure.
-                unsafe { *libc::__errno_location() = e.raw_os_error().unwrap_or(libc::ENOMEM) };
-                return -1;
-            }
-        };
+    pub(super) fn clone(child: &Child<'_>, cgroup_dir: BorrowedFd<'_>) -> io::Result<libc::pid_t> {
+        let stack = Stack::new()?;
         let args = CloneArgs {
             flags: CLONE_INTO_CGROUP | libc::CLONE_VM as u64 | libc::CLONE_VFORK as u64,
             exit_signal: libc::SIGCHLD as u64,
@@ -404,11 +402,10 @@ mod shared {
         }
         drop(stack);
         if ret < 0 {
-            // SAFETY: sets this thread's errno from the raw syscall's `-errno`.
-            unsafe { *libc::__errno_location() = (-ret) as i32 };
-            return -1;
+            // The raw syscall answers `-errno`.
+            return Err(io::Error::from_raw_os_error((-ret) as i32));
         }
-        ret
+        Ok(ret as libc::pid_t)
     }
 
     /// The child's first function, on its own stack.
