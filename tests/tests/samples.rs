@@ -367,10 +367,15 @@ async fn resources_are_declared_and_the_gpu_placement_is_visible() {
 }
 
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` line of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
@@ -393,6 +398,7 @@ async fn an_idle_worker_gives_back_the_memory_of_its_large_calls() {
         .unwrap();
     assert_eq!(out.value["text"].as_str().map(str::len), Some(8 << 20));
     let peak = rss_kib(pid);
+    let code = status_kib(pid, "RssFile:");
     assert!(peak > before + 6 * 1024, "{before} kB, then {peak} kB");
     // Idle for a second (twice at most, counting the spell the call started), the worker gives
     // its free memory and its pooled buffers back. Polled, with a generous bound.
@@ -405,6 +411,26 @@ async fn an_idle_worker_gives_back_the_memory_of_its_large_calls() {
     assert!(
         now <= peak - 6 * 1024,
         "{before} kB before, {peak} kB after the call, {now} kB idle"
+    );
+    // It also unmaps most of its code (resident from files), which the next call maps again.
+    let mut idle_code = status_kib(pid, "RssFile:");
+    while idle_code > code / 2 && Instant::now() < limit {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        idle_code = status_kib(pid, "RssFile:");
+    }
+    assert!(
+        idle_code <= code / 2,
+        "{code} kB of file pages after the calls, {idle_code} kB idle"
+    );
+    let out = m
+        .execute("echo", op("echo").kwarg("after", json!("idle")))
+        .await
+        .unwrap();
+    assert_eq!(out.value, json!({"after": "idle"}));
+    let again = status_kib(pid, "RssFile:");
+    assert!(
+        again > idle_code,
+        "{idle_code} kB idle, {again} kB after a call"
     );
     m.unload_all().await;
 }

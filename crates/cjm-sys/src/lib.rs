@@ -23,6 +23,8 @@
 //!   way back from a `Bytes` to its memfd.
 //! - [`bufpool`]: large receive buffers that keep their pages between uses.
 //! - [`body_writer`]: JSON bodies written into such buffers once they are large.
+//! - [`code_pages`]: an idle process unmapping its program file's resident pages (they stay
+//!   in the page cache).
 //! - [`blob_channel`]: the socket pair that carries a call's memfds beside its HTTP request.
 //! - [`quiet_stream`]: a Unix stream socket that does not wake its reactor each time the peer
 //!   reads (watched for reading only; for writability only while a write waits for room).
@@ -52,6 +54,7 @@ pub mod bufpool;
 pub mod cgroup;
 pub mod child;
 pub mod clone_into;
+pub mod code_pages;
 pub mod contain;
 pub mod fd;
 pub mod oom;

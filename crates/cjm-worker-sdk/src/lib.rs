@@ -117,7 +117,10 @@ pub use cjm_core::{
 /// given, or a slice of it) and the host receives it without a copy.
 pub use cjm_sys::shared_blob::{self, BlobBuf};
 
-pub use server::{Options, DEFAULT_MAX_FRAME_BODY, DEFAULT_MAX_JSON_BODY, DEFAULT_SHUTDOWN_GRACE};
+pub use server::{
+    Options, DEFAULT_IDLE_RELEASE, DEFAULT_MAX_FRAME_BODY, DEFAULT_MAX_JSON_BODY,
+    DEFAULT_SHUTDOWN_GRACE,
+};
 pub use worker::{
     chunks, Args, Command, FromCall, InputShape, IntoOutput, Kwargs, NoConfig, Typed, WithBlobs,
     Worker,

@@ -98,6 +98,56 @@ pub(crate) fn release_free_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub(crate) fn release_free_memory() {}
 
+/// Unmaps the resident pages of the worker's program and libraries ([`cjm_sys::code_pages`])
+/// once it idles: they stay in the page cache and map again on the next call.
+///
+/// A thread of its own does it, [`SETTLE`] after being asked: by then the runtime's threads
+/// have gone back to sleep, so the code they ran to get there is not mapped again right away
+/// (about 1.5 MiB when the releasing thread was one of them). That thread then sleeps until
+/// the next idle spell, in a `recv` whose code is the little it maps again.
+#[cfg(target_os = "linux")]
+pub(crate) fn release_code_pages() {
+    use std::sync::mpsc::{sync_channel, SyncSender};
+    use std::sync::OnceLock;
+    static RELEASER: OnceLock<Option<SyncSender<()>>> = OnceLock::new();
+    let releaser = RELEASER.get_or_init(|| {
+        let (tx, rx) = sync_channel::<()>(1);
+        let spawned = std::thread::Builder::new()
+            .name("cjm-idle".into())
+            .stack_size(64 << 10)
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    std::thread::sleep(SETTLE);
+                    match cjm_sys::code_pages::release() {
+                        Ok(bytes) => {
+                            tracing::debug!("idle: {} KiB of code pages unmapped", bytes / 1024)
+                        }
+                        Err(e) => tracing::debug!("idle: cannot unmap code pages: {e}"),
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::debug!("idle: no thread to unmap code pages: {e}");
+                None
+            }
+        }
+    });
+    if let Some(tx) = releaser {
+        // Full: a release is already pending, which is as good.
+        let _ = tx.try_send(());
+    }
+}
+
+/// How long the releasing thread lets the runtime's threads settle before it unmaps.
+#[cfg(target_os = "linux")]
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Nothing to unmap on other platforms.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn release_code_pages() {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

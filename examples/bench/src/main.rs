@@ -167,7 +167,24 @@ fn print_table(f: &Map<String, Value>) {
             1.0,
             "µs",
         ),
-        ("idle_worker_rss_mb", "idle worker RSS", 1.0, "MB"),
+        (
+            "worker_rss_after_calls_mb",
+            "worker RSS right after its calls",
+            1.0,
+            "MB",
+        ),
+        (
+            "idle_worker_rss_mb",
+            "idle worker RSS (after its idle release)",
+            1.0,
+            "MB",
+        ),
+        (
+            "call_after_idle_us",
+            "first call to a worker after its idle release",
+            1.0,
+            "µs",
+        ),
         (
             "serve_sync_rtt_p50_us",
             "sync call through cjm serve p50 (limit 2× host)",
@@ -282,6 +299,30 @@ async fn cold_start(m: &PluginManager, f: &mut Map<String, Value>) -> Result<(),
     }
     f.insert("cold_start_big_host_s".into(), json!(median(cold)));
     drop(std::hint::black_box(held));
+    Ok(())
+}
+
+/// RSS of `echo1` (`pid`) once it has idled past its idle release
+/// (the SDK's `DEFAULT_IDLE_RELEASE`, 1 s after its last call, which ended at `calls_ended`;
+/// half a second more here), then the time of its next call, which maps the code it runs
+/// again.
+async fn idle_rss(
+    m: &PluginManager,
+    pid: u32,
+    calls_ended: Instant,
+    f: &mut Map<String, Value>,
+) -> Result<(), PluginError> {
+    let idle = Duration::from_millis(1500);
+    tokio::time::sleep_until((calls_ended + idle).into()).await;
+    if let Some(rss) = rss_mb(pid) {
+        f.insert("idle_worker_rss_mb".into(), json!(rss));
+    }
+    let t = Instant::now();
+    m.execute("echo1", echo(json!({"x": 1}))).await?;
+    f.insert(
+        "call_after_idle_us".into(),
+        json!(t.elapsed().as_secs_f64() * 1e6),
+    );
     Ok(())
 }
 
@@ -619,15 +660,18 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
 
     par_calls(&m, &names, 1000, &mut f).await?;
 
-    // Idle RSS of a worker (after its calls).
+    // RSS of a worker right after its calls; `echo1` gets none from here until `idle_rss`.
+    let calls_ended = Instant::now();
     let pid = m.stats("echo1").await?.pid.unwrap_or(0);
     if let Some(rss) = rss_mb(pid) {
-        f.insert("idle_worker_rss_mb".into(), json!(rss));
+        f.insert("worker_rss_after_calls_mb".into(), json!(rss));
     }
 
     payloads(&b, &m, &mut f).await?;
 
     stream(&b, &m, &mut f).await?;
+
+    idle_rss(&m, pid, calls_ended, &mut f).await?;
 
     // Unload all ten.
     let t = Instant::now();

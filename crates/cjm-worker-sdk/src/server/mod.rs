@@ -42,7 +42,10 @@ mod stats;
 mod stream;
 mod watchdog;
 
-pub use options::{Options, DEFAULT_MAX_FRAME_BODY, DEFAULT_MAX_JSON_BODY, DEFAULT_SHUTDOWN_GRACE};
+pub use options::{
+    Options, DEFAULT_IDLE_RELEASE, DEFAULT_MAX_FRAME_BODY, DEFAULT_MAX_JSON_BODY,
+    DEFAULT_SHUTDOWN_GRACE,
+};
 
 use state::State;
 

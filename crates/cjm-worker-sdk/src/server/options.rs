@@ -9,6 +9,8 @@ pub const DEFAULT_MAX_JSON_BODY: u64 = 64 << 20;
 pub const DEFAULT_MAX_FRAME_BODY: u64 = 4 << 30;
 /// Default time in-flight calls get to finish after `SIGTERM` before they are cancelled.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+/// Default time a worker stays idle after calls before it gives memory back: 1 s.
+pub const DEFAULT_IDLE_RELEASE: Duration = Duration::from_secs(1);
 
 /// How a worker serves: limits, authentication, shutdown.
 ///
@@ -47,6 +49,8 @@ pub struct Options {
     pub(crate) host_pid: Option<u32>,
     /// Worker threads of the plugin runtime (`None`: `max_concurrency` clamped to 2..=cores).
     pub(crate) plugin_threads: Option<usize>,
+    /// How long the worker idles after calls before it gives memory back (`None`: never).
+    pub(crate) idle_release: Option<Duration>,
     /// Serve HTTPS with this identity (TCP listeners only).
     pub(crate) tls: Option<crate::runtime::TlsIdentity>,
     /// The blob channel the host handed over (`CJM_BLOB_FD`): blobs travel as memfds.
@@ -67,6 +71,7 @@ impl std::fmt::Debug for Options {
             .field("auth_token", &self.auth_token.as_ref().map(|_| "<set>"))
             .field("host_pid", &self.host_pid)
             .field("plugin_threads", &self.plugin_threads)
+            .field("idle_release", &self.idle_release)
             .field("tls", &self.tls.is_some())
             .field("blob_channel", &self.blob_channel.is_some())
             .field("calls_listener", &self.calls_listener.is_some())
@@ -83,7 +88,7 @@ impl Default for Options {
 impl Options {
     /// Defaults for a plugin called `name` at `version`: one call at once, bodies up to
     /// [`DEFAULT_MAX_JSON_BODY`] / [`DEFAULT_MAX_FRAME_BODY`], [`DEFAULT_SHUTDOWN_GRACE`], no
-    /// auth, no host to watch.
+    /// auth, no host to watch, memory given back after [`DEFAULT_IDLE_RELEASE`] idle.
     pub fn new(name: impl Into<String>, version: impl Into<String>) -> Self {
         Self {
             name: name.into(),
@@ -99,6 +104,7 @@ impl Options {
             calls_listener: None,
             host_pid: None,
             plugin_threads: None,
+            idle_release: Some(DEFAULT_IDLE_RELEASE),
             tls: None,
         }
     }
@@ -197,6 +203,18 @@ impl Options {
         self.plugin_threads = Some(n.max(1));
         self
     }
+
+    /// Sets how long the worker stays idle (no call running, none started) after calls before
+    /// it gives memory back; `None`: never. Default [`DEFAULT_IDLE_RELEASE`].
+    ///
+    /// It then returns the allocator's free memory and the large-body buffers it kept, and
+    /// unmaps the pages of its program file that are resident ([`cjm_sys::code_pages`]): they
+    /// stay in the page cache, and the next call maps what it runs again (a few hundred
+    /// microseconds once, on a worker that has idled for at least this long).
+    pub fn idle_release(mut self, after: Option<Duration>) -> Self {
+        self.idle_release = after;
+        self
+    }
 }
 
 #[cfg(test)]
@@ -214,6 +232,8 @@ mod tests {
         assert_eq!(o.plugin_threads, Some(1));
         assert_eq!(o.host_pid, Some(7));
         assert_eq!(o.auth_token.as_deref(), Some("t"));
+        assert_eq!(o.idle_release, Some(DEFAULT_IDLE_RELEASE));
+        assert_eq!(o.clone().idle_release(None).idle_release, None);
         assert!(
             !format!("{o:?}").contains("\"t\""),
             "the token is not printed"

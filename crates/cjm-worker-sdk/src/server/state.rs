@@ -88,7 +88,9 @@ impl State {
             max_concurrency: Some(max_concurrency),
         };
         let stats = Arc::new(Stats::new());
-        plugin_rt.spawn(super::stats::trim_when_idle(Arc::clone(&stats)));
+        if let Some(after) = opts.idle_release {
+            plugin_rt.spawn(super::stats::trim_when_idle(Arc::clone(&stats), after));
+        }
         Self {
             health: Bytes::from(serde_json::to_vec(&health).unwrap_or_default()),
             plugin,

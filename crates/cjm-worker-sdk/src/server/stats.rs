@@ -114,21 +114,20 @@ impl Drop for RunningGuard {
     }
 }
 
-/// How long a worker stays idle before its free memory is given back.
-pub(crate) const TRIM_AFTER: Duration = Duration::from_secs(1);
-
-/// Gives free memory back to the system each time the worker has been idle for [`TRIM_AFTER`]
-/// after calls (never while calls run, never twice for one idle spell, no wake-up while idle).
-pub(crate) async fn trim_when_idle(stats: Arc<Stats>) {
+/// Gives memory back to the system each time the worker has been idle for `after` after
+/// calls (never while calls run, never twice for one idle spell, no wake-up while idle): the
+/// allocator's free memory, the kept large-body buffers, and the resident pages of the
+/// program file ([`Options::idle_release`](crate::Options::idle_release)).
+pub(crate) async fn trim_when_idle(stats: Arc<Stats>, after: Duration) {
     loop {
         stats.idle.notified().await;
         loop {
             let starts = stats.starts.load(Ordering::Relaxed);
-            tokio::time::sleep(TRIM_AFTER).await;
+            tokio::time::sleep(after).await;
             if stats.in_flight() == 0 && stats.starts.load(Ordering::Relaxed) == starts {
                 platform::release_free_memory();
                 cjm_sys::bufpool::clear();
-                tracing::debug!("idle: free memory given back");
+                platform::release_code_pages();
                 break;
             }
         }
