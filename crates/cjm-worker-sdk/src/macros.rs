@@ -10,7 +10,8 @@
 /// The name, version and description default to the crate's (`CARGO_PKG_NAME`,
 /// `CARGO_PKG_VERSION`, `CARGO_PKG_DESCRIPTION`);
 /// every `key = value` calls the [`Options`](crate::Options) builder method of that name:
-/// `name`, `version`, `description`, `resources`, `max_json_body`, `max_frame_body`, `shutdown_grace`, `plugin_threads`.
+/// `name`, `version`, `description`, `resources`, `max_json_body`, `max_frame_body`, `shutdown_grace`, `plugin_threads`,
+/// `idle_release`.
 /// The concurrency limit is the worker's [`MAX_CONCURRENCY`](crate::Worker::MAX_CONCURRENCY).
 #[macro_export]
 macro_rules! main {

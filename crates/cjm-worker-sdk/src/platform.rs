@@ -98,26 +98,33 @@ pub(crate) fn release_free_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub(crate) fn release_free_memory() {}
 
+/// Whether the worker is still idle, asked again just before the code pages go.
+pub(crate) type StillIdle = Box<dyn Fn() -> bool + Send>;
+
 /// Unmaps the resident pages of the worker's program and libraries ([`cjm_sys::code_pages`])
 /// once it idles: they stay in the page cache and map again on the next call.
 ///
-/// A thread of its own does it, [`SETTLE`] after being asked: by then the runtime's threads
-/// have gone back to sleep, so the code they ran to get there is not mapped again right away
-/// (about 1.5 MiB when the releasing thread was one of them). That thread then sleeps until
-/// the next idle spell, in a `recv` whose code is the little it maps again.
+/// A thread of its own does it, [`SETTLE`] after being asked and only if `still_idle` then
+/// says so: by then the runtime's threads have gone back to sleep, so the code they ran to get
+/// there is not mapped again right away (about 1.5 MiB when the releasing thread was one of
+/// them). That thread then sleeps until the next idle spell, in a `recv` whose code is the
+/// little it maps again.
 #[cfg(target_os = "linux")]
-pub(crate) fn release_code_pages() {
+pub(crate) fn release_code_pages(still_idle: StillIdle) {
     use std::sync::mpsc::{sync_channel, SyncSender};
     use std::sync::OnceLock;
-    static RELEASER: OnceLock<Option<SyncSender<()>>> = OnceLock::new();
+    static RELEASER: OnceLock<Option<SyncSender<StillIdle>>> = OnceLock::new();
     let releaser = RELEASER.get_or_init(|| {
-        let (tx, rx) = sync_channel::<()>(1);
+        let (tx, rx) = sync_channel::<StillIdle>(1);
         let spawned = std::thread::Builder::new()
             .name("cjm-idle".into())
             .stack_size(64 << 10)
             .spawn(move || {
-                while rx.recv().is_ok() {
+                while let Ok(still_idle) = rx.recv() {
                     std::thread::sleep(SETTLE);
+                    if !still_idle() {
+                        continue;
+                    }
                     match cjm_sys::code_pages::release() {
                         Ok(bytes) => {
                             tracing::debug!("idle: {} KiB of code pages unmapped", bytes / 1024)
@@ -136,7 +143,7 @@ pub(crate) fn release_code_pages() {
     });
     if let Some(tx) = releaser {
         // Full: a release is already pending, which is as good.
-        let _ = tx.try_send(());
+        let _ = tx.try_send(still_idle);
     }
 }
 
@@ -146,7 +153,7 @@ const SETTLE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Nothing to unmap on other platforms.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn release_code_pages() {}
+pub(crate) fn release_code_pages(_still_idle: StillIdle) {}
 
 #[cfg(test)]
 mod tests {

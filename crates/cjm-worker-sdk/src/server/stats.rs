@@ -127,7 +127,10 @@ pub(crate) async fn trim_when_idle(stats: Arc<Stats>, after: Duration) {
             if stats.in_flight() == 0 && stats.starts.load(Ordering::Relaxed) == starts {
                 platform::release_free_memory();
                 cjm_sys::bufpool::clear();
-                platform::release_code_pages();
+                let st = Arc::clone(&stats);
+                platform::release_code_pages(Box::new(move || {
+                    st.in_flight() == 0 && st.starts.load(Ordering::Relaxed) == starts
+                }));
                 break;
             }
         }
