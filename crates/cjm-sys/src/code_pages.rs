@@ -15,7 +15,8 @@
 //! while the cache holds them). Mappings with an anonymous page are left alone: they hold
 //! relocated data (`RELRO`) or a debugger's breakpoint, which the file does not have.
 
-use std::io;
+use std::collections::HashSet;
+use std::io::{self, BufRead, BufReader};
 
 /// One mapping of the program file that [`release`] would unmap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,37 +40,42 @@ struct Mapping {
     anon: Option<u64>,
 }
 
-/// The mappings in `smaps` (the text of `/proc/<pid>/smaps`) that can be unmapped without
+/// The mappings in `smaps` (`/proc/<pid>/smaps`, read a line at a time) that can be unmapped without
 /// losing data: private, not writable, with no anonymous page and something resident, of a
 /// file the process maps executable somewhere (its program and its shared libraries; a data
 /// file a plugin maps, a model say, is never touched). Lines it does not understand are
 /// skipped; a mapping whose `Anonymous:` line is missing is not returned.
-pub fn parse_releasable(smaps: &str) -> Vec<Region> {
-    let mut all: Vec<Mapping> = Vec::new();
-    for line in smaps.lines() {
-        if let Some(m) = header(line) {
-            all.push(m);
+pub fn parse_releasable(smaps: impl BufRead) -> Vec<Region> {
+    // Only file mappings are kept while reading: a process may have many thousands of
+    // mappings, and `smaps` about twenty lines for each, so it is read a line at a time.
+    let mut files: Vec<Mapping> = Vec::new();
+    let mut current: Option<Mapping> = None;
+    for line in smaps.split(b'\n') {
+        // A path need not be UTF-8; the fields read here are.
+        let Ok(line) = line else { break };
+        let line = String::from_utf8_lossy(&line);
+        if let Some(m) = header(&line) {
+            files.extend(current.take().filter(|c| c.file.1 != 0));
+            current = Some(m);
             continue;
         }
-        let Some(m) = all.last_mut() else { continue };
-        if let Some(kb) = field_kb(line, "Rss:") {
+        let Some(m) = current.as_mut() else { continue };
+        if let Some(kb) = field_kb(&line, "Rss:") {
             m.region.rss = kb.saturating_mul(1024);
-        } else if let Some(kb) = field_kb(line, "Anonymous:") {
+        } else if let Some(kb) = field_kb(&line, "Anonymous:") {
             m.anon = Some(kb);
         }
     }
-    let code: Vec<&(String, u64)> = all
+    files.extend(current.take().filter(|c| c.file.1 != 0));
+    let code: HashSet<&(String, u64)> = files
         .iter()
-        .filter(|m| m.executable && m.file.1 != 0)
+        .filter(|m| m.executable)
         .map(|m| &m.file)
         .collect();
-    all.iter()
+    files
+        .iter()
         .filter(|m| {
-            m.private_read_only
-                && m.anon == Some(0)
-                && m.region.rss > 0
-                && m.file.1 != 0
-                && code.contains(&&m.file)
+            m.private_read_only && m.anon == Some(0) && m.region.rss > 0 && code.contains(&m.file)
         })
         .map(|m| m.region)
         .collect()
@@ -110,9 +116,9 @@ fn field_kb(line: &str, name: &str) -> Option<u64> {
 /// Unmaps the resident pages of this process's program and shared libraries that can be had
 /// again from their files (see the [module docs](self)). Returns the resident bytes released.
 pub fn release() -> io::Result<u64> {
-    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    let smaps = BufReader::new(std::fs::File::open("/proc/self/smaps")?);
     let mut released = 0;
-    for r in parse_releasable(&smaps) {
+    for r in parse_releasable(smaps) {
         // SAFETY: the range is one whole mapping of this process, as `smaps` listed it: a
         // private, read-only mapping of a code file with no anonymous (copied) page. Its
         // contents are the file's, so dropping its page-table entries loses nothing; any
@@ -176,7 +182,7 @@ Anonymous:           568 kB
 
     #[test]
     fn only_clean_private_read_only_mappings_of_code_files_are_releasable() {
-        let got = parse_releasable(SMAPS);
+        let got = parse_releasable(SMAPS.as_bytes());
         let region = |start, end, kb: u64| Region {
             start,
             end,
@@ -192,8 +198,14 @@ Anonymous:           568 kB
             "RELRO and writable data, data files, shared, anonymous, empty and unreadable \
              mappings are kept"
         );
-        assert!(parse_releasable("").is_empty());
-        assert!(parse_releasable("not smaps at all\n\u{0}\n-").is_empty());
+        assert!(parse_releasable(&b""[..]).is_empty());
+        let odd_path = b"7f0016000000-7f0016001000 r-xp 00000000 fd:01 77 /opt/\xffw\nRss: 4 kB\nAnonymous: 0 kB\n";
+        assert_eq!(
+            parse_releasable(&odd_path[..]),
+            vec![region(0x7f0016000000, 0x7f0016001000, 4)],
+            "a path that is not UTF-8 is read past"
+        );
+        assert!(parse_releasable("not smaps at all\n\u{0}\n-".as_bytes()).is_empty());
     }
 
     fn rss_file_kb() -> u64 {
@@ -205,7 +217,7 @@ Anonymous:           568 kB
     #[test]
     fn releasing_unmaps_the_programs_pages_and_the_program_runs_on() {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let ours = parse_releasable(&smaps);
+        let ours = parse_releasable(smaps.as_bytes());
         assert!(
             !ours.is_empty(),
             "this test's own code is mapped from its file"
