@@ -13,12 +13,14 @@
 //! lost: the pages stay in the page cache, shared with every other process using the file, and
 //! the next access maps them again from there (a minor fault per 64 KiB touched, no disk read
 //! while the cache holds them). Mappings with an anonymous page are left alone: they hold
-//! relocated data (`RELRO`) or a debugger's breakpoint, which the file does not have.
+//! relocated data (`RELRO`) or a debugger's breakpoint, which the file does not have. And only
+//! mappings inside objects loaded at start ([`LoadedCode`]) are released: those are never
+//! unloaded, so a range read from `smaps` still maps the same file when it is released.
 
 use std::collections::HashSet;
 use std::io::{self, BufRead, BufReader};
 
-/// One mapping of the program file that [`release`] would unmap.
+/// One mapping that [`release`] would unmap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Region {
     /// First address.
@@ -113,17 +115,98 @@ fn field_kb(line: &str, name: &str) -> Option<u64> {
         .ok()
 }
 
-/// Unmaps the resident pages of this process's program and shared libraries that can be had
-/// again from their files (see the [module docs](self)). Returns the resident bytes released.
-pub fn release() -> io::Result<u64> {
+/// The address ranges (whole pages) of the segments of loaded objects: the program, and the
+/// libraries that were loaded when it was taken.
+///
+/// Only mappings inside these ranges are ever released. An object loaded at start is never
+/// unloaded, so its ranges keep mapping it: a mapping read from `smaps` cannot turn into
+/// something else (a library closed, its addresses reused for data) before it is released.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadedCode {
+    ranges: Vec<(usize, usize)>,
+}
+
+impl LoadedCode {
+    /// Every object loaded now. Take it before any plugin code runs (worker start), when the
+    /// loaded objects are the program and the libraries it was linked with.
+    pub fn now() -> Self {
+        Self::collect(false)
+    }
+
+    /// The program's own segments only: always safe, whenever taken.
+    pub fn program() -> Self {
+        Self::collect(true)
+    }
+
+    /// Whether `r` lies wholly inside one of the ranges.
+    pub fn contains(&self, r: &Region) -> bool {
+        self.ranges
+            .iter()
+            .any(|&(lo, hi)| lo <= r.start && r.end <= hi)
+    }
+
+    fn collect(program_only: bool) -> Self {
+        struct Walk {
+            program_only: bool,
+            page: usize,
+            ranges: Vec<(usize, usize)>,
+        }
+        unsafe extern "C" fn each(
+            info: *mut libc::dl_phdr_info,
+            _size: libc::size_t,
+            data: *mut libc::c_void,
+        ) -> libc::c_int {
+            // SAFETY: `data` is the `Walk` passed to `dl_iterate_phdr` below, alive and not
+            // otherwise borrowed during the walk; `info` is valid for this call, and its
+            // `dlpi_phdr` points to `dlpi_phnum` program headers (the loader's contract).
+            let (walk, info) = unsafe { (&mut *data.cast::<Walk>(), &*info) };
+            if !info.dlpi_phdr.is_null() {
+                // SAFETY: as above.
+                let phdrs =
+                    unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum.into()) };
+                for ph in phdrs.iter().filter(|ph| ph.p_type == libc::PT_LOAD) {
+                    let lo = (info.dlpi_addr as usize).wrapping_add(ph.p_vaddr as usize);
+                    let hi = lo.wrapping_add(ph.p_memsz as usize);
+                    let page = walk.page;
+                    walk.ranges
+                        .push((lo / page * page, hi.div_ceil(page).saturating_mul(page)));
+                }
+            }
+            // The first object is the program: stop there when only it is wanted.
+            libc::c_int::from(walk.program_only)
+        }
+        let mut walk = Walk {
+            program_only,
+            page: usize::try_from(crate::proc::page_size())
+                .unwrap_or(4096)
+                .max(1),
+            ranges: Vec::new(),
+        };
+        // SAFETY: `each` only reads what the loader hands it and writes to `walk`, which
+        // outlives the call; it does not unwind.
+        unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut walk).cast()) };
+        Self {
+            ranges: walk.ranges,
+        }
+    }
+}
+
+/// Unmaps the resident pages of this process's program and libraries that can be had again
+/// from their files and lie within `within` (see the [module docs](self)). Returns the
+/// resident bytes released.
+pub fn release(within: &LoadedCode) -> io::Result<u64> {
     let smaps = BufReader::new(std::fs::File::open("/proc/self/smaps")?);
     let mut released = 0;
-    for r in parse_releasable(smaps) {
+    for r in parse_releasable(smaps)
+        .into_iter()
+        .filter(|r| within.contains(r))
+    {
         // SAFETY: the range is one whole mapping of this process, as `smaps` listed it: a
-        // private, read-only mapping of a code file with no anonymous (copied) page. Its
-        // contents are the file's, so dropping its page-table entries loses nothing; any
-        // thread touching it next faults the same bytes back in from the page cache. No Rust
-        // reference can observe a difference.
+        // private, read-only mapping of a code file with no anonymous (copied) page, inside
+        // an object that was loaded at start and is never unloaded, so the range still maps
+        // it. Its contents are the file's, so dropping its page-table entries loses nothing;
+        // any thread touching it next faults the same bytes back in from the page cache. No
+        // Rust reference can observe a difference.
         let rc = unsafe {
             libc::madvise(
                 r.start as *mut libc::c_void,
@@ -208,6 +291,31 @@ Anonymous:           568 kB
         assert!(parse_releasable("not smaps at all\n\u{0}\n-".as_bytes()).is_empty());
     }
 
+    #[test]
+    fn the_program_is_among_the_loaded_objects_and_holds_its_own_code() {
+        let (program, all) = (LoadedCode::program(), LoadedCode::now());
+        assert!(!program.ranges.is_empty());
+        assert!(
+            all.ranges.len() > program.ranges.len(),
+            "libc is loaded too"
+        );
+        assert!(program.ranges.iter().all(|r| all.ranges.contains(r)));
+        let here = the_program_is_among_the_loaded_objects_and_holds_its_own_code as fn() as usize;
+        let one_page = Region {
+            start: here & !4095,
+            end: (here & !4095) + 4096,
+            rss: 0,
+        };
+        assert!(program.contains(&one_page));
+        assert!(!LoadedCode::default().contains(&one_page));
+        let wild = Region {
+            start: 0x10,
+            end: 0x20,
+            rss: 0,
+        };
+        assert!(!all.contains(&wild));
+    }
+
     fn rss_file_kb() -> u64 {
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let line = status.lines().find(|l| l.starts_with("RssFile:")).unwrap();
@@ -222,8 +330,13 @@ Anonymous:           568 kB
             !ours.is_empty(),
             "this test's own code is mapped from its file"
         );
+        assert_eq!(
+            release(&LoadedCode::default()).unwrap(),
+            0,
+            "nothing outside the given objects"
+        );
         let before = rss_file_kb();
-        let released = release().unwrap();
+        let released = release(&LoadedCode::now()).unwrap();
         let after = rss_file_kb();
         assert!(released > 0);
         assert!(

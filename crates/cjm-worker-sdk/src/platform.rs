@@ -125,7 +125,15 @@ pub(crate) fn release_code_pages(still_idle: StillIdle) {
                     if !still_idle() {
                         continue;
                     }
-                    match cjm_sys::code_pages::release() {
+                    let program;
+                    let within = match STARTUP_CODE.get() {
+                        Some(code) => code,
+                        None => {
+                            program = cjm_sys::code_pages::LoadedCode::program();
+                            &program
+                        }
+                    };
+                    match cjm_sys::code_pages::release(within) {
                         Ok(bytes) => {
                             tracing::debug!("idle: {} KiB of code pages unmapped", bytes / 1024)
                         }
@@ -146,6 +154,23 @@ pub(crate) fn release_code_pages(still_idle: StillIdle) {
         let _ = tx.try_send(still_idle);
     }
 }
+
+/// The objects loaded when the worker program started, before any plugin code ran: the only
+/// libraries whose pages the idle release unmaps (see [`cjm_sys::code_pages::LoadedCode`]).
+/// Without it (a server embedded in another program) only the program's own pages are.
+#[cfg(target_os = "linux")]
+static STARTUP_CODE: std::sync::OnceLock<cjm_sys::code_pages::LoadedCode> =
+    std::sync::OnceLock::new();
+
+/// Notes the objects loaded now as those loaded at start; call before any plugin code runs.
+#[cfg(target_os = "linux")]
+pub(crate) fn note_startup_code() {
+    let _ = STARTUP_CODE.set(cjm_sys::code_pages::LoadedCode::now());
+}
+
+/// Nothing to note on other platforms.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn note_startup_code() {}
 
 /// How long the releasing thread lets the runtime's threads settle before it unmaps.
 #[cfg(target_os = "linux")]

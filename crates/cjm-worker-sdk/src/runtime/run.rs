@@ -249,6 +249,9 @@ pub fn run_worker_with<W: Worker>(make: impl FnOnce() -> W, options: Options) ->
     {
         return print_description(&describe_worker::<W>(&options));
     }
+    // Before the worker is made: the libraries loaded now are the program's own, which are
+    // never unloaded (for the idle release).
+    crate::platform::note_startup_code();
     let worker = make();
     let options = options.max_concurrency(W::MAX_CONCURRENCY);
     let plugin = Typed::new(worker, options.name.clone(), options.version.clone());
