@@ -208,9 +208,10 @@ impl Options {
     /// it gives memory back; `None`: never. Default [`DEFAULT_IDLE_RELEASE`].
     ///
     /// It then returns the allocator's free memory and the large-body buffers it kept, and
-    /// unmaps the pages of its program file that are resident ([`cjm_sys::code_pages`]): they
-    /// stay in the page cache, and the next call maps what it runs again (a few hundred
-    /// microseconds once, on a worker that has idled for at least this long).
+    /// unmaps the resident pages of its program and of the libraries loaded with it
+    /// ([`cjm_sys::code_pages`]): they stay in the page cache, and the next call maps what it
+    /// runs again (a few hundred microseconds once, on a worker that has idled for at least
+    /// this long).
     pub fn idle_release(mut self, after: Option<Duration>) -> Self {
         self.idle_release = after;
         self

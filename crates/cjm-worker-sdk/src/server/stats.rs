@@ -117,7 +117,7 @@ impl Drop for RunningGuard {
 /// Gives memory back to the system each time the worker has been idle for `after` after
 /// calls (never while calls run, never twice for one idle spell, no wake-up while idle): the
 /// allocator's free memory, the kept large-body buffers, and the resident pages of the
-/// program file ([`Options::idle_release`](crate::Options::idle_release)).
+/// program and its libraries ([`Options::idle_release`](crate::Options::idle_release)).
 pub(crate) async fn trim_when_idle(stats: Arc<Stats>, after: Duration) {
     loop {
         stats.idle.notified().await;
