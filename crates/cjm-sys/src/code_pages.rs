@@ -20,6 +20,8 @@
 use std::collections::HashSet;
 use std::io::{self, BufRead, BufReader};
 
+use crate::proc::kb_field;
+
 /// One mapping that [`release`] would unmap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Region {
@@ -62,9 +64,9 @@ pub fn parse_releasable(smaps: impl BufRead) -> Vec<Region> {
             continue;
         }
         let Some(m) = current.as_mut() else { continue };
-        if let Some(kb) = field_kb(&line, "Rss:") {
+        if let Some(kb) = kb_field(&line, "Rss:") {
             m.region.rss = kb.saturating_mul(1024);
-        } else if let Some(kb) = field_kb(&line, "Anonymous:") {
+        } else if let Some(kb) = kb_field(&line, "Anonymous:") {
             m.anon = Some(kb);
         }
     }
@@ -103,16 +105,6 @@ fn header(line: &str) -> Option<Mapping> {
         executable: perms[2] == b'x',
         anon: None,
     })
-}
-
-/// The number of kB on a `Name:   123 kB` line.
-fn field_kb(line: &str, name: &str) -> Option<u64> {
-    line.strip_prefix(name)?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// The address ranges (whole pages) of the segments of loaded objects: the program, and the
@@ -319,7 +311,7 @@ Anonymous:           568 kB
     fn rss_file_kb() -> u64 {
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let line = status.lines().find(|l| l.starts_with("RssFile:")).unwrap();
-        field_kb(line, "RssFile:").unwrap()
+        kb_field(line, "RssFile:").unwrap()
     }
 
     #[test]

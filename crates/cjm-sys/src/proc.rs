@@ -229,16 +229,19 @@ pub fn usage(pids: &[u32]) -> (u64, u64) {
         })
 }
 
+/// The number on a `/proc` line of the form `Name:   123 kB` (`meminfo`, `status`, `smaps`),
+/// if `line` is that field's.
+pub(crate) fn kb_field(line: &str, name: &str) -> Option<u64> {
+    line.strip_prefix(name)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// `(MemTotal, MemAvailable)` in kB from the text of `/proc/meminfo`.
 pub fn parse_meminfo(text: &str) -> Option<(u64, u64)> {
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))?
-            .split_whitespace()
-            .next()?
-            .parse::<u64>()
-            .ok()
-    };
+    let field = |name: &str| text.lines().find_map(|l| kb_field(l, name));
     Some((field("MemTotal:")?, field("MemAvailable:")?))
 }
 
