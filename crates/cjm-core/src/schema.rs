@@ -18,8 +18,48 @@ pub fn json_kind(v: &Value) -> &'static str {
 }
 
 /// A compiled configuration schema. Compile once (at discovery or load) and validate often.
+///
+/// A schema that asks for nothing but an object (the schema of a plugin without settings, such
+/// as the SDK's `NoConfig`: only annotations, `$schema` a known draft, at most
+/// `"type": "object"`) is checked without the JSON Schema engine: compiling one costs a
+/// millisecond or more in a fresh process (the engine sets up its meta-schemas), which every
+/// worker start and load paid for nothing. The answers are the same.
 pub struct ConfigValidator {
-    validator: jsonschema::Validator,
+    check: Check,
+}
+
+enum Check {
+    /// Any object (with `object_only`) or any value.
+    Trivial { object_only: bool },
+    /// The JSON Schema engine's validator.
+    Compiled(Box<jsonschema::Validator>),
+}
+
+/// Keys a schema may hold, with a string value, and still be checked without the engine.
+const ANNOTATIONS: [&str; 4] = ["title", "description", "$comment", "$id"];
+
+/// The drafts' meta-schema URIs a trivial schema may name in `$schema`.
+const KNOWN_DRAFTS: [&str; 5] = [
+    "https://json-schema.org/draft/2020-12/schema",
+    "https://json-schema.org/draft/2019-09/schema",
+    "http://json-schema.org/draft-07/schema#",
+    "http://json-schema.org/draft-06/schema#",
+    "http://json-schema.org/draft-04/schema#",
+];
+
+/// `Some(object_only)` when `schema` asks for nothing but (with `true`) an object.
+fn trivial(schema: &Value) -> Option<bool> {
+    let o = schema.as_object()?;
+    let mut object_only = false;
+    for (k, v) in o {
+        match k.as_str() {
+            "type" if v == "object" => object_only = true,
+            "$schema" if v.as_str().is_some_and(|d| KNOWN_DRAFTS.contains(&d)) => {}
+            k if ANNOTATIONS.contains(&k) && v.is_string() => {}
+            _ => return None,
+        }
+    }
+    Some(object_only)
 }
 
 impl std::fmt::Debug for ConfigValidator {
@@ -31,8 +71,15 @@ impl std::fmt::Debug for ConfigValidator {
 impl ConfigValidator {
     /// Compiles `schema`; an invalid schema is a config error naming the schema location.
     pub fn new(schema: &Value) -> Result<Self, PluginError> {
+        if let Some(object_only) = trivial(schema) {
+            return Ok(Self {
+                check: Check::Trivial { object_only },
+            });
+        }
         jsonschema::validator_for(schema)
-            .map(|validator| Self { validator })
+            .map(|validator| Self {
+                check: Check::Compiled(Box::new(validator)),
+            })
             .map_err(|e| {
                 PluginError::config(
                     format!("the configuration schema is invalid: {e}"),
@@ -46,8 +93,19 @@ impl ConfigValidator {
 
     /// Every problem of `config`, each with the field it concerns. Empty when valid.
     pub fn problems(&self, config: &Value) -> Vec<FieldError> {
+        let validator = match &self.check {
+            Check::Trivial { object_only } if *object_only && !config.is_object() => {
+                // The engine's words for the same failure.
+                return vec![FieldError {
+                    field: String::new(),
+                    reason: format!("{config} is not of type \"object\""),
+                }];
+            }
+            Check::Trivial { .. } => return Vec::new(),
+            Check::Compiled(v) => v,
+        };
         let mut out = Vec::new();
-        for e in self.validator.iter_errors(config) {
+        for e in validator.iter_errors(config) {
             let base = e
                 .instance_path()
                 .as_str()
@@ -149,6 +207,78 @@ pub fn with_defaults(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// `schema` through the JSON Schema engine, whatever it is.
+    fn compiled(schema: &Value) -> ConfigValidator {
+        ConfigValidator {
+            check: Check::Compiled(Box::new(jsonschema::validator_for(schema).unwrap())),
+        }
+    }
+
+    #[test]
+    fn a_schema_that_asks_only_for_an_object_answers_as_the_engine_does() {
+        let no_config = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "NoConfig",
+            "description": "any object",
+            "type": "object"
+        });
+        let configs = [
+            json!({}),
+            json!({"a": 1, "b": [true]}),
+            json!([1]),
+            json!(5),
+            json!("x"),
+            json!(null),
+            json!(false),
+        ];
+        for schema in [
+            no_config,
+            json!({}),
+            json!({"type": "object"}),
+            json!({"$schema": "http://json-schema.org/draft-07/schema#", "$comment": "c"}),
+        ] {
+            let fast = ConfigValidator::new(&schema).unwrap();
+            assert!(matches!(fast.check, Check::Trivial { .. }), "{schema}");
+            let engine = compiled(&schema);
+            for c in &configs {
+                assert_eq!(fast.problems(c), engine.problems(c), "{schema} with {c}");
+                assert_eq!(
+                    fast.validate(c).is_ok(),
+                    engine.validate(c).is_ok(),
+                    "{schema} with {c}"
+                );
+            }
+        }
+        let e = ConfigValidator::new(&json!({"type": "object"}))
+            .unwrap()
+            .validate(&json!([1]))
+            .unwrap_err();
+        assert_eq!(e.details.fields[0].reason, "[1] is not of type \"object\"");
+    }
+
+    #[test]
+    fn any_other_schema_goes_to_the_engine() {
+        for schema in [
+            json!({"type": "string"}),
+            json!({"type": ["object"]}),
+            json!({"type": "object", "properties": {}}),
+            json!({"type": "object", "additionalProperties": false}),
+            json!({"title": 5}),
+            json!({"$schema": "https://example.com/my-draft"}),
+            json!(true),
+            json!(false),
+        ] {
+            if let Ok(v) = ConfigValidator::new(&schema) {
+                assert!(matches!(v.check, Check::Compiled(_)), "{schema}");
+            }
+        }
+        // Invalid schemas are still refused, naming the place.
+        assert!(ConfigValidator::new(&json!({"type": 5})).is_err());
+        assert!(ConfigValidator::new(&json!({"title": 5, "type": "object"})).is_err());
+        let v = ConfigValidator::new(&json!(false)).unwrap();
+        assert!(v.validate(&json!({})).is_err());
+    }
 
     #[test]
     fn a_configuration_is_completed_with_the_schema_defaults() {
