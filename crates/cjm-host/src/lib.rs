@@ -89,6 +89,17 @@ pub use cjm_core::{
 /// Blobs in sealed memfds: build one in place with [`BlobBuf`] and it reaches a native worker
 /// without a copy (PROTOCOL.md, "Blobs as memfds").
 pub use cjm_sys::shared_blob::{self, BlobBuf};
+
+/// Unmaps the buffers the host keeps for large bodies now.
+///
+/// Bodies of 1 MiB or more are written and read in buffers that are kept for the next large
+/// body, so that their pages are not faulted in and zeroed again. On their own they are marked
+/// reclaimable (`MADV_FREE`) after 1 s unused and unmapped after 30 s; a host that knows no
+/// large body follows soon (a batch of large calls ended) can give the memory back at once.
+/// Buffers still in use are not touched.
+pub fn release_kept_buffers() {
+    cjm_sys::bufpool::clear();
+}
 pub use describe::{describe_binary, DESCRIBE_TIMEOUT};
 pub use discovery::{default_data_dir, default_search_paths, DiscoveredPlugin};
 pub use instance::{is_valid_instance_id, MAX_INSTANCE_ID};
