@@ -22,6 +22,9 @@ pub(crate) struct Stats {
     idle: Notify,
     /// Calls started so far (for [`trim_when_idle`]: no call started during the idle spell).
     starts: AtomicU64,
+    /// When the last running call ended, in nanoseconds since `started` (for
+    /// [`trim_when_idle`]: the idle spell is timed from there).
+    idle_since: AtomicU64,
     /// When the previous sample was taken, and the subtree's CPU seconds then.
     last: Mutex<(Instant, f64)>,
 }
@@ -36,6 +39,7 @@ impl Stats {
             in_flight: AtomicU64::new(0),
             idle: Notify::new(),
             starts: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
             last: Mutex::new((now, 0.0)),
         }
     }
@@ -109,6 +113,8 @@ pub(crate) struct RunningGuard(Arc<Stats>);
 impl Drop for RunningGuard {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let since = u64::try_from(self.0.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.0.idle_since.store(since, Ordering::Relaxed);
             self.0.idle.notify_one();
         }
     }
@@ -119,18 +125,37 @@ impl Drop for RunningGuard {
 /// allocator's free memory, the kept large-body buffers, and the resident pages of the
 /// program and its libraries ([`Options::idle_release`](crate::Options::idle_release)).
 pub(crate) async fn trim_when_idle(stats: Arc<Stats>, after: Duration) {
+    let st = Arc::clone(&stats);
+    idle_spells(stats, after, move |starts| {
+        platform::release_free_memory();
+        cjm_sys::bufpool::clear();
+        let st = Arc::clone(&st);
+        platform::release_code_pages(Box::new(move || {
+            st.in_flight() == 0 && st.starts.load(Ordering::Relaxed) == starts
+        }));
+    })
+    .await;
+}
+
+/// Calls `release` (with the number of calls started so far) once per idle spell, when no
+/// call has run for `after` since the last one ended.
+async fn idle_spells(stats: Arc<Stats>, after: Duration, mut release: impl FnMut(u64)) {
+    // The calls started when `release` last ran: nothing ran since.
+    let mut released_at = None;
     loop {
         stats.idle.notified().await;
         loop {
             let starts = stats.starts.load(Ordering::Relaxed);
-            tokio::time::sleep(after).await;
+            // A call runs (its end notifies again), or nothing ran since the last release.
+            if stats.in_flight() > 0 || released_at == Some(starts) {
+                break;
+            }
+            // `after` from the end of the last call, not from the first end of a burst.
+            let idle_since = Duration::from_nanos(stats.idle_since.load(Ordering::Relaxed));
+            tokio::time::sleep_until((stats.started + idle_since + after).into()).await;
             if stats.in_flight() == 0 && stats.starts.load(Ordering::Relaxed) == starts {
-                platform::release_free_memory();
-                cjm_sys::bufpool::clear();
-                let st = Arc::clone(&stats);
-                platform::release_code_pages(Box::new(move || {
-                    st.in_flight() == 0 && st.starts.load(Ordering::Relaxed) == starts
-                }));
+                released_at = Some(starts);
+                release(starts);
                 break;
             }
         }
@@ -158,5 +183,56 @@ mod tests {
         assert!(r.memory_rss_mb > 0.0);
         assert!(r.cpu_percent >= 0.0);
         assert!(r.threads.unwrap_or(0) >= 1);
+    }
+
+    #[tokio::test]
+    async fn an_idle_spell_is_timed_from_the_end_of_the_last_call() {
+        let after = Duration::from_millis(50);
+        let s = Arc::new(Stats::new());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(idle_spells(Arc::clone(&s), after, move |starts| {
+            let _ = tx.send((starts, Instant::now()));
+        }));
+        // One call: released `after` past its end.
+        let g = s.running();
+        // Read before the call ends, so never later than the end the worker records.
+        let ended = Instant::now();
+        drop(g);
+        let (starts, at) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(starts, 1);
+        assert!(at - ended >= after);
+
+        // A burst: timed from the end of its last call, not its first.
+        drop(s.running());
+        tokio::time::sleep(after / 2).await;
+        let g = s.running();
+        tokio::time::sleep(after).await;
+        let ended = Instant::now();
+        drop(g);
+        let (starts, at) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(starts, 3, "one release for the whole burst");
+        assert!(
+            at - ended >= after,
+            "released {:?} after the last call",
+            at - ended
+        );
+
+        // A stray wake-up with no call since: no release (the next one is the next call's).
+        s.idle.notify_one();
+        let stray = tokio::time::timeout(after * 4, rx.recv()).await;
+        assert!(stray.is_err(), "released again with no call: {stray:?}");
+        drop(s.running());
+        let (starts, _) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(starts, 4);
+        task.abort();
     }
 }
