@@ -35,8 +35,9 @@ enum Check {
     Compiled(Box<jsonschema::Validator>),
 }
 
-/// Keys a schema may hold, with a string value, and still be checked without the engine.
-const ANNOTATIONS: [&str; 4] = ["title", "description", "$comment", "$id"];
+/// Keys a schema may hold, with a string value, and still be checked without the engine
+/// (`$id` is not among them: the engine refuses one that is not a URI reference).
+const ANNOTATIONS: [&str; 3] = ["title", "description", "$comment"];
 
 /// The drafts' meta-schema URIs a trivial schema may name in `$schema`.
 const KNOWN_DRAFTS: [&str; 5] = [
@@ -266,6 +267,7 @@ mod tests {
             json!({"type": "object", "additionalProperties": false}),
             json!({"title": 5}),
             json!({"$schema": "https://example.com/my-draft"}),
+            json!({"$id": "https://example.com/s", "type": "object"}),
             json!(true),
             json!(false),
         ] {

@@ -360,11 +360,15 @@ fn give_back(map: Mapping) {
     if p.sweeper == Sweeper::None {
         start_sweeper(&mut p);
     }
-    let freed = p.sweeper == Sweeper::Failed;
-    if freed {
-        advise_free(&map);
-    }
     let at = Instant::now();
+    let freed = p.sweeper == Sweeper::Failed;
+    // With no sweeper, stale mappings go here, as a mapping comes back.
+    let stale = if freed {
+        advise_free(&map);
+        p.sweep(at)
+    } else {
+        Vec::new()
+    };
     p.kept.push(Kept { at, map, freed });
     let wake = match p.sweeper {
         Sweeper::Idle => true,
@@ -375,6 +379,8 @@ fn give_back(map: Mapping) {
         p.sweeper = Sweeper::Running;
         SWEEP.notify_one();
     }
+    drop(p);
+    drop(stale);
 }
 
 #[cfg(test)]
