@@ -193,15 +193,19 @@ mod tests {
         let task = tokio::spawn(idle_spells(Arc::clone(&s), after, move |starts| {
             let _ = tx.send((starts, Instant::now()));
         }));
+        // The next release within `within`: the calls started by then, and when.
+        let mut next = async |within: Duration| {
+            tokio::time::timeout(within, rx.recv())
+                .await
+                .map(|r| r.expect("the releasing task runs"))
+        };
+        let long = Duration::from_secs(20);
         // One call: released `after` past its end.
         let g = s.running();
         // Read before the call ends, so never later than the end the worker records.
         let ended = Instant::now();
         drop(g);
-        let (starts, at) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let (starts, at) = next(long).await.expect("a release within 20 s");
         assert_eq!(starts, 1);
         assert!(at - ended >= after);
 
@@ -212,10 +216,7 @@ mod tests {
         tokio::time::sleep(after).await;
         let ended = Instant::now();
         drop(g);
-        let (starts, at) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let (starts, at) = next(long).await.expect("a release within 20 s");
         assert_eq!(starts, 3, "one release for the whole burst");
         assert!(
             at - ended >= after,
@@ -225,13 +226,10 @@ mod tests {
 
         // A stray wake-up with no call since: no release (the next one is the next call's).
         s.idle.notify_one();
-        let stray = tokio::time::timeout(after * 4, rx.recv()).await;
+        let stray = next(after * 4).await;
         assert!(stray.is_err(), "released again with no call: {stray:?}");
         drop(s.running());
-        let (starts, _) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let (starts, _) = next(long).await.expect("a release within 20 s");
         assert_eq!(starts, 4);
         task.abort();
     }
