@@ -35,11 +35,29 @@ pub struct OomWatch {
 impl OomWatch {
     /// Starts watching `pid`, which runs in the cgroup (v2) `cgroup` if it has its own.
     pub fn start(pid: u32, cgroup: Option<&Path>) -> Self {
+        Self::baseline().of(pid, cgroup)
+    }
+
+    /// What is known now (the system's OOM-kill count and the clock), for a process about to
+    /// start: name it with [`of`](Self::of) once it has. Taking it while the process starts
+    /// (the host does, while it waits for the worker's first answer) keeps the reading of
+    /// `/proc/vmstat` off the start's critical path.
+    pub fn baseline() -> Self {
+        Self {
+            pid: 0,
+            cgroup: None,
+            kills_before: system_oom_kills(),
+            started_us: monotonic_us(),
+        }
+    }
+
+    /// This baseline as the watch of `pid`, which runs in the cgroup (v2) `cgroup` if it has
+    /// its own.
+    pub fn of(self, pid: u32, cgroup: Option<&Path>) -> Self {
         Self {
             pid,
             cgroup: cgroup.map(Path::to_path_buf),
-            kills_before: system_oom_kills(),
-            started_us: monotonic_us(),
+            ..self
         }
     }
 
@@ -207,5 +225,18 @@ mod tests {
     fn a_living_process_has_no_evidence_against_it() {
         let w = OomWatch::start(std::process::id(), None);
         assert_eq!(w.evidence(), None);
+    }
+
+    #[test]
+    fn a_baseline_named_later_keeps_its_readings() {
+        let b = OomWatch::baseline();
+        let cg = Path::new("/sys/fs/cgroup/cjm/w1");
+        let w = b.clone().of(42, Some(cg));
+        assert_eq!((w.pid, w.cgroup.as_deref()), (42, Some(cg)));
+        assert_eq!(
+            (w.kills_before, w.started_us),
+            (b.kills_before, b.started_us)
+        );
+        assert!(w.started_us.is_some());
     }
 }

@@ -22,8 +22,12 @@ impl Launcher for LocalLauncher {
     }
 
     async fn launch(&self, spec: &LaunchSpec, seq: u64) -> Result<Launched, PluginError> {
-        let started = spawn::start(spec, seq).await?;
-        let oom = OomWatch::start(
+        // The OOM baseline is read once the spawn waits for the worker's first answer (`join`
+        // polls the start first), while the worker starts, rather than after it.
+        let (started, baseline) =
+            futures::future::join(spawn::start(spec, seq), async { OomWatch::baseline() }).await;
+        let started = started?;
+        let oom = baseline.of(
             started.pid,
             started.resources.as_ref().and_then(|r| r.cgroup_path()),
         );
