@@ -147,9 +147,12 @@ impl State {
     /// Compiles the configuration validator on the plugin runtime while the worker starts:
     /// the first compile in a process sets up the JSON Schema meta-schemas (about 1 ms), which
     /// would otherwise hold the host's first `/initialize`, and the HTTP thread, at every load.
+    /// Before that it has the CPU's features detected there too, which the HTTP thread's first
+    /// request would otherwise wait for (see [`crate::platform::detect_cpu_features`]).
     pub(super) fn warm_up(self: &Arc<Self>) {
         let st = Arc::clone(self);
         drop(self.plugin_rt.spawn(async move {
+            crate::platform::detect_cpu_features();
             if let Err(e) = st.validator().await {
                 tracing::error!("the plugin's configuration schema does not compile: {e}");
             }
