@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::bounded::Bounded;
 use crate::stream::NdjsonStream;
 use crate::transport::{FullResponse, ReqBody, Transport};
 
@@ -459,9 +460,7 @@ impl WorkerClient {
     async fn execute_answer(self: &Arc<Self>, call: Call) -> Result<Answer, PluginError> {
         let call = self.share_large_blobs(call).await?;
         let req = self.execute_request(paths::EXECUTE, &call)?;
-        let resp = self
-            .until_cancelled_or_late(&call.ctx, self.transport.call(req, None))
-            .await?;
+        let resp = Bounded::new(self, &call.ctx, self.transport.call(req, None)).await?;
         check(&resp)?;
         if resp
             .content_type
@@ -504,7 +503,7 @@ impl WorkerClient {
             Ok((resp, conn))
         };
         let ctx = call.ctx.clone();
-        let (resp, conn) = self.until_cancelled_or_late(&ctx, start).await?;
+        let (resp, conn) = Bounded::new(self, &ctx, start).await?;
         Ok(Box::pin(NdjsonStream::new(
             Arc::clone(self),
             resp.into_body(),
@@ -538,40 +537,6 @@ impl WorkerClient {
             .await
             .map_err(|e| PluginError::fatal(format!("copying blobs into memfds failed: {e}")))?;
         Ok(call)
-    }
-
-    /// The one start of `/execute` and `/execute_stream`: `work` until the call's token is
-    /// cancelled or its deadline passes, whichever comes first. Abandoning `work` closes its
-    /// connection (a cjm worker then cancels the call); an original worker is also sent
-    /// `POST /cancel`.
-    async fn until_cancelled_or_late<T>(
-        self: &Arc<Self>,
-        ctx: &cjm_core::CallContext,
-        work: impl std::future::Future<Output = Result<T, PluginError>>,
-    ) -> Result<T, PluginError> {
-        let bounded = async {
-            match ctx.deadline() {
-                Some(d) => tokio::time::timeout_at(d.into(), work)
-                    .await
-                    .unwrap_or_else(|_| Err(PluginError::timeout("the call's deadline passed"))),
-                None => work.await,
-            }
-        };
-        let result = tokio::select! {
-            r = bounded => r,
-            _ = ctx.cancellation().cancelled() => {
-                Err(PluginError::cancelled("the call was cancelled"))
-            }
-        };
-        if let Err(e) = &result {
-            if matches!(
-                e.category,
-                cjm_core::ErrorCategory::Cancelled | cjm_core::ErrorCategory::Timeout
-            ) {
-                self.cancel_original();
-            }
-        }
-        result
     }
 
     /// For original workers, which do not notice a dropped connection: `POST /cancel` in the

@@ -58,6 +58,7 @@
 )]
 
 mod blocking;
+mod bounded;
 mod client;
 mod describe;
 mod discovery;

@@ -354,9 +354,11 @@ impl Transport {
                     }
                 }
                 None => {
+                    // Boxed: a new connection is the rare path, and its 2.4 KB of state
+                    // inline would be carried by every call's future.
                     let made = match calls {
                         Some(c) => Self::connect_calls(&c.path).await,
-                        None => self.connect().await,
+                        None => Box::pin(self.connect()).await,
                     };
                     return made.map_err(|e| match calls {
                         Some(c) => PluginError::transient(format!(
