@@ -137,6 +137,11 @@ pub fn descendants(root: u32) -> Vec<u32> {
         return Vec::new();
     }
     if children_of(root).is_none() {
+        if !process_exists(root) {
+            // Gone: its children were re-parented, it has no descendants by parent link. (A
+            // scan here made every sweep after a worker's exit read all of `/proc`.)
+            return Vec::new();
+        }
         let stats = all_stats();
         return descendants_in(&children_map(&stats), root);
     }
@@ -501,6 +506,8 @@ mod tests {
         crate::signal::terminate(&tree, std::time::Duration::from_secs(2), false);
         crate::signal::kill(root, crate::signal::SIGKILL);
         sh.wait().unwrap();
+        // Reaped: nothing descends from it by parent link any more.
+        assert_eq!(descendants(root), Vec::<u32>::new());
         // Death of a non-child has no event: a bounded poll.
         let end = std::time::Instant::now() + std::time::Duration::from_secs(2);
         while tree.iter().any(|&p| is_alive(p)) && std::time::Instant::now() < end {
