@@ -97,8 +97,8 @@ fn pids() -> impl Iterator<Item = u32> {
 
 /// `(process group, session)` of `pid` by two system calls, or `None` once it is gone. Much
 /// cheaper than reading its `stat` (an open, a read of 52 fields the kernel formats, a close:
-/// about 12 µs a process here), which is what makes the scans for a group's or a session's
-/// members cheap.
+/// 4–12 µs a process on the development VM), which is what makes the scans for a group's or
+/// a session's members cheap.
 fn group_and_session(pid: u32) -> Option<(u32, u32)> {
     let pid = libc::pid_t::try_from(pid).ok().filter(|&p| p > 0)?;
     // SAFETY: getpgid and getsid only read the process table.
