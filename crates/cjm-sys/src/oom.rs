@@ -33,11 +33,6 @@ pub struct OomWatch {
 }
 
 impl OomWatch {
-    /// Starts watching `pid`, which runs in the cgroup (v2) `cgroup` if it has its own.
-    pub fn start(pid: u32, cgroup: Option<&Path>) -> Self {
-        Self::baseline().of(pid, cgroup)
-    }
-
     /// What is known now (the system's OOM-kill count and the clock), for a process about to
     /// start: name it with [`of`](Self::of) once it has. Taking it while the process starts
     /// (the host does, while it waits for the worker's first answer) keeps the reading of
@@ -223,7 +218,7 @@ mod tests {
 
     #[test]
     fn a_living_process_has_no_evidence_against_it() {
-        let w = OomWatch::start(std::process::id(), None);
+        let w = OomWatch::baseline().of(std::process::id(), None);
         assert_eq!(w.evidence(), None);
     }
 
