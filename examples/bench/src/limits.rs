@@ -14,13 +14,37 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Map, Value};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::{io, median, percentile};
+use crate::{io, median, percentile, WORKERS};
 use cjm_host::PluginError;
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 /// Adds `<key>_limit` for every figure that has a limit.
 pub(crate) async fn measure(f: &mut Map<String, Value>) -> Result<(), PluginError> {
+    calls(f, 1000).await?;
+    let chunks = tokio::task::spawn_blocking(ndjson_pipe)
+        .await
+        .map_err(|e| PluginError::fatal(format!("the NDJSON limit task failed: {e}")))??;
+    f.insert("stream_chunks_per_s_limit".into(), json!(chunks));
+
+    let copy = memcpy_mbps();
+    f.insert("payload_8MiB_roundtrip_MBps_limit".into(), json!(copy));
+    f.insert("payload_256MiB_blob_MBps_limit".into(), json!(copy));
+    f.insert("payload_256MiB_frame_MBps_limit".into(), json!(copy));
+
+    let spawn = bare_spawn()?;
+    f.insert("cold_start_one_s_limit".into(), json!(spawn));
+    f.insert("cold_start_spaced_s_limit".into(), json!(spawn));
+    f.insert("cold_start_big_host_s_limit".into(), json!(spawn));
+    if let Some(rss) = idle_rss()? {
+        f.insert("idle_worker_rss_mb_limit".into(), json!(rss));
+    }
+    Ok(())
+}
+
+/// The limits of the round trips and of the calls/s (`par_total` calls, 32 in flight), and the
+/// same figures to servers in processes of their own (`*_bare_proc*`).
+pub(crate) async fn calls(f: &mut Map<String, Value>, par_total: usize) -> Result<(), PluginError> {
     let dir = tempfile::tempdir().map_err(io)?;
     let sock = dir.path().join("ping.sock");
     let listener = UnixListener::bind(&sock).map_err(io)?;
@@ -54,16 +78,48 @@ pub(crate) async fn measure(f: &mut Map<String, Value>) -> Result<(), PluginErro
     // Its listener is gone with the connection closed: the thread ends.
     drop(thread);
 
-    // Calls/s: 32 in flight over 32 connections, 1000 requests.
+    // Calls/s: 32 in flight over 32 connections.
     let mut conns = Vec::new();
     for _ in 0..32 {
         conns.push(connect(&sock).await?);
     }
-    let total = 1000usize;
+    f.insert(
+        "async_calls_per_s_par32_limit".into(),
+        json!(pings_per_s(conns, par_total).await?),
+    );
+    server.abort();
+
+    // The same two figures with the echo servers in processes of their own, as workers are:
+    // not limits (the limits are the in-process ones above), but what the process
+    // boundary alone costs on this machine.
+    let bare = BareServers::start(dir.path(), WORKERS)?;
+    let mut rtt = round_trips(&bare.socks[0]).await?;
+    rtt.sort_by(f64::total_cmp);
+    f.insert(
+        "sync_rtt_p50_us_bare_proc".into(),
+        json!(percentile(&rtt, 0.5)),
+    );
+    let mut conns = Vec::new();
+    for i in 0..32 {
+        conns.push(connect(&bare.socks[i % bare.socks.len()]).await?);
+    }
+    f.insert(
+        "async_calls_per_s_par32_bare_procs".into(),
+        json!(pings_per_s(conns, par_total).await?),
+    );
+    drop(bare);
+    Ok(())
+}
+
+/// `total` pings spread over `conns`, each connection sequential, all at once: pings per
+/// second.
+async fn pings_per_s(conns: Vec<Sender>, total: usize) -> Result<f64, PluginError> {
+    let per_conn = total / conns.len().max(1);
+    let done = (per_conn * conns.len()) as f64;
     let t = Instant::now();
     let results: Vec<Result<(), PluginError>> = futures::stream::iter(conns)
         .map(|mut c| async move {
-            for _ in 0..total / 32 {
+            for _ in 0..per_conn {
                 ping(&mut c).await?;
             }
             Ok(())
@@ -74,31 +130,90 @@ pub(crate) async fn measure(f: &mut Map<String, Value>) -> Result<(), PluginErro
     for r in results {
         r?;
     }
-    let done = (total / 32 * 32) as f64;
-    f.insert(
-        "async_calls_per_s_par32_limit".into(),
-        json!(done / t.elapsed().as_secs_f64()),
-    );
-    server.abort();
+    Ok(done / t.elapsed().as_secs_f64())
+}
 
-    let chunks = tokio::task::spawn_blocking(ndjson_pipe)
-        .await
-        .map_err(|e| PluginError::fatal(format!("the NDJSON limit task failed: {e}")))??;
-    f.insert("stream_chunks_per_s_limit".into(), json!(chunks));
+/// Bare echo servers, each in a process of its own (this program run with
+/// [`BARE_SERVER_ARG`]); killed and reaped when dropped. A server also exits when its stdin
+/// closes, so none outlives a bench that dies.
+struct BareServers {
+    children: Vec<std::process::Child>,
+    socks: Vec<std::path::PathBuf>,
+}
 
-    let copy = memcpy_mbps();
-    f.insert("payload_8MiB_roundtrip_MBps_limit".into(), json!(copy));
-    f.insert("payload_256MiB_blob_MBps_limit".into(), json!(copy));
-    f.insert("payload_256MiB_frame_MBps_limit".into(), json!(copy));
-
-    let spawn = bare_spawn()?;
-    f.insert("cold_start_one_s_limit".into(), json!(spawn));
-    f.insert("cold_start_spaced_s_limit".into(), json!(spawn));
-    f.insert("cold_start_big_host_s_limit".into(), json!(spawn));
-    if let Some(rss) = idle_rss()? {
-        f.insert("idle_worker_rss_mb_limit".into(), json!(rss));
+impl BareServers {
+    /// `n` servers with their sockets in `dir`, each ready (it has said so on its stdout).
+    fn start(dir: &std::path::Path, n: usize) -> Result<Self, PluginError> {
+        let exe = std::env::current_exe().map_err(io)?;
+        let mut servers = Self {
+            children: Vec::new(),
+            socks: Vec::new(),
+        };
+        for i in 0..n {
+            let sock = dir.join(format!("bare{i}.sock"));
+            let mut child = std::process::Command::new(&exe)
+                .arg(BARE_SERVER_ARG)
+                .arg(&sock)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .map_err(io)?;
+            let out = child.stdout.take();
+            servers.children.push(child);
+            let mut line = String::new();
+            if let Some(out) = out {
+                BufReader::new(out).read_line(&mut line).map_err(io)?;
+            }
+            if line.trim() != "ready" {
+                return Err(PluginError::fatal(format!(
+                    "bare echo server {i} did not start (it said {line:?})"
+                )));
+            }
+            servers.socks.push(sock);
+        }
+        Ok(servers)
     }
-    Ok(())
+}
+
+impl Drop for BareServers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The argument that makes this program a bare echo server (see [`bare_echo_server`]).
+pub(crate) const BARE_SERVER_ARG: &str = "--bare-echo-server";
+
+/// Serves the ping-pong's echo at `path` on a single-threaded runtime: the least a server
+/// process can do per request. Says `ready` on stdout once it listens; exits when its stdin
+/// closes (the bench is gone) or when it is killed.
+pub(crate) fn bare_echo_server(path: &std::path::Path) -> std::io::Result<()> {
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    rt.block_on(async move {
+        let listener = UnixListener::from_std(listener)?;
+        let mut out = std::io::stdout();
+        writeln!(out, "ready")?;
+        out.flush()?;
+        loop {
+            let (s, _) = listener.accept().await?;
+            tokio::spawn(async move {
+                let _ = server_http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), service_fn(echo_body))
+                    .await;
+            });
+        }
+    })
 }
 
 /// 300 sequential pings on one new connection to `sock`, after 50 to warm up: each round trip

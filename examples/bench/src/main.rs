@@ -70,8 +70,34 @@ fn rss_mb(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // This program is also the bare echo server of the calls' reference figures.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, path] = args.as_slice() {
+        if flag == limits::BARE_SERVER_ARG {
+            return match limits::bare_echo_server(Path::new(path)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bare echo server: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    }
+    // What `#[tokio::main]` builds.
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(bench_main()),
+        Err(e) => {
+            eprintln!("bench failed: no runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench_main() -> ExitCode {
     let json_out = std::env::args().any(|a| a == "--json");
     if let Some(bad) = std::env::args().skip(1).find(|a| a != "--json") {
         eprintln!("unknown argument `{bad}`; usage: cjm-bench [--json]");
@@ -128,6 +154,18 @@ fn print_table(f: &Map<String, Value>) {
         (
             "async_calls_per_s_par32",
             "async calls, 32 in flight / 10 workers",
+            1.0,
+            "calls/s",
+        ),
+        (
+            "sync_rtt_p50_us_bare_proc",
+            "  reference: bare ping-pong to another process p50",
+            1.0,
+            "µs",
+        ),
+        (
+            "async_calls_per_s_par32_bare_procs",
+            "  reference: bare, 32 in flight / 10 processes",
             1.0,
             "calls/s",
         ),
@@ -591,7 +629,7 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
     }
 
     // `CJM_BENCH_ONLY=rtt`: sequential round trips alone (CJM_BENCH_RTT_CALLS of them), and
-    // the limits.
+    // the calls' limits.
     if std::env::var("CJM_BENCH_ONLY").as_deref() == Ok("rtt") {
         m.load("echo0", None).await?;
         let n: usize = std::env::var("CJM_BENCH_RTT_CALLS")
@@ -600,7 +638,7 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
             .unwrap_or(3000);
         sync_rtt(&m, n, &mut f).await?;
         m.unload_all().await;
-        limits::measure(&mut f).await?;
+        limits::calls(&mut f, 1000).await?;
         return Ok(f);
     }
 
@@ -613,7 +651,7 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
     }
 
     // `CJM_BENCH_ONLY=par`: calls with 32 in flight over the ten workers alone
-    // (CJM_BENCH_PAR_CALLS of them).
+    // (CJM_BENCH_PAR_CALLS of them), and the calls' limits.
     if std::env::var("CJM_BENCH_ONLY").as_deref() == Ok("par") {
         for n in &names {
             m.load(n, None).await?;
@@ -624,6 +662,7 @@ async fn run() -> Result<Map<String, Value>, PluginError> {
             .unwrap_or(1000);
         par_calls(&m, &names, n, &mut f).await?;
         m.unload_all().await;
+        limits::calls(&mut f, n).await?;
         return Ok(f);
     }
 
