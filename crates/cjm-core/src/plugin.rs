@@ -86,6 +86,19 @@ impl CallContext {
         Self::default()
     }
 
+    /// A context around a cancellation token and a progress cell made elsewhere (a worker
+    /// registers both before the call starts, for `/cancel` and `/progress`), with no deadline:
+    /// unlike `new().with_cancel(..).with_progress(..)`, it makes no token or cell only to
+    /// replace them.
+    pub fn from_parts(cancel: CancellationToken, progress: ProgressCell) -> Self {
+        Self {
+            cancel,
+            progress,
+            deadline: None,
+            tag: None,
+        }
+    }
+
     /// Sets the deadline.
     pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
         self.deadline = deadline;

@@ -16,6 +16,7 @@ use cjm_core::{
 };
 use cjm_sys::blob_channel::BlobChannel;
 use cjm_sys::shared_blob;
+use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -24,6 +25,12 @@ use serde_json::{Map, Value};
 use crate::bounded::Bounded;
 use crate::stream::NdjsonStream;
 use crate::transport::{FullResponse, ReqBody, Transport};
+
+/// The headers every call sends, made at compile time: parsing a header's name or value from a
+/// `&str` copies it into a new allocation on each request.
+const TIMEOUT_MS: HeaderName = HeaderName::from_static(headers::TIMEOUT_MS);
+const JSON: HeaderValue = HeaderValue::from_static(content_types::JSON);
+const FRAME: HeaderValue = HeaderValue::from_static(content_types::FRAME);
 
 /// What `/execute` answered.
 enum Answer {
@@ -179,13 +186,13 @@ impl WorkerClient {
         let mut b = self
             .transport
             .request(Method::POST, path)
-            .header(http::header::CONTENT_TYPE, content_types::JSON);
+            .header(http::header::CONTENT_TYPE, JSON);
         if let (Some(d), WorkerFlavor::Cjm) = (deadline, self.flavor()) {
             let ms = d
                 .saturating_duration_since(Instant::now())
                 .as_millis()
                 .max(1);
-            b = b.header(headers::TIMEOUT_MS, ms as u64);
+            b = b.header(TIMEOUT_MS, ms as u64);
         }
         b.body(ReqBody::full(body)).map_err(internal)
     }
@@ -415,13 +422,13 @@ impl WorkerClient {
         let mut b = self
             .transport
             .request(Method::POST, path)
-            .header(http::header::CONTENT_TYPE, content_types::FRAME);
+            .header(http::header::CONTENT_TYPE, FRAME);
         if let Some(d) = call.ctx.deadline() {
             let ms = d
                 .saturating_duration_since(Instant::now())
                 .as_millis()
                 .max(1);
-            b = b.header(headers::TIMEOUT_MS, ms as u64);
+            b = b.header(TIMEOUT_MS, ms as u64);
         }
         b.body(ReqBody::Parts(parts.into())).map_err(internal)
     }

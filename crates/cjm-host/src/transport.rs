@@ -294,7 +294,7 @@ impl Transport {
         let mut b = Request::builder()
             .method(method)
             .uri(path)
-            .header(http::header::HOST, "worker");
+            .header(http::header::HOST, HeaderValue::from_static("worker"));
         if let Some(a) = &self.auth {
             b = b.header(headers::AUTHORIZATION, a.clone());
         }

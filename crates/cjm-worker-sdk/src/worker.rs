@@ -300,14 +300,19 @@ impl FromCall for Call {
     }
 }
 
-fn bad_input(what: &str, e: &serde_json::Error) -> PluginError {
+fn bad_input(what: impl std::fmt::Display, e: &serde_json::Error) -> PluginError {
     PluginError::user_input(format!("invalid {what}: {e}"))
 }
 
 /// Deserializes `value` into `T`; a failure names the field it happened at (`text`,
 /// `items[2].name`) in the message and in the error's `fields`. `prefix` is how the path starts
-/// (the operation's name for a [`Command`]).
-fn decode<T: DeserializeOwned>(value: Value, what: &str, prefix: &str) -> Result<T, PluginError> {
+/// (the operation's name for a [`Command`]). `what` names the input in a failure's message; it
+/// is only formatted then.
+fn decode<T: DeserializeOwned>(
+    value: Value,
+    what: std::fmt::Arguments<'_>,
+    prefix: &str,
+) -> Result<T, PluginError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -346,7 +351,7 @@ impl<T: DeserializeOwned + JsonSchema> FromCall for Kwargs<T> {
             )));
         }
         let kwargs = Value::Object(std::mem::take(&mut call.kwargs));
-        decode(kwargs, "keyword arguments", "").map(Kwargs)
+        decode(kwargs, format_args!("keyword arguments"), "").map(Kwargs)
     }
 
     fn describe() -> InputShape {
@@ -367,7 +372,7 @@ impl<T: DeserializeOwned + JsonSchema> FromCall for Args<T> {
             ));
         }
         let args = Value::Array(std::mem::take(&mut call.args));
-        decode(args, "positional arguments", "").map(Args)
+        decode(args, format_args!("positional arguments"), "").map(Args)
     }
 
     fn describe() -> InputShape {
@@ -390,26 +395,27 @@ pub struct Command<T>(pub T);
 
 impl<T: DeserializeOwned + JsonSchema> FromCall for Command<T> {
     fn from_call(call: &mut Call) -> Result<Self, PluginError> {
-        let op = match call.args.first() {
-            Some(Value::String(op)) if call.args.len() == 1 => op.clone(),
-            Some(Value::String(_)) => {
+        let not_first = || {
+            PluginError::user_input("expected the operation name as the first positional argument")
+        };
+        match call.args.as_slice() {
+            [Value::String(_)] => {}
+            [Value::String(_), ..] => {
                 return Err(PluginError::user_input(
                     "expected the operation name as the only positional argument",
                 ))
             }
-            _ => {
-                return Err(PluginError::user_input(
-                    "expected the operation name as the first positional argument",
-                ))
-            }
+            _ => return Err(not_first()),
+        }
+        // Moved out, not copied: the call's only argument is this name.
+        let Some(Value::String(op)) = call.args.pop() else {
+            return Err(not_first());
         };
-        call.args.clear();
         let kwargs = std::mem::take(&mut call.kwargs);
         let empty = kwargs.is_empty();
         let mut tagged = Map::new();
         tagged.insert(op.clone(), Value::Object(kwargs));
-        let what = format!("operation `{op}`");
-        match decode(Value::Object(tagged), &what, &op) {
+        match decode(Value::Object(tagged), format_args!("operation `{op}`"), &op) {
             Ok(v) => Ok(Command(v)),
             Err(e) if empty => serde_json::from_value(Value::String(op.clone()))
                 .map(Command)
@@ -797,8 +803,14 @@ mod tests {
         let e = Command::<Op>::from_call(&mut call(json!(["nope"]), json!({}))).unwrap_err();
         assert_eq!(e.category, cjm_core::ErrorCategory::UserInput);
         assert!(e.message.contains("unknown variant"), "{}", e.message);
-        assert!(Command::<Op>::from_call(&mut call(json!([]), json!({}))).is_err());
-        assert!(Command::<Op>::from_call(&mut call(json!(["ping", 2]), json!({}))).is_err());
+        for args in [json!([]), json!([3]), json!([{"op": "ping"}])] {
+            let e = Command::<Op>::from_call(&mut call(args, json!({}))).unwrap_err();
+            assert!(e.message.contains("first positional argument"), "{e}");
+        }
+        let mut two = call(json!(["ping", 2]), json!({}));
+        let e = Command::<Op>::from_call(&mut two).unwrap_err();
+        assert!(e.message.contains("only positional argument"), "{e}");
+        assert_eq!(two.args, vec![json!("ping"), json!(2)], "a refused call keeps its args");
     }
 
     #[test]

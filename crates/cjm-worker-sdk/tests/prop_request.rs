@@ -174,11 +174,12 @@ fn body() -> impl Strategy<Value = Body> {
 }
 
 /// The JSON content types the worker accepts, among those generated.
-const JSON_TYPES: [&str; 4] = [
+const JSON_TYPES: [&str; 5] = [
     "application/json",
     "application/json; charset=utf-8",
     "APPLICATION/JSON",
     "application/problem+json",
+    "Application/Vnd.Example+JSON ; charset=utf-8",
 ];
 
 fn request() -> impl Strategy<Value = Req> {

@@ -195,7 +195,37 @@ async fn execute_answers_results_and_typed_errors() {
         .header("content-type", "application/xml")
         .body(Full::new(Bytes::from_static(b"<a/>")))
         .unwrap();
-    assert_eq!(c.send(xml).await.status, 415);
+    let a = c.send(xml).await;
+    assert_eq!(a.status, 415);
+    assert!(a.json()["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("unsupported content type `application/xml`"));
+
+    // Content types are compared without case; any `+json` type is JSON, `json` alone is not.
+    let ok_body = br#"{"args":["echo"],"kwargs":{"ok":true}}"#;
+    for (ct, status) in [
+        ("Application/JSON", 200),
+        ("application/Vnd.Example+JSON; charset=utf-8", 200),
+        ("JSON", 415),
+        ("+json", 200),
+        ("Text/Plain", 415),
+    ] {
+        let r = c
+            .request("POST", "/execute")
+            .header("content-type", ct)
+            .body(Full::new(Bytes::from_static(ok_body)))
+            .unwrap();
+        let a = c.send(r).await;
+        assert_eq!(a.status, status, "content type `{ct}`");
+        if status == 415 {
+            let lowered = ct.to_ascii_lowercase();
+            assert!(
+                a.json()["detail"].as_str().unwrap().contains(&lowered),
+                "the refusal names `{lowered}`"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -169,9 +169,7 @@ async fn begin(
     let token = CancellationToken::new();
     let cell = ProgressCell::default();
     *lock(&state.latest) = cell.clone();
-    let mut ctx = CallContext::new()
-        .with_cancel(token.clone())
-        .with_progress(cell)
+    let mut ctx = CallContext::from_parts(token.clone(), cell)
         .with_deadline(r.deadline.map(Instant::into_std));
     if let Some(tag) = r.tag {
         ctx = ctx.with_tag(tag);

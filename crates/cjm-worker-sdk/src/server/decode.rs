@@ -47,19 +47,25 @@ pub(super) fn body_kind(req: &Request<Incoming>, frames: bool) -> Result<BodyKin
     let Some(ct) = req.headers().get(CONTENT_TYPE) else {
         return Ok(BodyKind::Json);
     };
+    // Compared without case and without a lowered copy: this runs on every call.
     let mime = ct
         .to_str()
         .unwrap_or("")
         .split(';')
         .next()
         .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if mime == content_types::JSON || mime.ends_with("+json") {
+        .trim();
+    let json_suffix = mime
+        .len()
+        .checked_sub("+json".len())
+        .and_then(|at| mime.get(at..))
+        .is_some_and(|tail| tail.eq_ignore_ascii_case("+json"));
+    if mime.eq_ignore_ascii_case(content_types::JSON) || json_suffix {
         Ok(BodyKind::Json)
-    } else if frames && mime == content_types::FRAME {
+    } else if frames && mime.eq_ignore_ascii_case(content_types::FRAME) {
         Ok(BodyKind::Frame)
     } else {
+        let mime = mime.to_ascii_lowercase();
         let accepted = if frames {
             format!("{} or {}", content_types::JSON, content_types::FRAME)
         } else {
