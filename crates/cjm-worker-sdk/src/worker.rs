@@ -810,7 +810,11 @@ mod tests {
         let mut two = call(json!(["ping", 2]), json!({}));
         let e = Command::<Op>::from_call(&mut two).unwrap_err();
         assert!(e.message.contains("only positional argument"), "{e}");
-        assert_eq!(two.args, vec![json!("ping"), json!(2)], "a refused call keeps its args");
+        assert_eq!(
+            two.args,
+            vec![json!("ping"), json!(2)],
+            "a refused call keeps its args"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use cjm_core::wire::{self, headers as wire_headers, paths};
 use cjm_core::PluginError;
-use http::header::{HeaderValue, ALLOW, WWW_AUTHENTICATE};
+use http::header::{HeaderName, HeaderValue, ALLOW, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -31,6 +31,9 @@ const ROUTES: [(&str, Method); 10] = [
 
 const PROTOCOL_HEADER_VALUE: &str = "1";
 const _: () = assert!(wire::PROTOCOL_VERSION == 1);
+/// Built at compile time: a name parsed from a `&str` is copied into a new allocation on each
+/// answer.
+const PROTOCOL_HEADER: HeaderName = HeaderName::from_static(wire_headers::PROTOCOL);
 
 /// The service of every connection: routes `req` and marks the answer with the protocol.
 pub(super) async fn handle(
@@ -39,7 +42,7 @@ pub(super) async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let mut resp = route(state, req).await;
     resp.headers_mut().insert(
-        wire_headers::PROTOCOL,
+        PROTOCOL_HEADER,
         HeaderValue::from_static(PROTOCOL_HEADER_VALUE),
     );
     Ok(resp)
