@@ -211,6 +211,10 @@ impl Conn {
 /// Keep at most this many idle connections per pool.
 const MAX_IDLE: usize = 64;
 
+/// The `Host` header of every request, built at compile time (from a `&str` it would be copied
+/// into a new allocation each time).
+const HOST: HeaderValue = HeaderValue::from_static("worker");
+
 /// The client of one worker.
 #[derive(Debug)]
 pub(crate) struct Transport {
@@ -294,7 +298,7 @@ impl Transport {
         let mut b = Request::builder()
             .method(method)
             .uri(path)
-            .header(http::header::HOST, HeaderValue::from_static("worker"));
+            .header(http::header::HOST, HOST);
         if let Some(a) = &self.auth {
             b = b.header(headers::AUTHORIZATION, a.clone());
         }
