@@ -190,21 +190,11 @@ async fn execute_answers_results_and_typed_errors() {
         .as_str()
         .unwrap()
         .starts_with("malformed JSON body: "));
-    let xml = c
-        .request("POST", "/execute")
-        .header("content-type", "application/xml")
-        .body(Full::new(Bytes::from_static(b"<a/>")))
-        .unwrap();
-    let a = c.send(xml).await;
-    assert_eq!(a.status, 415);
-    assert!(a.json()["detail"]
-        .as_str()
-        .unwrap()
-        .starts_with("unsupported content type `application/xml`"));
 
     // Content types are compared without case; any `+json` type is JSON, `json` alone is not.
     let ok_body = br#"{"args":["echo"],"kwargs":{"ok":true}}"#;
     for (ct, status) in [
+        ("application/xml", 415),
         ("Application/JSON", 200),
         ("application/Vnd.Example+JSON; charset=utf-8", 200),
         ("JSON", 415),
@@ -219,11 +209,9 @@ async fn execute_answers_results_and_typed_errors() {
         let a = c.send(r).await;
         assert_eq!(a.status, status, "content type `{ct}`");
         if status == 415 {
-            let lowered = ct.to_ascii_lowercase();
-            assert!(
-                a.json()["detail"].as_str().unwrap().contains(&lowered),
-                "the refusal names `{lowered}`"
-            );
+            let named = format!("unsupported content type `{}`", ct.to_ascii_lowercase());
+            let detail = a.json()["detail"].as_str().unwrap().to_owned();
+            assert!(detail.starts_with(&named), "{detail}");
         }
     }
 }
