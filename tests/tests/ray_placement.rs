@@ -38,7 +38,21 @@ fn ray_bin() -> PathBuf {
     ray
 }
 
+/// A port nothing listens on, picked between Ray's worker ports (10002–19999 by default) and
+/// the kernel's ephemeral ones (32768 and up on Linux), so that neither a Ray worker nor any
+/// outgoing connection takes it before the head binds it. Each pick moves on from the last.
 fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const COUNT: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % u32::from(COUNT)) as u16;
+    for _ in 0..COUNT {
+        let port = FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed) % COUNT) % COUNT;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -59,19 +73,48 @@ fn http(port: u16, method: &str, path: &str) -> Option<(u16, Value)> {
     Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
 }
 
+/// How many times a head is started before the test gives up, and how long each may take to
+/// answer. A head can still lose a port picked by [`free_port`] to another process between the
+/// pick and its bind (`ray start` then exits); a fresh start with fresh ports is the remedy.
+const HEAD_ATTEMPTS: u32 = 3;
+const HEAD_READY_WITHIN: Duration = Duration::from_secs(180);
+
 /// A Ray head on loopback, stopped with everything it started when dropped.
 struct RayHead {
     child: Child,
     dashboard: u16,
     temp: PathBuf,
+    log: PathBuf,
 }
 
 impl RayHead {
+    /// Starts a head and waits for its job server, retrying with fresh ports; on failure the
+    /// panic carries each attempt's account (the head's output and the dashboard's log).
     fn start() -> Self {
+        let mut failures = Vec::new();
+        for attempt in 1..=HEAD_ATTEMPTS {
+            match Self::try_start(attempt) {
+                Ok(head) => return head,
+                Err(why) => {
+                    eprintln!("Ray head, attempt {attempt} of {HEAD_ATTEMPTS}: {why}");
+                    failures.push(format!("attempt {attempt}: {why}"));
+                }
+            }
+        }
+        panic!(
+            "the Ray head's job server never answered:\n{}",
+            failures.join("\n\n")
+        );
+    }
+
+    fn try_start(attempt: u32) -> Result<Self, String> {
         let ray = ray_bin();
         // Ray puts Unix sockets under its temp dir: keep the path short.
-        let temp = PathBuf::from(format!("/tmp/cjm-ray-{}", std::process::id()));
+        let temp = PathBuf::from(format!("/tmp/cjm-ray-{}-{attempt}", std::process::id()));
         let _ = std::fs::remove_dir_all(&temp);
+        let log = temp.with_extension("log");
+        let out = std::fs::File::create(&log).expect("create the Ray head's log");
+        let err = out.try_clone().expect("share the Ray head's log");
         let dashboard = free_port();
         let mut cmd = Command::new(&ray);
         cmd.args(["start", "--head", "--block", "--disable-usage-stats"])
@@ -88,29 +131,55 @@ impl RayHead {
             .arg(format!("--temp-dir={}", temp.display()))
             .env("RAY_USAGE_STATS_ENABLED", "0")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(out)
+            .stderr(err)
             .process_group(0);
         let child = cmd.spawn().expect("start `ray start --head`");
-        let head = Self {
+        let mut head = Self {
             child,
             dashboard,
             temp,
+            log,
         };
         // Ready when the job server answers (Ray has no readiness signal but its API).
-        let until = Instant::now() + Duration::from_secs(180);
+        let started = Instant::now();
         loop {
             if let Some((200, v)) = http(dashboard, "GET", "/api/version") {
                 assert!(v["ray_version"].is_string(), "{v}");
-                break;
+                return Ok(head);
             }
-            assert!(
-                Instant::now() < until,
-                "the Ray head's job server did not answer within 180 s"
-            );
+            if let Ok(Some(status)) = head.child.try_wait() {
+                return Err(format!(
+                    "`ray start` ended ({status}) before its job server answered\n{}",
+                    head.account()
+                ));
+            }
+            if started.elapsed() > HEAD_READY_WITHIN {
+                return Err(format!(
+                    "no answer on port {dashboard} within {} s\n{}",
+                    HEAD_READY_WITHIN.as_secs(),
+                    head.account()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(250));
         }
-        head
+    }
+
+    /// The last lines of the head's own output and of its dashboard's log.
+    fn account(&self) -> String {
+        let tail = |p: &std::path::Path| {
+            let text = std::fs::read_to_string(p).unwrap_or_else(|e| format!("({e})"));
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        };
+        let dashboard = self.temp.join("session_latest/logs/dashboard.log");
+        format!(
+            "--- {}:\n{}\n--- {}:\n{}",
+            self.log.display(),
+            tail(&self.log),
+            dashboard.display(),
+            tail(&dashboard)
+        )
     }
 
     fn url(&self) -> String {
@@ -162,6 +231,7 @@ impl Drop for RayHead {
         }
         left = common::wait_gone(&left, Duration::from_secs(10));
         let _ = std::fs::remove_dir_all(&self.temp);
+        let _ = std::fs::remove_file(&self.log);
         if !std::thread::panicking() {
             assert!(left.is_empty(), "Ray left processes behind: {left:?}");
         }
