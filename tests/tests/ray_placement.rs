@@ -1,7 +1,9 @@
 //! Placement on a real Ray cluster (`execution_mode: ray`).
 //!
 //! The test starts a real Ray head on loopback (`ray start --head --block` from the venv
-//! `cargo xtask test` makes, `target/py312-ray`, or `CJM_TEST_RAY_PYTHON`). It places the test
+//! `cargo xtask test` makes, `target/py312-ray`, or `CJM_TEST_RAY_PYTHON`; a head that exits or
+//! stays silent is stopped and started again on fresh ports, and if none answers the failure
+//! shows what each attempt printed and the dashboard's log). It places the test
 //! worker on it as a Ray job through the job server's REST API, then calls it, streams from it,
 //! kills it (Ray reports the job failed, and the supervisor restarts it as a new job) and
 //! unloads it. It checks through Ray's own API that no job is left, and that every process the
