@@ -120,8 +120,18 @@ impl AsyncRead for QuietUnixStream {
             // SAFETY: only bytes `read` wrote are marked initialized (`assume_init(n)`), and
             // nothing is read out of the unfilled part.
             let unfilled = unsafe { buf.unfilled_mut() };
+            let room = unfilled.len();
             match guard.try_io(|s| read_uninit(s.get_ref(), unfilled)) {
                 Ok(Ok(n)) => {
+                    // A read that did not fill the room emptied the socket (a stream socket's
+                    // read takes all that is queued, up to the room). Forget the readiness
+                    // now, as tokio's own sockets do: the next read then waits for epoll's
+                    // next report instead of trying first and getting `EAGAIN`, one system
+                    // call saved per message. Data that arrives meanwhile is reported anew
+                    // (edge-triggered), and a report newer than this read is not cleared.
+                    if n > 0 && n < room {
+                        guard.clear_ready();
+                    }
                     // SAFETY: `read` wrote the first `n` bytes of the unfilled part.
                     unsafe { buf.assume_init(n) };
                     buf.advance(n);
@@ -188,6 +198,7 @@ impl AsyncWrite for QuietUnixStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn pair() -> (QuietUnixStream, QuietUnixStream) {
@@ -244,6 +255,42 @@ mod tests {
         assert_eq!(buf.filled(), b"twelve bytes");
         assert_eq!(buf.initialized().len(), 12, "the rest stays uninitialized");
         assert_eq!(buf.remaining(), 52);
+    }
+
+    #[tokio::test]
+    async fn after_a_read_that_emptied_the_socket_new_data_still_wakes_the_reader() {
+        let (mut a, mut b) = pair();
+        let mut buf = [0u8; 64];
+        a.write_all(b"one").await.unwrap();
+        // A short read: the readiness it found is forgotten.
+        assert_eq!(b.read(&mut buf).await.unwrap(), 3);
+        assert_eq!(&buf[..3], b"one");
+        // The next read waits (it is pending, with its waker registered) until data comes.
+        let mut read = std::pin::pin!(b.read(&mut buf));
+        let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "nothing was sent yet: {first:?}");
+        a.write_all(b"two").await.unwrap();
+        assert_eq!(read.await.unwrap(), 3);
+        assert_eq!(&buf[..3], b"two");
+    }
+
+    #[tokio::test]
+    async fn a_read_that_fills_its_room_leaves_the_rest_readable() {
+        // A full read may leave data queued: its readiness must stay, or the rest would wait
+        // for data that never comes.
+        let (mut a, mut b) = pair();
+        a.write_all(b"twelve bytes").await.unwrap();
+        let mut got = Vec::new();
+        let mut room = [0u8; 4];
+        for _ in 0..3 {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(30), b.read(&mut room))
+                .await
+                .expect("the queued bytes are read without new data")
+                .unwrap();
+            assert_eq!(n, 4);
+            got.extend_from_slice(&room);
+        }
+        assert_eq!(got, b"twelve bytes");
     }
 
     #[tokio::test]
