@@ -270,7 +270,10 @@ mod tests {
         let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
         assert!(first.is_pending(), "nothing was sent yet: {first:?}");
         a.write_all(b"two").await.unwrap();
-        assert_eq!(read.await.unwrap(), 3);
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), read)
+            .await
+            .expect("the data sent woke the pending read");
+        assert_eq!(n.unwrap(), 3);
         assert_eq!(&buf[..3], b"two");
     }
 
