@@ -436,6 +436,59 @@ async fn cancel_and_deadline() {
     m.unload_all().await;
 }
 
+/// A blob that says when its memory is let go of.
+struct Watched {
+    data: Vec<u8>,
+    released: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl AsRef<[u8]> for Watched {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Some(tx) = self.released.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_running_call_holds_no_copy_of_its_arguments() {
+    let s = Scratch::new();
+    s.worker_manifest("slow", json!({}));
+    let m = s.manager();
+    m.load("slow", None).await.unwrap();
+
+    // Small enough to travel in the request's frame, not in a memfd of its own.
+    let (tx, released) = tokio::sync::oneshot::channel();
+    let blob = bytes::Bytes::from_owner(Watched {
+        data: vec![7; 64 << 10],
+        released: Some(tx),
+    });
+    let token = CancellationToken::new();
+    let call = op("sleep")
+        .kwarg("ms", json!(3_600_000))
+        .with_blob(blob)
+        .with_ctx(CallContext::new().with_cancel(token.clone()));
+    let m2 = m.clone();
+    let task = tokio::spawn(async move { m2.execute("slow", call).await });
+    // Once the request is written, nothing in the host holds the blob, while the worker
+    // sleeps for an hour (the wait is bounded only so that a failure cannot hang the suite).
+    tokio::time::timeout(Duration::from_secs(60), released)
+        .await
+        .expect("the call's blob was still held 60 s into the call")
+        .unwrap();
+    assert!(!task.is_finished(), "the call is still running");
+    token.cancel();
+    let err = task.await.unwrap().unwrap_err();
+    assert_eq!(err.category, ErrorCategory::Cancelled);
+    m.unload_all().await;
+}
+
 #[tokio::test]
 async fn binary_payloads_travel_as_frames() {
     let s = Scratch::new();

@@ -467,7 +467,11 @@ impl WorkerClient {
     async fn execute_answer(self: &Arc<Self>, call: Call) -> Result<Answer, PluginError> {
         let call = self.share_large_blobs(call).await?;
         let req = self.execute_request(paths::EXECUTE, &call)?;
-        let resp = Bounded::new(self, &call.ctx, self.transport.call(req, None)).await?;
+        // The request holds what it sends, and lets go of each part once written: the call's
+        // own arguments and blobs are released now, not held while the worker works.
+        let ctx = call.ctx.clone();
+        drop(call);
+        let resp = Bounded::new(self, &ctx, self.transport.call(req, None)).await?;
         check(&resp)?;
         if resp
             .content_type
@@ -496,6 +500,8 @@ impl WorkerClient {
     ) -> Result<ChunkStream, PluginError> {
         let call = self.share_large_blobs(call).await?;
         let req = self.execute_request(paths::EXECUTE_STREAM, &call)?;
+        let ctx = call.ctx.clone();
+        drop(call);
         let start = async {
             let (resp, mut conn) = self.transport.send(req).await?;
             if !resp.status().is_success() {
@@ -509,7 +515,6 @@ impl WorkerClient {
             }
             Ok((resp, conn))
         };
-        let ctx = call.ctx.clone();
         let (resp, conn) = Bounded::new(self, &ctx, start).await?;
         Ok(Box::pin(NdjsonStream::new(
             Arc::clone(self),

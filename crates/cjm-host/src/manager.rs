@@ -1243,7 +1243,8 @@ impl PluginManager {
     }
 
     /// Runs one call. Dropping the future cancels it (the worker is told) and settles its
-    /// accounting: it counts as cancelled.
+    /// accounting: it counts as cancelled. A worker's call holds no copy of `call`'s arguments
+    /// and blobs while it runs: they are released once its request is written.
     pub async fn execute_with(
         &self,
         name: &str,
