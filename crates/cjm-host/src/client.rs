@@ -11,8 +11,8 @@ use cjm_core::wire::{
     WorkerFlavor,
 };
 use cjm_core::{
-    Call, CancelOutcome, ChunkStream, ErrorCategory, Output, PluginError, Progress, RawOutput,
-    WorkerGeneration,
+    Call, CallContext, CancelOutcome, ChunkStream, ErrorCategory, Output, PluginError, Progress,
+    RawOutput, WorkerGeneration,
 };
 use cjm_sys::blob_channel::BlobChannel;
 use cjm_sys::shared_blob;
@@ -362,8 +362,15 @@ impl WorkerClient {
         self.get_json(original::paths::STRUCTURAL_SURFACE).await
     }
 
-    fn execute_request(&self, path: &str, call: &Call) -> Result<Request<ReqBody>, PluginError> {
-        let mut req = self.execute_request_untagged(path, call)?;
+    /// The request of `/execute` or `/execute_stream`, and the call's context. The call is
+    /// consumed: the request holds what it sends (and lets go of each part once written), so
+    /// the call's own arguments and blobs are released here, not held while the worker works.
+    fn execute_request(
+        &self,
+        path: &str,
+        call: Call,
+    ) -> Result<(Request<ReqBody>, CallContext), PluginError> {
+        let mut req = self.execute_request_untagged(path, &call)?;
         if let (Some(tag), WorkerFlavor::Cjm) = (call.ctx.tag(), self.flavor()) {
             let valid = tag.len() <= headers::MAX_CALL_TAG && !tag.is_empty();
             match http::HeaderValue::from_str(tag) {
@@ -378,7 +385,7 @@ impl WorkerClient {
                 }
             }
         }
-        Ok(req)
+        Ok((req, call.ctx))
     }
 
     fn execute_request_untagged(
@@ -466,11 +473,7 @@ impl WorkerClient {
     /// where it names them), or a JSON body as it came.
     async fn execute_answer(self: &Arc<Self>, call: Call) -> Result<Answer, PluginError> {
         let call = self.share_large_blobs(call).await?;
-        let req = self.execute_request(paths::EXECUTE, &call)?;
-        // The request holds what it sends, and lets go of each part once written: the call's
-        // own arguments and blobs are released now, not held while the worker works.
-        let ctx = call.ctx.clone();
-        drop(call);
+        let (req, ctx) = self.execute_request(paths::EXECUTE, call)?;
         let resp = Bounded::new(self, &ctx, self.transport.call(req, None)).await?;
         check(&resp)?;
         if resp
@@ -499,9 +502,7 @@ impl WorkerClient {
         call: Call,
     ) -> Result<ChunkStream, PluginError> {
         let call = self.share_large_blobs(call).await?;
-        let req = self.execute_request(paths::EXECUTE_STREAM, &call)?;
-        let ctx = call.ctx.clone();
-        drop(call);
+        let (req, ctx) = self.execute_request(paths::EXECUTE_STREAM, call)?;
         let start = async {
             let (resp, mut conn) = self.transport.send(req).await?;
             if !resp.status().is_success() {
