@@ -85,7 +85,7 @@ pub(crate) async fn calls(f: &mut Map<String, Value>, par_total: usize) -> Resul
     }
     f.insert(
         "async_calls_per_s_par32_limit".into(),
-        json!(pings_per_s(conns, par_total).await?),
+        json!(pings_per_s(conns, par_total).await?.0),
     );
     server.abort();
 
@@ -103,19 +103,70 @@ pub(crate) async fn calls(f: &mut Map<String, Value>, par_total: usize) -> Resul
     for i in 0..32 {
         conns.push(connect(&bare.socks[i % bare.socks.len()]).await?);
     }
-    f.insert(
-        "async_calls_per_s_par32_bare_procs".into(),
-        json!(pings_per_s(conns, par_total).await?),
-    );
+    let pids: Vec<u32> = bare.children.iter().map(std::process::Child::id).collect();
+    let cpu = CpuSplit::start(&pids);
+    let (rate, done) = pings_per_s(conns, par_total).await?;
+    cpu.finish(f, "async_calls_par32_bare", done);
+    f.insert("async_calls_per_s_par32_bare_procs".into(), json!(rate));
     drop(bare);
     Ok(())
 }
 
+/// The CPU time a stretch of calls costs, split between this process (the caller: the host,
+/// or the bare client) and the processes that serve them: per call, in µs, which unlike the
+/// calls' rate does not count the time the cores sit idle waiting for one another. Read from
+/// every thread's `schedstat` (`cjm_sys::proc::cpu_time_ns`); not recorded where the kernel
+/// keeps no such figures.
+pub(crate) struct CpuSplit {
+    pids: Vec<u32>,
+    caller: Option<u64>,
+    servers: Option<u64>,
+}
+
+impl CpuSplit {
+    /// Starts counting for this process and `pids`.
+    pub(crate) fn start(pids: &[u32]) -> Self {
+        Self {
+            pids: pids.to_vec(),
+            caller: cjm_sys::proc::cpu_time_ns(std::process::id()),
+            servers: servers_ns(pids),
+        }
+    }
+
+    /// Records `<prefix>_{host,workers}_cpu_us` (`_bare` prefixes: `_{client,servers}_`), each
+    /// per one of `calls`.
+    pub(crate) fn finish(self, f: &mut Map<String, Value>, prefix: &str, calls: usize) {
+        let (caller, servers) = if prefix.ends_with("_bare") {
+            ("client", "servers")
+        } else {
+            ("host", "workers")
+        };
+        let per_call = |before: Option<u64>, after: Option<u64>| {
+            let spent = after?.checked_sub(before?)?;
+            (calls > 0).then(|| spent as f64 / 1e3 / calls as f64)
+        };
+        let now = cjm_sys::proc::cpu_time_ns(std::process::id());
+        if let Some(us) = per_call(self.caller, now) {
+            f.insert(format!("{prefix}_{caller}_cpu_us"), json!(us));
+        }
+        if let Some(us) = per_call(self.servers, servers_ns(&self.pids)) {
+            f.insert(format!("{prefix}_{servers}_cpu_us"), json!(us));
+        }
+    }
+}
+
+/// The CPU time of `pids` together, in ns; `None` unless every one was read.
+fn servers_ns(pids: &[u32]) -> Option<u64> {
+    pids.iter()
+        .map(|&p| cjm_sys::proc::cpu_time_ns(p))
+        .sum::<Option<u64>>()
+}
+
 /// `total` pings spread over `conns`, each connection sequential, all at once: pings per
-/// second.
-async fn pings_per_s(conns: Vec<Sender>, total: usize) -> Result<f64, PluginError> {
+/// second, and how many were made (`total` rounded down to a multiple of the connections).
+async fn pings_per_s(conns: Vec<Sender>, total: usize) -> Result<(f64, usize), PluginError> {
     let per_conn = total / conns.len().max(1);
-    let done = (per_conn * conns.len()) as f64;
+    let calls = per_conn * conns.len();
     let t = Instant::now();
     let results: Vec<Result<(), PluginError>> = futures::stream::iter(conns)
         .map(|mut c| async move {
@@ -130,7 +181,7 @@ async fn pings_per_s(conns: Vec<Sender>, total: usize) -> Result<f64, PluginErro
     for r in results {
         r?;
     }
-    Ok(done / t.elapsed().as_secs_f64())
+    Ok((calls as f64 / t.elapsed().as_secs_f64(), calls))
 }
 
 /// Bare echo servers, each in a process of its own (this program run with

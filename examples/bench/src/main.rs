@@ -158,6 +158,18 @@ fn print_table(f: &Map<String, Value>) {
             "calls/s",
         ),
         (
+            "async_calls_par32_host_cpu_us",
+            "  CPU per call: the host",
+            1.0,
+            "µs",
+        ),
+        (
+            "async_calls_par32_workers_cpu_us",
+            "  CPU per call: the workers",
+            1.0,
+            "µs",
+        ),
+        (
             "sync_rtt_p50_us_bare_proc",
             "  reference: bare ping-pong to another process p50",
             1.0,
@@ -168,6 +180,18 @@ fn print_table(f: &Map<String, Value>) {
             "  reference: bare, 32 in flight / 10 processes",
             1.0,
             "calls/s",
+        ),
+        (
+            "async_calls_par32_bare_client_cpu_us",
+            "    CPU per call: its client",
+            1.0,
+            "µs",
+        ),
+        (
+            "async_calls_par32_bare_servers_cpu_us",
+            "    CPU per call: its servers",
+            1.0,
+            "µs",
         ),
         (
             "stream_chunks_per_s",
@@ -410,6 +434,8 @@ async fn par_calls(
     total: usize,
     f: &mut Map<String, Value>,
 ) -> Result<(), PluginError> {
+    let pids: Vec<u32> = names.iter().filter_map(|n| m.pid(n)).collect();
+    let cpu = limits::CpuSplit::start(&pids);
     let t = Instant::now();
     let results: Vec<Result<_, PluginError>> = futures::stream::iter(0..total)
         .map(|i| {
@@ -420,13 +446,12 @@ async fn par_calls(
         .buffer_unordered(32)
         .collect()
         .await;
+    let secs = t.elapsed().as_secs_f64();
+    cpu.finish(f, "async_calls_par32", total);
     for r in results {
         r?;
     }
-    f.insert(
-        "async_calls_per_s_par32".into(),
-        json!(total as f64 / t.elapsed().as_secs_f64()),
-    );
+    f.insert("async_calls_per_s_par32".into(), json!(total as f64 / secs));
     Ok(())
 }
 
