@@ -200,6 +200,18 @@ fn print_table(f: &Map<String, Value>) {
             "chunks/s",
         ),
         (
+            "stream_chunk_host_cpu_us",
+            "  CPU per chunk: the host",
+            1e3,
+            "ns",
+        ),
+        (
+            "stream_chunk_workers_cpu_us",
+            "  CPU per chunk: the worker",
+            1e3,
+            "ns",
+        ),
+        (
             "payload_8MiB_roundtrip_MBps",
             "8 MiB string echoed (both ways)",
             1.0,
@@ -577,6 +589,8 @@ async fn stream(
         // The median of five streams: one alone could measure half of the next on this
         // machine.
         let mut rates = Vec::with_capacity(5);
+        let pids: Vec<u32> = m.pid("transcriber").into_iter().collect();
+        let cpu = limits::CpuSplit::start(&pids);
         for _ in 0..5 {
             let t = Instant::now();
             let mut stream = m.execute_stream("transcriber", call.clone()).await?;
@@ -593,6 +607,7 @@ async fn stream(
             }
             rates.push(n as f64 / secs);
         }
+        cpu.finish(f, "stream_chunk", 5 * chunks as usize);
         f.insert("stream_chunks_per_s".into(), json!(median(rates)));
 
         // Time to the first chunk of a short stream, beside a sync call of the same operation
