@@ -12,7 +12,6 @@ use cjm_core::{
     Call, CallContext, CancelOutcome, ChunkStream, ConfigValidator, ErrorCategory, Manifest,
     Output, Plugin, PluginError, Progress, RawOutput,
 };
-use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -20,6 +19,7 @@ use crate::client::WorkerClient;
 use crate::platform;
 use crate::state::PluginState;
 use crate::stats::{CallStats, PluginStats};
+use crate::stream::ExplainedStream;
 use crate::supervisor::WorkerSlot;
 
 /// Where a loaded plugin runs.
@@ -561,14 +561,9 @@ impl PluginProxy {
                 match self.worker(slot)?.execute_stream(call).await {
                     Ok(s) => {
                         let me = Arc::clone(self);
-                        Ok(Box::pin(s.then(move |item| {
+                        Ok(Box::pin(ExplainedStream::new(s, move |e| {
                             let me = Arc::clone(&me);
-                            async move {
-                                match item {
-                                    Err(e) => Err(me.explain(e, pid).await),
-                                    ok => ok,
-                                }
-                            }
+                            Box::pin(async move { me.explain(e, pid).await })
                         })))
                     }
                     Err(e) => Err(self.explain(e, pid).await),

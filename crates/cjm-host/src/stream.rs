@@ -70,6 +70,11 @@ impl Stream for NdjsonStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        // Lines already received go out first, without touching the connection or the task's
+        // waker: most chunks of a fast stream arrive several to a frame.
+        if let Some(decoded) = this.decoded() {
+            return decoded;
+        }
         // The connection hands each frame to the body from inside this poll: answered here,
         // not by the runtime (`cjm_core::repoll`).
         match this.conn.as_ref().map(Conn::repoll) {
@@ -80,29 +85,36 @@ impl Stream for NdjsonStream {
 }
 
 impl NdjsonStream {
+    /// What the lines received so far give: a chunk, the stream's error or its end; `None`
+    /// when more input is needed.
+    fn decoded(&mut self) -> Option<Poll<Option<Result<Value, PluginError>>>> {
+        if self.finished {
+            return Some(Poll::Ready(None));
+        }
+        match self.decoder.next_item() {
+            Some(Ok(v)) => Some(Poll::Ready(Some(Ok(v)))),
+            Some(Err(_)) if self.decoder.ended_without_end() => {
+                // Said as a lost connection, so that the worker's exit can explain it.
+                Some(self.fail(crate::transport::ended_early()))
+            }
+            Some(Err(e)) => Some(self.fail(e)),
+            None if self.decoder.is_over() => {
+                self.finished = true;
+                if let Some(conn) = self.conn.take() {
+                    self.client.transport().give_back(conn);
+                }
+                Some(Poll::Ready(None))
+            }
+            None => None,
+        }
+    }
+
     /// The next chunk: one already decoded, or what the connection brings.
     fn poll_lines(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Value, PluginError>>> {
         let this = self;
         loop {
-            if this.finished {
-                return Poll::Ready(None);
-            }
-            // Chunks already received go out first, without polling anything else.
-            match this.decoder.next_item() {
-                Some(Ok(v)) => return Poll::Ready(Some(Ok(v))),
-                Some(Err(_)) if this.decoder.ended_without_end() => {
-                    // Said as a lost connection, so that the worker's exit can explain it.
-                    return this.fail(crate::transport::ended_early());
-                }
-                Some(Err(e)) => return this.fail(e),
-                None if this.decoder.is_over() => {
-                    this.finished = true;
-                    if let Some(conn) = this.conn.take() {
-                        this.client.transport().give_back(conn);
-                    }
-                    return Poll::Ready(None);
-                }
-                None => {}
+            if let Some(decoded) = this.decoded() {
+                return decoded;
             }
             if this.cancel.as_mut().poll(cx).is_ready() {
                 this.client.cancel_original();
@@ -141,6 +153,54 @@ impl Drop for NdjsonStream {
     }
 }
 
+/// How an [`ExplainedStream`] explains a failure: a future of the explained error.
+pub(crate) type Explanation = Pin<Box<dyn Future<Output = PluginError> + Send>>;
+
+/// A worker's stream whose error item is first explained (a lost connection becomes "the
+/// worker crashed", with its exit status, once the supervisor knows); chunks pass straight
+/// through, with no future made for them.
+pub(crate) struct ExplainedStream<F> {
+    inner: ChunkStream,
+    explain: F,
+    explaining: Option<Explanation>,
+}
+
+impl<F> ExplainedStream<F>
+where
+    F: FnMut(PluginError) -> Explanation,
+{
+    pub(crate) fn new(inner: ChunkStream, explain: F) -> Self {
+        Self {
+            inner,
+            explain,
+            explaining: None,
+        }
+    }
+}
+
+impl<F> Stream for ExplainedStream<F>
+where
+    F: FnMut(PluginError) -> Explanation + Unpin,
+{
+    type Item = Result<Value, PluginError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.explaining.is_none() {
+            match std::task::ready!(this.inner.as_mut().poll_next(cx)) {
+                Some(Err(e)) => this.explaining = Some((this.explain)(e)),
+                other => return Poll::Ready(other),
+            }
+        }
+        let Some(explaining) = this.explaining.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let e = std::task::ready!(explaining.as_mut().poll(cx));
+        this.explaining = None;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
 /// A call's stream with its accounting: the [`CallGuard`] is settled at the stream's end (as a
 /// success), at its first error item (as that error), or when the stream is dropped before
 /// either (as a cancellation: abandoning a stream is neither a success nor a failure of the
@@ -176,5 +236,37 @@ impl Stream for GuardedStream {
             }
         }
         Poll::Ready(item)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn chunks_pass_through_and_the_error_is_explained() {
+        let items = vec![
+            Ok(json!(1)),
+            Ok(json!(2)),
+            Err(PluginError::transient("lost")),
+        ];
+        let mut explained = 0;
+        let s = ExplainedStream::new(Box::pin(futures::stream::iter(items)), |e| {
+            explained += 1;
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                PluginError::fatal(format!("explained: {}", e.message))
+            })
+        });
+        let got: Vec<_> = s.collect().await;
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].as_ref().ok(), Some(&json!(1)));
+        assert_eq!(got[1].as_ref().ok(), Some(&json!(2)));
+        let e = got[2].as_ref().unwrap_err();
+        assert_eq!(e.message, "explained: lost");
+        assert_eq!(e.category, cjm_core::ErrorCategory::Fatal);
+        assert_eq!(explained, 1);
     }
 }
