@@ -4,7 +4,7 @@
 //! whatever pieces the connection delivers, and the property tests can check that the pieces'
 //! boundaries never change what comes out.
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use serde_json::Value;
 
 use super::{StreamLine, WorkerFlavor};
@@ -50,6 +50,14 @@ enum State {
     Failed,
 }
 
+/// One line's JSON (its newline already cut off); `None` for a blank line, which is skipped.
+fn parse_line(text: &[u8]) -> Option<Result<Value, serde_json::Error>> {
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    Some(serde_json::from_slice(text))
+}
+
 impl StreamDecoder {
     /// A decoder for a worker of `flavor`, with lines of at most [`MAX_STREAM_LINE`] bytes.
     pub fn new(flavor: WorkerFlavor) -> Self {
@@ -87,15 +95,17 @@ impl StreamDecoder {
     /// is over (see [`is_over`](Self::is_over)).
     pub fn next_item(&mut self) -> Option<Result<Value, PluginError>> {
         while self.state == State::Open {
-            let line = match memchr::memchr(b'\n', &self.buf[self.scanned..]) {
+            // Each line is parsed where it lies in the buffer, which then moves past it.
+            let parsed = match memchr::memchr(b'\n', &self.buf[self.scanned..]) {
                 Some(pos) => {
                     let end = self.scanned + pos;
                     self.scanned = 0;
-                    let line = self.buf.split_to(end + 1);
                     if end > self.max_line {
                         return Some(self.fail(self.too_long()));
                     }
-                    line
+                    let parsed = parse_line(&self.buf[..end]);
+                    self.buf.advance(end + 1);
+                    parsed
                 }
                 None if self.buf.len() > self.max_line => {
                     return Some(self.fail(self.too_long()));
@@ -107,7 +117,9 @@ impl StreamDecoder {
                 None if !self.buf.is_empty() => {
                     // A last line without its newline.
                     self.scanned = 0;
-                    self.buf.split()
+                    let parsed = parse_line(&self.buf);
+                    self.buf.clear();
+                    parsed
                 }
                 None => {
                     if self.flavor == WorkerFlavor::Cjm && !self.saw_end {
@@ -121,21 +133,19 @@ impl StreamDecoder {
                     return None;
                 }
             };
-            if let Some(item) = self.line(&line) {
+            if let Some(item) = parsed.and_then(|p| self.line(p)) {
                 return Some(item);
             }
         }
         None
     }
 
-    /// Interprets one line (with or without its newline); `None` for a line that yields
-    /// nothing (blank, or the end line).
-    fn line(&mut self, line: &[u8]) -> Option<Result<Value, PluginError>> {
-        let text = line.strip_suffix(b"\n").unwrap_or(line);
-        if text.iter().all(u8::is_ascii_whitespace) {
-            return None;
-        }
-        let value: Value = match serde_json::from_slice(text) {
+    /// Interprets one parsed line; `None` for a line that yields nothing (the end line).
+    fn line(
+        &mut self,
+        parsed: Result<Value, serde_json::Error>,
+    ) -> Option<Result<Value, PluginError>> {
+        let value = match parsed {
             Ok(v) => v,
             Err(e) => {
                 return Some(self.fail(PluginError::fatal(format!(
