@@ -106,7 +106,11 @@ pub(crate) async fn calls(f: &mut Map<String, Value>, par_total: usize) -> Resul
     let pids: Vec<u32> = bare.children.iter().map(std::process::Child::id).collect();
     let cpu = CpuSplit::start(&pids);
     let (rate, done) = pings_per_s(conns, par_total).await?;
-    cpu.finish(f, "async_calls_par32_bare", done);
+    let keys = (
+        "async_calls_par32_bare_client_cpu_us",
+        "async_calls_par32_bare_servers_cpu_us",
+    );
+    cpu.finish(f, keys, done);
     f.insert("async_calls_per_s_par32_bare_procs".into(), json!(rate));
     drop(bare);
     Ok(())
@@ -133,24 +137,19 @@ impl CpuSplit {
         }
     }
 
-    /// Records `<prefix>_{host,workers}_cpu_us` (`_bare` prefixes: `_{client,servers}_`), each
-    /// per one of `calls`.
-    pub(crate) fn finish(self, f: &mut Map<String, Value>, prefix: &str, calls: usize) {
-        let (caller, servers) = if prefix.ends_with("_bare") {
-            ("client", "servers")
-        } else {
-            ("host", "workers")
-        };
+    /// Records the CPU per one of `calls`, in µs: this process's under `keys.0`, the served
+    /// processes' under `keys.1`.
+    pub(crate) fn finish(self, f: &mut Map<String, Value>, keys: (&str, &str), calls: usize) {
         let per_call = |before: Option<u64>, after: Option<u64>| {
             let spent = after?.checked_sub(before?)?;
             (calls > 0).then(|| spent as f64 / 1e3 / calls as f64)
         };
         let now = cjm_sys::proc::cpu_time_ns(std::process::id());
         if let Some(us) = per_call(self.caller, now) {
-            f.insert(format!("{prefix}_{caller}_cpu_us"), json!(us));
+            f.insert(keys.0.into(), json!(us));
         }
         if let Some(us) = per_call(self.servers, servers_ns(&self.pids)) {
-            f.insert(format!("{prefix}_{servers}_cpu_us"), json!(us));
+            f.insert(keys.1.into(), json!(us));
         }
     }
 }

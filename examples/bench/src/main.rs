@@ -459,7 +459,11 @@ async fn par_calls(
         .collect()
         .await;
     let secs = t.elapsed().as_secs_f64();
-    cpu.finish(f, "async_calls_par32", total);
+    let keys = (
+        "async_calls_par32_host_cpu_us",
+        "async_calls_par32_workers_cpu_us",
+    );
+    cpu.finish(f, keys, total);
     for r in results {
         r?;
     }
@@ -607,7 +611,8 @@ async fn stream(
             }
             rates.push(n as f64 / secs);
         }
-        cpu.finish(f, "stream_chunk", 5 * chunks as usize);
+        let keys = ("stream_chunk_host_cpu_us", "stream_chunk_workers_cpu_us");
+        cpu.finish(f, keys, 5 * chunks as usize);
         f.insert("stream_chunks_per_s".into(), json!(median(rates)));
 
         // Time to the first chunk of a short stream, beside a sync call of the same operation
