@@ -408,20 +408,25 @@ mod tests {
     }
 
     #[test]
-    fn this_process_has_run_for_some_time() {
-        // The kernel adds a running thread's time at its ticks and switches: work until the
-        // figure moves (at most a few ticks).
-        let before = cpu_time_ns(std::process::id()).unwrap();
+    fn a_busy_process_is_seen_running() {
+        // A one-thread child that spins: its figure can only grow (a multi-threaded process's
+        // sum drops when a thread ends, as this test binary's do). The kernel adds a running
+        // thread's time at its ticks and switches: read until it moves, at most 10 s.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let first = cpu_time_ns(pid).unwrap();
         let start = std::time::Instant::now();
-        let mut after = before;
-        while after == before && start.elapsed() < std::time::Duration::from_secs(10) {
-            let mut x = 0u64;
-            for i in 0..100_000u64 {
-                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
-            }
-            after = cpu_time_ns(std::process::id()).unwrap();
+        let mut later = first;
+        while later == first && start.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::yield_now();
+            later = cpu_time_ns(pid).unwrap_or(first);
         }
-        assert!(after > before, "{before} -> {after}");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(later > first, "{first} -> {later}");
         assert_eq!(cpu_time_ns(u32::MAX), None);
     }
 
