@@ -112,6 +112,22 @@ pub(crate) async fn calls(f: &mut Map<String, Value>, par_total: usize) -> Resul
     );
     cpu.finish(f, keys, done);
     f.insert("async_calls_per_s_par32_bare_procs".into(), json!(rate));
+
+    // The same again, multiplexed on one connection per process instead of HTTP/1.1: what
+    // the wire's shape costs (`bare_mux`).
+    let mut clients = Vec::new();
+    for s in &bare.socks {
+        clients.push(crate::bare_mux::Client::connect(&mux_sock(s)).await?);
+    }
+    let cpu = CpuSplit::start(&pids);
+    let rate = crate::bare_mux::calls_per_s(&clients, par_total).await?;
+    let keys = (
+        "async_calls_par32_bare_mux_client_cpu_us",
+        "async_calls_par32_bare_mux_servers_cpu_us",
+    );
+    cpu.finish(f, keys, par_total);
+    f.insert("async_calls_per_s_par32_bare_mux".into(), json!(rate));
+    drop(clients);
     drop(bare);
     Ok(())
 }
@@ -237,12 +253,20 @@ impl Drop for BareServers {
 /// The argument that makes this program a bare echo server (see [`bare_echo_server`]).
 pub(crate) const BARE_SERVER_ARG: &str = "--bare-echo-server";
 
+/// Where the bare server at `sock` serves the multiplexed echo of [`crate::bare_mux`].
+fn mux_sock(sock: &std::path::Path) -> std::path::PathBuf {
+    sock.with_extension("mux")
+}
+
 /// Serves the ping-pong's echo at `path` on a single-threaded runtime: the least a server
-/// process can do per request. Says `ready` on stdout once it listens; exits when its stdin
-/// closes (the bench is gone) or when it is killed.
+/// process can do per request; and the same echo multiplexed ([`crate::bare_mux`]) beside it.
+/// Says `ready` on stdout once it listens; exits when its stdin closes (the bench is gone) or
+/// when it is killed.
 pub(crate) fn bare_echo_server(path: &std::path::Path) -> std::io::Result<()> {
     let listener = std::os::unix::net::UnixListener::bind(path)?;
     listener.set_nonblocking(true)?;
+    let mux = std::os::unix::net::UnixListener::bind(mux_sock(path))?;
+    mux.set_nonblocking(true)?;
     std::thread::spawn(|| {
         let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
         std::process::exit(0);
@@ -252,6 +276,12 @@ pub(crate) fn bare_echo_server(path: &std::path::Path) -> std::io::Result<()> {
         .build()?;
     rt.block_on(async move {
         let listener = UnixListener::from_std(listener)?;
+        let mux = UnixListener::from_std(mux)?;
+        tokio::spawn(async move {
+            while let Ok((s, _)) = mux.accept().await {
+                tokio::spawn(crate::bare_mux::serve(s));
+            }
+        });
         let mut out = std::io::stdout();
         writeln!(out, "ready")?;
         out.flush()?;

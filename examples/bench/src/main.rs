@@ -11,6 +11,7 @@ use cjm_host::{Call, PluginError, PluginManager};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
 
+mod bare_mux;
 mod jobs;
 mod limits;
 mod remote;
@@ -189,6 +190,24 @@ fn print_table(f: &Map<String, Value>) {
         ),
         (
             "async_calls_par32_bare_servers_cpu_us",
+            "    CPU per call: its servers",
+            1.0,
+            "µs",
+        ),
+        (
+            "async_calls_per_s_par32_bare_mux",
+            "  reference: the same, multiplexed, 1 connection / process",
+            1.0,
+            "calls/s",
+        ),
+        (
+            "async_calls_par32_bare_mux_client_cpu_us",
+            "    CPU per call: its client",
+            1.0,
+            "µs",
+        ),
+        (
+            "async_calls_par32_bare_mux_servers_cpu_us",
             "    CPU per call: its servers",
             1.0,
             "µs",
