@@ -21,7 +21,7 @@ type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 /// Adds `<key>_limit` for every figure that has a limit.
 pub(crate) async fn measure(f: &mut Map<String, Value>) -> Result<(), PluginError> {
-    calls(f, 1000).await?;
+    calls(f, crate::PAR_CALLS).await?;
     let chunks = tokio::task::spawn_blocking(ndjson_pipe)
         .await
         .map_err(|e| PluginError::fatal(format!("the NDJSON limit task failed: {e}")))??;
