@@ -100,12 +100,18 @@ impl Client {
         let answers = Arc::clone(&waiting);
         tokio::spawn(async move {
             let mut buf = BytesMut::with_capacity(64 * 1024);
-            loop {
+            'connection: loop {
                 match r.read_buf(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }
-                while let Ok(Some(n)) = whole_frame(&buf) {
+                loop {
+                    let n = match whole_frame(&buf) {
+                        Ok(Some(n)) => n,
+                        Ok(None) => break,
+                        // A length over the limit: the stream cannot be followed further.
+                        Err(_) => break 'connection,
+                    };
                     let mut frame = buf.split_to(n);
                     let id = u64::from_le_bytes(frame[4..HEADER].try_into().unwrap_or_default());
                     let payload = frame.split_off(HEADER).freeze();
@@ -206,5 +212,31 @@ mod tests {
         }
         assert!(calls_per_s(&[c], 64).await.expect("rate") > 0.0);
         drop(server);
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_limit_ends_the_connection_and_fails_the_waiting_call() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sock = dir.path().join("bad.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).expect("bind");
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut request = [0u8; HEADER + 2];
+            s.read_exact(&mut request).await.expect("the request");
+            let mut answer = (MAX_PAYLOAD as u32 + 1).to_le_bytes().to_vec();
+            answer.extend_from_slice(&request[4..HEADER]);
+            s.write_all(&answer).await.expect("the answer");
+            // Held open: the client must give up on the frame, not on the connection's end.
+            std::future::pending::<()>().await;
+        });
+        let c = Client::connect(&sock).await.expect("connect");
+        // A guard against a hang (what the client did before it gave up on such a frame).
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(30), c.call(b"hi"));
+        let e = waited
+            .await
+            .expect("the call must fail, not wait")
+            .expect_err("no answer can come");
+        assert!(e.to_string().contains("connection ended"), "{e}");
+        server.abort();
     }
 }
