@@ -19,7 +19,6 @@ use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
@@ -152,19 +151,12 @@ impl Client {
 /// `total` echo calls, 32 in flight, spread over `clients` in turn, each answer parsed as the
 /// ping-pong's are: calls per second.
 pub(crate) async fn calls_per_s(clients: &[Client], total: usize) -> Result<f64, PluginError> {
-    let body = br#"{"args":["echo"],"kwargs":{"i":1,"text":"hello"}}"#;
     let t = Instant::now();
     let results: Vec<Result<(), PluginError>> = futures::stream::iter(0..total)
         .map(|i| {
             let c = clients[i % clients.len()].clone();
             async move {
-                let answer = c.call(body).await?;
-                let v: Value = serde_json::from_slice(&answer)
-                    .map_err(|e| PluginError::fatal(format!("bare mux answer: {e}")))?;
-                if v.is_null() {
-                    return Err(PluginError::fatal("bare mux answered null"));
-                }
-                Ok(())
+                crate::limits::check_echo(&c.call(crate::limits::ECHO_BODY).await?, "bare mux")
             }
         })
         .buffer_unordered(32)

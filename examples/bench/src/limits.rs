@@ -360,9 +360,22 @@ fn hyper_err(e: hyper::Error) -> PluginError {
     PluginError::fatal(format!("bare ping-pong: {e}"))
 }
 
+/// The body of the bare references' requests: the size of the bench's echo call.
+pub(crate) const ECHO_BODY: &[u8] = br#"{"args":["echo"],"kwargs":{"i":1,"text":"hello"}}"#;
+
+/// Checks a bare reference's answer as a caller would: parsed, and not `null`.
+pub(crate) fn check_echo(answer: &[u8], what: &str) -> Result<(), PluginError> {
+    let v: Value = serde_json::from_slice(answer)
+        .map_err(|e| PluginError::fatal(format!("{what} answer: {e}")))?;
+    if v.is_null() {
+        return Err(PluginError::fatal(format!("{what} answered null")));
+    }
+    Ok(())
+}
+
 /// One request with a body the size of the bench's echo call, read back whole.
 async fn ping(s: &mut Sender) -> Result<(), PluginError> {
-    let body = Bytes::from_static(br#"{"args":["echo"],"kwargs":{"i":1,"text":"hello"}}"#);
+    let body = Bytes::from_static(ECHO_BODY);
     let req = hyper::Request::post("/execute")
         .header("host", "localhost")
         .header("content-type", "application/json")
@@ -371,12 +384,7 @@ async fn ping(s: &mut Sender) -> Result<(), PluginError> {
     s.ready().await.map_err(hyper_err)?;
     let res = s.send_request(req).await.map_err(hyper_err)?;
     let body = res.into_body().collect().await.map_err(hyper_err)?;
-    let v: Value = serde_json::from_slice(&body.to_bytes())
-        .map_err(|e| PluginError::fatal(format!("bare ping-pong answer: {e}")))?;
-    if v.is_null() {
-        return Err(PluginError::fatal("bare ping-pong answered null"));
-    }
-    Ok(())
+    check_echo(&body.to_bytes(), "bare ping-pong")
 }
 
 /// 20 000 JSON lines written by a thread into a socket pair, read and parsed one by one.

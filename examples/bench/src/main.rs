@@ -196,7 +196,7 @@ fn print_table(f: &Map<String, Value>) {
         ),
         (
             "async_calls_per_s_par32_bare_mux",
-            "  reference: the same, multiplexed, 1 connection / process",
+            "  reference: the same, multiplexed per process",
             1.0,
             "calls/s",
         ),
