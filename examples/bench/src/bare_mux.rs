@@ -184,15 +184,33 @@ mod tests {
         assert!(whole_frame(&big).is_err());
     }
 
-    #[tokio::test]
-    async fn calls_on_one_connection_get_their_own_answers() {
+    /// A socket in a new temporary directory (kept while the directory is), and a task that
+    /// hands its first connection to `handle`.
+    fn serve_first<F, Fut>(
+        handle: F,
+    ) -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        tokio::task::JoinHandle<Fut::Output>,
+    )
+    where
+        F: FnOnce(UnixStream) -> Fut + Send + 'static,
+        Fut: std::future::Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
         let dir = tempfile::tempdir().expect("temp dir");
         let sock = dir.path().join("mux.sock");
         let listener = tokio::net::UnixListener::bind(&sock).expect("bind");
         let server = tokio::spawn(async move {
             let (s, _) = listener.accept().await.expect("accept");
-            serve(s).await
+            handle(s).await
         });
+        (dir, sock, server)
+    }
+
+    #[tokio::test]
+    async fn calls_on_one_connection_get_their_own_answers() {
+        let (_dir, sock, server) = serve_first(serve);
         let c = Client::connect(&sock).await.expect("connect");
         let answers = futures::future::join_all((0..100).map(|i| {
             let c = c.clone();
@@ -203,16 +221,16 @@ mod tests {
             assert_eq!(a.expect("answer"), Bytes::from(format!("call {i}")));
         }
         assert!(calls_per_s(&[c], 64).await.expect("rate") > 0.0);
-        drop(server);
+        // The last client gone, its writer closes the connection and the server ends.
+        server
+            .await
+            .expect("the server task")
+            .expect("the server ends cleanly");
     }
 
     #[tokio::test]
     async fn a_frame_over_the_limit_ends_the_connection_and_fails_the_waiting_call() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let sock = dir.path().join("bad.sock");
-        let listener = tokio::net::UnixListener::bind(&sock).expect("bind");
-        let server = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.expect("accept");
+        let (_dir, sock, server) = serve_first(|mut s: UnixStream| async move {
             let mut request = [0u8; HEADER + 2];
             s.read_exact(&mut request).await.expect("the request");
             let mut answer = (MAX_PAYLOAD as u32 + 1).to_le_bytes().to_vec();
