@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use crate::error::{ErrorCategory, PluginError};
 
 pub mod drift;
+pub mod mux;
 mod ndjson;
 pub mod original;
 pub mod register;
@@ -118,6 +119,9 @@ pub mod features {
     /// there skip the hop from the HTTP thread to the plugin runtime. Listed only by a worker
     /// that adopted that socket; not part of [`ALL`].
     pub const CALLS_SOCKET: &str = "calls_socket";
+    /// The calls socket also takes multiplexed connections (`mux`): many `/execute` calls in
+    /// flight on one connection. Listed only beside [`CALLS_SOCKET`]; not part of [`ALL`].
+    pub const CALLS_MUX: &str = "calls_mux";
     /// Every feature of protocol v1.
     pub const ALL: [&str; 6] = [
         AUTH,
