@@ -6,7 +6,7 @@ use bytes::Bytes;
 use cjm_core::wire::{self, features, HealthResponse, StatsResponse};
 use cjm_core::{ErrorCategory, PluginError};
 use cjm_worker_sdk::runtime::ShutdownReason;
-use common::{lines, until, TestServer};
+use common::{lines, until, with_calls_socket, TestServer};
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
@@ -746,18 +746,6 @@ async fn a_worker_with_a_blob_channel_takes_and_answers_memfds() {
         .as_str()
         .unwrap()
         .contains("no blob channel"));
-}
-
-/// A server with a calls socket beside its main socket, and a client of each.
-fn with_calls_socket(
-    f: impl FnOnce(cjm_worker_sdk::Options) -> cjm_worker_sdk::Options,
-) -> (TestServer, common::Client, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("calls.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-    let s = TestServer::start_with(|o| f(o.calls_listener(listener)));
-    let calls = common::Client { path, token: None };
-    (s, calls, dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

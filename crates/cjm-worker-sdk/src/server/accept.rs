@@ -20,11 +20,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::route;
 use super::state::{lock, State};
+use super::{mux, route};
 use crate::runtime::{Listener, ShutdownReason};
 
 /// How long a client may take over its TLS handshake.
@@ -193,8 +194,10 @@ where
 }
 
 /// The calls socket's accept loop, a task on the plugin runtime with its own graceful shutdown.
+/// Each connection's first bytes say what it speaks: HTTP, or the multiplexed wire
+/// ([`mux`]).
 struct CallsLoop {
-    stop: oneshot::Sender<()>,
+    stop: CancellationToken,
     task: JoinHandle<()>,
 }
 
@@ -203,7 +206,8 @@ impl CallsLoop {
     fn start(state: &Arc<State>, listener: Arc<StdUnixListener>) -> std::io::Result<Self> {
         let l = listener.try_clone()?;
         l.set_nonblocking(true)?;
-        let (stop, mut stopped) = oneshot::channel::<()>();
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
         let st = Arc::clone(state);
         let task = state.plugin_rt.spawn(async move {
             // Created on the plugin runtime, so registered with its reactor, as are the
@@ -216,10 +220,12 @@ impl CallsLoop {
                 }
             };
             let graceful = GracefulShutdown::new();
+            // The multiplexed connections, and the connections not yet told apart.
+            let others = TaskTracker::new();
             loop {
                 tokio::select! {
                     // A stop, or the serving future dropped.
-                    _ = &mut stopped => break,
+                    () = stopped.cancelled() => break,
                     a = l.accept() => match a {
                         Ok((s, _)) => {
                             // An answer's large body crosses in fewer hand-offs to the host.
@@ -230,7 +236,15 @@ impl CallsLoop {
                                 tracing::debug!("cannot enlarge a calls connection's send buffer: {e}");
                             }
                             match QuietUnixStream::from_tokio(s) {
-                                Ok(s) => serve_watched(s, &st, graceful.watcher()),
+                                Ok(s) => {
+                                    let opened = open_calls_connection(
+                                        s,
+                                        Arc::clone(&st),
+                                        graceful.watcher(),
+                                        stopped.clone(),
+                                    );
+                                    others.spawn(opened);
+                                }
                                 Err(e) => tracing::warn!("cannot serve a calls connection: {e}"),
                             }
                         }
@@ -243,6 +257,8 @@ impl CallsLoop {
             }
             drop(l);
             drop(listener);
+            others.close();
+            others.wait().await;
             graceful.shutdown().await;
         });
         Ok(Self { stop, task })
@@ -250,7 +266,37 @@ impl CallsLoop {
 
     /// Stops accepting; the returned task ends once the loop's connections have closed.
     fn stop(self) -> JoinHandle<()> {
-        let _ = self.stop.send(());
+        self.stop.cancel();
         self.task
+    }
+}
+
+/// Tells a new calls-socket connection's wire from its first bytes and serves it: HTTP (watched
+/// by `watcher`), or multiplexed until `stop`.
+async fn open_calls_connection(
+    mut s: QuietUnixStream,
+    state: Arc<State>,
+    watcher: hyper_util::server::graceful::Watcher,
+    stop: CancellationToken,
+) {
+    let opening = tokio::select! {
+        () = stop.cancelled() => return,
+        o = mux::opening(&mut s) => o,
+    };
+    match opening {
+        Ok(mux::Opening::Http(first)) => {
+            serve_watched(mux::Rewound::new(first, s), &state, watcher)
+        }
+        Ok(mux::Opening::Mux { token, rest }) => {
+            drop(watcher);
+            if let Some(auth) = &state.auth {
+                if !auth.allows_token(&token) {
+                    tracing::warn!("a multiplexed calls connection without the token: closed");
+                    return;
+                }
+            }
+            mux::serve(s, rest, state, stop).await;
+        }
+        Err(e) => tracing::debug!("a calls connection ended before it spoke: {e}"),
     }
 }

@@ -33,7 +33,11 @@ impl Auth {
         if value.len() < 7 || !value[..7].eq_ignore_ascii_case(b"bearer ") {
             return false;
         }
-        let presented = &value[7..];
+        self.allows_token(&value[7..])
+    }
+
+    /// True when `presented` is the token (a multiplexed connection's preface carries it).
+    pub(crate) fn allows_token(&self, presented: &[u8]) -> bool {
         bool::from(presented.ct_eq(&self.expected))
     }
 }

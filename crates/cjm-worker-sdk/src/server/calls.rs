@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::DropGuard;
 use tracing::Instrument;
 
-use super::decode::read_call;
+use super::decode::{read_call, CallRequest, Rejection};
 use super::respond::{error, output, respond};
 use super::state::{lock, panicked, shutting_down, State};
 use super::stats::RunningGuard;
@@ -39,9 +39,30 @@ fn call_span(call: &Call) -> tracing::Span {
 
 /// `POST /execute`: the plugin's result, whole (JSON, or a frame with blobs).
 pub(super) async fn execute(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
-    let (call, waiter, runner) = match begin(&state, req).await {
+    let read = read_call(&state, req).await;
+    execute_read(state, read, InPlace::Allowed).await
+}
+
+/// Whether a call's plugin side may be polled in the handler's own task first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum InPlace {
+    /// Yes, where the handler runs on the plugin runtime: the task serves one connection, which
+    /// carries one call at a time.
+    Allowed,
+    /// No: the task serves a multiplexed connection, whose other calls plugin code that holds
+    /// the thread would hold up.
+    Never,
+}
+
+/// [`execute`] of a request already read (or refused): the multiplexed wire's way in.
+pub(super) async fn execute_read(
+    state: Arc<State>,
+    read: Result<CallRequest, Rejection>,
+    in_place: InPlace,
+) -> Response<Body> {
+    let (call, waiter, runner) = match begin(&state, read) {
         Ok(started) => started,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let span = call_span(&call);
     let work = async move {
@@ -59,7 +80,7 @@ pub(super) async fn execute(state: Arc<State>, req: Request<Incoming>) -> Respon
         result
     }
     .instrument(span);
-    let result = match on_plugin_runtime(&state, work) {
+    let result = match on_plugin_runtime(&state, work, in_place) {
         Started::Finished(result) => result,
         Started::Spawned(task) => waiter.first_answer(task).await,
     };
@@ -82,14 +103,17 @@ enum Started<T> {
 }
 
 /// Runs `work` (a call's plugin side) on the plugin runtime. A handler already there (the calls
-/// socket's) polls it once in place and spawns it only if it did not finish: a call that needs
-/// no waiting then costs no task and wakes nothing. Once spawned, it runs to its end even if
-/// the request goes away, as a call started from the main socket does.
+/// socket's HTTP connections) polls it once in place, where `in_place` allows it, and spawns it
+/// only if it did not finish: a call that needs no waiting then costs no task and wakes
+/// nothing. Once spawned, it runs to its end even if the request goes away, as a call started
+/// from the main socket does.
 fn on_plugin_runtime<T: Send + 'static>(
     state: &State,
     work: impl Future<Output = T> + Send + 'static,
+    in_place: InPlace,
 ) -> Started<T> {
-    let here = tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == state.plugin_rt.id());
+    let here = in_place == InPlace::Allowed
+        && tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == state.plugin_rt.id());
     if !here {
         return Started::Spawned(state.plugin_rt.spawn(work));
     }
@@ -103,9 +127,10 @@ fn on_plugin_runtime<T: Send + 'static>(
 /// `POST /execute_stream`: `200` once the plugin's stream has started, then one NDJSON line
 /// per chunk and an end (or error) line; a call that fails to start answers a typed error.
 pub(super) async fn execute_stream(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
-    let (call, waiter, runner) = match begin(&state, req).await {
+    let read = read_call(&state, req).await;
+    let (call, waiter, runner) = match begin(&state, read) {
         Ok(started) => started,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let (tx, rx) = mpsc::channel(stream::STREAM_BUFFER);
     let (start_tx, start_rx) = oneshot::channel::<Result<(), PluginError>>();
@@ -151,18 +176,18 @@ pub(super) async fn execute_stream(state: Arc<State>, req: Request<Incoming>) ->
     }
 }
 
-/// The common start of both call endpoints: decodes the request (a refusal counts as a failed
-/// call and is the answer) and registers the call. Gives the call, the request side and the
-/// plugin side.
-async fn begin(
+/// The common start of both call endpoints: takes the decoded request (a refusal counts as a
+/// failed call and is the answer) and registers the call. Gives the call, the request side and
+/// the plugin side.
+fn begin(
     state: &Arc<State>,
-    req: Request<Incoming>,
-) -> Result<(Call, Waiter, Runner), Response<Body>> {
-    let r = match read_call(state, req).await {
+    read: Result<CallRequest, Rejection>,
+) -> Result<(Call, Waiter, Runner), Rejection> {
+    let r = match read {
         Ok(r) => r,
         Err(rejection) => {
             state.stats.finished(false);
-            return Err(rejection.into_response());
+            return Err(rejection);
         }
     };
     let received = Instant::now();

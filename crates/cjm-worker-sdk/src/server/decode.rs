@@ -80,7 +80,7 @@ pub(super) fn body_kind(req: &Request<Incoming>, frames: bool) -> Result<BodyKin
     }
 }
 
-fn too_large(limit: u64) -> Rejection {
+pub(super) fn too_large(limit: u64) -> Rejection {
     Rejection::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         PluginError::user_input(format!(
@@ -193,30 +193,49 @@ pub(super) async fn read_call(
     };
     let tag = match req.headers().get(wire_headers::CALL_TAG) {
         None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .filter(|t| {
-                    !t.is_empty()
-                        && t.len() <= wire_headers::MAX_CALL_TAG
-                        && t.bytes().all(|b| b.is_ascii_graphic())
-                })
-                .ok_or_else(|| {
-                    bad_request(format!(
-                        "{} must be 1 to {} visible ASCII characters",
-                        wire_headers::CALL_TAG,
-                        wire_headers::MAX_CALL_TAG
-                    ))
-                })?
-                .to_owned(),
-        ),
+        Some(v) => Some(call_tag(v.to_str().ok())?),
     };
     let kind = body_kind(&req, true)?;
-    let limit = match kind {
+    let limit = body_limit(state, kind);
+    let body = read_body(req, limit).await?;
+    decode_call(state, kind, body, deadline, tag)
+}
+
+/// A call's tag (`x-cjm-call-tag`) checked: 1 to [`wire_headers::MAX_CALL_TAG`] visible ASCII
+/// characters (`None`: not text at all).
+pub(super) fn call_tag(tag: Option<&str>) -> Result<String, Rejection> {
+    tag.filter(|t| {
+        !t.is_empty()
+            && t.len() <= wire_headers::MAX_CALL_TAG
+            && t.bytes().all(|b| b.is_ascii_graphic())
+    })
+    .map(str::to_owned)
+    .ok_or_else(|| {
+        bad_request(format!(
+            "{} must be 1 to {} visible ASCII characters",
+            wire_headers::CALL_TAG,
+            wire_headers::MAX_CALL_TAG
+        ))
+    })
+}
+
+/// The largest body a call of `kind` may have.
+pub(super) fn body_limit(state: &State, kind: BodyKind) -> u64 {
+    match kind {
         BodyKind::Json => state.max_json_body,
         BodyKind::Frame => state.max_frame_body,
-    };
-    let body = read_body(req, limit).await?;
+    }
+}
+
+/// A call's request from its parts, however they came (HTTP, or a multiplexed frame): the body
+/// decoded as `kind`.
+pub(super) fn decode_call(
+    state: &State,
+    kind: BodyKind,
+    body: Bytes,
+    deadline: Option<Instant>,
+    tag: Option<String>,
+) -> Result<CallRequest, Rejection> {
     let (req, blobs) = match kind {
         BodyKind::Json if is_blank(&body) => (ExecuteRequest::default(), Vec::new()),
         BodyKind::Json => {

@@ -34,6 +34,7 @@ mod calls;
 mod config;
 mod control;
 mod decode;
+mod mux;
 mod options;
 mod respond;
 mod route;

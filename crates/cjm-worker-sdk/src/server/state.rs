@@ -77,6 +77,7 @@ impl State {
         }
         if opts.calls_listener.is_some() {
             features.push(features::CALLS_SOCKET.to_owned());
+            features.push(features::CALLS_MUX.to_owned());
         }
         let health = HealthResponse {
             status: "running".to_owned(),

@@ -405,6 +405,18 @@ impl Client {
     }
 }
 
+/// A server with a calls socket beside its main socket, and a client of each.
+pub(crate) fn with_calls_socket(
+    f: impl FnOnce(cjm_worker_sdk::Options) -> cjm_worker_sdk::Options,
+) -> (TestServer, Client, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("calls.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let s = TestServer::start_with(|o| f(o.calls_listener(listener)));
+    let calls = Client { path, token: None };
+    (s, calls, dir)
+}
+
 /// Waits until the watched value satisfies `pred` (a readiness signal, not a sleep).
 pub(crate) async fn until(w: &watch::Sender<u32>, pred: impl Fn(u32) -> bool) {
     let mut rx = w.subscribe();

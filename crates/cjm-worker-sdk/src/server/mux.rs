@@ -1,0 +1,350 @@
+//! The multiplexed calls wire's server side (feature `calls_mux`; the framing is
+//! `cjm_core::wire::mux`): one connection of the calls socket carries many `/execute` calls at
+//! once. One task serves it, on the plugin runtime: it reads frames, runs each call's handler
+//! ([`calls::execute_read`], the same as HTTP's) beside the others, and writes each answer as it
+//! is ready, several in one system call when they are. The handlers run in the connection's
+//! task; each call's plugin side runs as a task of its own, so plugin code that holds its
+//! thread holds up no other call of the connection.
+//!
+//! A cancel frame drops its call's handler, which cancels the call as a closed HTTP connection
+//! does. When the worker shuts down the connection stops reading, answers the calls it holds
+//! and closes.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use cjm_core::wire::{content_types, mux};
+use cjm_core::PluginError;
+use futures::future::{AbortHandle, Abortable, BoxFuture};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use http::header::CONTENT_TYPE;
+use http::Response;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use super::calls;
+use super::decode::{body_limit, call_tag, decode_call, too_large, BodyKind, Rejection};
+use super::respond::error;
+use super::state::State;
+use super::stream::Body;
+
+/// Calls one connection runs at once; past it, it reads no more until one is answered.
+const MAX_CALLS: usize = 4096;
+
+/// Answer bytes waiting to be written past which the connection reads no more calls.
+const MAX_UNWRITTEN: usize = 16 << 20;
+
+/// How much room a read is given at the least.
+const READ_ROOM: usize = 64 << 10;
+
+/// Serves one multiplexed connection whose preface has been read (`rest`: the bytes read past
+/// it) until the host closes it, or, once `stop` is cancelled, until the calls it holds are
+/// answered.
+pub(super) async fn serve<I>(io: I, rest: BytesMut, state: Arc<State>, stop: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let limit = state.max_json_body.max(state.max_frame_body);
+    let mut conn = Conn {
+        io,
+        decoder: mux::Decoder::new(limit.saturating_add(512).min(u64::from(u32::MAX))),
+        rbuf: rest,
+        calls: FuturesUnordered::new(),
+        running: HashMap::new(),
+        out: VecDeque::new(),
+        unwritten: 0,
+        reading: true,
+        stop: Box::pin(stop.cancelled_owned()),
+        state,
+    };
+    // The calls that came with the preface.
+    let served = match conn.take_frames() {
+        Ok(()) => std::future::poll_fn(|cx| conn.poll(cx)).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = served {
+        tracing::debug!("multiplexed calls connection ended: {e}");
+    }
+}
+
+type CallFuture = Abortable<BoxFuture<'static, (u64, Response<Body>)>>;
+
+struct Conn<I> {
+    io: I,
+    state: Arc<State>,
+    decoder: mux::Decoder,
+    rbuf: BytesMut,
+    calls: FuturesUnordered<CallFuture>,
+    /// Each running call's handle, by id, for a cancel frame.
+    running: HashMap<u64, AbortHandle>,
+    /// Answers waiting to be written.
+    out: VecDeque<Bytes>,
+    unwritten: usize,
+    /// Still reading: not at end of file, not stopped.
+    reading: bool,
+    stop: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.reading && self.stop.as_mut().poll(cx).is_ready() {
+            self.reading = false;
+        }
+        loop {
+            let mut progress = false;
+            if self.reading && self.calls.len() < MAX_CALLS && self.unwritten < MAX_UNWRITTEN {
+                progress |= self.poll_read(cx)?;
+            }
+            while let Poll::Ready(Some(done)) = self.calls.poll_next_unpin(cx) {
+                progress = true;
+                // An aborted call was cancelled by the host, which waits for no answer.
+                if let Ok((id, resp)) = done {
+                    self.running.remove(&id);
+                    self.answer(id, resp);
+                }
+            }
+            progress |= self.poll_write(cx)?;
+            if !self.reading && self.calls.is_empty() && self.out.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Reads what is there and starts the calls it completes; whether anything was read.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> std::io::Result<bool> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_ROOM / 4 {
+            self.rbuf.reserve(READ_ROOM);
+        }
+        let read = match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
+            Poll::Pending => return Ok(false),
+            Poll::Ready(r) => r?,
+        };
+        if read == 0 {
+            self.reading = false;
+            return Ok(true);
+        }
+        self.take_frames()?;
+        Ok(true)
+    }
+
+    /// Starts every call whose frame is whole in the read buffer.
+    fn take_frames(&mut self) -> std::io::Result<()> {
+        loop {
+            let frame = self
+                .decoder
+                .next(&mut self.rbuf)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            match frame {
+                None => return Ok(()),
+                Some(mux::Frame::Call { id, head, body }) => {
+                    let read = self.read_call(head, body);
+                    self.start(id, read);
+                }
+                Some(mux::Frame::TooLarge { id, len }) => {
+                    let limit = self.state.max_json_body.max(self.state.max_frame_body);
+                    tracing::debug!("a multiplexed call of {len} bytes is over the limit");
+                    self.start(id, Err(too_large(limit)));
+                }
+                Some(mux::Frame::Cancel { id }) => {
+                    if let Some(h) = self.running.remove(&id) {
+                        h.abort();
+                    }
+                }
+                Some(mux::Frame::Answer { .. }) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "the host sent an answer frame",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// A call frame's request, as `read_call` decodes an HTTP one.
+    fn read_call(
+        &self,
+        head: mux::CallHead,
+        body: Bytes,
+    ) -> Result<super::decode::CallRequest, Rejection> {
+        let kind = if head.frame {
+            BodyKind::Frame
+        } else {
+            BodyKind::Json
+        };
+        let limit = body_limit(&self.state, kind);
+        if body.len() as u64 > limit {
+            return Err(too_large(limit));
+        }
+        let tag = match head.tag {
+            None => None,
+            Some(t) => Some(call_tag(Some(&t))?),
+        };
+        let deadline = head
+            .timeout_ms
+            .map(|ms| Instant::now() + Duration::from_millis(u64::from(ms)));
+        decode_call(&self.state, kind, body, deadline, tag)
+    }
+
+    fn start(&mut self, id: u64, read: Result<super::decode::CallRequest, Rejection>) {
+        let state = Arc::clone(&self.state);
+        let work = async move {
+            let answer = calls::execute_read(state, read, calls::InPlace::Never).await;
+            (id, answer)
+        }
+        .boxed();
+        let (handle, registration) = AbortHandle::new_pair();
+        if let Some(earlier) = self.running.insert(id, handle) {
+            // The host reused an id still running: the earlier call is no longer awaited.
+            earlier.abort();
+        }
+        self.calls.push(Abortable::new(work, registration));
+    }
+
+    /// Queues `resp` as the answer to call `id`.
+    fn answer(&mut self, id: u64, resp: Response<Body>) {
+        let status = resp.status().as_u16();
+        let frame = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .is_some_and(|c| c.as_bytes().starts_with(content_types::FRAME.as_bytes()));
+        let parts: Vec<Bytes> = match resp.into_body() {
+            Body::Full(b) => b.into_iter().collect(),
+            Body::Parts(q) => q.into(),
+            Body::Stream { .. } => {
+                let e = PluginError::fatal("an /execute answer cannot be a stream");
+                return self.answer(id, error(&e));
+            }
+        };
+        let len = parts.iter().map(Bytes::len).sum();
+        let mut head = BytesMut::with_capacity(mux::FRAME_HEAD + 3);
+        if mux::put_answer_head(&mut head, id, status, frame, len).is_none() {
+            let e = PluginError::fatal(format!(
+                "the answer of {len} bytes is too large for the multiplexed calls wire"
+            ));
+            return self.answer(id, error(&e));
+        }
+        self.unwritten += head.len() + len;
+        self.out.push_back(head.freeze());
+        self.out.extend(parts);
+    }
+
+    /// Writes queued answers as far as the socket takes them; whether anything was written.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> std::io::Result<bool> {
+        let mut wrote = false;
+        while !self.out.is_empty() {
+            let slices = mux::io_slices(&self.out);
+            let n = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices) {
+                Poll::Pending => break,
+                Poll::Ready(r) => r?,
+            };
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            wrote = true;
+            self.unwritten -= n;
+            mux::consume(&mut self.out, n);
+        }
+        Ok(wrote)
+    }
+}
+
+/// How a calls-socket connection starts: the bytes read while telling a preface from HTTP.
+pub(super) enum Opening {
+    /// An HTTP connection; these bytes were read from it already.
+    Http(BytesMut),
+    /// A multiplexed connection whose preface carried `token`; `rest` was read past it.
+    Mux { token: Vec<u8>, rest: BytesMut },
+}
+
+/// Reads the first bytes of a calls-socket connection until they show whether it is
+/// multiplexed (an HTTP request's first bytes tell at once).
+pub(super) async fn opening<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<Opening> {
+    let mut got = BytesMut::with_capacity(READ_ROOM);
+    loop {
+        match mux::read_preface(&got) {
+            mux::Preface::Http => return Ok(Opening::Http(got)),
+            mux::Preface::Mux { len, token } => {
+                got.advance(len);
+                return Ok(Opening::Mux { token, rest: got });
+            }
+            mux::Preface::Partial => {
+                let read = std::future::poll_fn(|cx| {
+                    tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut got)
+                });
+                if read.await? == 0 {
+                    // Closed before it said: whatever came is HTTP's to refuse.
+                    return Ok(Opening::Http(got));
+                }
+            }
+        }
+    }
+}
+
+/// A connection whose first bytes were read already: they are read again first.
+pub(super) struct Rewound<I> {
+    first: BytesMut,
+    io: I,
+}
+
+impl<I> Rewound<I> {
+    pub(super) fn new(first: BytesMut, io: I) -> Self {
+        Self { first, io }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewound<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.first.is_empty() {
+            let n = self.first.len().min(buf.remaining());
+            buf.put_slice(&self.first[..n]);
+            self.first.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewound<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
