@@ -41,9 +41,25 @@ fn sockets(m: &PluginManager) -> (Vec<PathBuf>, Vec<PathBuf>) {
 
 #[tokio::test]
 async fn calls_and_streams_go_to_the_calls_socket_and_control_to_the_main_one() {
+    calls_and_streams_go_to_the_calls_socket(true).await;
+}
+
+#[tokio::test]
+async fn without_multiplexing_calls_go_to_the_calls_socket_one_per_connection() {
+    calls_and_streams_go_to_the_calls_socket(false).await;
+}
+
+/// Where calls, streams and control requests go; `mux`: whether the host multiplexes calls
+/// (then every `/execute` shares one connection, and a stream takes one of its own).
+async fn calls_and_streams_go_to_the_calls_socket(mux: bool) {
     let s = Scratch::new();
     s.worker_manifest("w", json!({"max_concurrency": 4}));
-    let m = s.manager();
+    let m = PluginManager::builder()
+        .search_paths([s.manifests()])
+        .data_dir(s.data())
+        .calls_mux(mux)
+        .build()
+        .unwrap();
     m.load("w", None).await.unwrap();
     let (main, calls) = sockets(&m);
     let (main, calls) = (&main[0], &calls[0]);
@@ -69,11 +85,14 @@ async fn calls_and_streams_go_to_the_calls_socket_and_control_to_the_main_one() 
     for (i, c) in chunks.into_iter().enumerate() {
         assert_eq!(c.unwrap(), json!({"i": i}));
     }
-    // The pooled connection carried the stream too.
-    assert_eq!(listed_at(calls), 2);
+    // Without multiplexing, the pooled connection carried the stream too; with it, the
+    // stream went as an HTTP request on a connection of its own.
+    let after_stream = if mux { 3 } else { 2 };
+    assert_eq!(listed_at(calls), after_stream);
 
-    // Two calls at once: a second connection on the calls socket. While they sleep, control
-    // requests answer on the main socket, and `/cancel` ends them.
+    // Two calls at once: a second connection on the calls socket, or both on the multiplexed
+    // one. While they sleep, control requests answer on the main socket, and `/cancel` ends
+    // them.
     let sleep = || Call::new(vec![json!("sleep")]).kwarg("ms", json!(60_000));
     let (a, b) = (m.clone(), m.clone());
     let first = tokio::spawn(async move { a.execute("w", sleep()).await });
@@ -87,6 +106,15 @@ async fn calls_and_streams_go_to_the_calls_socket_and_control_to_the_main_one() 
     }
     assert_eq!(m.progress("w").await.unwrap().message, "sleeping");
     assert_eq!(listed_at(calls), 3);
+    // The multiplexed connection carries the next call too.
+    if mux {
+        let out = m
+            .execute("w", Call::new(vec![json!("echo")]).kwarg("v", json!(3)))
+            .await
+            .unwrap();
+        assert_eq!(out.value["kwargs"]["v"], json!(3), "{}", out.value);
+        assert_eq!(listed_at(calls), 3);
+    }
     m.cancel("w").await.unwrap();
     for call in [first, second] {
         let e = call.await.unwrap().unwrap_err();

@@ -86,7 +86,10 @@ impl WorkerClient {
             }
         }
         let mut transport = transport;
-        transport.keep_calls_socket(health.has_feature(wire::features::CALLS_SOCKET));
+        transport.keep_calls_socket(
+            health.has_feature(wire::features::CALLS_SOCKET),
+            health.has_feature(wire::features::CALLS_MUX),
+        );
         let mut me = Self {
             transport,
             health,

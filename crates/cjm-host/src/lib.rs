@@ -69,6 +69,7 @@ mod launch_env;
 mod logs;
 mod manager;
 mod monitor;
+mod mux;
 // Thin Linux-specific glue over cjm-sys; the only other place `unsafe` is allowed.
 #[allow(unsafe_code)]
 mod platform;

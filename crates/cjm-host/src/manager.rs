@@ -125,6 +125,7 @@ pub struct ManagerBuilder {
     strict_drift: bool,
     blob_memfd: bool,
     calls_socket: bool,
+    calls_mux: bool,
     ray: Option<Arc<crate::RayCluster>>,
     #[cfg(feature = "testing")]
     load_hook: Option<HookCell>,
@@ -159,6 +160,7 @@ impl Default for ManagerBuilder {
             strict_drift: false,
             blob_memfd: true,
             calls_socket: true,
+            calls_mux: true,
             ray: None,
             #[cfg(feature = "testing")]
             load_hook: None,
@@ -265,6 +267,16 @@ impl ManagerBuilder {
         self
     }
 
+    /// Whether `/execute` calls to a worker's calls socket share one multiplexed connection
+    /// (default: yes, where the worker lists `calls_mux`): many calls in flight on one
+    /// connection, with less work per call on both sides than HTTP/1.1's one call per
+    /// connection at a time. Turning it off sends them as HTTP requests on a pool of
+    /// connections. Streams, and calls whose body is over 1 MiB, always go by HTTP.
+    pub fn calls_mux(mut self, on: bool) -> Self {
+        self.calls_mux = on;
+        self
+    }
+
     /// Places plugins of `execution_mode: ray` on this Ray cluster (as Ray jobs submitted to
     /// its job server). Without it, loading such a plugin fails with a `config` error.
     pub fn ray(mut self, cluster: crate::RayCluster) -> Self {
@@ -311,6 +323,7 @@ impl ManagerBuilder {
                 strict_drift: self.strict_drift,
                 blob_memfd: self.blob_memfd,
                 calls_socket: self.calls_socket,
+                calls_mux: self.calls_mux,
                 ray: self.ray,
                 #[cfg(feature = "testing")]
                 load_hook: self.load_hook,
@@ -354,6 +367,7 @@ struct Inner {
     strict_drift: bool,
     blob_memfd: bool,
     calls_socket: bool,
+    calls_mux: bool,
     ray: Option<Arc<crate::RayCluster>>,
     #[cfg(feature = "testing")]
     load_hook: Option<HookCell>,
@@ -659,6 +673,7 @@ impl PluginManager {
             adapters: self.with_discovery(|d| d.adapter_specs_for(&manifest)),
             blob_memfd: self.inner.blob_memfd,
             calls_socket: self.inner.calls_socket,
+            calls_mux: self.inner.calls_mux,
         };
         let config = Arc::new(RwLock::new(full));
         let worker = StartedWorker::start(

@@ -57,6 +57,9 @@ pub(crate) struct LaunchSpec {
     pub blob_memfd: bool,
     /// Give a native worker a calls socket ([`crate::ManagerBuilder::calls_socket`]).
     pub calls_socket: bool,
+    /// Send `/execute` calls on one multiplexed calls connection where the worker serves it
+    /// ([`crate::ManagerBuilder::calls_mux`]).
+    pub calls_mux: bool,
 }
 
 impl LaunchSpec {
@@ -400,7 +403,7 @@ async fn start_native(
     let mut transport = Transport::new(Endpoint::Unix(path), Some(&token));
     if let Some((l, calls_path)) = calls {
         drop(l);
-        transport = transport.with_calls_socket(calls_path);
+        transport = transport.with_calls_socket(calls_path, spec.calls_mux);
     }
     if let Some((ours, theirs)) = blobs {
         drop(theirs);

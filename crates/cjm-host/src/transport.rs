@@ -12,13 +12,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use cjm_core::repoll::Repoll;
-use cjm_core::wire::{headers, paths};
+use cjm_core::wire::{content_types, headers, mux, paths};
 use cjm_core::PluginError;
 use cjm_sys::blob_channel::BlobChannel;
 use cjm_sys::bufpool;
@@ -30,6 +30,8 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
+
+use crate::mux::MuxClient;
 
 /// Where a worker listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,6 +222,8 @@ const HOST: HeaderValue = HeaderValue::from_static("worker");
 pub(crate) struct Transport {
     endpoint: Endpoint,
     auth: Option<HeaderValue>,
+    /// The bearer token alone (a multiplexed connection's preface carries it).
+    token: Option<Box<str>>,
     idle: Mutex<Vec<Conn>>,
     /// The blob channel to a native worker started here (memfds beside the requests).
     blobs: Option<BlobChannel>,
@@ -228,11 +232,16 @@ pub(crate) struct Transport {
     calls: Option<CallsSocket>,
 }
 
-/// The calls socket and its pool.
+/// The calls socket, its pool, and its multiplexed connection.
 #[derive(Debug)]
 struct CallsSocket {
     path: PathBuf,
     idle: Mutex<Vec<Conn>>,
+    /// `/execute` goes on one multiplexed connection (`crate::mux`): the host allows it and,
+    /// after the handshake, the worker serves it (it listed `calls_mux`).
+    mux_on: bool,
+    /// That connection, once made.
+    mux: Mutex<Option<Arc<MuxClient>>>,
 }
 
 /// A whole response.
@@ -253,27 +262,35 @@ impl Transport {
         Self {
             endpoint,
             auth,
+            token: token.map(Into::into),
             idle: Mutex::new(Vec::new()),
             blobs: None,
             calls: None,
         }
     }
 
-    /// Adds the worker's calls socket; [`keep_calls_socket`](Self::keep_calls_socket) decides
-    /// after the handshake whether it is used.
-    pub(crate) fn with_calls_socket(mut self, path: PathBuf) -> Self {
+    /// Adds the worker's calls socket, multiplexed where `mux` allows it;
+    /// [`keep_calls_socket`](Self::keep_calls_socket) decides after the handshake whether it is
+    /// used, and how.
+    pub(crate) fn with_calls_socket(mut self, path: PathBuf, mux: bool) -> Self {
         self.calls = Some(CallsSocket {
             path,
             idle: Mutex::new(Vec::new()),
+            mux_on: mux,
+            mux: Mutex::new(None),
         });
         self
     }
 
     /// Keeps the calls socket only when the worker serves it (it listed `calls_socket`): a
-    /// worker that did not adopt it never accepts there.
-    pub(crate) fn keep_calls_socket(&mut self, served: bool) {
+    /// worker that did not adopt it never accepts there. Multiplexed calls need `mux` too (it
+    /// listed `calls_mux`).
+    pub(crate) fn keep_calls_socket(&mut self, served: bool, mux: bool) {
         if !served {
             self.calls = None;
+        }
+        if let Some(c) = self.calls.as_mut() {
+            c.mux_on &= mux;
         }
     }
 
@@ -415,6 +432,9 @@ impl Transport {
         deadline: Option<Instant>,
     ) -> Result<FullResponse, PluginError> {
         let work = async {
+            if let Some(calls) = self.mux_for(&req) {
+                return self.mux_call(calls, req).await;
+            }
             let (resp, mut conn) = self.send(req).await?;
             let status = resp.status();
             let content_type = resp.headers().get(http::header::CONTENT_TYPE).cloned();
@@ -443,9 +463,100 @@ impl Transport {
         if let Ok(mut v) = self.idle.lock() {
             v.clear();
         }
-        if let Some(Ok(mut v)) = self.calls.as_ref().map(|c| c.idle.lock()) {
-            v.clear();
+        if let Some(c) = self.calls.as_ref() {
+            if let Ok(mut v) = c.idle.lock() {
+                v.clear();
+            }
+            if let Ok(mut m) = c.mux.lock() {
+                *m = None;
+            }
         }
+    }
+
+    /// The calls socket, when `req` is an `/execute` call to go multiplexed: the worker serves
+    /// the wire and the body is at most [`mux::MAX_CALL_BODY`] (a larger one would hold up the
+    /// calls behind it).
+    fn mux_for(&self, req: &Request<ReqBody>) -> Option<&CallsSocket> {
+        let calls = self.calls.as_ref().filter(|c| c.mux_on)?;
+        if req.uri().path() != paths::EXECUTE || req.method() != Method::POST {
+            return None;
+        }
+        let small = http_body::Body::size_hint(req.body())
+            .exact()
+            .is_some_and(|n| n <= mux::MAX_CALL_BODY as u64);
+        small.then_some(calls)
+    }
+
+    /// The calls socket's multiplexed connection: the one open, or a new one.
+    async fn mux_client(&self, calls: &CallsSocket) -> Result<Arc<MuxClient>, PluginError> {
+        let open = |slot: &Option<Arc<MuxClient>>| slot.as_ref().filter(|m| !m.ended()).cloned();
+        if let Some(m) = calls.mux.lock().ok().and_then(|g| open(&g)) {
+            return Ok(m);
+        }
+        let made = MuxClient::connect(&calls.path, self.token.as_deref())
+            .await
+            .map_err(|e| {
+                PluginError::transient(format!(
+                    "{CANNOT_CONNECT} at unix:{} (its calls socket): {e}",
+                    calls.path.display()
+                ))
+            })?;
+        let made = Arc::new(made);
+        let Ok(mut slot) = calls.mux.lock() else {
+            return Ok(made);
+        };
+        // Another call may have made one meanwhile: use that, and close this one.
+        if let Some(m) = open(&slot) {
+            return Ok(m);
+        }
+        *slot = Some(Arc::clone(&made));
+        Ok(made)
+    }
+
+    /// `req` (an `/execute` call) sent on the multiplexed connection; its answer.
+    async fn mux_call(
+        &self,
+        calls: &CallsSocket,
+        req: Request<ReqBody>,
+    ) -> Result<FullResponse, PluginError> {
+        let (parts, body) = req.into_parts();
+        let frame = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|c| c.as_bytes().starts_with(content_types::FRAME.as_bytes()));
+        let timeout_ms = parts
+            .headers
+            .get(headers::TIMEOUT_MS)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .map(|ms| u32::try_from(ms).unwrap_or(u32::MAX));
+        let tag = parts
+            .headers
+            .get(headers::CALL_TAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let head = mux::CallHead {
+            frame,
+            timeout_ms,
+            tag,
+        };
+        let body: Vec<Bytes> = match body {
+            ReqBody::Empty => Vec::new(),
+            ReqBody::Full(b) => b.into_iter().collect(),
+            ReqBody::Parts(q) => q.into(),
+        };
+        let client = self.mux_client(calls).await?;
+        let answer = client.call(&head, body).await?;
+        Ok(FullResponse {
+            status: StatusCode::from_u16(answer.status).map_err(|_| {
+                PluginError::fatal(format!("the worker answered status {}", answer.status))
+            })?,
+            content_type: Some(HeaderValue::from_static(if answer.frame {
+                content_types::FRAME
+            } else {
+                content_types::JSON
+            })),
+            body: answer.body,
+        })
     }
 }
 
@@ -499,7 +610,7 @@ const LOST: &str = "the connection to the worker was lost";
 const CANNOT_CONNECT: &str = "cannot connect to the worker";
 
 /// The connection ended while a response or its body was awaited on it.
-fn closed() -> PluginError {
+pub(crate) fn closed() -> PluginError {
     PluginError::transient(format!(
         "{LOST}: the worker closed the connection mid-answer"
     ))
@@ -577,7 +688,8 @@ mod tests {
     fn transport(dir: &std::path::Path) -> (Transport, UnixListener) {
         let calls = dir.join("w.calls.sock");
         let listener = UnixListener::bind(&calls).unwrap();
-        let t = Transport::new(Endpoint::Unix(dir.join("w.sock")), None).with_calls_socket(calls);
+        let t = Transport::new(Endpoint::Unix(dir.join("w.sock")), None)
+            .with_calls_socket(calls, false);
         (t, listener)
     }
 
@@ -589,6 +701,30 @@ mod tests {
 
     fn idle_calls(t: &Transport) -> usize {
         t.calls.as_ref().unwrap().idle.lock().unwrap().len()
+    }
+
+    #[test]
+    fn only_execute_calls_of_at_most_a_mebibyte_go_multiplexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Transport::new(Endpoint::Unix(dir.path().join("w.sock")), None)
+            .with_calls_socket(dir.path().join("w.calls.sock"), true);
+        let post = |t: &Transport, path: &str, len: usize| {
+            t.request(Method::POST, path)
+                .body(ReqBody::full(vec![b' '; len]))
+                .unwrap()
+        };
+        assert!(t.mux_for(&post(&t, paths::EXECUTE, 2)).is_some());
+        assert!(t
+            .mux_for(&post(&t, paths::EXECUTE, mux::MAX_CALL_BODY))
+            .is_some());
+        assert!(t
+            .mux_for(&post(&t, paths::EXECUTE, mux::MAX_CALL_BODY + 1))
+            .is_none());
+        assert!(t.mux_for(&post(&t, paths::EXECUTE_STREAM, 2)).is_none());
+        assert!(t.mux_for(&post(&t, paths::INITIALIZE, 2)).is_none());
+        // A worker that did not list `calls_mux`.
+        t.keep_calls_socket(true, false);
+        assert!(t.mux_for(&post(&t, paths::EXECUTE, 2)).is_none());
     }
 
     #[tokio::test]

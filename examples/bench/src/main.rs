@@ -39,6 +39,9 @@ impl Bench {
         PluginManager::builder()
             .search_paths([self.scratch.path().join("manifests")])
             .data_dir(self.scratch.path().join("data"))
+            // `CJM_BENCH_CALLS_MUX=off`: calls as HTTP requests on the calls socket, to set
+            // beside the multiplexed wire in the same build.
+            .calls_mux(std::env::var("CJM_BENCH_CALLS_MUX").as_deref() != Ok("off"))
             .build()
     }
 }
