@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cjm_core::wire::original::{self, HookStatus, ReconfigureRequest, TaskRequest};
 use cjm_core::wire::{
-    self, content_types, error_from_response, headers, paths, HealthResponse, StatsResponse,
+    self, content_types, error_from_response, headers, mux, paths, HealthResponse, StatsResponse,
     WorkerFlavor,
 };
 use cjm_core::{
@@ -31,6 +31,23 @@ use crate::transport::{FullResponse, ReqBody, Transport};
 const TIMEOUT_MS: HeaderName = HeaderName::from_static(headers::TIMEOUT_MS);
 const JSON: HeaderValue = HeaderValue::from_static(content_types::JSON);
 const FRAME: HeaderValue = HeaderValue::from_static(content_types::FRAME);
+
+/// `/execute`'s request, ready to send.
+enum Sendable {
+    /// A frame of the multiplexed calls wire: its head and JSON body.
+    Mux(mux::CallHead, Bytes),
+    /// An HTTP request.
+    Http(Request<ReqBody>),
+}
+
+/// Milliseconds left until `d`, at least 1 (`x-cjm-timeout-ms`).
+fn ms_left(d: Instant) -> u64 {
+    let ms = d
+        .saturating_duration_since(Instant::now())
+        .as_millis()
+        .max(1);
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
 
 /// What `/execute` answered.
 enum Answer {
@@ -191,11 +208,7 @@ impl WorkerClient {
             .request(Method::POST, path)
             .header(http::header::CONTENT_TYPE, JSON);
         if let (Some(d), WorkerFlavor::Cjm) = (deadline, self.flavor()) {
-            let ms = d
-                .saturating_duration_since(Instant::now())
-                .as_millis()
-                .max(1);
-            b = b.header(TIMEOUT_MS, ms as u64);
+            b = b.header(TIMEOUT_MS, ms_left(d));
         }
         b.body(ReqBody::full(body)).map_err(internal)
     }
@@ -373,40 +386,94 @@ impl WorkerClient {
         path: &str,
         call: Call,
     ) -> Result<(Request<ReqBody>, CallContext), PluginError> {
-        let mut req = self.execute_request_untagged(path, &call)?;
-        if let (Some(tag), WorkerFlavor::Cjm) = (call.ctx.tag(), self.flavor()) {
-            let valid = tag.len() <= headers::MAX_CALL_TAG && !tag.is_empty();
-            match http::HeaderValue::from_str(tag) {
-                Ok(v) if valid => {
-                    req.headers_mut().insert(headers::CALL_TAG, v);
-                }
-                _ => {
-                    return Err(PluginError::user_input(format!(
-                        "a call tag is 1 to {} visible ASCII characters, not {tag:?}",
-                        headers::MAX_CALL_TAG
-                    )))
-                }
-            }
-        }
+        let body = match call.blobs.is_empty() {
+            true => Some(Self::json_body(&call)?),
+            false => None,
+        };
+        let req = self.execute_http(path, &call, body)?;
         Ok((req, call.ctx))
+    }
+
+    /// `/execute`'s request as it will be sent: a frame of the multiplexed wire where the worker
+    /// takes one and the call is JSON of at most [`mux::MAX_CALL_BODY`] bytes, an HTTP request
+    /// otherwise; and the call's context.
+    fn execute_sendable(&self, call: Call) -> Result<(Sendable, CallContext), PluginError> {
+        if !call.blobs.is_empty() || !self.transport.muxes_calls() {
+            let (req, ctx) = self.execute_request(paths::EXECUTE, call)?;
+            return Ok((Sendable::Http(req), ctx));
+        }
+        let body = Self::json_body(&call)?;
+        if body.len() > mux::MAX_CALL_BODY {
+            let req = self.execute_http(paths::EXECUTE, &call, Some(body))?;
+            return Ok((Sendable::Http(req), call.ctx));
+        }
+        let head = mux::CallHead {
+            frame: false,
+            timeout_ms: call
+                .ctx
+                .deadline()
+                .map(|d| u32::try_from(ms_left(d)).unwrap_or(u32::MAX)),
+            tag: self.checked_tag(&call.ctx)?.map(str::to_owned),
+        };
+        Ok((Sendable::Mux(head, body), call.ctx))
+    }
+
+    /// The call's tag where the worker takes one (a cjm worker), checked: 1 to
+    /// [`headers::MAX_CALL_TAG`] characters a header value can carry.
+    fn checked_tag<'c>(&self, ctx: &'c CallContext) -> Result<Option<&'c str>, PluginError> {
+        let (Some(tag), WorkerFlavor::Cjm) = (ctx.tag(), self.flavor()) else {
+            return Ok(None);
+        };
+        let valid = !tag.is_empty()
+            && tag.len() <= headers::MAX_CALL_TAG
+            && tag.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
+        if !valid {
+            return Err(PluginError::user_input(format!(
+                "a call tag is 1 to {} visible ASCII characters, not {tag:?}",
+                headers::MAX_CALL_TAG
+            )));
+        }
+        Ok(Some(tag))
+    }
+
+    /// The JSON body of a call without blobs.
+    fn json_body(call: &Call) -> Result<Bytes, PluginError> {
+        let mut body = cjm_sys::body_writer::BodyWriter::new();
+        wire::write_json(
+            &mut body,
+            &ExecuteBody {
+                args: &call.args,
+                kwargs: &call.kwargs,
+            },
+        )
+        .map_err(internal)?;
+        Ok(body.finish())
+    }
+
+    /// The HTTP request of `/execute` or `/execute_stream`, tagged; `body`: the call's JSON body
+    /// when it has no blobs.
+    fn execute_http(
+        &self,
+        path: &str,
+        call: &Call,
+        body: Option<Bytes>,
+    ) -> Result<Request<ReqBody>, PluginError> {
+        let mut req = self.execute_request_untagged(path, call, body)?;
+        if let Some(tag) = self.checked_tag(&call.ctx)? {
+            let v = HeaderValue::from_str(tag).map_err(internal)?;
+            req.headers_mut().insert(headers::CALL_TAG, v);
+        }
+        Ok(req)
     }
 
     fn execute_request_untagged(
         &self,
         path: &str,
         call: &Call,
+        body: Option<Bytes>,
     ) -> Result<Request<ReqBody>, PluginError> {
-        if call.blobs.is_empty() {
-            let mut body = cjm_sys::body_writer::BodyWriter::new();
-            wire::write_json(
-                &mut body,
-                &ExecuteBody {
-                    args: &call.args,
-                    kwargs: &call.kwargs,
-                },
-            )
-            .map_err(internal)?;
-            return self.post_json(path, body.finish(), call.ctx.deadline());
+        if let Some(body) = body {
+            return self.post_json(path, body, call.ctx.deadline());
         }
         if !self.health.has_feature(wire::features::BLOB_FRAME) {
             return Err(PluginError::user_input(
@@ -434,11 +501,7 @@ impl WorkerClient {
             .request(Method::POST, path)
             .header(http::header::CONTENT_TYPE, FRAME);
         if let Some(d) = call.ctx.deadline() {
-            let ms = d
-                .saturating_duration_since(Instant::now())
-                .as_millis()
-                .max(1);
-            b = b.header(TIMEOUT_MS, ms as u64);
+            b = b.header(TIMEOUT_MS, ms_left(d));
         }
         b.body(ReqBody::Parts(parts.into())).map_err(internal)
     }
@@ -476,8 +539,14 @@ impl WorkerClient {
     /// where it names them), or a JSON body as it came.
     async fn execute_answer(self: &Arc<Self>, call: Call) -> Result<Answer, PluginError> {
         let call = self.share_large_blobs(call).await?;
-        let (req, ctx) = self.execute_request(paths::EXECUTE, call)?;
-        let resp = Bounded::new(self, &ctx, self.transport.call(req, None)).await?;
+        let (sendable, ctx) = self.execute_sendable(call)?;
+        let sent = async {
+            match sendable {
+                Sendable::Mux(head, body) => self.transport.mux_execute(&head, body).await,
+                Sendable::Http(req) => self.transport.call(req, None).await,
+            }
+        };
+        let resp = Bounded::new(self, &ctx, sent).await?;
         check(&resp)?;
         if resp
             .content_type

@@ -473,6 +473,28 @@ impl Transport {
         }
     }
 
+    /// Whether `/execute` calls of at most [`mux::MAX_CALL_BODY`] go on the multiplexed wire
+    /// (the worker serves it and the host allows it).
+    pub(crate) fn muxes_calls(&self) -> bool {
+        self.calls.as_ref().is_some_and(|c| c.mux_on)
+    }
+
+    /// `/execute` of a call without blobs (`body`: its JSON, at most [`mux::MAX_CALL_BODY`]),
+    /// sent on the multiplexed connection; its answer. Only where
+    /// [`muxes_calls`](Self::muxes_calls).
+    pub(crate) async fn mux_execute(
+        &self,
+        head: &mux::CallHead,
+        body: Bytes,
+    ) -> Result<FullResponse, PluginError> {
+        let Some(calls) = self.calls.as_ref().filter(|c| c.mux_on) else {
+            return Err(PluginError::fatal(
+                "internal: a multiplexed call to a worker that does not take them",
+            ));
+        };
+        self.mux_send(calls, head, vec![body]).await
+    }
+
     /// The calls socket, when `req` is an `/execute` call to go multiplexed: the worker serves
     /// the wire and the body is at most [`mux::MAX_CALL_BODY`] (a larger one would hold up the
     /// calls behind it).
@@ -544,8 +566,18 @@ impl Transport {
             ReqBody::Full(b) => b.into_iter().collect(),
             ReqBody::Parts(q) => q.into(),
         };
+        self.mux_send(calls, &head, body).await
+    }
+
+    /// One call on the multiplexed connection (made if need be); its answer.
+    async fn mux_send(
+        &self,
+        calls: &CallsSocket,
+        head: &mux::CallHead,
+        body: Vec<Bytes>,
+    ) -> Result<FullResponse, PluginError> {
         let client = self.mux_client(calls).await?;
-        let answer = client.call(&head, body).await?;
+        let answer = client.call(head, body).await?;
         Ok(FullResponse {
             status: StatusCode::from_u16(answer.status).map_err(|_| {
                 PluginError::fatal(format!("the worker answered status {}", answer.status))
