@@ -202,6 +202,9 @@ pub fn consume(queue: &mut VecDeque<Bytes>, mut n: usize) {
     }
 }
 
+/// The most a decoder reserves ahead for a frame whose bytes have not come yet.
+const MAX_RESERVE: usize = 64 << 20;
+
 /// Reads frames out of a growing buffer, skipping those over its limit.
 #[derive(Debug)]
 pub struct Decoder {
@@ -252,8 +255,9 @@ impl Decoder {
         }
         let whole = 4 + len as usize;
         if buf.len() < whole {
-            // One allocation for the rest of a large frame, not doublings as it comes.
-            buf.reserve(whole - buf.len());
+            // One allocation for the rest of a large frame, not doublings as it comes; up to a
+            // bound, so that a length alone reserves no more than that.
+            buf.reserve((whole - buf.len()).min(MAX_RESERVE));
             return Ok(None);
         }
         let mut f = buf.split_to(whole);
@@ -451,6 +455,19 @@ mod tests {
                 },
                 Frame::Cancel { id: 6 }
             ]
+        );
+    }
+
+    #[test]
+    fn a_long_frame_reserves_only_a_bounded_room_ahead() {
+        let mut buf = BytesMut::new();
+        put_answer_head(&mut buf, 1, 200, false, 1 << 30).unwrap();
+        let mut d = Decoder::new(u64::from(u32::MAX));
+        assert_eq!(d.next(&mut buf).unwrap(), None);
+        assert!(
+            buf.capacity() <= FRAME_HEAD + 3 + MAX_RESERVE,
+            "{}",
+            buf.capacity()
         );
     }
 
