@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use cjm_core::wire::{self, content_types};
@@ -49,54 +49,17 @@ pub(super) enum InPlace {
     /// Yes, where the handler runs on the plugin runtime: the task serves one connection, which
     /// carries one call at a time.
     Allowed,
-    /// While the plugin's calls do not hold their thread in place ([`InPlaceRecord`]): the
-    /// task serves a multiplexed connection, whose other calls plugin code that holds the
-    /// thread holds up.
+    /// While no call has held its thread in place: the task serves a multiplexed connection,
+    /// whose other calls plugin code that holds the thread holds up. Once one first poll took
+    /// [`HELD_IN_PLACE`] or more, the worker's multiplexed calls never are polled in place again
+    /// (`State::holds_threads`): a plugin whose calls compute before their first await then
+    /// holds up at most one other call, once.
     WhileQuick,
 }
 
-/// How long a call's first poll in place may hold the thread before it counts as held.
-const HELD_IN_PLACE: std::time::Duration = std::time::Duration::from_millis(1);
-
-/// Held first polls that turn in-place polling off: at least this many...
-const HELD_AT_LEAST: u64 = 3;
-/// ...and at least one in this many first polls.
-const HELD_ONE_IN: u64 = 1000;
-
-/// How a worker's multiplexed calls fared polled in place. Once [`HELD_AT_LEAST`] first polls,
-/// and at least one in [`HELD_ONE_IN`], held their thread for [`HELD_IN_PLACE`] or more, no
-/// multiplexed call is polled in place again: a plugin whose calls compute before their first
-/// await then holds up the connection's other calls a few times, not for good. The share keeps
-/// a busy machine, which now and then takes a thread away in the middle of a quick poll, from
-/// turning it off.
-#[derive(Debug, Default)]
-pub(super) struct InPlaceRecord {
-    polls: AtomicU64,
-    held: AtomicU64,
-    off: AtomicBool,
-}
-
-impl InPlaceRecord {
-    fn allowed(&self) -> bool {
-        !self.off.load(Ordering::Relaxed)
-    }
-
-    /// Records one first poll in place that took `took`.
-    fn record(&self, took: std::time::Duration) {
-        let polls = self.polls.fetch_add(1, Ordering::Relaxed) + 1;
-        if took < HELD_IN_PLACE {
-            return;
-        }
-        let held = self.held.fetch_add(1, Ordering::Relaxed) + 1;
-        if held >= HELD_AT_LEAST && held * HELD_ONE_IN >= polls {
-            tracing::debug!(
-                "{held} of {polls} calls held their thread in place (the last for {took:?}): \
-                 multiplexed calls now always run as tasks of their own"
-            );
-            self.off.store(true, Ordering::Relaxed);
-        }
-    }
-}
+/// How long a call's first poll in place may hold the thread before multiplexed calls stop
+/// being polled in place.
+pub(super) const HELD_IN_PLACE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// [`execute`] of a request already read (or refused): the multiplexed wire's way in.
 pub(super) async fn execute_read(
@@ -158,7 +121,7 @@ fn on_plugin_runtime<T: Send + 'static>(
 ) -> Started<T> {
     let allowed = match in_place {
         InPlace::Allowed => true,
-        InPlace::WhileQuick => state.in_place.allowed(),
+        InPlace::WhileQuick => !state.holds_threads.load(Ordering::Relaxed),
     };
     let here = allowed
         && tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == state.plugin_rt.id());
@@ -168,8 +131,13 @@ fn on_plugin_runtime<T: Send + 'static>(
     let mut work = Box::pin(work);
     let polled = std::time::Instant::now();
     let first = (&mut work).now_or_never();
-    if in_place == InPlace::WhileQuick {
-        state.in_place.record(polled.elapsed());
+    if in_place == InPlace::WhileQuick && polled.elapsed() >= HELD_IN_PLACE {
+        tracing::debug!(
+            "a call held its thread in place for {:?}: multiplexed calls now always run as \
+             tasks of their own",
+            polled.elapsed()
+        );
+        state.holds_threads.store(true, Ordering::Relaxed);
     }
     match first {
         Some(done) => Started::Finished(done),
@@ -377,30 +345,4 @@ pub(super) async fn sleep_until_opt(deadline: Option<Instant>) {
 fn deadline_passed(deadline: Option<Instant>, started: Instant) -> PluginError {
     let ms = deadline.map_or(0, |d| d.saturating_duration_since(started).as_millis());
     PluginError::timeout(format!("the call's deadline passed ({ms} ms)"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn in_place_polling_ends_after_a_few_held_polls_but_not_after_rare_ones() {
-        let slow = Duration::from_millis(2);
-        let quick = Duration::from_micros(5);
-        // Rare: one held poll in 2 000 leaves it on.
-        let r = InPlaceRecord::default();
-        for i in 0..7_000 {
-            r.record(if i % 2_000 == 1_999 { slow } else { quick });
-        }
-        assert!(r.allowed());
-        // A plugin that holds its thread: off at the third.
-        let r = InPlaceRecord::default();
-        r.record(quick);
-        r.record(slow);
-        r.record(slow);
-        assert!(r.allowed());
-        r.record(slow);
-        assert!(!r.allowed());
-    }
 }

@@ -3,10 +3,10 @@
 //! once. One task serves it, on the plugin runtime: it reads frames, runs each call's handler
 //! ([`calls::execute_read`], the same as HTTP's) beside the others, and writes each answer as it
 //! is ready, several in one system call when they are. The handlers run in the connection's
-//! task, and so does each call's plugin side at first, while the plugin's calls are quick: a
-//! few that hold their thread for a millisecond before their first await make every later
-//! call's plugin side a task of its own, so that such plugin code holds up no other call
-//! (`calls::InPlaceRecord`).
+//! task, and so does each call's plugin side at first, while the plugin's calls are quick: one
+//! that holds its thread for a millisecond before its first await makes every later call's
+//! plugin side a task of its own, so that such plugin code holds up no other call
+//! (`calls::InPlace::WhileQuick`).
 //!
 //! A cancel frame drops its call's handler, which cancels the call as a closed HTTP connection
 //! does. When the worker shuts down the connection stops reading, answers the calls it holds
