@@ -49,17 +49,10 @@ pub(super) enum InPlace {
     /// Yes, where the handler runs on the plugin runtime: the task serves one connection, which
     /// carries one call at a time.
     Allowed,
-    /// While no call has held its thread in place: the task serves a multiplexed connection,
-    /// whose other calls plugin code that holds the thread holds up. Once one first poll took
-    /// [`HELD_IN_PLACE`] or more, the worker's multiplexed calls never are polled in place again
-    /// (`State::holds_threads`): a plugin whose calls compute before their first await then
-    /// holds up at most one other call, once.
-    WhileQuick,
+    /// No: the task serves a multiplexed connection, whose other calls plugin code that holds
+    /// the thread would hold up.
+    Never,
 }
-
-/// How long a call's first poll in place may hold the thread before multiplexed calls stop
-/// being polled in place.
-pub(super) const HELD_IN_PLACE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// [`execute`] of a request already read (or refused): the multiplexed wire's way in.
 pub(super) async fn execute_read(
@@ -119,27 +112,13 @@ fn on_plugin_runtime<T: Send + 'static>(
     work: impl Future<Output = T> + Send + 'static,
     in_place: InPlace,
 ) -> Started<T> {
-    let allowed = match in_place {
-        InPlace::Allowed => true,
-        InPlace::WhileQuick => !state.holds_threads.load(Ordering::Relaxed),
-    };
-    let here = allowed
+    let here = in_place == InPlace::Allowed
         && tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == state.plugin_rt.id());
     if !here {
         return Started::Spawned(state.plugin_rt.spawn(work));
     }
     let mut work = Box::pin(work);
-    let polled = std::time::Instant::now();
-    let first = (&mut work).now_or_never();
-    if in_place == InPlace::WhileQuick && polled.elapsed() >= HELD_IN_PLACE {
-        tracing::debug!(
-            "a call held its thread in place for {:?}: multiplexed calls now always run as \
-             tasks of their own",
-            polled.elapsed()
-        );
-        state.holds_threads.store(true, Ordering::Relaxed);
-    }
-    match first {
+    match (&mut work).now_or_never() {
         Some(done) => Started::Finished(done),
         None => Started::Spawned(state.plugin_rt.spawn(work)),
     }

@@ -3,10 +3,8 @@
 //! once. One task serves it, on the plugin runtime: it reads frames, runs each call's handler
 //! ([`calls::execute_read`], the same as HTTP's) beside the others, and writes each answer as it
 //! is ready, several in one system call when they are. The handlers run in the connection's
-//! task, and so does each call's plugin side at first, while the plugin's calls are quick: one
-//! that holds its thread for a millisecond before its first await makes every later call's
-//! plugin side a task of its own, so that such plugin code holds up no other call
-//! (`calls::InPlace::WhileQuick`).
+//! task; each call's plugin side runs as a task of its own, so plugin code that holds its
+//! thread holds up no other call of the connection.
 //!
 //! A cancel frame drops its call's handler, which cancels the call as a closed HTTP connection
 //! does. When the worker shuts down the connection stops reading, answers the calls it holds
@@ -201,7 +199,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     fn start(&mut self, id: u64, read: Result<super::decode::CallRequest, Rejection>) {
         let state = Arc::clone(&self.state);
         let work = async move {
-            let answer = calls::execute_read(state, read, calls::InPlace::WhileQuick).await;
+            let answer = calls::execute_read(state, read, calls::InPlace::Never).await;
             (id, answer)
         }
         .boxed();

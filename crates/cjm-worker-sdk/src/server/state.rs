@@ -51,10 +51,6 @@ pub(crate) struct State {
     pub(super) watchdog: Arc<Watchdog>,
     /// A successful `/cleanup` since the last call or configuration: shutdown skips cleanup.
     pub(super) cleaned: AtomicBool,
-    /// A call's plugin side, polled in place on a multiplexed connection, held its thread for
-    /// [`HELD_IN_PLACE`](super::calls::HELD_IN_PLACE) or more: no call of a multiplexed
-    /// connection is polled in place from then on.
-    pub(super) holds_threads: AtomicBool,
     /// The host's blob channel, when it handed one over: blobs then travel as memfds.
     pub(super) blob_channel: Option<Arc<BlobChannel>>,
 }
@@ -113,7 +109,6 @@ impl State {
             stats,
             watchdog: Arc::default(),
             cleaned: AtomicBool::new(false),
-            holds_threads: AtomicBool::new(false),
             blob_channel: opts.blob_channel.clone(),
         }
     }

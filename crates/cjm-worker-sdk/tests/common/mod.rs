@@ -106,11 +106,6 @@ impl Shared {
         self.gate_async.send_replace(true);
     }
 
-    pub(crate) fn close_gate(&self) {
-        *self.gate.0.lock().unwrap() = false;
-        self.gate_async.send_replace(false);
-    }
-
     fn bump(w: &watch::Sender<u32>) {
         w.send_modify(|n| *n += 1);
     }
