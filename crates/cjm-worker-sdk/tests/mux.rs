@@ -39,8 +39,15 @@ impl Raw {
         self.s.write_all(bytes).await.unwrap();
     }
 
-    /// The next answer as (id, status, JSON body); `None` once the worker closed.
+    /// The next answer as (id, status, JSON body); `None` once the worker closed. A test that
+    /// waits for an answer that never comes fails instead of hanging.
     async fn next(&mut self) -> Option<(u64, u16, Value)> {
+        tokio::time::timeout(std::time::Duration::from_secs(20), self.next_now())
+            .await
+            .expect("no answer and no end of the connection within 20 s")
+    }
+
+    async fn next_now(&mut self) -> Option<(u64, u16, Value)> {
         loop {
             match self.decoder.next(&mut self.buf).unwrap() {
                 Some(mux::Frame::Answer {
