@@ -10,7 +10,7 @@ mod common;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use bytes::Bytes;
-use cjm_host::{Call, PluginManager};
+use cjm_host::Call;
 use cjm_sys::shared_blob::{memfd_of, BlobBuf};
 use common::Scratch;
 use serde_json::json;
@@ -101,12 +101,7 @@ async fn blobs_cross_as_memfds_uncopied_with_no_descriptor_left_and_frames_witho
     m.unload_all().await;
 
     // A host that gives no blob channel (as to a remote worker) sends the same blob in frames.
-    let m = PluginManager::builder()
-        .search_paths([s.manifests()])
-        .data_dir(s.data())
-        .blob_memfd(false)
-        .build()
-        .unwrap();
+    let m = s.builder().blob_memfd(false).build().unwrap();
     m.load("w", None).await.unwrap();
     let out = m.execute("w", blob_call(built.clone())).await.unwrap();
     assert!(

@@ -54,12 +54,7 @@ async fn without_multiplexing_calls_go_to_the_calls_socket_one_per_connection() 
 async fn calls_and_streams_go_to_the_calls_socket(mux: bool) {
     let s = Scratch::new();
     s.worker_manifest("w", json!({"max_concurrency": 4}));
-    let m = PluginManager::builder()
-        .search_paths([s.manifests()])
-        .data_dir(s.data())
-        .calls_mux(mux)
-        .build()
-        .unwrap();
+    let m = s.builder().calls_mux(mux).build().unwrap();
     m.load("w", None).await.unwrap();
     let (main, calls) = sockets(&m);
     let (main, calls) = (&main[0], &calls[0]);
@@ -135,12 +130,7 @@ async fn calls_and_streams_go_to_the_calls_socket(mux: bool) {
 async fn a_host_can_turn_the_calls_socket_off() {
     let s = Scratch::new();
     s.worker_manifest("w", json!({}));
-    let m = PluginManager::builder()
-        .search_paths([s.manifests()])
-        .data_dir(s.data())
-        .calls_socket(false)
-        .build()
-        .unwrap();
+    let m = s.builder().calls_socket(false).build().unwrap();
     m.load("w", None).await.unwrap();
     let (main, calls) = sockets(&m);
     assert_eq!((main.len(), calls.len()), (1, 0));

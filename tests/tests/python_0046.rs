@@ -86,9 +86,7 @@ fn interpreter(s: &Scratch, g: Gen) -> PathBuf {
 /// `--port`, which 0.0.46 still accepts).
 fn manager(s: &Scratch, g: Gen, stall: Duration) -> PluginManager {
     write_manifest(s, g);
-    PluginManager::builder()
-        .search_paths([s.manifests()])
-        .data_dir(s.data())
+    s.builder()
         .supervisor(SupervisorOptions::default())
         .prefetch_stall(stall)
         .build()
@@ -385,11 +383,7 @@ async fn drift_is_reported_configs_follow_the_live_schema_and_strict_refuses() {
             },
         }),
     );
-    let m = PluginManager::builder()
-        .search_paths([s.manifests()])
-        .data_dir(s.data())
-        .build()
-        .unwrap();
+    let m = s.builder().build().unwrap();
     m.load("gen46", None).await.unwrap();
     let d = m.drift("gen46").unwrap().expect("compared");
     assert!(d.config_schema && d.structural_surface, "{d:?}");
@@ -405,12 +399,7 @@ async fn drift_is_reported_configs_follow_the_live_schema_and_strict_refuses() {
     m.unload_all().await;
 
     // Strict: the load is refused and the worker stopped.
-    let strict = PluginManager::builder()
-        .search_paths([s.manifests()])
-        .data_dir(s.data())
-        .strict_drift(true)
-        .build()
-        .unwrap();
+    let strict = s.builder().strict_drift(true).build().unwrap();
     let e = strict.load("gen46", None).await.unwrap_err();
     assert_eq!(e.category, ErrorCategory::Config, "{e:?}");
     assert!(
@@ -431,12 +420,7 @@ async fn drift_is_reported_configs_follow_the_live_schema_and_strict_refuses() {
         Gen::V0046,
         json!({"drift_tracking": {"config_schema_hash": witness_hash(&live)}}),
     );
-    let fresh = PluginManager::builder()
-        .search_paths([s.manifests()])
-        .data_dir(s.data())
-        .strict_drift(true)
-        .build()
-        .unwrap();
+    let fresh = s.builder().strict_drift(true).build().unwrap();
     fresh.load("gen46", None).await.unwrap();
     assert!(!fresh.drift("gen46").unwrap().unwrap().any());
     fresh.unload_all().await;
@@ -543,11 +527,7 @@ async fn the_settings_form_offers_the_live_config_options(g: Gen) {
     let schema = json!({"type": "object", "properties": {
         "lang": {"type": "string", "default": "en"}}});
     write_manifest_with(&s, g, json!({"config_schema": schema}));
-    let m = PluginManager::builder()
-        .search_paths([s.manifests()])
-        .data_dir(s.data())
-        .build()
-        .unwrap();
+    let m = s.builder().build().unwrap();
     let state = cjm_ui::AppState::from_manager(m.clone(), s.data().join("configs"))
         .await
         .unwrap();
@@ -622,11 +602,7 @@ async fn a_changed_secret_or_env_respawns_the_worker_with_it(g: Gen) {
         })
     };
     write_manifest_with(&s, g, with_mode("fast"));
-    let m = PluginManager::builder()
-        .search_paths([s.manifests()])
-        .data_dir(s.data())
-        .build()
-        .unwrap();
+    let m = s.builder().build().unwrap();
     m.load("gen46", None).await.unwrap();
     m.update_config("gen46", json!({"lang": "de"}))
         .await

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cjm_host::{PluginManager, SupervisorOptions};
+use cjm_host::{ManagerBuilder, PluginManager, SupervisorOptions};
 use serde_json::{json, Value};
 
 /// The test worker binary.
@@ -72,12 +72,15 @@ impl Scratch {
     }
 
     pub(crate) fn manager_with(&self, sup: SupervisorOptions) -> PluginManager {
+        self.builder().supervisor(sup).build().expect("manager")
+    }
+
+    /// A manager builder over this scratch's manifests and data, for a test that changes one
+    /// more option.
+    pub(crate) fn builder(&self) -> ManagerBuilder {
         PluginManager::builder()
             .search_paths([self.manifests()])
             .data_dir(self.data())
-            .supervisor(sup)
-            .build()
-            .expect("manager")
     }
 }
 
