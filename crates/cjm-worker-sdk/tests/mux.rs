@@ -239,3 +239,32 @@ async fn a_call_that_holds_its_thread_holds_up_no_other_call_of_the_connection()
     let (id, status, _) = c.next().await.unwrap();
     assert_eq!((id, status), (1, 200));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_taken_over_from_a_held_task_still_ends_with_a_graceful_stop() {
+    let (mut s, calls, _dir) =
+        with_calls_socket(|o| o.shutdown_grace(std::time::Duration::from_secs(60)));
+    let mut c = Raw::open(&calls.path, None, &call(1, "block", json!({}))).await;
+    until(&s.shared.started, |n| n == 1).await;
+    // Answered only once another task has taken the connection over.
+    c.send(&call(2, "echo", json!({"v": 2}))).await;
+    assert_eq!(c.next().await.unwrap(), (2, 200, json!({"v": 2})));
+    let handle = s.handle.take().unwrap();
+    let stopping = tokio::task::spawn_blocking(move || handle.shutdown().unwrap());
+    loop {
+        match UnixStream::connect(&calls.path).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            _ => tokio::task::yield_now().await,
+        }
+    }
+    assert!(
+        !stopping.is_finished(),
+        "the held call keeps the stop waiting"
+    );
+    // The held task hands its answer to the task that took over, which writes it and closes.
+    s.shared.open_gate();
+    let (id, status, _) = c.next().await.unwrap();
+    assert_eq!((id, status), (1, 200));
+    assert_eq!(c.next().await, None, "closed once its calls were answered");
+    assert_eq!(stopping.await.unwrap(), ShutdownReason::Requested);
+}

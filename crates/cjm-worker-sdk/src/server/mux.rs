@@ -1,10 +1,17 @@
 //! The multiplexed calls wire's server side (feature `calls_mux`; the framing is
 //! `cjm_core::wire::mux`): one connection of the calls socket carries many `/execute` calls at
-//! once. One task serves it, on the plugin runtime: it reads frames, runs each call's handler
-//! ([`calls::execute_read`], the same as HTTP's) beside the others, and writes each answer as it
-//! is ready, several in one system call when they are. The handlers run in the connection's
-//! task; each call's plugin side runs as a task of its own, so plugin code that holds its
-//! thread holds up no other call of the connection.
+//! once. A task on the plugin runtime serves it: it reads frames, runs each call's handler
+//! ([`calls::execute_read`], the same as HTTP's) beside the others, and writes the answers
+//! that are ready, several in one system call.
+//!
+//! As on an HTTP connection of the calls socket, a new call's plugin side is polled in place
+//! first, in the connection's task, and becomes a task of its own only if it has to wait: a
+//! quick call costs no task and wakes no other thread. Plugin code that holds its thread in
+//! that first poll would hold up every other call of the connection, so the connection's state
+//! lives outside its task, and each in-place poll is a *spell* the watchdog (`watchdog.rs`)
+//! can see: a spell that lasts a tick makes the watchdog start a new task that takes the
+//! connection over. The held task hands its call's answer over when its poll returns, if it
+//! ever does, and stops.
 //!
 //! A cancel frame drops its call's handler, which cancels the call as a closed HTTP connection
 //! does. When the worker shuts down the connection stops reading, answers the calls it holds
@@ -14,15 +21,17 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use cjm_core::wire::{content_types, mux};
 use cjm_core::PluginError;
-use futures::future::{AbortHandle, Abortable, BoxFuture};
+use futures::future::{AbortHandle, Abortable, Aborted, BoxFuture};
 use futures::stream::FuturesUnordered;
+use futures::task::AtomicWaker;
 use futures::{FutureExt, StreamExt};
 use http::header::CONTENT_TYPE;
 use http::Response;
@@ -35,6 +44,7 @@ use super::decode::{body_limit, call_tag, decode_call, too_large, BodyKind, Reje
 use super::respond::error;
 use super::state::State;
 use super::stream::Body;
+use super::watchdog::Rescuable;
 
 /// Calls one connection runs at once; past it, it reads no more until one is answered.
 const MAX_CALLS: usize = 4096;
@@ -47,42 +57,201 @@ const READ_ROOM: usize = 64 << 10;
 
 /// Serves one multiplexed connection whose preface has been read (`rest`: the bytes read past
 /// it) until the host closes it, or, once `stop` is cancelled, until the calls it holds are
-/// answered.
+/// answered. Returns when the connection has ended, whichever task served it last.
 pub(super) async fn serve<I>(io: I, rest: BytesMut, state: Arc<State>, stop: CancellationToken)
 where
-    I: AsyncRead + AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limit = state.max_json_body.max(state.max_frame_body);
     let mut conn = Conn {
         io,
         decoder: mux::Decoder::new(limit.saturating_add(512).min(u64::from(u32::MAX))),
         rbuf: rest,
+        fresh: VecDeque::new(),
         calls: FuturesUnordered::new(),
+        in_hand: 0,
         running: HashMap::new(),
         out: VecDeque::new(),
         unwritten: 0,
         reading: true,
         stop: Box::pin(stop.cancelled_owned()),
-        state,
+        state: Arc::clone(&state),
     };
     // The calls that came with the preface.
-    let served = match conn.take_frames() {
-        Ok(()) => std::future::poll_fn(|cx| conn.poll(cx)).await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = served {
+    if let Err(e) = conn.take_frames() {
         tracing::debug!("multiplexed calls connection ended: {e}");
+        return;
+    }
+    let shared = Arc::new(Shared {
+        conn: Mutex::new(conn),
+        spell: AtomicU64::new(0),
+        waker: AtomicWaker::new(),
+        ended: CancellationToken::new(),
+        plugin_rt: state.plugin_rt.clone(),
+    });
+    let watched: Arc<dyn Rescuable> = Arc::clone(&shared) as Arc<dyn Rescuable>;
+    state.watchdog.watch(Arc::downgrade(&watched));
+    drop(watched);
+    if shared.run(0).await == Served::TakenOver {
+        // Another task serves the connection now; this one stays until it ends, so that the
+        // calls socket's graceful stop waits for it.
+        shared.ended.cancelled().await;
     }
 }
 
 type CallFuture = Abortable<BoxFuture<'static, (u64, Response<Body>)>>;
+
+/// How a serving task stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum Served {
+    /// The connection has ended.
+    Ended,
+    /// A newer task serves the connection.
+    TakenOver,
+}
+
+/// A connection's state, shared by the task serving it and any task that took it over.
+struct Shared<I> {
+    conn: Mutex<Conn<I>>,
+    /// The serving task's generation (high 32 bits) and the count of its in-place polls begun
+    /// and ended (low 32 bits): odd while it polls a new call in place. Only the serving task
+    /// counts; only the watchdog moves the generation on ([`Rescuable::rescue_if_held`]).
+    spell: AtomicU64,
+    /// The serving task, woken by a task taken over that hands its call's answer over.
+    waker: AtomicWaker,
+    /// Cancelled when the connection has ended.
+    ended: CancellationToken,
+    plugin_rt: tokio::runtime::Handle,
+}
+
+const LOW: u64 = u32::MAX as u64;
+
+fn generation(spell: u64) -> u64 {
+    spell >> 32
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Shared<I> {
+    fn conn(&self) -> MutexGuard<'_, Conn<I>> {
+        super::state::lock(&self.conn)
+    }
+
+    /// Counts one step (the start or the end of an in-place poll) for the serving task of
+    /// generation `gen`; false if the connection was taken over from it.
+    fn step(&self, gen: u64) -> bool {
+        self.spell
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (generation(s) == gen).then(|| (s & !LOW) | (s.wrapping_add(1) & LOW))
+            })
+            .is_ok()
+    }
+
+    /// Serves the connection as generation `gen` until it ends or is taken over.
+    async fn run(self: &Arc<Self>, gen: u64) -> Served {
+        let served = std::future::poll_fn(|cx| self.poll_serve(gen, cx)).await;
+        if let Err(e) = &served {
+            tracing::debug!("multiplexed calls connection ended: {e}");
+        }
+        match served {
+            Ok(Served::TakenOver) => Served::TakenOver,
+            _ => {
+                self.ended.cancel();
+                Served::Ended
+            }
+        }
+    }
+
+    fn poll_serve(&self, gen: u64, cx: &mut Context<'_>) -> Poll<std::io::Result<Served>> {
+        self.waker.register(cx.waker());
+        loop {
+            let (id, mut call) = {
+                let mut c = self.conn();
+                if generation(self.spell.load(Ordering::Acquire)) != gen {
+                    return Poll::Ready(Ok(Served::TakenOver));
+                }
+                if c.fresh.is_empty() {
+                    if let Poll::Ready(r) = c.poll(cx) {
+                        return Poll::Ready(r.map(|()| Served::Ended));
+                    }
+                }
+                match c.fresh.pop_front() {
+                    Some(next) => {
+                        c.in_hand += 1;
+                        next
+                    }
+                    None => return Poll::Pending,
+                }
+            };
+            // The spell: the call's plugin side may run here, without the connection's lock.
+            if !self.step(gen) {
+                let mut c = self.conn();
+                c.in_hand -= 1;
+                c.fresh.push_front((id, call));
+                return Poll::Ready(Ok(Served::TakenOver));
+            }
+            let polled = call.poll_unpin(cx);
+            let still_serving = self.step(gen);
+            {
+                let mut c = self.conn();
+                c.in_hand -= 1;
+                match polled {
+                    Poll::Ready(Ok((_, resp))) => {
+                        c.running.remove(&id);
+                        c.answer(id, resp);
+                    }
+                    // Cancelled by the host, which waits for no answer.
+                    Poll::Ready(Err(Aborted)) => {}
+                    Poll::Pending => c.calls.push(call),
+                }
+            }
+            if !still_serving {
+                // Taken over while the plugin held this task: the answer is the new task's to
+                // write.
+                self.waker.wake();
+                return Poll::Ready(Ok(Served::TakenOver));
+            }
+        }
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Rescuable for Shared<I> {
+    fn rescue_if_held(self: Arc<Self>, seen: &mut u64) {
+        let now = self.spell.load(Ordering::Acquire);
+        // Odd: in a spell; the same value as a tick ago: the same spell.
+        if now & 1 == 1 && now == *seen {
+            let next = (generation(now) + 1) << 32;
+            if self
+                .spell
+                .compare_exchange(now, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                tracing::debug!(
+                    "plugin code has held a multiplexed connection's task for a tick: \
+                     another task takes the connection over"
+                );
+                let rt = self.plugin_rt.clone();
+                drop(rt.spawn(async move {
+                    let _ = self.run(generation(next)).await;
+                }));
+                *seen = next;
+                return;
+            }
+        }
+        *seen = now;
+    }
+}
 
 struct Conn<I> {
     io: I,
     state: Arc<State>,
     decoder: mux::Decoder,
     rbuf: BytesMut,
+    /// New calls, not polled yet: each is polled once in place, outside the lock.
+    fresh: VecDeque<(u64, CallFuture)>,
+    /// Calls that have been polled and wait.
     calls: FuturesUnordered<CallFuture>,
+    /// Calls taken out of `fresh` for their first poll and not back yet (one, or more while
+    /// tasks taken over from still hold theirs).
+    in_hand: usize,
     /// Each running call's handle, by id, for a cancel frame.
     running: HashMap<u64, AbortHandle>,
     /// Answers waiting to be written.
@@ -94,13 +263,16 @@ struct Conn<I> {
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
+    /// Reads, collects answers and writes until nothing moves (`Pending`, also when new calls
+    /// wait in `fresh` for their first poll), or the connection has ended (`Ready`).
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         if self.reading && self.stop.as_mut().poll(cx).is_ready() {
             self.reading = false;
         }
         loop {
             let mut progress = false;
-            if self.reading && self.calls.len() < MAX_CALLS && self.unwritten < MAX_UNWRITTEN {
+            let held = self.calls.len() + self.fresh.len() + self.in_hand;
+            if self.reading && held < MAX_CALLS && self.unwritten < MAX_UNWRITTEN {
                 progress |= self.poll_read(cx)?;
             }
             while let Poll::Ready(Some(done)) = self.calls.poll_next_unpin(cx) {
@@ -112,7 +284,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
                 }
             }
             progress |= self.poll_write(cx)?;
-            if !self.reading && self.calls.is_empty() && self.out.is_empty() {
+            if !self.fresh.is_empty() {
+                return Poll::Pending;
+            }
+            if !self.reading && self.calls.is_empty() && self.in_hand == 0 && self.out.is_empty() {
                 return Poll::Ready(Ok(()));
             }
             if !progress {
@@ -199,7 +374,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     fn start(&mut self, id: u64, read: Result<super::decode::CallRequest, Rejection>) {
         let state = Arc::clone(&self.state);
         let work = async move {
-            let answer = calls::execute_read(state, read, calls::InPlace::Never).await;
+            let answer = calls::execute_read(state, read).await;
             (id, answer)
         }
         .boxed();
@@ -208,7 +383,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             // The host reused an id still running: the earlier call is no longer awaited.
             earlier.abort();
         }
-        self.calls.push(Abortable::new(work, registration));
+        self.fresh
+            .push_back((id, Abortable::new(work, registration)));
     }
 
     /// Queues `resp` as the answer to call `id`.

@@ -15,9 +15,14 @@
 //! It does so once per such spell of a thread; a spurious wake costs one empty task. After [`QUIET_TICKS`] ticks with every thread parked
 //! the watchdog sleeps until a call starts ([`Watchdog::call_started`], one atomic read per
 //! call while it is awake): an idle worker is not woken by it.
+//!
+//! Each tick it also looks at the multiplexed connections ([`Watchdog::watch`]): one whose
+//! task has been inside the same in-place poll of plugin code since the previous tick is taken
+//! over by a new task ([`Rescuable`]), so that plugin code holding its thread holds up no other
+//! call of the connection for more than about two ticks.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -31,14 +36,48 @@ pub(crate) const TICK: Duration = Duration::from_millis(10);
 const QUIET_TICKS: u32 = 10;
 
 /// See the [module docs](self).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Watchdog {
     /// Set while the watchdog sleeps until a call starts.
     asleep: AtomicBool,
     wake: Notify,
+    /// The connections watched, each with what [`Rescuable::rescue_if_held`] saw last.
+    watched: Mutex<Vec<(Weak<dyn Rescuable>, u64)>>,
+}
+
+impl std::fmt::Debug for Watchdog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watchdog")
+            .field("asleep", &self.asleep)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection whose task polls plugin code in place, and which another task can take over.
+pub(crate) trait Rescuable: Send + Sync {
+    /// Called every tick with what the previous call left in `seen`: if the connection's task
+    /// is still in the poll it was in then, starts a new task that takes the connection over.
+    fn rescue_if_held(self: Arc<Self>, seen: &mut u64);
 }
 
 impl Watchdog {
+    /// Watches `conn` from the next tick on, until it is dropped.
+    pub(crate) fn watch(&self, conn: Weak<dyn Rescuable>) {
+        super::state::lock(&self.watched).push((conn, 0));
+    }
+
+    /// One look at every watched connection; forgets those dropped.
+    fn look_at_connections(&self) {
+        let mut watched = super::state::lock(&self.watched);
+        watched.retain_mut(|(conn, seen)| match conn.upgrade() {
+            Some(c) => {
+                c.rescue_if_held(seen);
+                true
+            }
+            None => false,
+        });
+    }
+
     /// Called as each call starts: wakes the watchdog if it sleeps.
     pub(crate) fn call_started(&self) {
         if self.asleep.load(Ordering::Relaxed) && self.asleep.swap(false, Ordering::AcqRel) {
@@ -76,6 +115,7 @@ impl Watchdog {
                 tracing::trace!("a plugin thread has not parked for a tick: waking another");
                 drop(plugin_rt.spawn(async {}));
             }
+            self.look_at_connections();
             quiet = if all_parked(&now) { quiet + 1 } else { 0 };
             last = now;
             if quiet >= QUIET_TICKS {
