@@ -40,13 +40,24 @@ fn call_span(call: &Call) -> tracing::Span {
 /// `POST /execute`: the plugin's result, whole (JSON, or a frame with blobs).
 pub(super) async fn execute(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let read = read_call(&state, req).await;
-    execute_read(state, read).await
+    execute_read(state, read, InPlace::Allowed).await
+}
+
+/// Whether a call's plugin side may be polled in the handler's own task first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum InPlace {
+    /// Yes, where the handler runs on the plugin runtime.
+    Allowed,
+    /// No: a task of its own at once (on a multiplexed connection whose calls have been slow,
+    /// so that they run side by side).
+    Never,
 }
 
 /// [`execute`] of a request already read (or refused): the multiplexed wire's way in.
 pub(super) async fn execute_read(
     state: Arc<State>,
     read: Result<CallRequest, Rejection>,
+    in_place: InPlace,
 ) -> Response<Body> {
     let (call, waiter, runner) = match begin(&state, read) {
         Ok(started) => started,
@@ -68,7 +79,7 @@ pub(super) async fn execute_read(
         result
     }
     .instrument(span);
-    let result = match on_plugin_runtime(&state, work) {
+    let result = match on_plugin_runtime(&state, work, in_place) {
         Started::Finished(result) => result,
         Started::Spawned(task) => waiter.first_answer(task).await,
     };
@@ -91,15 +102,18 @@ enum Started<T> {
 }
 
 /// Runs `work` (a call's plugin side) on the plugin runtime. A handler already there (the calls
-/// socket's connections, HTTP or multiplexed) polls it once in place and spawns it only if it
-/// did not finish: a call that needs no waiting then costs no task and wakes nothing. Once
+/// socket's connections, HTTP or multiplexed) polls it once in place, where `in_place` allows
+/// it, and spawns it only if it did not finish: a call that needs no waiting then costs no task
+/// and wakes nothing. Once
 /// spawned, it runs to its end even if the request goes away, as a call started from the main
 /// socket does.
 fn on_plugin_runtime<T: Send + 'static>(
     state: &State,
     work: impl Future<Output = T> + Send + 'static,
+    in_place: InPlace,
 ) -> Started<T> {
-    let here = tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == state.plugin_rt.id());
+    let here = in_place == InPlace::Allowed
+        && tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == state.plugin_rt.id());
     if !here {
         return Started::Spawned(state.plugin_rt.spawn(work));
     }

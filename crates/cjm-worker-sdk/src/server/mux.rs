@@ -55,6 +55,57 @@ const MAX_UNWRITTEN: usize = 16 << 20;
 /// How much room a read is given at the least.
 const READ_ROOM: usize = 64 << 10;
 
+/// The longest an in-place poll of a call's plugin side may take to count as quick
+/// ([`Quick`]).
+const QUICK: Duration = Duration::from_micros(100);
+
+/// Slow in-place polls in a row after which a connection spawns its calls' plugin sides: more
+/// than one, since a busy machine that takes the thread away in the middle of a quick poll makes
+/// it look slow now and then.
+const SLOW_IN_A_ROW: u32 = 3;
+
+/// How long a connection spawns its calls' plugin sides once they have been slow.
+const SPAWNING: Duration = Duration::from_secs(1);
+
+/// Whether a connection's new calls are polled in place. The connection's task runs an in-place
+/// poll to its end before it reads the next call, so calls of a plugin that computes would run
+/// one after another there, not side by side on the plugin threads. So after
+/// [`SLOW_IN_A_ROW`] polls longer than [`QUICK`] the connection's calls are tasks of their own
+/// for [`SPAWNING`]; then it tries again. A quick plugin's calls stay in place.
+#[derive(Debug, Default)]
+struct Quick {
+    slow: u32,
+    spawning_until: Option<std::time::Instant>,
+}
+
+impl Quick {
+    /// Whether a new call is polled in place.
+    fn in_place(&mut self) -> calls::InPlace {
+        match self.spawning_until {
+            Some(until) if std::time::Instant::now() < until => calls::InPlace::Never,
+            Some(_) => {
+                self.spawning_until = None;
+                calls::InPlace::Allowed
+            }
+            None => calls::InPlace::Allowed,
+        }
+    }
+
+    /// An in-place poll that began at `began` has just ended.
+    fn polled(&mut self, began: std::time::Instant) {
+        let now = std::time::Instant::now();
+        if now.saturating_duration_since(began) <= QUICK {
+            self.slow = 0;
+            return;
+        }
+        self.slow += 1;
+        if self.slow >= SLOW_IN_A_ROW {
+            self.slow = 0;
+            self.spawning_until = Some(now + SPAWNING);
+        }
+    }
+}
+
 /// Serves one multiplexed connection whose preface has been read (`rest`: the bytes read past
 /// it) until the host closes it, or, once `stop` is cancelled, until the calls it holds are
 /// answered. Returns when the connection has ended, whichever task served it last.
@@ -75,6 +126,7 @@ where
         unwritten: 0,
         reading: true,
         stop: Box::pin(stop.cancelled_owned()),
+        quick: Quick::default(),
         state: Arc::clone(&state),
     };
     // The calls that came with the preface.
@@ -188,11 +240,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Shared<I> {
                 c.fresh.push_front((id, call));
                 return Poll::Ready(Ok(Served::TakenOver));
             }
+            let began = std::time::Instant::now();
             let polled = call.poll_unpin(cx);
             let still_serving = self.step(gen);
             {
                 let mut c = self.conn();
                 c.in_hand -= 1;
+                c.quick.polled(began);
                 match polled {
                     Poll::Ready(Ok((_, resp))) => {
                         c.running.remove(&id);
@@ -260,6 +314,7 @@ struct Conn<I> {
     /// Still reading: not at end of file, not stopped.
     reading: bool,
     stop: Pin<Box<WaitForCancellationFutureOwned>>,
+    quick: Quick,
 }
 
 impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
@@ -373,8 +428,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
 
     fn start(&mut self, id: u64, read: Result<super::decode::CallRequest, Rejection>) {
         let state = Arc::clone(&self.state);
+        let in_place = self.quick.in_place();
         let work = async move {
-            let answer = calls::execute_read(state, read).await;
+            let answer = calls::execute_read(state, read, in_place).await;
             (id, answer)
         }
         .boxed();
@@ -383,8 +439,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             // The host reused an id still running: the earlier call is no longer awaited.
             earlier.abort();
         }
-        self.fresh
-            .push_back((id, Abortable::new(work, registration)));
+        let call = Abortable::new(work, registration);
+        match in_place {
+            calls::InPlace::Allowed => self.fresh.push_back((id, call)),
+            // Its first poll runs no plugin code.
+            calls::InPlace::Never => self.calls.push(call),
+        }
     }
 
     /// Queues `resp` as the answer to call `id`.
@@ -522,5 +582,35 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewound<I> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant as StdInstant;
+
+    #[test]
+    fn calls_stay_in_place_until_some_are_slow_in_a_row_then_spawn_for_a_while() {
+        let mut q = Quick::default();
+        assert_eq!(q.in_place(), calls::InPlace::Allowed);
+        let long_ago = StdInstant::now().checked_sub(QUICK * 10).unwrap();
+        // Slow polls with a quick one between change nothing.
+        for _ in 1..SLOW_IN_A_ROW {
+            q.polled(long_ago);
+        }
+        q.polled(StdInstant::now());
+        for _ in 1..SLOW_IN_A_ROW {
+            q.polled(long_ago);
+        }
+        assert_eq!(q.in_place(), calls::InPlace::Allowed);
+        // One more slow one in a row: the next calls spawn.
+        q.polled(long_ago);
+        assert_eq!(q.in_place(), calls::InPlace::Never);
+        assert_eq!(q.in_place(), calls::InPlace::Never);
+        // Once the spell is over, in place again.
+        q.spawning_until = StdInstant::now().checked_sub(Duration::from_millis(1));
+        assert_eq!(q.in_place(), calls::InPlace::Allowed);
+        assert_eq!(q.spawning_until, None);
     }
 }
