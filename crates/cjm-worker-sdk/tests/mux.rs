@@ -268,3 +268,18 @@ async fn a_connection_taken_over_from_a_held_task_still_ends_with_a_graceful_sto
     assert_eq!(c.next().await, None, "closed once its calls were answered");
     assert_eq!(stopping.await.unwrap(), ShutdownReason::Requested);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_that_hold_their_threads_still_run_side_by_side() {
+    // Two calls in one write, each holding a plugin thread until the gate opens: the second
+    // starts while the first holds the connection's task, on the other plugin thread.
+    let (s, calls, _dir) = with_calls_socket(|o| o);
+    let mut both = call(1, "block", json!({}));
+    both.extend(call(2, "block", json!({})));
+    let mut c = Raw::open(&calls.path, None, &both).await;
+    until(&s.shared.started, |n| n == 2).await;
+    s.shared.open_gate();
+    let mut ids = [c.next().await.unwrap().0, c.next().await.unwrap().0];
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2]);
+}
