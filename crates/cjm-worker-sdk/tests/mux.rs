@@ -4,12 +4,12 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
 use cjm_core::wire::{features, mux, HealthResponse, StatsResponse};
 use cjm_worker_sdk::runtime::ShutdownReason;
-use common::{until, with_calls_socket};
+use common::{until, with_calls_socket, TestServer};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -198,19 +198,36 @@ async fn the_preface_must_carry_the_token_and_a_broken_frame_ends_the_connection
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_the_calls_a_connection_holds_then_closes_it() {
-    let (mut s, calls, _dir) =
+    let (mut s, path, _dir, mut c) = held_call_1("hold").await;
+    stop_while_call_1_is_held(&mut s, &path, &mut c).await;
+}
+
+/// A server with a minute's grace to stop, and a multiplexed connection whose call 1 (`op`,
+/// which waits for the gate) has started.
+async fn held_call_1(op: &str) -> (TestServer, PathBuf, tempfile::TempDir, Raw) {
+    let (s, calls, dir) =
         with_calls_socket(|o| o.shutdown_grace(std::time::Duration::from_secs(60)));
-    let mut c = Raw::open(&calls.path, None, &call(1, "hold", json!({}))).await;
-    until(&s.shared.active, |n| n == 1).await;
+    let c = Raw::open(&calls.path, None, &call(1, op, json!({}))).await;
+    until(&s.shared.started, |n| n == 1).await;
+    (s, calls.path, dir, c)
+}
+
+/// Stops the server while call 1 of `c` is held at the gate: the calls socket stops accepting,
+/// the stop waits for the call, which is answered once the gate opens, and then the connection
+/// closes and the stop ends.
+async fn stop_while_call_1_is_held(s: &mut TestServer, path: &Path, c: &mut Raw) {
     let handle = s.handle.take().unwrap();
     let stopping = tokio::task::spawn_blocking(move || handle.shutdown().unwrap());
     loop {
-        match UnixStream::connect(&calls.path).await {
+        match UnixStream::connect(path).await {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
             _ => tokio::task::yield_now().await,
         }
     }
-    assert!(!stopping.is_finished());
+    assert!(
+        !stopping.is_finished(),
+        "the held call keeps the stop waiting"
+    );
     s.shared.open_gate();
     let (id, status, _) = c.next().await.unwrap();
     assert_eq!((id, status), (1, 200));
@@ -242,31 +259,12 @@ async fn a_call_that_holds_its_thread_holds_up_no_other_call_of_the_connection()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_taken_over_from_a_held_task_still_ends_with_a_graceful_stop() {
-    let (mut s, calls, _dir) =
-        with_calls_socket(|o| o.shutdown_grace(std::time::Duration::from_secs(60)));
-    let mut c = Raw::open(&calls.path, None, &call(1, "block", json!({}))).await;
-    until(&s.shared.started, |n| n == 1).await;
+    let (mut s, path, _dir, mut c) = held_call_1("block").await;
     // Answered only once another task has taken the connection over.
     c.send(&call(2, "echo", json!({"v": 2}))).await;
     assert_eq!(c.next().await.unwrap(), (2, 200, json!({"v": 2})));
-    let handle = s.handle.take().unwrap();
-    let stopping = tokio::task::spawn_blocking(move || handle.shutdown().unwrap());
-    loop {
-        match UnixStream::connect(&calls.path).await {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
-            _ => tokio::task::yield_now().await,
-        }
-    }
-    assert!(
-        !stopping.is_finished(),
-        "the held call keeps the stop waiting"
-    );
     // The held task hands its answer to the task that took over, which writes it and closes.
-    s.shared.open_gate();
-    let (id, status, _) = c.next().await.unwrap();
-    assert_eq!((id, status), (1, 200));
-    assert_eq!(c.next().await, None, "closed once its calls were answered");
-    assert_eq!(stopping.await.unwrap(), ShutdownReason::Requested);
+    stop_while_call_1_is_held(&mut s, &path, &mut c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
