@@ -6,6 +6,7 @@
 //! | step | file |
 //! |---|---|
 //! | accept a connection, serve it (the calls socket's on the plugin runtime); graceful shutdown | `accept.rs` |
+//! | the calls socket's multiplexed connections: frames, calls side by side, a held connection taken over | `mux.rs` |
 //! | auth → route table (path, method) → endpoint | `route.rs` |
 //! | decode: content type, body limit, `ExecuteRequest` or frame, deadline | `decode.rs` |
 //! | `/execute`, `/execute_stream`: one start, then the plugin on its runtime | `calls.rs` |
@@ -16,8 +17,8 @@
 //!
 //! Shared by them: [`State`](state::State) (`state.rs`), [`Options`] (`options.rs`), the
 //! bearer-token check (`auth.rs`), the `/stats` counters (`stats.rs`) and the watchdog that
-//! keeps the plugin runtime's I/O going while plugin code holds one of its threads
-//! (`watchdog.rs`). This file holds the
+//! keeps the plugin runtime's I/O going while plugin code holds one of its threads, and has a
+//! multiplexed connection so held taken over (`watchdog.rs`). This file holds the
 //! [`Server`]: its two runtimes and how it runs (on this thread, or spawned).
 
 use std::sync::Arc;
