@@ -109,6 +109,15 @@ async fn calls_and_streams_go_to_the_calls_socket(mux: bool) {
             .unwrap();
         assert_eq!(out.value["kwargs"]["v"], json!(3), "{}", out.value);
         assert_eq!(listed_at(calls), 3);
+        // So do calls with blobs, as frames, while they are small: two at once, where HTTP
+        // would take the stream's idle connection and open another.
+        let blob = || Call::new(vec![json!("blob")]).with_blob(b"abc".to_vec());
+        let (x, y) = futures::join!(m.execute("w", blob()), m.execute("w", blob()));
+        for out in [x.unwrap(), y.unwrap()] {
+            assert_eq!(out.value, json!({"total": 3, "blobs": 1}));
+            assert_eq!(out.blobs.len(), 1);
+        }
+        assert_eq!(listed_at(calls), 3);
     }
     m.cancel("w").await.unwrap();
     for call in [first, second] {

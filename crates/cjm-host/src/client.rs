@@ -34,10 +34,27 @@ const FRAME: HeaderValue = HeaderValue::from_static(content_types::FRAME);
 
 /// `/execute`'s request, ready to send.
 enum Sendable {
-    /// A frame of the multiplexed calls wire: its head and JSON body.
-    Mux(mux::CallHead, Bytes),
+    /// A call frame of the multiplexed calls wire: its head and its body's parts.
+    Mux(mux::CallHead, Vec<Bytes>),
     /// An HTTP request.
     Http(Request<ReqBody>),
+}
+
+/// A call's body, built once whichever way it goes.
+enum Payload {
+    /// JSON (a call without blobs).
+    Json(Bytes),
+    /// A frame (PROTOCOL.md §7): the JSON and the blobs, or the descriptors they were sent as.
+    Frame(Vec<Bytes>),
+}
+
+impl Payload {
+    fn len(&self) -> usize {
+        match self {
+            Self::Json(b) => b.len(),
+            Self::Frame(parts) => parts.iter().map(Bytes::len).sum(),
+        }
+    }
 }
 
 /// Milliseconds left until `d`, at least 1 (`x-cjm-timeout-ms`).
@@ -386,29 +403,28 @@ impl WorkerClient {
         path: &str,
         call: Call,
     ) -> Result<(Request<ReqBody>, CallContext), PluginError> {
-        let body = match call.blobs.is_empty() {
-            true => Some(Self::json_body(&call)?),
-            false => None,
-        };
-        let req = self.execute_http(path, &call, body)?;
+        let payload = self.payload(&call)?;
+        let req = self.execute_http(path, &call, payload)?;
         Ok((req, call.ctx))
     }
 
-    /// `/execute`'s request as it will be sent: a frame of the multiplexed wire where the worker
-    /// takes one and the call is JSON of at most [`mux::MAX_CALL_BODY`] bytes, an HTTP request
+    /// `/execute`'s request as it will be sent: a frame of the multiplexed wire where the
+    /// transport takes one of its size ([`Transport::muxes_call_of`]), an HTTP request
     /// otherwise; and the call's context.
+    ///
+    /// [`Transport::muxes_call_of`]: crate::transport::Transport::muxes_call_of
     fn execute_sendable(&self, call: Call) -> Result<(Sendable, CallContext), PluginError> {
-        if !call.blobs.is_empty() || !self.transport.muxes_calls() {
-            let (req, ctx) = self.execute_request(paths::EXECUTE, call)?;
-            return Ok((Sendable::Http(req), ctx));
-        }
-        let body = Self::json_body(&call)?;
-        if body.len() > mux::MAX_CALL_BODY {
-            let req = self.execute_http(paths::EXECUTE, &call, Some(body))?;
+        let payload = self.payload(&call)?;
+        if !self.transport.muxes_call_of(payload.len()) {
+            let req = self.execute_http(paths::EXECUTE, &call, payload)?;
             return Ok((Sendable::Http(req), call.ctx));
         }
+        let (frame, body) = match payload {
+            Payload::Json(b) => (false, vec![b]),
+            Payload::Frame(parts) => (true, parts),
+        };
         let head = mux::CallHead {
-            frame: false,
+            frame,
             timeout_ms: call
                 .ctx
                 .deadline()
@@ -436,44 +452,20 @@ impl WorkerClient {
         Ok(Some(tag))
     }
 
-    /// The JSON body of a call without blobs.
-    fn json_body(call: &Call) -> Result<Bytes, PluginError> {
-        let mut body = cjm_sys::body_writer::BodyWriter::new();
-        wire::write_json(
-            &mut body,
-            &ExecuteBody {
-                args: &call.args,
-                kwargs: &call.kwargs,
-            },
-        )
-        .map_err(internal)?;
-        Ok(body.finish())
-    }
-
-    /// The HTTP request of `/execute` or `/execute_stream`, tagged; `body`: the call's JSON body
-    /// when it has no blobs.
-    fn execute_http(
-        &self,
-        path: &str,
-        call: &Call,
-        body: Option<Bytes>,
-    ) -> Result<Request<ReqBody>, PluginError> {
-        let mut req = self.execute_request_untagged(path, call, body)?;
-        if let Some(tag) = self.checked_tag(&call.ctx)? {
-            let v = HeaderValue::from_str(tag).map_err(internal)?;
-            req.headers_mut().insert(headers::CALL_TAG, v);
-        }
-        Ok(req)
-    }
-
-    fn execute_request_untagged(
-        &self,
-        path: &str,
-        call: &Call,
-        body: Option<Bytes>,
-    ) -> Result<Request<ReqBody>, PluginError> {
-        if let Some(body) = body {
-            return self.post_json(path, body, call.ctx.deadline());
+    /// The call's body: JSON, or a frame when it has blobs (those in memfds are sent over the
+    /// blob channel now, before the request that names them).
+    fn payload(&self, call: &Call) -> Result<Payload, PluginError> {
+        if call.blobs.is_empty() {
+            let mut body = cjm_sys::body_writer::BodyWriter::new();
+            wire::write_json(
+                &mut body,
+                &ExecuteBody {
+                    args: &call.args,
+                    kwargs: &call.kwargs,
+                },
+            )
+            .map_err(internal)?;
+            return Ok(Payload::Json(body.finish()));
         }
         if !self.health.has_feature(wire::features::BLOB_FRAME) {
             return Err(PluginError::user_input(
@@ -487,7 +479,6 @@ impl WorkerClient {
             kwargs: &call.kwargs,
         })
         .map_err(internal)?;
-        // Blobs in memfds go as descriptors, sent now, before the request that names them.
         let placed = match self.memfd_channel() {
             Some(c) => c.send_blobs(&call.blobs).unwrap_or_else(|e| {
                 tracing::debug!("the call's blobs travel in the body: {e}");
@@ -495,15 +486,39 @@ impl WorkerClient {
             }),
             None => None,
         };
-        let parts = wire::encode_frame_sent(&head, &call.blobs, placed);
-        let mut b = self
-            .transport
-            .request(Method::POST, path)
-            .header(http::header::CONTENT_TYPE, FRAME);
-        if let Some(d) = call.ctx.deadline() {
-            b = b.header(TIMEOUT_MS, ms_left(d));
+        Ok(Payload::Frame(wire::encode_frame_sent(
+            &head,
+            &call.blobs,
+            placed,
+        )))
+    }
+
+    /// The HTTP request of `/execute` or `/execute_stream` with `payload`, tagged.
+    fn execute_http(
+        &self,
+        path: &str,
+        call: &Call,
+        payload: Payload,
+    ) -> Result<Request<ReqBody>, PluginError> {
+        let deadline = call.ctx.deadline();
+        let mut req = match payload {
+            Payload::Json(body) => self.post_json(path, body, deadline)?,
+            Payload::Frame(parts) => {
+                let mut b = self
+                    .transport
+                    .request(Method::POST, path)
+                    .header(http::header::CONTENT_TYPE, FRAME);
+                if let Some(d) = deadline {
+                    b = b.header(TIMEOUT_MS, ms_left(d));
+                }
+                b.body(ReqBody::Parts(parts.into())).map_err(internal)?
+            }
+        };
+        if let Some(tag) = self.checked_tag(&call.ctx)? {
+            let v = HeaderValue::from_str(tag).map_err(internal)?;
+            req.headers_mut().insert(headers::CALL_TAG, v);
         }
-        b.body(ReqBody::Parts(parts.into())).map_err(internal)
+        Ok(req)
     }
 
     /// `POST /execute`. Cancelling the call's token or passing its deadline abandons the

@@ -432,9 +432,6 @@ impl Transport {
         deadline: Option<Instant>,
     ) -> Result<FullResponse, PluginError> {
         let work = async {
-            if let Some(calls) = self.mux_for(&req) {
-                return self.mux_call(calls, req).await;
-            }
             let (resp, mut conn) = self.send(req).await?;
             let status = resp.status();
             let content_type = resp.headers().get(http::header::CONTENT_TYPE).cloned();
@@ -473,40 +470,11 @@ impl Transport {
         }
     }
 
-    /// Whether `/execute` calls of at most [`mux::MAX_CALL_BODY`] go on the multiplexed wire
-    /// (the worker serves it and the host allows it).
-    pub(crate) fn muxes_calls(&self) -> bool {
-        self.calls.as_ref().is_some_and(|c| c.mux_on)
-    }
-
-    /// `/execute` of a call without blobs (`body`: its JSON, at most [`mux::MAX_CALL_BODY`]),
-    /// sent on the multiplexed connection; its answer. Only where
-    /// [`muxes_calls`](Self::muxes_calls).
-    pub(crate) async fn mux_execute(
-        &self,
-        head: &mux::CallHead,
-        body: Bytes,
-    ) -> Result<FullResponse, PluginError> {
-        let Some(calls) = self.calls.as_ref().filter(|c| c.mux_on) else {
-            return Err(PluginError::fatal(
-                "internal: a multiplexed call to a worker that does not take them",
-            ));
-        };
-        self.mux_send(calls, head, vec![body]).await
-    }
-
-    /// The calls socket, when `req` is an `/execute` call to go multiplexed: the worker serves
-    /// the wire and the body is at most [`mux::MAX_CALL_BODY`] (a larger one would hold up the
-    /// calls behind it).
-    fn mux_for(&self, req: &Request<ReqBody>) -> Option<&CallsSocket> {
-        let calls = self.calls.as_ref().filter(|c| c.mux_on)?;
-        if req.uri().path() != paths::EXECUTE || req.method() != Method::POST {
-            return None;
-        }
-        let small = http_body::Body::size_hint(req.body())
-            .exact()
-            .is_some_and(|n| n <= mux::MAX_CALL_BODY as u64);
-        small.then_some(calls)
+    /// Whether an `/execute` call whose body is `len` bytes goes on the multiplexed wire: the
+    /// worker serves it, the host allows it, and the body is at most [`mux::MAX_CALL_BODY`] (a
+    /// larger one would hold up the calls behind it).
+    pub(crate) fn muxes_call_of(&self, len: usize) -> bool {
+        self.calls.as_ref().is_some_and(|c| c.mux_on) && len <= mux::MAX_CALL_BODY
     }
 
     /// The calls socket's multiplexed connection: the one open, or a new one.
@@ -535,47 +503,19 @@ impl Transport {
         Ok(made)
     }
 
-    /// `req` (an `/execute` call) sent on the multiplexed connection; its answer.
-    async fn mux_call(
+    /// `/execute` sent on the multiplexed connection (made if need be): `head` and `body` (its
+    /// parts, as `POST /execute`'s body would be); its answer. Only for a call
+    /// [`muxes_call_of`](Self::muxes_call_of) takes.
+    pub(crate) async fn mux_execute(
         &self,
-        calls: &CallsSocket,
-        req: Request<ReqBody>,
-    ) -> Result<FullResponse, PluginError> {
-        let (parts, body) = req.into_parts();
-        let frame = parts
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|c| c.as_bytes().starts_with(content_types::FRAME.as_bytes()));
-        let timeout_ms = parts
-            .headers
-            .get(headers::TIMEOUT_MS)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .map(|ms| u32::try_from(ms).unwrap_or(u32::MAX));
-        let tag = parts
-            .headers
-            .get(headers::CALL_TAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let head = mux::CallHead {
-            frame,
-            timeout_ms,
-            tag,
-        };
-        let body: Vec<Bytes> = match body {
-            ReqBody::Empty => Vec::new(),
-            ReqBody::Full(b) => b.into_iter().collect(),
-            ReqBody::Parts(q) => q.into(),
-        };
-        self.mux_send(calls, &head, body).await
-    }
-
-    /// One call on the multiplexed connection (made if need be); its answer.
-    async fn mux_send(
-        &self,
-        calls: &CallsSocket,
         head: &mux::CallHead,
         body: Vec<Bytes>,
     ) -> Result<FullResponse, PluginError> {
+        let Some(calls) = self.calls.as_ref().filter(|c| c.mux_on) else {
+            return Err(PluginError::fatal(
+                "internal: a multiplexed call to a worker that does not take them",
+            ));
+        };
         let client = self.mux_client(calls).await?;
         let answer = client.call(head, body).await?;
         Ok(FullResponse {
@@ -736,27 +676,17 @@ mod tests {
     }
 
     #[test]
-    fn only_execute_calls_of_at_most_a_mebibyte_go_multiplexed() {
+    fn only_calls_of_at_most_a_mebibyte_to_a_worker_that_serves_the_wire_go_multiplexed() {
         let dir = tempfile::tempdir().unwrap();
-        let mut t = Transport::new(Endpoint::Unix(dir.path().join("w.sock")), None)
-            .with_calls_socket(dir.path().join("w.calls.sock"), true);
-        let post = |t: &Transport, path: &str, len: usize| {
-            t.request(Method::POST, path)
-                .body(ReqBody::full(vec![b' '; len]))
-                .unwrap()
-        };
-        assert!(t.mux_for(&post(&t, paths::EXECUTE, 2)).is_some());
-        assert!(t
-            .mux_for(&post(&t, paths::EXECUTE, mux::MAX_CALL_BODY))
-            .is_some());
-        assert!(t
-            .mux_for(&post(&t, paths::EXECUTE, mux::MAX_CALL_BODY + 1))
-            .is_none());
-        assert!(t.mux_for(&post(&t, paths::EXECUTE_STREAM, 2)).is_none());
-        assert!(t.mux_for(&post(&t, paths::INITIALIZE, 2)).is_none());
+        let main_only = Transport::new(Endpoint::Unix(dir.path().join("w.sock")), None);
+        assert!(!main_only.muxes_call_of(2), "no calls socket");
+        let mut t = main_only.with_calls_socket(dir.path().join("w.calls.sock"), true);
+        assert!(t.muxes_call_of(2));
+        assert!(t.muxes_call_of(mux::MAX_CALL_BODY));
+        assert!(!t.muxes_call_of(mux::MAX_CALL_BODY + 1));
         // A worker that did not list `calls_mux`.
         t.keep_calls_socket(true, false);
-        assert!(t.mux_for(&post(&t, paths::EXECUTE, 2)).is_none());
+        assert!(!t.muxes_call_of(2));
     }
 
     #[tokio::test]
