@@ -104,9 +104,8 @@ enum Started<T> {
 /// Runs `work` (a call's plugin side) on the plugin runtime. A handler already there (the calls
 /// socket's connections, HTTP or multiplexed) polls it once in place, where `in_place` allows
 /// it, and spawns it only if it did not finish: a call that needs no waiting then costs no task
-/// and wakes nothing. Once
-/// spawned, it runs to its end even if the request goes away, as a call started from the main
-/// socket does.
+/// and wakes nothing. Once spawned, it runs to its end even if the request goes away, as a call
+/// started from the main socket does.
 fn on_plugin_runtime<T: Send + 'static>(
     state: &State,
     work: impl Future<Output = T> + Send + 'static,
